@@ -1,0 +1,226 @@
+"""The `accel` command line: generate, eval, info.
+
+Bad input gets one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="accel: faster, better diffusion sampling.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a model on a benchmark.")
+app.add_typer(eval_app, name="eval")
+console = Console(stderr=True)
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line, exit code 2."""
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def user_errors():
+    try:
+        yield
+    except (UsageError, ValueError, FileNotFoundError) as e:
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _threads() -> None:
+    # Two OpenMP threads that spin while another process holds a core run many times slower; passive waiting
+    # costs nothing when the machine is idle.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _load(model: str, device: Optional[str]):
+    import diffusers
+    import transformers
+
+    from accel.models import load_pipeline
+
+    # The loaders' own progress bars and warnings would bury the one line a user needs.
+    for lib in (diffusers, transformers):
+        lib.utils.logging.disable_progress_bar()
+        lib.utils.logging.set_verbosity_error()
+    try:
+        return load_pipeline(model, device=device)
+    except Exception as e:  # our own checks, and hub / config errors from diffusers: which model, in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot load model {model!r}: {first}") from None
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def _output_paths(out: Path, n: int) -> list[Path]:
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="Text prompt."),
+    model: str = typer.Option("shapes", help="Built-in model name, diffusers folder, or hub id."),
+    steps: int = typer.Option(25, help="Number of sampling steps."),
+    seed: int = typer.Option(0, help="Random seed."),
+    out: Path = typer.Option(Path("out.png"), help="Output file (.png; .gif or .mp4 for video models)."),
+    num_images: int = typer.Option(1, help="Images to generate (files get _0, _1, ... suffixes)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: the pipeline's)."),
+    height: Optional[int] = typer.Option(None, help="Image height (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Image width (default: the model's)."),
+    sampler: str = typer.Option("euler", help="Flow ODE sampler: euler or heun."),
+    device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+):
+    """Generate images (or videos) for a prompt."""
+    _threads()
+    with user_errors():
+        if not prompt.strip():
+            raise UsageError("the prompt is empty")
+        if steps < 1:
+            raise UsageError(f"--steps must be >= 1, got {steps}")
+        if num_images < 1:
+            raise UsageError(f"--num-images must be >= 1, got {num_images}")
+        import torch
+
+        from accel.api import accelerate_pipeline
+        from accel.config import AccelConfig
+        from accel.evals.io import check_writable
+
+        config = AccelConfig(sampler=sampler)
+        paths = [check_writable(p) for p in _output_paths(out, num_images)]
+        suffix = out.suffix.lower()
+        if suffix not in (".png", ".jpg", ".jpeg", ".gif", ".mp4"):
+            raise UsageError(f"unsupported output type {suffix or '(none)'}; allowed: .png, .jpg, .gif, .mp4")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        pipe = accelerate_pipeline(_load(model, device), config)
+        call = {"prompt": prompt, "num_inference_steps": steps, "output_type": "np",
+                "generator": torch.Generator(device).manual_seed(seed)}
+        if num_images > 1:
+            key = "num_videos_per_prompt" if "num_videos_per_prompt" in pipe.__signature__.parameters else \
+                "num_images_per_prompt"
+            call[key] = num_images
+        for key, value in (("guidance_scale", guidance), ("height", height), ("width", width)):
+            if value is not None:
+                call[key] = value
+        with _progress() as progress:
+            task = progress.add_task("sampling", total=steps)
+            pipe.step_callback = lambda i, n: progress.update(task, completed=i + 1, total=n)
+            result = pipe(**call)
+        frames = getattr(result, "frames", None)
+        outputs = frames if frames is not None else result.images
+        for path, item in zip(paths, outputs):
+            _write_media(path, item)
+    stats = pipe.stats
+    console.print(f"wrote {', '.join(map(str, paths))}  ({stats.nfe} NFE, {stats.seconds:.2f} s)", highlight=False)
+
+
+def _write_media(path: Path, item) -> None:
+    import numpy as np
+
+    from accel.evals.io import write_atomic
+    import imageio.v3 as iio
+
+    arr = (np.clip(np.asarray(item, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
+    suffix = path.suffix.lower()
+    if arr.ndim == 4 and suffix in (".png", ".jpg", ".jpeg"):
+        raise UsageError(f"this model makes videos: use --out with .gif or .mp4, not {suffix}")
+    if arr.ndim == 3 and suffix == ".mp4":
+        raise UsageError("this model makes images: use --out with .png, .jpg or .gif")
+    extension = {".jpeg": ".jpg"}.get(suffix, suffix)
+    kwargs = {"duration": 125, "loop": 0} if suffix == ".gif" and arr.ndim == 4 else {}
+    if suffix == ".mp4":
+        kwargs = {"fps": 8, "codec": "libx264", "macro_block_size": 1}
+    write_atomic(path, iio.imwrite("<bytes>", arr, extension=extension, **kwargs))
+
+
+@eval_app.command("shapes")
+def eval_shapes(
+    model: str = typer.Option("shapes", help="A ShapesPipeline: the built-in model or a folder."),
+    prompts: int = typer.Option(240, help="Number of prompts (the six tags in turn)."),
+    seed: int = typer.Option(0, help="Picks the prompt set and the sampling seeds."),
+    steps: int = typer.Option(25, help="Sampling steps."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: the pipeline's)."),
+    batch_size: int = typer.Option(48, help="Images per batch."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
+    device: Optional[str] = typer.Option(None, help="torch device."),
+):
+    """Exact GenEval-style accuracy of a shapes-world model, per tag."""
+    _threads()
+    import torch
+
+    from accel.evals.io import check_writable, write_json
+    from accel.evals.shapes import evaluate_shapes
+
+    with user_errors():
+        if prompts < 1 or steps < 1 or batch_size < 1:
+            raise UsageError("--prompts, --steps and --batch-size must be >= 1")
+        if json_out is not None:
+            check_writable(json_out)
+        pipe = _load(model, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if type(pipe).__name__ != "ShapesPipeline":
+            raise UsageError(f"eval shapes needs a ShapesPipeline, got {type(pipe).__name__}")
+        with _progress() as progress:
+            task = progress.add_task("prompts", total=prompts)
+            result = evaluate_shapes(pipe, prompts=prompts, seed=seed, steps=steps, guidance_scale=guidance,
+                                     batch_size=batch_size, progress=lambda k: progress.advance(task, k))
+        result["model"] = model
+        if json_out is not None:
+            write_json(json_out, result)
+    table = Table(title=f"shapes eval: {result['n']} prompts, seed {seed}, {steps} steps")
+    for col in ("tag", "accuracy", "strict"):
+        table.add_column(col)
+    for tag, acc in result["per_tag"].items():
+        table.add_row(tag, f"{acc:.3f}", f"{result['per_tag_strict'][tag]:.3f}")
+    table.add_row("overall", f"{result['overall']:.3f}", f"{result['overall_strict']:.3f}", style="bold")
+    Console().print(table)
+    console.print(f"{result['nfe']} NFE, {result['seconds']:.1f} s", highlight=False)
+
+
+@app.command()
+def info():
+    """Versions, device, and whether fused Triton kernels are active."""
+    import importlib.metadata as md
+
+    import torch
+
+    from accel.kernels import status
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    table = Table(show_header=False)
+    for name in ("accel", "torch", "diffusers", "transformers", "accelerate", "triton"):
+        table.add_row(name, version(name))
+    table.add_row("python", sys.version.split()[0])
+    cuda = torch.cuda.is_available()
+    table.add_row("device", torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)")
+    k = status()
+    table.add_row("triton kernels", f"{'active' if k['active'] else 'inactive'}: {k['reason']}")
+    Console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Typed options shared by the API and the CLI, validated at the boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """Options of `accelerate_pipeline`.
+
+    sampler: the flow ODE step ("euler" reproduces diffusers' FlowMatchEulerDiscreteScheduler exactly; "heun" is
+    second order and costs 2 NFE per step but the last).
+    """
+
+    sampler: str = "euler"
+
+    def __post_init__(self):
+        from accel.schedulers.flow import SAMPLERS
+
+        check_choice("sampler", self.sampler, tuple(SAMPLERS))

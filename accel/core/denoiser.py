@@ -1,0 +1,127 @@
+"""The Denoiser contract: the only code that knows a model family.
+
+A Denoiser wraps one diffusers pipeline and exposes what samplers and search strategies need: a prepared start
+(noise, conditioning, the pipeline's own sigma schedule), the guided velocity at any sigma, and decoding back to the
+pipeline's output. It counts NFE itself: one forward of the denoiser on one sample; classifier-free guidance counts
+2 (also when both branches share one batched forward).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from accel.core.grid import TimeGrid
+
+
+@dataclass
+class Cond:
+    """Conditioning for a batch of samples, opaque outside its adapter.
+
+    batch: number of samples conditioned; passes: forwards per sample per velocity (2 with CFG); data: the
+    adapter's tensors (prompt embeddings, masks, rotary ids, guidance, ...).
+    """
+
+    batch: int
+    passes: int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """Everything one sampling run needs: start latents x (packed as the transformer takes them), the
+    conditioning, the time grid, and the call options the adapter needs again to decode."""
+
+    x: torch.Tensor
+    cond: Cond
+    grid: TimeGrid
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How the transformer's latent tokens map to space-time: tokens = frames * rows * cols, row-major."""
+
+    frames: int
+    rows: int
+    cols: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.frames * self.rows * self.cols
+
+
+class Denoiser(ABC):
+    """Adapter from one diffusers pipeline family to accel's samplers.
+
+    Subclasses reuse the pipeline's own check_inputs, encode_prompt, prepare_latents, scheduler (its sigma
+    schedule and shift) and VAE; they never copy the pipeline's __call__.
+    """
+
+    family: ClassVar[str]
+    # The pipeline __call__ arguments that prepare() reproduces exactly; other arguments are the pipeline's own.
+    call_args: ClassVar[frozenset[str]]
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.nfe = 0
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    @abstractmethod
+    def prepare(self, **call: Any) -> Prepared:
+        """Validate the call as the pipeline does, encode prompts, draw start noise, build the time grid."""
+
+    @abstractmethod
+    def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """The guided velocity at sigma (0-d tensor, or per sample (B,)); no NFE bookkeeping."""
+
+    @abstractmethod
+    def decode(self, x: torch.Tensor, prepared: Prepared) -> Any:
+        """Final latents -> the pipeline's own output object (images / frames in the requested output_type)."""
+
+    @abstractmethod
+    def token_layout(self, x: torch.Tensor) -> TokenLayout:
+        """How x's tokens map to frames/rows/cols."""
+
+    def bind(self, call: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments with the pipeline's own defaults filled in. Unknown names raise ValueError."""
+        import inspect
+
+        sig = inspect.signature(self.pipe.__call__)
+        try:
+            bound = sig.bind(**call)
+        except TypeError as e:
+            allowed = ", ".join(p for p in sig.parameters if p not in ("self", "kwargs"))
+            raise ValueError(f"{type(self.pipe).__name__}: {e}; allowed arguments: {allowed}") from None
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def unsupported(self, call: dict[str, Any]) -> list[str]:
+        """Arguments given with a non-default value that prepare() does not reproduce."""
+        import inspect
+
+        params = inspect.signature(self.pipe.__call__).parameters
+        return sorted(k for k, v in call.items()
+                      if k not in self.call_args and k in params and v is not params[k].default)
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Guided velocity v = eps - x0 at sigma for the batch x, counted in NFE."""
+        if x.shape[0] != cond.batch:
+            raise ValueError(f"x has batch {x.shape[0]} but the conditioning has {cond.batch}")
+        v = self._velocity(x, sigma, cond)
+        self.nfe += x.shape[0] * cond.passes
+        return v
+
+    def blocks(self) -> list[torch.nn.Module]:
+        """The transformer blocks, in execution order (for hooks)."""
+        t = self.transformer
+        out: list[torch.nn.Module] = []
+        for name in ("transformer_blocks", "single_transformer_blocks", "blocks"):
+            out.extend(getattr(t, name, None) or [])
+        return out

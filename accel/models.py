@@ -1,0 +1,50 @@
+"""Finding and loading pipelines: the built-in shapes model, local diffusers folders, hub ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+BUILTIN = {"shapes": "shapes-t2i"}
+
+
+def builtin_model_path(name: str = "shapes") -> Path:
+    """Folder of a built-in model (a diffusers pipeline folder shipped in accel.assets)."""
+    if name not in BUILTIN:
+        raise ValueError(f"unknown built-in model {name!r}; allowed: {', '.join(BUILTIN)}")
+    from importlib.resources import files
+
+    path = Path(str(files("accel.assets"))) / BUILTIN[name]
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"built-in model {name!r} is missing at {path}; reinstall accel or train it with "
+                                "scripts/train_shapes.py")
+    return path
+
+
+def load_pipeline(model: str = "shapes", device: str | None = None, dtype=None):
+    """Load a pipeline: a built-in name ("shapes"), a local diffusers folder, or a hub id (at sites with access).
+
+    Weights load with safetensors only; remote code is never trusted here.
+    """
+    import torch
+
+    if model in BUILTIN:
+        model = str(builtin_model_path(model))
+    index = Path(model) / "model_index.json"
+    if Path(model).exists() and not index.is_file():
+        raise ValueError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
+    kwargs = {"use_safetensors": True}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    if index.is_file() and json.loads(index.read_text()).get("_class_name") == "ShapesPipeline":
+        from accel.pipelines.shapes import ShapesPipeline
+
+        pipe = ShapesPipeline.from_pretrained(model, **kwargs)
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    if device is not None:
+        pipe = pipe.to(torch.device(device))
+    return pipe

@@ -1,0 +1,87 @@
+"""The command line: files written, JSON fields present, and bad input -> one line + exit code 2."""
+
+import json
+
+import imageio.v3 as iio
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from accel.cli.main import app
+from accel.pipelines.shapes import build_shapes_pipeline
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-shapes")
+    p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1)
+    with torch.no_grad():
+        for param in p.transformer.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    p.save_pretrained(path)
+    return str(path)
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_generate_writes_png(model, tmp_path):
+    out = tmp_path / "img.png"
+    r = run("generate", "a photo of a red circle", "--model", model, "--steps", 2, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert iio.imread(out).shape == (32, 32, 3)
+
+
+def test_generate_many_and_gif(model, tmp_path):
+    r = run("generate", "a photo of two squares", "--model", model, "--steps", 1, "--num-images", 2,
+            "--out", tmp_path / "x.png", "--seed", 4)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "x_0.png").is_file() and (tmp_path / "x_1.png").is_file()
+    r = run("generate", "a photo of a circle", "--model", model, "--steps", 1, "--out", tmp_path / "x.gif")
+    assert r.exit_code == 0 and (tmp_path / "x.gif").is_file()
+
+
+def test_same_seed_same_image(model, tmp_path):
+    for name in ("a.png", "b.png"):
+        assert run("generate", "a photo of a circle", "--model", model, "--steps", 2, "--seed", 9,
+                   "--out", tmp_path / name).exit_code == 0
+    assert (iio.imread(tmp_path / "a.png") == iio.imread(tmp_path / "b.png")).all()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "  "], "prompt is empty"),
+    (["generate", "a circle", "--steps", "0"], "--steps must be >= 1"),
+    (["generate", "a circle", "--model", "/no/such/model"], "cannot load model"),
+    (["generate", "a circle", "--height", "30"], "multiples of 4"),
+    (["generate", "a circle", "--out", "/no/such/folder/x.png"], "does not exist"),
+    (["generate", "a circle", "--out", "x.bmp"], "unsupported output type"),
+    (["generate", "a circle", "--sampler", "ddim"], "allowed: euler, heun"),
+    (["eval", "shapes", "--prompts", "0"], ">= 1"),
+])
+def test_bad_input_is_one_line_and_exit_2(model, tmp_path, args, message):
+    if "--model" not in args:
+        args = args[:2] + ["--model", model] + args[2:] if args[0] == "generate" else args + ["--model", model]
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_eval_shapes_json(model, tmp_path):
+    out = tmp_path / "r.json"
+    r = run("eval", "shapes", "--model", model, "--prompts", 6, "--steps", 2, "--seed", 1, "--json", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    for key in ("overall", "per_tag", "n", "steps", "seed", "seconds"):
+        assert key in data
+    assert data["n"] == 6 and data["steps"] == 2 and data["seed"] == 1 and len(data["per_tag"]) == 6
+    assert data["nfe"] == 6 * 2 * 2
+    assert "single_object" in r.output
+
+
+def test_info():
+    r = run("info")
+    assert r.exit_code == 0 and "triton kernels" in r.output and "diffusers" in r.output

@@ -1,0 +1,74 @@
+"""accelerate_pipeline: drop-in by default, options validated, stats exact."""
+
+import inspect
+
+import pytest
+import torch
+
+from accel import AccelConfig, accelerate_pipeline
+from accel.pipelines.shapes import build_shapes_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1, seed=2)
+    with torch.no_grad():
+        for param in p.transformer.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return p
+
+
+def call(p, **kw):
+    return p("a photo of a red circle", num_inference_steps=3, generator=torch.Generator().manual_seed(7),
+             output_type="np", **kw)
+
+
+def test_default_output_equals_pipeline(pipe):
+    fast = accelerate_pipeline(pipe)
+    out = call(fast)
+    assert type(out) is type(call(pipe))
+    assert abs(out.images - call(pipe).images).max() <= 1e-5
+    assert out.stats.nfe == 3 * 2 and fast.stats is out.stats and out.stats.path == "accel"
+    assert out.stats.seconds > 0
+
+
+def test_positional_prompt_and_tuple_output(pipe):
+    fast = accelerate_pipeline(pipe)
+    a = fast("a photo of a square", num_inference_steps=2, generator=torch.Generator().manual_seed(1),
+             output_type="np", return_dict=False)
+    b = pipe("a photo of a square", num_inference_steps=2, generator=torch.Generator().manual_seed(1),
+             output_type="np", return_dict=False)
+    assert isinstance(a, tuple) and abs(a[0] - b[0]).max() <= 1e-5
+
+
+def test_signature_and_attributes_are_the_pipelines(pipe):
+    fast = accelerate_pipeline(pipe)
+    params = inspect.signature(fast).parameters
+    assert "num_inference_steps" in params and "sampler" in params
+    assert fast.transformer is pipe.transformer
+    assert accelerate_pipeline(fast) is fast
+
+
+def test_heun_option_costs_more_and_differs(pipe):
+    fast = accelerate_pipeline(pipe, AccelConfig(sampler="heun"))
+    out = call(fast)
+    assert out.stats.nfe == (2 * 3 - 1) * 2 and out.stats.sampler == "heun"
+    assert abs(out.images - call(pipe).images).max() > 0
+    assert call(fast, sampler="euler").stats.nfe == 6  # per-call override
+
+
+def test_bad_options(pipe):
+    with pytest.raises(ValueError, match="allowed: euler, heun"):
+        AccelConfig(sampler="ddim")
+    with pytest.raises(ValueError, match="allowed: euler, heun"):
+        call(accelerate_pipeline(pipe), sampler="ddim")
+    with pytest.raises(ValueError, match="allowed arguments"):
+        call(accelerate_pipeline(pipe), num_inference_stepz=3)
+
+
+def test_unsupported_pipeline_names_the_families():
+    class NotAPipeline:
+        pass
+
+    with pytest.raises(ValueError, match="FluxPipeline.*ShapesPipeline.*StableDiffusion3Pipeline.*WanPipeline"):
+        accelerate_pipeline(NotAPipeline())
