@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from accel.config import AccelConfig
+from accel.core.denoiser import UnsupportedCall
 from accel.pipelines.registry import adapter_for
 from accel.schedulers.flow import get_step, sample
 
@@ -34,18 +35,19 @@ class Stats:
 
 
 class _ForwardCounter:
-    """Counts samples through a module's forward (NFE when the module is the denoiser)."""
+    """Counts samples through the denoising modules' forwards: NFE, as the Denoiser would count it."""
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, modules: list[torch.nn.Module]):
         self.count = 0
-        self._handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True) for m in modules]
 
     def _hook(self, module, args, kwargs):
         x = args[0] if args else kwargs.get("hidden_states")
         self.count += x.shape[0] if isinstance(x, torch.Tensor) else 1
 
     def remove(self):
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 class AcceleratedPipeline:
@@ -81,13 +83,14 @@ class AcceleratedPipeline:
             raise ValueError(f"argument(s) given twice: {', '.join(sorted(call.keys() & kwargs.keys()))}")
         call.update(kwargs)
         config = self.config if sampler is None else replace(self.config, sampler=sampler)
-        unsupported = self.adapter.unsupported(call)
         start = time.perf_counter()
-        if unsupported:
-            if config.sampler != "euler":
-                raise ValueError(f"sampler={config.sampler!r} needs accel's sampling path, which does not support "
-                                 f"the argument(s) {', '.join(unsupported)}")
-            out, stats = self._run_pipeline(call)
+        try:
+            self.adapter.check_supported(call)
+        except UnsupportedCall as e:
+            if config != AccelConfig():
+                raise ValueError(f"the options {config} need accel's sampling path, which this call cannot take: "
+                                 f"{e}") from None
+            out, stats = self._run_pipeline(call)  # same result by construction: it is the pipeline
         else:
             out, stats = self._run_accel(call, config)
         stats.seconds = time.perf_counter() - start
@@ -112,7 +115,7 @@ class AcceleratedPipeline:
         return out, Stats(nfe=adapter.nfe, steps=prepared.grid.num_steps, sampler=config.sampler, path="accel")
 
     def _run_pipeline(self, call: dict[str, Any]):
-        counter = _ForwardCounter(self.adapter.transformer)
+        counter = _ForwardCounter(self.adapter.denoising_modules())
         try:
             out = self.pipe(**call)
         finally:

@@ -17,6 +17,10 @@ import torch
 from accel.core.grid import TimeGrid
 
 
+class UnsupportedCall(ValueError):
+    """A call that the adapter path cannot reproduce (an argument, a scheduler) but the pipeline's own __call__ can."""
+
+
 @dataclass
 class Cond:
     """Conditioning for a batch of samples, opaque outside its adapter.
@@ -73,6 +77,23 @@ class Denoiser(ABC):
     def transformer(self) -> torch.nn.Module:
         return self.pipe.transformer
 
+    def denoising_modules(self) -> list[torch.nn.Module]:
+        """Every module that evaluates the velocity (Wan 2.2 has a second expert, transformer_2)."""
+        return [m for m in (self.pipe.transformer, getattr(self.pipe, "transformer_2", None)) if m is not None]
+
+    def check_supported(self, call: dict[str, Any]) -> None:
+        """Raise UnsupportedCall unless prepare() + accel's samplers reproduce this call exactly."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if unsupported := self.unsupported(call):
+            raise UnsupportedCall(f"{type(self).__name__} does not reproduce the argument(s) {', '.join(unsupported)}")
+        scheduler = self.pipe.scheduler
+        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler) or scheduler.config.get("stochastic_sampling"):
+            # A multistep solver (UniPC, DPM++) or a stochastic step is not what accel's flow samplers compute.
+            raise UnsupportedCall(f"{type(self).__name__} reproduces the deterministic FlowMatchEulerDiscreteScheduler "
+                                  f"only, the pipeline has {type(scheduler).__name__}; set pipe.scheduler = "
+                                  "FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config) to use accel")
+
     @abstractmethod
     def prepare(self, **call: Any) -> Prepared:
         """Validate the call as the pipeline does, encode prompts, draw start noise, build the time grid."""
@@ -117,6 +138,12 @@ class Denoiser(ABC):
         v = self._velocity(x, sigma, cond)
         self.nfe += x.shape[0] * cond.passes
         return v
+
+    def expand_cond(self, cond: Cond, n: int) -> Cond:
+        """The conditioning of one sample (cond.batch == 1) for n samples that share it: the particles of one
+        prompt in search. Adapters implement it (repeat each tensor of cond.data along its batch axis, per CFG
+        branch); the base class cannot, because Cond.data is opaque here."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement expand_cond, which search needs")
 
     def blocks(self) -> list[torch.nn.Module]:
         """The transformer blocks, in execution order (for hooks)."""
