@@ -186,8 +186,8 @@ class ShapesTransformer2DModel(ModelMixin, ConfigMixin):
 
         # Conditioning: time (per sample or per token) + pooled text.
         enc = encoder_hidden_states.to(img.dtype)
-        tmask = (torch.ones(enc.shape[:2], device=enc.device) if encoder_attention_mask is None
-                 else encoder_attention_mask.to(enc.device, torch.float32))
+        tmask = (torch.ones(enc.shape[:2], device=enc.device, dtype=enc.dtype) if encoder_attention_mask is None
+                 else encoder_attention_mask.to(enc.device, enc.dtype))
         pooled = (enc * tmask[..., None]).sum(1) / tmask.sum(1, keepdim=True).clamp(min=1)  # (B, text_dim)
         pooled = self.pooled_embedder(pooled)[:, None]  # (B, 1, D)
         temb = self.time_embed(timestep_embedding(sigma, self.config.freq_dim).to(img.dtype))
@@ -291,6 +291,16 @@ class ShapesPipeline(DiffusionPipeline):
         embeds = self.text_encoder(ids.input_ids.to(device)).last_hidden_state
         return embeds, ids.attention_mask.to(device)
 
+    @staticmethod
+    def expand_prompts(prompt, negative_prompt, num_images_per_prompt: int) -> tuple[list[str], list[str]]:
+        """One prompt and one negative prompt per image (the negative defaults to the empty caption)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = [negative_prompt or ""] * len(prompts) if not isinstance(negative_prompt, list) else negative_prompt
+        if len(negatives) != len(prompts):
+            raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
+        n = num_images_per_prompt
+        return [p for p in prompts for _ in range(n)], [p for p in negatives for _ in range(n)]
+
     def prepare_latents(self, batch_size: int, height: int, width: int, dtype, device, generator, latents=None):
         shape = (batch_size, self.transformer.config.in_channels, height, width)
         if latents is not None:
@@ -328,16 +338,13 @@ class ShapesPipeline(DiffusionPipeline):
         height = height or self.default_sample_size
         width = width or self.default_sample_size
         self.check_inputs(prompt, height, width, num_inference_steps)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        prompts, negatives = self.expand_prompts(prompt, negative_prompt, num_images_per_prompt)
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
 
         embeds, mask = self.encode_prompt(prompts, device)
         if do_cfg:
-            neg = negative_prompt if negative_prompt is not None else ""
-            neg = [neg] * len(prompts) if isinstance(neg, str) else [n for n in neg for _ in range(num_images_per_prompt)]
-            neg_embeds, neg_mask = self.encode_prompt(neg, device)
+            neg_embeds, neg_mask = self.encode_prompt(negatives, device)
             embeds, mask = torch.cat([neg_embeds, embeds]), torch.cat([neg_mask, mask])
 
         x = self.prepare_latents(len(prompts), height, width, embeds.dtype, device, generator, latents)
@@ -404,20 +411,14 @@ class ShapesDenoiser(Denoiser):
                            "num_images_per_prompt", "generator", "latents", "sigmas", "output_type", "return_dict"})
 
     def prepare(self, **call) -> Prepared:
+        self.check_supported(call)
         a = self.bind(call)
         pipe = self.pipe
         height = a["height"] or pipe.default_sample_size
         width = a["width"] or pipe.default_sample_size
         pipe.check_inputs(a["prompt"], height, width, a["num_inference_steps"])
-        n = a["num_images_per_prompt"]
-        prompts = [a["prompt"]] if isinstance(a["prompt"], str) else list(a["prompt"])
-        prompts = [p for p in prompts for _ in range(n)]
-        neg = a["negative_prompt"]
-        if neg is None or isinstance(neg, str):
-            neg = [neg or ""] * len(prompts)
-        else:
-            neg = [p for p in neg for _ in range(n)]
-        cond = self.encode(prompts, neg, a["guidance_scale"])
+        prompts, negatives = pipe.expand_prompts(a["prompt"], a["negative_prompt"], a["num_images_per_prompt"])
+        cond = self.encode(prompts, negatives, a["guidance_scale"])
         x = pipe.prepare_latents(len(prompts), height, width, cond.data["embeds"].dtype, pipe._execution_device,
                                  a["generator"], a["latents"])
         return Prepared(x, cond, self.time_grid(a["num_inference_steps"], a["sigmas"]),
@@ -432,6 +433,16 @@ class ShapesDenoiser(Denoiser):
             embeds, mask = torch.cat([neg_embeds, embeds]), torch.cat([neg_mask, mask])
         return Cond(batch=len(prompts), passes=2 if cfg else 1,
                     data={"embeds": embeds, "mask": mask, "guidance": guidance})
+
+    def expand_cond(self, cond: Cond, n: int) -> Cond:
+        if cond.batch != 1 or n < 1:
+            raise ValueError(f"expand_cond takes the conditioning of one sample to n >= 1, got batch {cond.batch}, "
+                             f"n={n}")
+        # embeds / mask are (passes, ...) = [uncond; cond] for one sample: repeating each row n times keeps the
+        # [uncond x n; cond x n] layout that _velocity splits with chunk(2).
+        data = dict(cond.data, embeds=cond.data["embeds"].repeat_interleave(n, 0),
+                    mask=cond.data["mask"].repeat_interleave(n, 0))
+        return Cond(batch=n, passes=cond.passes, data=data)
 
     def time_grid(self, num_inference_steps: int, sigmas=None) -> TimeGrid:
         import copy

@@ -10,6 +10,23 @@ import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("ACCEL_TEST_THREADS", "1")))
 
+# Triton builds its language library when first imported, in the interpreter mode of that moment, and diffusers
+# imports it early (through torch._dynamo). Without CUDA, tests/kernels runs the kernels in the CPU interpreter:
+# import triton once under TRITON_INTERPRET=1, then restore the variable (tests/kernels/conftest.py sets it only
+# while its own tests run).
+if not torch.cuda.is_available():
+    _interpret = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton.language  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        if _interpret is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = _interpret
+
 
 @pytest.fixture
 def gen():

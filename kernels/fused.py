@@ -1,0 +1,217 @@
+"""`apply_fused_kernels(model) -> handle`: route a transformer's hot paths through accel.kernels, reversibly.
+
+The hooks replace `forward` (or the diffusers attention processor) on individual module instances; nothing on a
+class changes, and `handle.remove()` puts back the exact objects that were there. The replacements call the
+public kernel functions, which dispatch per call: Triton for CUDA tensors, the pure-torch reference otherwise, so
+on CPU a hooked model computes what the unhooked one does (tests/kernels/test_fused_kernels.py).
+
+Supported models and what is fused (each part can be turned off in FusedKernelsConfig):
+
+| model | modulated_norm | gated_residual | qk_norm_rope |
+|---|---|---|---|
+| ShapesTransformer2DModel (built-in) | both DiTBlock modulations | both DiTBlock gates | q/k RMSNorm (no rotary) |
+| FluxTransformer2DModel | AdaLayerNormZero(+Single) | - (inline in upstream block forwards) | FluxAttnProcessor |
+| WanTransformer3DModel | both block modulations | both gated residuals | self-attn (+rotary), cross-attn |
+| SD3Transformer2DModel | AdaLayerNormZero | - (inline in upstream block forwards) | - (no rotary) |
+
+Flux and SD3 write their gated residuals inline in upstream block forwards; fusing them would mean forking those
+forwards (STYLE.md: reuse upstream, do not copy it). Wan's block forward is mirrored (25 lines) because its
+modulations and gates are float32 round trips through memory, the largest saving; its I2V attention (add_k_proj)
+keeps the upstream processor. The mirrors are checked against upstream's output in the tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from accel.kernels.gated_residual import gated_residual, gated_residual_reference
+from accel.kernels.modulated_norm import modulated_layer_norm, modulated_layer_norm_reference
+from accel.kernels.qk_norm_rope import qk_norm_rope
+
+FUSED_MARK = "_accel_fused_kernels"  # set on every replacement, to refuse applying twice
+
+
+@dataclass(frozen=True)
+class FusedKernelsConfig:
+    """Which fused paths `apply_fused_kernels` installs; each one can be turned off.
+
+    Attributes:
+        modulated_norm: `LN(x) * (1 + scale) + shift` (adaLN, Peebles & Xie 2023, "Scalable Diffusion Models
+            with Transformers").
+        gated_residual: `x + gate * y` (adaLN-Zero's gate).
+        qk_norm_rope: query/key RMSNorm fused with rotary embedding.
+    """
+
+    modulated_norm: bool = True
+    gated_residual: bool = True
+    qk_norm_rope: bool = True
+
+
+@dataclass
+class FusedKernelsHandle:
+    """What apply_fused_kernels changed; `remove()` restores the model exactly (idempotent).
+
+    Attributes:
+        counts: fused call sites per path, e.g. {"modulated_norm": 4, "gated_residual": 4, "qk_norm_rope": 2};
+            a mirrored DiT or Wan block counts its two modulations and two gates.
+    """
+
+    counts: dict[str, int] = field(default_factory=dict)
+    _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def add(self, undo: Callable[[], None], *parts: str) -> None:
+        """Record one replacement (its undo) and the fused paths it routes, one count per occurrence."""
+        for part in parts:
+            self.counts[part] = self.counts.get(part, 0) + 1
+        self._undo.append(undo)
+
+    def remove(self) -> None:
+        """Undo every replacement, last first."""
+        while self._undo:
+            self._undo.pop()()
+
+
+def replace_forward(module: nn.Module, fn: Callable) -> Callable[[], None]:
+    """Bind fn(module, ...) as this instance's forward; return the undo (it restores an earlier instance forward
+    too). fn may be a functools.partial carrying the replacement's options."""
+    had_own = "forward" in module.__dict__
+    previous = module.__dict__.get("forward")
+    impl = functools.partial(fn)  # a fresh object per install, so marking it touches no shared function
+    setattr(impl, FUSED_MARK, True)
+    module.forward = types.MethodType(impl, module)
+
+    def undo() -> None:
+        if had_own:
+            module.forward = previous
+        else:
+            del module.forward
+
+    return undo
+
+
+def is_fused(module: nn.Module) -> bool:
+    """True when apply_fused_kernels already replaced this module's forward or attention processor."""
+    forward = module.__dict__.get("forward")
+    processor = getattr(module, "processor", None)
+    return bool(getattr(getattr(forward, "__func__", None), FUSED_MARK, False) or getattr(processor, FUSED_MARK, False))
+
+
+def rms_eps(norm: nn.RMSNorm, x: torch.Tensor) -> float:
+    """nn.RMSNorm's epsilon; None means torch.finfo(x.dtype).eps, as nn.RMSNorm does."""
+    return norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Built-in DiT (accel.pipelines.shapes): mirrors of DiTBlock.forward and Attention.forward
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _shapes_block_forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None, *,
+                          modulate: Callable, gate: Callable) -> torch.Tensor:
+    """DiTBlock.forward with the modulations and gates fused. x: (B, N, D); c: (B, 1, D) or (B, N, D)."""
+    shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
+    x = gate(x, self.attn(modulate(x, scale1, shift1, self.norm1.eps), mask), gate1)
+    return gate(x, self.mlp(modulate(x, scale2, shift2, self.norm2.eps)), gate2)
+
+
+def _shapes_attention_forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention.forward with q/k RMSNorm fused. x: (B, N, D)."""
+    b, n, d = x.shape
+    q, k, v = (f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
+    q, k = qk_norm_rope(q, k, self.norm_q.weight, self.norm_k.weight, eps=rms_eps(self.norm_q, q), seq_dim=2)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, Dh)
+    return self.to_out(out.transpose(1, 2).reshape(b, n, d))
+
+
+def modulation_ops(config: FusedKernelsConfig) -> dict[str, Callable]:
+    """The modulate / gate functions a block mirror calls: fused, or the references (the unfused ops)."""
+    return {"modulate": modulated_layer_norm if config.modulated_norm else modulated_layer_norm_reference,
+            "gate": gated_residual if config.gated_residual else gated_residual_reference}
+
+
+def block_parts(config: FusedKernelsConfig, per_block: int) -> tuple[str, ...]:
+    """Count names for a mirrored block with per_block modulations and per_block gates."""
+    return tuple(p for p in ("modulated_norm", "gated_residual") if getattr(config, p) for _ in range(per_block))
+
+
+def _install_shapes(model: nn.Module, config: FusedKernelsConfig, handle: FusedKernelsHandle) -> None:
+    from accel.pipelines.shapes import Attention, DiTBlock
+
+    for module in model.modules():
+        if isinstance(module, DiTBlock) and (config.modulated_norm or config.gated_residual):
+            forward = functools.partial(_shapes_block_forward, **modulation_ops(config))
+            handle.add(replace_forward(module, forward), *block_parts(config, 2))
+        elif isinstance(module, Attention) and config.qk_norm_rope and module.norm_q.eps == module.norm_k.eps:
+            handle.add(replace_forward(module, _shapes_attention_forward), "qk_norm_rope")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _installers() -> list[tuple[type, Callable]]:
+    """(model class, installer) pairs, imported lazily so that accel.kernels imports without diffusers models."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, WanTransformer3DModel
+
+    from accel.kernels import fused_diffusers
+    from accel.pipelines.shapes import ShapesTransformer2DModel
+
+    return [
+        (ShapesTransformer2DModel, _install_shapes),
+        (FluxTransformer2DModel, fused_diffusers.install_flux),
+        (WanTransformer3DModel, fused_diffusers.install_wan),
+        (SD3Transformer2DModel, fused_diffusers.install_sd3),
+    ]
+
+
+def supports_fused_kernels(model: nn.Module) -> bool:
+    """Whether apply_fused_kernels accepts this model (to apply it only where it fits, without try/except)."""
+    return any(isinstance(model, cls) for cls, _ in _installers())
+
+
+def apply_fused_kernels(model: nn.Module, config: FusedKernelsConfig | None = None) -> FusedKernelsHandle:
+    """Route a supported transformer's modulations, gates and q/k norm + rotary through accel.kernels.
+
+    Args:
+        model: the denoiser transformer (pipe.transformer): ShapesTransformer2DModel, FluxTransformer2DModel,
+            WanTransformer3DModel or SD3Transformer2DModel (see the module docstring for what each gets).
+        config: which fused paths to install; FusedKernelsConfig() installs all.
+
+    Returns:
+        A FusedKernelsHandle; `handle.remove()` restores the model exactly.
+
+    Raises:
+        ValueError: for another model class, or a model that already has fused kernels applied.
+
+    Example:
+        >>> handle = apply_fused_kernels(pipe.transformer)   # doctest: +SKIP
+        >>> images = pipe("a photo of a red circle").images  # doctest: +SKIP
+        >>> handle.remove()                                  # doctest: +SKIP
+    """
+    config = config or FusedKernelsConfig()
+    if not isinstance(config, FusedKernelsConfig):
+        raise ValueError(f"config must be a FusedKernelsConfig, got {type(config).__name__}")
+    installers = _installers()
+    install = next((fn for cls, fn in installers if isinstance(model, cls)), None)
+    if install is None:
+        names = ", ".join(cls.__name__ for cls, _ in installers)
+        hint = " (pass pipe.transformer, not the pipeline)" if hasattr(model, "transformer") else ""
+        raise ValueError(f"apply_fused_kernels supports {names}; got {type(model).__name__}{hint}")
+    if any(is_fused(m) for m in model.modules()):
+        raise ValueError("fused kernels are already applied to this model; remove the first handle before "
+                         "applying again")
+    handle = FusedKernelsHandle()
+    try:
+        install(model, config, handle)
+    except Exception:
+        handle.remove()
+        raise
+    return handle
