@@ -1,0 +1,31 @@
+"""Rewards for inference-time search: score(samples, prompts) -> (B,), higher is better, batched.
+
+Each reward declares `reads` ("pixels": (B, 3, H, W) in [0, 1]; "latents": the sampler's latents).
+`accel.rewards.base.evaluate` checks an output (shape, finite) and raises ValueError otherwise.
+"""
+
+from accel.rewards.base import READS, evaluate
+from accel.rewards.clip import (AestheticHead, AestheticReward, CLIPEmbedder, CLIPReward, OpenCLIPReward,
+                                clip_preprocess, open_clip_available)
+from accel.rewards.composite import WeightedReward, fit_weights
+from accel.rewards.judge import Judge, JudgeReward
+from accel.rewards.shapes import ShapesReward, parse_shapes_prompt
+
+__all__ = [
+    "READS", "AestheticHead", "AestheticReward", "CLIPEmbedder", "CLIPReward", "Judge", "JudgeReward",
+    "OpenCLIPReward", "ShapesReward", "WeightedReward", "clip_preprocess", "evaluate", "fit_weights",
+    "get_reward", "open_clip_available", "parse_shapes_prompt",
+]
+
+REWARDS = ("shapes", "shapes-lenient")
+
+
+def get_reward(name: str):
+    """A reward by name, for rewards that need no weights ("shapes": strict checker score, the built-in model's
+    default; "shapes-lenient": GenEval's rules only). Weighted rewards (CLIP, aesthetic) are built from their
+    weights: CLIPReward.from_pretrained(...)."""
+    if name == "shapes":
+        return ShapesReward(strict=True)
+    if name == "shapes-lenient":
+        return ShapesReward(strict=False)
+    raise ValueError(f"unknown reward {name!r}; allowed: {', '.join(REWARDS)} (or pass a Reward object)")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from accel.core import Cond, Denoiser, Prepared, TimeGrid, TokenLayout
+from accel.core import Cond, Denoiser, TimeGrid, TokenLayout
 from accel.core.flow import interpolate, velocity_to_eps, velocity_to_score, velocity_to_x0, x0_to_velocity
 from accel.schedulers import euler_step, get_step, heun_step, sample
 

@@ -1,0 +1,68 @@
+"""The strategies by name, and `search`: run one strategy on one prompt under an NFE budget."""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+
+from accel.core.denoiser import Denoiser, Prepared
+from accel.core.reward import Reward
+from accel.search.base import SearchContext, SearchResult
+from accel.search.beam import BeamConfig, run_beam
+from accel.search.bon import BestOfNConfig, run_best_of_n
+from accel.search.paths import SearchOverPathsConfig, run_search_over_paths
+from accel.search.rbf import RBFConfig, run_rbf
+from accel.search.smc import EPFConfig, SMCConfig, run_epf, run_smc
+from accel.search.svdd import SVDDConfig, run_svdd
+
+SearchConfig = Union[BestOfNConfig, SearchOverPathsConfig, SMCConfig, EPFConfig, SVDDConfig, RBFConfig, BeamConfig]
+
+STRATEGIES: dict[str, tuple[type, Callable[[SearchContext, SearchConfig], SearchResult]]] = {
+    "bon": (BestOfNConfig, run_best_of_n),
+    "sop": (SearchOverPathsConfig, run_search_over_paths),
+    "smc": (SMCConfig, run_smc),
+    "epf": (EPFConfig, run_epf),
+    "svdd": (SVDDConfig, run_svdd),
+    "rbf": (RBFConfig, run_rbf),
+    "beam": (BeamConfig, run_beam),
+}
+
+
+def get_config(strategy: str | SearchConfig) -> SearchConfig:
+    """A strategy's config from its shortcut name (its defaults), or the config itself."""
+    if isinstance(strategy, str):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown search strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
+        return STRATEGIES[strategy][0]()
+    for cls, _ in STRATEGIES.values():
+        if isinstance(strategy, cls):
+            return strategy
+    raise ValueError(f"unknown search config {type(strategy).__name__}; allowed: a name ({', '.join(STRATEGIES)}) "
+                     f"or one of {', '.join(c.__name__ for c, _ in STRATEGIES.values())}")
+
+
+@torch.no_grad()
+def search(denoiser: Denoiser, prepared: Prepared, prompt: str, reward: Reward, strategy: str | SearchConfig,
+           nfe: int, generator: torch.Generator | None = None, chunk_size: int = 16) -> SearchResult:
+    """Run one search strategy for one prompt within `nfe` (counted by the denoiser; never exceeded).
+
+    Args:
+        denoiser: the family's adapter (it needs expand_cond for more than one particle).
+        prepared: denoiser.prepare(...) for ONE image of the prompt: its grid and conditioning are used; the
+            particles draw their own start noise from `generator` (one sample at a time, so particle 0 is the
+            noise a pipeline call with a fresh generator of the same seed would use).
+        prompt: the prompt text, for the reward.
+        reward: a Reward; "pixels" rewards see decoded (B, 3, H, W) images in [0, 1].
+        strategy: a shortcut (bon, sop, smc, epf, svdd, rbf, beam) or its typed config.
+        nfe: the budget in NFE (CFG counts 2); at least one plain sample's cost.
+        generator: the source of all randomness (a CPU generator: the same draws on any device).
+        chunk_size: particles per model call (memory: never all particles' activations at once).
+    Returns:
+        SearchResult: final latents (K, ...) best first (decode with denoiser.decode), rewards, trace.
+    Raises:
+        ValueError: unknown strategy, budget below one sample, a reward output of the wrong shape or not finite.
+    """
+    config = get_config(strategy)
+    ctx = SearchContext(denoiser, prepared, prompt, reward, nfe, config.sampler, generator, chunk_size)
+    return STRATEGIES[config.name][1](ctx, config)
