@@ -57,6 +57,7 @@ class AcceleratedPipeline:
         self.pipe = pipe
         self.config = config or AccelConfig()
         self.adapter = adapter_for(pipe)
+        self._kernel_handles = self._apply_kernels() if self.config.fused_kernels else []
         self.stats: Stats | None = None
         # Optional progress hook for accel's sampling path: step_callback(step_index, num_steps).
         self.step_callback = None
@@ -70,6 +71,23 @@ class AcceleratedPipeline:
         if name == "pipe":
             raise AttributeError(name)
         return getattr(self.pipe, name)
+
+    def _apply_kernels(self) -> list:
+        from accel.kernels import apply_fused_kernels, supports_fused_kernels
+
+        modules = self.adapter.denoising_modules()
+        if not all(supports_fused_kernels(m) for m in modules):
+            names = ", ".join(type(m).__name__ for m in modules)
+            raise ValueError(f"fused kernels do not support {names}; supported: the built-in DiT, "
+                             "FluxTransformer2DModel, WanTransformer3DModel, SD3Transformer2DModel")
+        return [apply_fused_kernels(m) for m in modules]
+
+    def remove(self) -> None:
+        """Undo what the wrapper installed on the pipeline's modules (fused-kernel hooks); the pipeline is then
+        exactly as it was before accelerate_pipeline."""
+        for handle in self._kernel_handles:
+            handle.remove()
+        self._kernel_handles = []
 
     def __repr__(self) -> str:
         return f"AcceleratedPipeline({type(self.pipe).__name__}, {self.config})"
@@ -130,5 +148,8 @@ def accelerate_pipeline(pipe, config: AccelConfig | None = None) -> AcceleratedP
         ValueError: the pipeline's family is not supported (the message lists the supported ones).
     """
     if isinstance(pipe, AcceleratedPipeline):
-        return pipe if config is None else AcceleratedPipeline(pipe.pipe, config)
+        if config is None:
+            return pipe
+        pipe.remove()
+        return AcceleratedPipeline(pipe.pipe, config)
     return AcceleratedPipeline(pipe, config)

@@ -50,10 +50,17 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--init", default=None, help="start from this pipeline folder's weights (fresh optimizer)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     pipe = build_shapes_pipeline(seed=args.seed)
+    if args.init:
+        from accel.pipelines.shapes import ShapesPipeline
+
+        init = ShapesPipeline.from_pretrained(args.init, use_safetensors=True)
+        pipe.text_encoder.load_state_dict(init.text_encoder.state_dict())
+        pipe.transformer.load_state_dict(init.transformer.state_dict())
     te, tr, tok = pipe.text_encoder.train(), pipe.transformer.train(), pipe.tokenizer
     params = list(te.parameters()) + list(tr.parameters())
     print(f"params: transformer {sum(p.numel() for p in tr.parameters()) / 1e6:.2f}M, "
@@ -75,7 +82,8 @@ def main():
         out.register_modules(text_encoder=ema_te, transformer=ema_tr)
         out.save_pretrained(args.out, safe_serialization=True)
         info = {"steps": step, "minutes": round((time.time() - t0) / 60, 1), "batch_size": args.batch_size,
-                "lr": args.lr, "ema": args.ema, "seed": args.seed, "final_loss": float(np.mean(losses[-200:])),
+                "lr": args.lr, "ema": args.ema, "seed": args.seed, "init": args.init,
+                "final_loss": float(np.mean(losses[-200:])),
                 "machine": f"{platform.machine()} {platform.processor()} threads={args.threads}",
                 "torch": torch.__version__, "final": final}
         Path(args.out, "training.json").write_text(json.dumps(info, indent=2))

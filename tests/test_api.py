@@ -72,3 +72,17 @@ def test_unsupported_pipeline_names_the_families():
 
     with pytest.raises(ValueError, match="FluxPipeline.*ShapesPipeline.*StableDiffusion3Pipeline.*WanPipeline"):
         accelerate_pipeline(NotAPipeline())
+
+
+def test_fused_kernels_option_three_runs(pipe):
+    # On CPU the fused hooks run the pure-torch twins: identical images; removal restores the model exactly.
+    baseline = call(pipe).images
+    fast = accelerate_pipeline(pipe, AccelConfig(fused_kernels=True))
+    assert abs(call(fast).images - baseline).max() == 0
+    state = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    fast.remove()
+    assert abs(call(pipe).images - baseline).max() == 0
+    assert all(torch.equal(v, pipe.transformer.state_dict()[k]) for k, v in state.items())
+    again = accelerate_pipeline(pipe, AccelConfig(fused_kernels=True))  # re-applying after removal works
+    plain = accelerate_pipeline(again, AccelConfig())  # re-wrapping removes the hooks first
+    assert not plain._kernel_handles and abs(call(plain).images - baseline).max() == 0

@@ -85,6 +85,8 @@ def generate(
     height: Optional[int] = typer.Option(None, help="Image height (default: the model's)."),
     width: Optional[int] = typer.Option(None, help="Image width (default: the model's)."),
     sampler: str = typer.Option("euler", help="Flow ODE sampler: euler or heun."),
+    fused_kernels: bool = typer.Option(False, "--fused-kernels", help="Fused Triton kernels (CUDA; exact twins "
+                                       "elsewhere)."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
 ):
     """Generate images (or videos) for a prompt."""
@@ -102,7 +104,7 @@ def generate(
         from accel.config import AccelConfig
         from accel.evals.io import check_writable
 
-        config = AccelConfig(sampler=sampler)
+        config = AccelConfig(sampler=sampler, fused_kernels=fused_kernels)
         paths = [check_writable(p) for p in _output_paths(out, num_images)]
         suffix = out.suffix.lower()
         if suffix not in (".png", ".jpg", ".jpeg", ".gif", ".mp4"):

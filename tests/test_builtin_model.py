@@ -1,0 +1,36 @@
+"""The shipped model: loads offline from safetensors, and draws what simple prompts ask for."""
+
+import numpy as np
+import torch
+from typer.testing import CliRunner
+
+from accel import accelerate_pipeline, builtin_model_path, load_pipeline
+from accel.cli.main import app
+from accel.shapes import check, make_metadata
+
+
+def test_folder_is_safetensors_only():
+    files = [p.name for p in builtin_model_path().rglob("*") if p.is_file()]
+    assert any(f.endswith(".safetensors") for f in files)
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")) for f in files)
+
+
+def test_draws_single_objects_and_pairs():
+    # Recorded accuracy on these tags is 1.0 over 80 prompts (assets/shapes-t2i/README.md); 12 samples at a 0.75
+    # floor tolerate sampling noise and still fail for a broken model or loader (which scores ~0).
+    pipe = accelerate_pipeline(load_pipeline("shapes"))
+    rng = np.random.default_rng(11)
+    metas = [make_metadata(tag, rng) for tag in ("single_object", "two_object") for _ in range(6)]
+    out = pipe([m["prompt"] for m in metas], num_inference_steps=25, output_type="np",
+               generator=[torch.Generator().manual_seed(i) for i in range(len(metas))])
+    correct = [check((img * 255).round().astype(np.uint8), m).correct for img, m in zip(out.images, metas)]
+    assert np.mean(correct) >= 0.75
+    assert out.stats.nfe == len(metas) * 25 * 2
+
+
+def test_quick_start_generate(tmp_path):
+    out = tmp_path / "shapes.png"
+    r = CliRunner().invoke(app, ["generate", "a photo of a red circle left of a blue square", "--steps", "4",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 0
