@@ -35,3 +35,23 @@ def check_writable(path: str | Path) -> Path:
     if not os.access(parent, os.W_OK):
         raise ValueError(f"cannot write {path}: folder {parent} is not writable")
     return path
+
+
+def run_info() -> dict:
+    """Where and how a result was measured: machine, versions, git sha (when run from a checkout), command."""
+    import importlib.metadata as md
+    import platform
+    import subprocess
+    import sys
+
+    import torch
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
+    return {"machine": f"{platform.machine()} {platform.system()}", "device": device,
+            "python": platform.python_version(), "torch": torch.__version__, "diffusers": md.version("diffusers"),
+            "accel": md.version("accel"), "git_sha": sha, "command": " ".join(["accel", *sys.argv[1:]])}

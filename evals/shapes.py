@@ -6,7 +6,6 @@ result does not depend on the batch size.
 
 from __future__ import annotations
 
-import platform
 import time
 from collections import defaultdict
 from typing import Callable
@@ -14,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from accel.evals.io import run_info
 from accel.shapes import TAGS, check, prompt_set
 
 
@@ -62,5 +62,4 @@ def evaluate_shapes(pipe, prompts: int = 240, seed: int = 0, steps: int = 25, gu
         "accuracy_images": float(correct.mean()),
         "n": len(metas), "steps": steps, "seed": seed, "seconds": round(seconds, 2), "nfe": nfe,
         "guidance_scale": guidance_scale if guidance_scale is not None else "pipeline default",
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
-    }
+    } | run_info()

@@ -30,7 +30,7 @@ def test_draws_single_objects_and_pairs():
 
 def test_quick_start_generate(tmp_path):
     out = tmp_path / "shapes.png"
-    r = CliRunner().invoke(app, ["generate", "a photo of a red circle left of a blue square", "--steps", "4",
+    r = CliRunner().invoke(app, ["generate", "a photo of a circle and a triangle", "--steps", "4",
                                  "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert out.stat().st_size > 0
