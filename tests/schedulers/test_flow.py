@@ -5,47 +5,11 @@ import math
 import pytest
 import torch
 
-from accel.core import Cond, Denoiser, TimeGrid, TokenLayout
+from accel.core import Cond, TimeGrid
 from accel.core.flow import interpolate, velocity_to_eps, velocity_to_score, velocity_to_x0, x0_to_velocity
 from accel.schedulers import euler_step, get_step, heun_step, sample
 
-MU, S = 0.7, 0.5  # data ~ N(MU, S^2)
-
-
-def mean(sigma):
-    return (1 - sigma) * MU
-
-
-def std(sigma):
-    return torch.sqrt(((1 - sigma) * S) ** 2 + sigma**2)
-
-
-class GaussianFlow(Denoiser):
-    """The exact velocity of the probability-flow ODE for Gaussian data (an affine transport)."""
-
-    family = "gaussian"
-    call_args = frozenset()
-
-    def __init__(self):
-        super().__init__(pipe=None)
-
-    def prepare(self, **call):
-        raise NotImplementedError
-
-    def _velocity(self, x, sigma, cond):
-        sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        dstd = (-(1 - sigma) * S**2 + sigma) / std(sigma)
-        return (-MU + dstd / std(sigma) * (x - mean(sigma))).to(x.dtype)
-
-    def decode(self, x, prepared):
-        return x
-
-    def token_layout(self, x):
-        return TokenLayout(1, 1, x.shape[-1])
-
-
-def exact_endpoint(x1):
-    return MU + S * x1  # the flow maps noise x1 ~ N(0, 1) affinely onto the data
+from toys import GaussianFlow, exact_endpoint
 
 
 def run(step, n):

@@ -4,37 +4,12 @@ the marginals of a 1-D Gaussian data distribution (whose flow velocity is known 
 import pytest
 import torch
 
-from accel.core import Cond, Denoiser, TimeGrid, TokenLayout
+from accel.core import Cond, TimeGrid
 from accel.pipelines.shapes import ShapesDenoiser, build_shapes_pipeline
 from accel.schedulers import (LinearInterpolant, SDEConfig, VPInterpolant, euler_step, predict, rbf_time_grid,
                               sample, sample_sde, sde_step, sde_time_grid)
 
-MU, S = 0.7, 0.5  # data ~ N(MU, S^2), as tests/schedulers/test_flow.py
-
-
-class GaussianFlow(Denoiser):
-    """Exact velocity of the linear flow for Gaussian data: x_t ~ N((1 - t) MU, (1 - t)^2 S^2 + t^2)."""
-
-    family = "gaussian"
-    call_args = frozenset()
-
-    def __init__(self):
-        super().__init__(pipe=None)
-
-    def prepare(self, **call):
-        raise NotImplementedError
-
-    def _velocity(self, x, sigma, cond):
-        t = torch.as_tensor(sigma, dtype=torch.float64)
-        var = ((1 - t) * S) ** 2 + t**2
-        dvar_half = -(1 - t) * S**2 + t  # d/dt of var / 2
-        return (-MU + dvar_half / var * (x.double() - (1 - t) * MU)).to(x.dtype)
-
-    def decode(self, x, prepared):
-        return x
-
-    def token_layout(self, x):
-        return TokenLayout(1, 1, x.shape[-1])
+from toys import MU, S, GaussianFlow
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from accel.core import Cond, Denoiser, Prepared, TimeGrid, TokenLayout
+from accel.core import Cond, Prepared, TimeGrid
 from accel.schedulers import SDEConfig
 from accel.search import SMCConfig, search
 from accel.search.resampling import entropic_temperature, ess, normalize, normalized_entropy, resample
 
-MU, S = 0.7, 0.5
+from toys import MU, S, GaussianFlow
 
 
 def test_ess_and_entropy():
@@ -48,34 +48,6 @@ def test_entropic_temperature_rules():
     assert entropic_temperature(collapsed, 0.25, "base", 0.5, 0.5, 2.0) == pytest.approx(1.75)
     h = normalized_entropy(normalize(collapsed))
     assert entropic_temperature(collapsed, 0.25, "entropy", 0.5, 0.5, 2.0) == pytest.approx(1 / (h + (1 - h) * 0.25))
-
-
-class GaussianFlow(Denoiser):
-    """Exact velocity of the linear flow for data N(MU, S^2) (tests/schedulers/test_sde.py)."""
-
-    family = "gaussian"
-    call_args = frozenset()
-
-    def __init__(self):
-        super().__init__(pipe=None)
-
-    def prepare(self, **call):
-        raise NotImplementedError
-
-    def _velocity(self, x, sigma, cond):
-        t = torch.as_tensor(sigma, dtype=torch.float64)
-        t = t.view(-1, *([1] * (x.ndim - 1))) if t.ndim == 1 else t
-        var = ((1 - t) * S) ** 2 + t**2
-        return (-MU + (-(1 - t) * S**2 + t) / var * (x.double() - (1 - t) * MU)).to(x.dtype)
-
-    def expand_cond(self, cond, n):
-        return Cond(n, 1)
-
-    def decode(self, x, prepared):
-        return x
-
-    def token_layout(self, x):
-        return TokenLayout(1, 1, 1)
 
 
 class Position:
