@@ -111,6 +111,11 @@ def generate(
             raise UsageError(f"unsupported output type {suffix or '(none)'}; allowed: .png, .jpg, .gif, .mp4")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         pipe = accelerate_pipeline(_load(model, device), config)
+        is_video = "num_frames" in pipe.__signature__.parameters
+        if is_video and suffix not in (".gif", ".mp4"):
+            raise UsageError(f"this model makes videos: use --out with .gif or .mp4, not {suffix}")
+        if not is_video and suffix == ".mp4":
+            raise UsageError("this model makes images: use --out with .png, .jpg or .gif")
         call = {"prompt": prompt, "num_inference_steps": steps, "output_type": "np",
                 "generator": torch.Generator(device).manual_seed(seed)}
         if num_images > 1:
