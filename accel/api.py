@@ -63,7 +63,8 @@ class AcceleratedPipeline:
         self.step_callback = None
         base = inspect.signature(pipe.__call__)
         params = [p for p in base.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        params.append(inspect.Parameter("sampler", inspect.Parameter.KEYWORD_ONLY, default=None))
+        for name in ("sampler", "search", "reward", "nfe"):
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None))
         self.__signature__ = base.replace(parameters=params)
 
     def __getattr__(self, name: str):
@@ -92,7 +93,11 @@ class AcceleratedPipeline:
     def __repr__(self) -> str:
         return f"AcceleratedPipeline({type(self.pipe).__name__}, {self.config})"
 
-    def __call__(self, *args, sampler: str | None = None, **kwargs):
+    def __call__(self, *args, sampler: str | None = None, search=None, reward=None, nfe: int | None = None,
+                 **kwargs):
+        """Call as the pipeline. accel options: sampler ("euler" | "heun"); search (a strategy name or config from
+        accel.search, e.g. "bon", "smc", "rbf") with reward (a name from accel.rewards, e.g. "shapes", or a Reward)
+        and nfe (the budget per prompt, in NFE)."""
         names = self._positional_names()
         if len(args) > len(names):
             raise ValueError(f"{type(self.pipe).__name__} takes at most {len(names)} positional arguments")
@@ -102,6 +107,13 @@ class AcceleratedPipeline:
         call.update(kwargs)
         config = self.config if sampler is None else replace(self.config, sampler=sampler)
         start = time.perf_counter()
+        if search is not None or reward is not None or nfe is not None:
+            out, stats = self._run_search(call, search, reward, nfe)
+            stats.seconds = time.perf_counter() - start
+            self.stats = stats
+            if not isinstance(out, tuple):
+                out.stats = stats
+            return out
         try:
             self.adapter.check_supported(call)
         except UnsupportedCall as e:
@@ -131,6 +143,39 @@ class AcceleratedPipeline:
         x = sample(adapter, prepared.x, prepared.grid, prepared.cond, step=get_step(config.sampler), callback=callback)
         out = adapter.decode(x, prepared)
         return out, Stats(nfe=adapter.nfe, steps=prepared.grid.num_steps, sampler=config.sampler, path="accel")
+
+    @torch.no_grad()
+    def _run_search(self, call: dict[str, Any], strategy, reward, nfe: int | None):
+        from accel.rewards import get_reward
+        from accel.search import search
+
+        if strategy is None or reward is None or nfe is None:
+            raise ValueError("search needs all of search=<strategy>, reward=<name or Reward> and nfe=<budget>")
+        reward = get_reward(reward) if isinstance(reward, str) else reward
+        if any(call.get(k, 1) not in (1, None) for k in ("num_images_per_prompt", "num_videos_per_prompt")):
+            raise ValueError("search returns one sample per prompt: leave num_images_per_prompt at 1")
+        generator = call.pop("generator", None)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError("search takes one torch.Generator (the source of all its randomness)")
+        generator = generator or torch.Generator().manual_seed(torch.seed() % 2**63)
+        prompt = call.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+        if not prompts:
+            raise ValueError("search needs prompt= (a string or a list of strings)")
+        self.adapter.check_supported(call)
+        samples, traces = [], []
+        for p in prompts:
+            # The strategy draws every particle's noise from `generator`; prepare's own draw is not used.
+            prepared = self.adapter.prepare(**(call | {"prompt": p, "generator": torch.Generator()}))
+            result = search(self.adapter, prepared, p, reward, strategy, nfe, generator)
+            samples.append(result.best)
+            traces.append(result.trace)
+        out = self.adapter.decode(torch.cat(samples), prepared)
+        stats = Stats(nfe=sum(t.nfe for t in traces), steps=prepared.grid.num_steps, path="accel",
+                      extra={"search": traces[0].extra.get("strategy", str(strategy)), "budget_per_prompt": nfe,
+                             "best_reward": [t.rewards[-1] if t.rewards else None for t in traces],
+                             "traces": traces})
+        return out, stats
 
     def _run_pipeline(self, call: dict[str, Any]):
         counter = _ForwardCounter(self.adapter.denoising_modules())

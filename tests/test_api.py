@@ -86,3 +86,29 @@ def test_fused_kernels_option_three_runs(pipe):
     again = accelerate_pipeline(pipe, AccelConfig(fused_kernels=True))  # re-applying after removal works
     plain = accelerate_pipeline(again, AccelConfig())  # re-wrapping removes the hooks first
     assert not plain._kernel_handles and abs(call(plain).images - baseline).max() == 0
+
+
+def test_search_option_within_budget(pipe):
+    fast = accelerate_pipeline(pipe)
+    plain = call(fast)
+    one = plain.stats.nfe  # one sample's cost
+    out = fast(["a photo of a red circle", "a photo of two squares"], num_inference_steps=3, output_type="np",
+               generator=torch.Generator().manual_seed(7), search="bon", reward="shapes", nfe=4 * one)
+    assert out.images.shape == (2, 32, 32, 3)
+    assert out.stats.nfe <= 2 * 4 * one and out.stats.nfe >= 2 * 2 * one
+    assert len(out.stats.extra["best_reward"]) == 2
+    again = fast(["a photo of a red circle", "a photo of two squares"], num_inference_steps=3, output_type="np",
+                 generator=torch.Generator().manual_seed(7), search="bon", reward="shapes", nfe=4 * one)
+    assert abs(again.images - out.images).max() == 0  # a fixed seed gives the same search
+
+
+def test_search_bad_input(pipe):
+    fast = accelerate_pipeline(pipe)
+    with pytest.raises(ValueError, match="needs all of"):
+        fast("a photo of a circle", num_inference_steps=2, search="bon")
+    with pytest.raises(ValueError, match="allowed"):
+        fast("a photo of a circle", num_inference_steps=2, search="greedy", reward="shapes", nfe=100)
+    with pytest.raises(ValueError, match="allowed"):
+        fast("a photo of a circle", num_inference_steps=2, search="bon", reward="beauty", nfe=100)
+    with pytest.raises(ValueError):
+        fast("a photo of a circle", num_inference_steps=2, search="bon", reward="shapes", nfe=1)

@@ -85,6 +85,9 @@ def generate(
     height: Optional[int] = typer.Option(None, help="Image height (default: the model's)."),
     width: Optional[int] = typer.Option(None, help="Image width (default: the model's)."),
     sampler: str = typer.Option("euler", help="Flow ODE sampler: euler or heun."),
+    search: Optional[str] = typer.Option(None, help="Search strategy: bon, sop, smc, epf, svdd, rbf, beam."),
+    reward: str = typer.Option("shapes", help="Reward for --search (shapes, shapes-lenient)."),
+    nfe: Optional[int] = typer.Option(None, help="NFE budget per prompt for --search (default: 4 x steps x 2)."),
     fused_kernels: bool = typer.Option(False, "--fused-kernels", help="Fused Triton kernels (CUDA; exact twins "
                                        "elsewhere)."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
@@ -125,8 +128,15 @@ def generate(
         for key, value in (("guidance_scale", guidance), ("height", height), ("width", width)):
             if value is not None:
                 call[key] = value
+        if search is not None:
+            if num_images > 1:
+                raise UsageError("--search returns one image per prompt: leave --num-images at 1")
+            if nfe is None:
+                cfg = (guidance if guidance is not None else pipe.__signature__.parameters["guidance_scale"].default)
+                nfe = 4 * steps * (2 if cfg and cfg > 1 else 1)
+            call.update(search=search, reward=reward, nfe=nfe)
         with _progress() as progress:
-            task = progress.add_task("sampling", total=steps)
+            task = progress.add_task("searching" if search else "sampling", total=steps)
             pipe.step_callback = lambda i, n: progress.update(task, completed=i + 1, total=n)
             result = pipe(**call)
         frames = getattr(result, "frames", None)

@@ -85,3 +85,13 @@ def test_eval_shapes_json(model, tmp_path):
 def test_info():
     r = run("info")
     assert r.exit_code == 0 and "triton kernels" in r.output and "diffusers" in r.output
+
+
+def test_generate_with_search(model, tmp_path):
+    out = tmp_path / "s.png"
+    r = run("generate", "a photo of a red circle", "--model", model, "--steps", 2, "--search", "bon", "--nfe", 16,
+            "--out", out)
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and "NFE" in r.output
+    r = run("generate", "a photo of a red circle", "--model", model, "--steps", 2, "--search", "nope", "--out", out)
+    assert r.exit_code == 2 and "allowed" in r.output
