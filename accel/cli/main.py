@@ -19,6 +19,8 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="accel: faster, better diffusion sampling.")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a model on a benchmark.")
 app.add_typer(eval_app, name="eval")
+bench_app = typer.Typer(no_args_is_help=True, help="Speed / quality benchmarks on the built-in models.")
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 
 
@@ -207,6 +209,57 @@ def eval_shapes(
     table.add_row("overall", f"{result['overall']:.3f}", f"{result['overall_strict']:.3f}", style="bold")
     Console().print(table)
     console.print(f"{result['nfe']} NFE, {result['seconds']:.1f} s", highlight=False)
+
+
+@bench_app.command("search")
+def bench_search_cmd(
+    model: str = typer.Option("shapes", help="A ShapesPipeline: the built-in model or a folder."),
+    prompts: int = typer.Option(24, help="Number of prompts (the six tags in turn)."),
+    seed: int = typer.Option(0, help="Picks the prompt set and the sampling seeds."),
+    strategies: str = typer.Option("bon,sop,smc,epf,svdd,rbf,beam", help="Comma-separated strategies."),
+    budgets: str = typer.Option("1,2,4,8,16", help="Comma-separated budgets, in plain samples' NFE."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the pipeline's)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG plot of accuracy vs budget (needs matplotlib)."),
+):
+    """Checker accuracy of each search strategy against its NFE budget (exact reward)."""
+    _threads()
+    from accel.evals.io import check_writable, run_info, write_json
+    from accel.search import bench_search, get_config, plot_search
+
+    with user_errors():
+        names = [s.strip() for s in strategies.split(",") if s.strip()]
+        for name in names:
+            get_config(name)
+        try:
+            levels = [float(b) for b in budgets.split(",") if b.strip()]
+        except ValueError:
+            raise UsageError(f"--budgets must be comma-separated numbers, got {budgets!r}") from None
+        if prompts < 1 or not names or not levels:
+            raise UsageError("--prompts must be >= 1 and --strategies / --budgets non-empty")
+        for path in (json_out, plot):
+            if path is not None:
+                check_writable(path)
+        pipe = _load(model, None)
+        if type(pipe).__name__ != "ShapesPipeline":
+            raise UsageError(f"bench search needs a ShapesPipeline, got {type(pipe).__name__}")
+        with _progress() as progress:
+            task = progress.add_task("runs", total=prompts * len(names) * len(levels))
+            rows = bench_search(pipe, prompts=prompts, seed=seed, strategies=tuple(names), budgets=tuple(levels),
+                                steps=steps, progress=lambda rec: progress.advance(task))
+        info = run_info()
+        rows = [row | info for row in rows]
+        if json_out is not None:
+            write_json(json_out, rows)
+        if plot is not None and not plot_search(rows, str(plot)):
+            console.print("plot skipped: matplotlib is not installed", highlight=False)
+    table = Table(title=f"search: {prompts} prompts, seed {seed}")
+    for col in ("strategy", "budget", "nfe", "accuracy", "strict", "seconds"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["strategy"], f"{r['budget']:g}x", f"{r['nfe']:.0f}", f"{r['accuracy']:.3f}",
+                      f"{r['accuracy_strict']:.3f}", f"{r['seconds']:.1f}")
+    Console().print(table)
 
 
 @app.command()

@@ -95,3 +95,18 @@ def test_generate_with_search(model, tmp_path):
     assert out.is_file() and "NFE" in r.output
     r = run("generate", "a photo of a red circle", "--model", model, "--steps", 2, "--search", "nope", "--out", out)
     assert r.exit_code == 2 and "allowed" in r.output
+
+
+def test_bench_search_json(model, tmp_path):
+    out = tmp_path / "b.json"
+    r = run("bench", "search", "--model", model, "--prompts", 2, "--seed", 3, "--strategies", "bon,smc",
+            "--budgets", "1,2", "--steps", 2, "--json", out)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())
+    assert [(row["strategy"], row["budget"]) for row in rows] == [("bon", 1), ("bon", 2), ("smc", 1), ("smc", 2)]
+    for row in rows:
+        for key in ("strategy", "budget", "nfe", "accuracy", "seconds", "machine", "command"):
+            assert key in row
+        assert row["nfe"] <= row["budget"] * row["plain_nfe"]
+    r = run("bench", "search", "--model", model, "--strategies", "bogus")
+    assert r.exit_code == 2 and "allowed" in r.output
