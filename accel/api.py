@@ -108,26 +108,27 @@ class AcceleratedPipeline:
         config = self.config if sampler is None else replace(self.config, sampler=sampler)
         start = time.perf_counter()
         if search is not None or reward is not None or nfe is not None:
+            if sampler is not None:
+                raise ValueError("sampler= does not apply to search: the strategy's config picks its sampler")
             out, stats = self._run_search(call, search, reward, nfe)
-            stats.seconds = time.perf_counter() - start
-            self.stats = stats
-            if not isinstance(out, tuple):
-                out.stats = stats
-            return out
-        try:
-            self.adapter.check_supported(call)
-        except UnsupportedCall as e:
-            if config != AccelConfig():
-                raise ValueError(f"the options {config} need accel's sampling path, which this call cannot take: "
-                                 f"{e}") from None
-            out, stats = self._run_pipeline(call)  # same result by construction: it is the pipeline
         else:
-            out, stats = self._run_accel(call, config)
+            out, stats = self._run(call, config)
         stats.seconds = time.perf_counter() - start
         self.stats = stats
         if not isinstance(out, tuple):
             out.stats = stats
         return out
+
+    def _run(self, call: dict[str, Any], config: AccelConfig):
+        try:
+            self.adapter.check_supported(call)
+        except UnsupportedCall as e:
+            # Fused kernels live in the modules, so the pipeline's own loop uses them too; a sampler does not.
+            if config.sampler != "euler":
+                raise ValueError(f"sampler={config.sampler!r} needs accel's sampling path, which this call cannot "
+                                 f"take: {e}") from None
+            return self._run_pipeline(call)  # same result by construction: it is the pipeline
+        return self._run_accel(call, config)
 
     def _positional_names(self) -> list[str]:
         return [p.name for p in inspect.signature(self.pipe.__call__).parameters.values()

@@ -112,3 +112,9 @@ def test_search_bad_input(pipe):
         fast("a photo of a circle", num_inference_steps=2, search="bon", reward="beauty", nfe=100)
     with pytest.raises(ValueError):
         fast("a photo of a circle", num_inference_steps=2, search="bon", reward="shapes", nfe=1)
+
+
+def test_sampler_with_search_is_an_error(pipe):
+    with pytest.raises(ValueError, match="does not apply to search"):
+        accelerate_pipeline(pipe)("a photo of a circle", num_inference_steps=2, search="bon", reward="shapes",
+                                  nfe=100, sampler="heun")
