@@ -42,6 +42,7 @@ class FluxDenoiser(Denoiser):
         "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds",
         "output_type", "return_dict", "joint_attention_kwargs", "max_sequence_length",
     })
+    batched_cond_keys = ("embeds", "pooled", "neg_embeds", "neg_pooled", "guidance")
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -103,15 +104,6 @@ class FluxDenoiser(Denoiser):
                 **common)
         return Cond(batch=batch_size(a["prompt"], a["prompt_embeds"]) * a["num_images_per_prompt"],
                     passes=2 if true_cfg else 1, data=data)
-
-    def expand_cond(self, cond: Cond, n: int) -> Cond:
-        """One sample's conditioning for n samples sharing it (search particles); text/image ids are unbatched."""
-        if cond.batch != 1 or n < 1:
-            raise ValueError(f"expand_cond takes the conditioning of one sample to n >= 1, got batch {cond.batch}, "
-                             f"n={n}")
-        batched = ("embeds", "pooled", "neg_embeds", "neg_pooled", "guidance")
-        data = {k: v.repeat_interleave(n, 0) if k in batched and v is not None else v for k, v in cond.data.items()}
-        return Cond(batch=n, passes=cond.passes, data=data)
 
     def _guidance(self, guidance_scale: float, batch: int) -> torch.Tensor | None:
         """Embedded guidance (B,) float32 for guidance-distilled transformers; None otherwise (as the pipeline)."""

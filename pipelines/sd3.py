@@ -40,6 +40,7 @@ class SD3Denoiser(Denoiser):
         "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds",
         "output_type", "return_dict", "joint_attention_kwargs", "clip_skip", "max_sequence_length", "mu",
     })
+    batched_cond_keys = ("embeds", "pooled")
 
     def prepare(self, **call: Any) -> Prepared:
         """Validate as the pipeline does, encode [negative; positive] prompts, draw noise, build the shifted grid.
@@ -85,17 +86,6 @@ class SD3Denoiser(Denoiser):
                     passes=2 if cfg else 1,
                     data={"embeds": embeds, "pooled": pooled, "guidance_scale": a["guidance_scale"],
                           "attention_kwargs": attention_kwargs})
-
-    def expand_cond(self, cond: Cond, n: int) -> Cond:
-        """One sample's conditioning for n samples sharing it (search particles)."""
-        if cond.batch != 1 or n < 1:
-            raise ValueError(f"expand_cond takes the conditioning of one sample to n >= 1, got batch {cond.batch}, "
-                             f"n={n}")
-        # With CFG embeds are [uncond; cond] for one sample: repeating each row n times keeps the
-        # [uncond x n; cond x n] layout that _velocity splits with chunk(2).
-        data = dict(cond.data, embeds=cond.data["embeds"].repeat_interleave(n, 0),
-                    pooled=cond.data["pooled"].repeat_interleave(n, 0))
-        return Cond(batch=n, passes=cond.passes, data=data)
 
     def time_grid(self, num_inference_steps: int, sigmas: list[float] | None, mu: float | None,
                   latent_hw: tuple[int, int]) -> TimeGrid:

@@ -409,6 +409,7 @@ class ShapesDenoiser(Denoiser):
     family = "shapes"
     call_args = frozenset({"prompt", "negative_prompt", "height", "width", "num_inference_steps", "guidance_scale",
                            "num_images_per_prompt", "generator", "latents", "sigmas", "output_type", "return_dict"})
+    batched_cond_keys = ("embeds", "mask")
 
     def prepare(self, **call) -> Prepared:
         self.check_supported(call)
@@ -433,16 +434,6 @@ class ShapesDenoiser(Denoiser):
             embeds, mask = torch.cat([neg_embeds, embeds]), torch.cat([neg_mask, mask])
         return Cond(batch=len(prompts), passes=2 if cfg else 1,
                     data={"embeds": embeds, "mask": mask, "guidance": guidance})
-
-    def expand_cond(self, cond: Cond, n: int) -> Cond:
-        if cond.batch != 1 or n < 1:
-            raise ValueError(f"expand_cond takes the conditioning of one sample to n >= 1, got batch {cond.batch}, "
-                             f"n={n}")
-        # embeds / mask are (passes, ...) = [uncond; cond] for one sample: repeating each row n times keeps the
-        # [uncond x n; cond x n] layout that _velocity splits with chunk(2).
-        data = dict(cond.data, embeds=cond.data["embeds"].repeat_interleave(n, 0),
-                    mask=cond.data["mask"].repeat_interleave(n, 0))
-        return Cond(batch=n, passes=cond.passes, data=data)
 
     def time_grid(self, num_inference_steps: int, sigmas=None) -> TimeGrid:
         import copy

@@ -43,6 +43,7 @@ class WanDenoiser(Denoiser):
         "guidance_scale_2", "num_videos_per_prompt", "generator", "latents", "prompt_embeds", "negative_prompt_embeds",
         "output_type", "return_dict", "attention_kwargs", "max_sequence_length",
     })
+    batched_cond_keys = ("embeds", "neg_embeds")
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -110,15 +111,6 @@ class WanDenoiser(Denoiser):
         }
         return Cond(batch=batch_size(a["prompt"], a["prompt_embeds"]) * a["num_videos_per_prompt"],
                     passes=2 if cfg else 1, data=data)
-
-    def expand_cond(self, cond: Cond, n: int) -> Cond:
-        """One sample's conditioning for n samples sharing it (search particles)."""
-        if cond.batch != 1 or n < 1:
-            raise ValueError(f"expand_cond takes the conditioning of one sample to n >= 1, got batch {cond.batch}, "
-                             f"n={n}")
-        data = {k: v.repeat_interleave(n, 0) if k in ("embeds", "neg_embeds") and v is not None else v
-                for k, v in cond.data.items()}
-        return Cond(batch=n, passes=cond.passes, data=data)
 
     def time_grid(self, num_inference_steps: int) -> TimeGrid:
         """The pipeline's schedule (its scheduler's shift), computed on a copy of its scheduler."""

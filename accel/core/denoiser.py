@@ -139,11 +139,22 @@ class Denoiser(ABC):
         self.nfe += x.shape[0] * cond.passes
         return v
 
+    # Keys of Cond.data that hold per-sample rows (dim 0) and so must be repeated when particles share a sample's
+    # conditioning; everything else (ids, scales, kwargs) is shared as is. CFG-batched tensors ([uncond; cond] for
+    # one sample) stay in the [uncond x n; cond x n] layout that chunk(2) splits, because each row is repeated.
+    batched_cond_keys: ClassVar[tuple[str, ...]] = ()
+
     def expand_cond(self, cond: Cond, n: int) -> Cond:
         """The conditioning of one sample (cond.batch == 1) for n samples that share it: the particles of one
-        prompt in search. Adapters implement it (repeat each tensor of cond.data along its batch axis, per CFG
-        branch); the base class cannot, because Cond.data is opaque here."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement expand_cond, which search needs")
+        prompt in search."""
+        if cond.batch != 1 or n < 1:
+            raise ValueError(f"expand_cond takes the conditioning of one sample to n >= 1, got batch {cond.batch}, "
+                             f"n={n}")
+        if not self.batched_cond_keys:
+            raise NotImplementedError(f"{type(self).__name__} does not declare batched_cond_keys, which search needs")
+        data = {k: v.repeat_interleave(n, 0) if k in self.batched_cond_keys and v is not None else v
+                for k, v in cond.data.items()}
+        return Cond(batch=n, passes=cond.passes, data=data)
 
     def blocks(self) -> list[torch.nn.Module]:
         """The transformer blocks, in execution order (for hooks)."""
