@@ -216,7 +216,9 @@ def bench_search_cmd(
     model: str = typer.Option("shapes", help="A ShapesPipeline: the built-in model or a folder."),
     prompts: int = typer.Option(24, help="Number of prompts (the six tags in turn)."),
     seed: int = typer.Option(0, help="Picks the prompt set and the sampling seeds."),
-    strategies: str = typer.Option("bon,sop,smc,epf,svdd,rbf,beam", help="Comma-separated strategies."),
+    strategies: str = typer.Option(
+        "bon,sop,smc,epf,svdd,rbf,beam",
+        help="Comma-separated strategies, each with optional :key=value options (rbf:chains=8)."),
     budgets: str = typer.Option("1,2,4,8,16", help="Comma-separated budgets, in plain samples' NFE."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the pipeline's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),

@@ -77,7 +77,8 @@ def bench_search(pipe, prompts: int | list[dict] = 24, seed: int = 0,
     Args:
         pipe: a ShapesPipeline (plain; the adapter is found by family).
         prompts: a number of prompts (accel.shapes.prompt_set(n, seed): the six tags in turn) or metadata dicts.
-        strategies: shortcuts or configs. budgets: multiples of one plain sample's NFE (>= 1).
+        strategies: shortcuts (with options, e.g. "smc:interpolant=linear"; the row's label) or configs.
+        budgets: multiples of one plain sample's NFE (>= 1).
         steps, guidance_scale: the pipeline's call options (None: its defaults).
         reward: the search reward (default: ShapesReward(strict=True), the exact checker score).
         progress: called with each finished (prompt, strategy, budget) record.
@@ -87,27 +88,28 @@ def bench_search(pipe, prompts: int | list[dict] = 24, seed: int = 0,
     """
     metas = prompt_set(prompts, seed) if isinstance(prompts, int) else list(prompts)
     configs = [get_config(s) for s in strategies]
+    labels = [s if isinstance(s, str) else c.name for s, c in zip(strategies, configs)]
     if not budgets or min(budgets) < 1:
         raise ValueError(f"budgets are multiples of one sample's NFE and must be >= 1, got {budgets}")
     reward = reward or ShapesReward(strict=True)
     rows = []
-    for config in configs:
+    for label, config in zip(labels, configs):
         for budget in budgets:
             records = []
             for j, meta in enumerate(metas):
                 rec = run_one(pipe, meta, j, seed, config, budget, steps, guidance_scale, reward, chunk_size)
                 records.append(rec)
                 if progress is not None:
-                    progress(rec | {"strategy": config.name, "budget": budget})
-            rows.append(_row(config, budget, records, seed, steps))
+                    progress(rec | {"strategy": label, "budget": budget})
+            rows.append(_row(label, config, budget, records, seed, steps))
     return rows
 
 
-def _row(config: SearchConfig, budget: float, records: list[dict], seed: int, steps: int | None) -> dict:
+def _row(label: str, config: SearchConfig, budget: float, records: list[dict], seed: int, steps: int | None) -> dict:
     accuracy, per_tag = _geneval([(r["tag"], r["correct"]) for r in records])
     strict, per_tag_strict = _geneval([(r["tag"], r["strict"]) for r in records])
     return {
-        "strategy": config.name, "config": repr(config), "budget": budget,
+        "strategy": label, "config": repr(config), "budget": budget,
         "nfe": float(np.mean([r["nfe"] for r in records])), "budget_nfe": records[0]["budget_nfe"],
         "plain_nfe": records[0]["plain_nfe"], "accuracy": accuracy, "accuracy_strict": strict,
         "per_tag": per_tag, "per_tag_strict": per_tag_strict,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from typing import Callable, Union
 
 import torch
 
 from accel.core.denoiser import Denoiser, Prepared
 from accel.core.reward import Reward
+from accel.schedulers.sde import SDEConfig
 from accel.search.base import SearchContext, SearchResult
 from accel.search.beam import BeamConfig, run_beam
 from accel.search.bon import BestOfNConfig, run_best_of_n
@@ -30,16 +32,57 @@ STRATEGIES: dict[str, tuple[type, Callable[[SearchContext, SearchConfig], Search
 
 
 def get_config(strategy: str | SearchConfig) -> SearchConfig:
-    """A strategy's config from its shortcut name (its defaults), or the config itself."""
+    """A strategy's config from its shortcut, or the config itself.
+
+    A shortcut is a name (its defaults) optionally followed by `:key=value` overrides, each a field of the
+    strategy's config or of its SDEConfig sampler: "rbf:chains=8", "smc:interpolant=linear",
+    "epf:particles=8:diffusion_norm=1.5". Values are parsed as int, float, bool or string.
+    """
     if isinstance(strategy, str):
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown search strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
-        return STRATEGIES[strategy][0]()
+        name, *overrides = strategy.split(":")
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown search strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
+        cls = STRATEGIES[name][0]
+        return _override(cls(), overrides) if overrides else cls()
     for cls, _ in STRATEGIES.values():
         if isinstance(strategy, cls):
             return strategy
     raise ValueError(f"unknown search config {type(strategy).__name__}; allowed: a name ({', '.join(STRATEGIES)}) "
                      f"or one of {', '.join(c.__name__ for c, _ in STRATEGIES.values())}")
+
+
+def _parse_value(text: str):
+    if text in ("true", "True", "false", "False"):
+        return text in ("true", "True")
+    if text in ("none", "None"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _override(config: SearchConfig, overrides: list[str]) -> SearchConfig:
+    """config with "key=value" overrides applied (config fields first, then its sampler's)."""
+    own = {f.name for f in fields(config)} - {"sampler"}
+    sampler_fields = {f.name for f in fields(SDEConfig)}
+    changes, sampler_changes = {}, {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"search option {item!r} must look like key=value (e.g. {config.name}:chains=8)")
+        if key in own:
+            changes[key] = _parse_value(value)
+        elif key in sampler_fields:
+            sampler_changes[key] = _parse_value(value)
+        else:
+            raise ValueError(f"unknown option {key!r} for {config.name}; allowed: "
+                             f"{', '.join(sorted(own | sampler_fields))}")
+    if sampler_changes:
+        changes["sampler"] = replace(config.sampler, **sampler_changes)
+    return replace(config, **changes)
 
 
 @torch.no_grad()
