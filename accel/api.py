@@ -61,6 +61,8 @@ class AcceleratedPipeline:
         self.stats: Stats | None = None
         # Optional progress hook for accel's sampling path: step_callback(step_index, num_steps).
         self.step_callback = None
+        # Optional progress hook for search: search_callback(row) with row["nfe"], row["budget"], row["best"], ...
+        self.search_callback = None
         base = inspect.signature(pipe.__call__)
         params = [p for p in base.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
         for name in ("sampler", "search", "reward", "nfe"):
@@ -94,10 +96,12 @@ class AcceleratedPipeline:
         return f"AcceleratedPipeline({type(self.pipe).__name__}, {self.config})"
 
     def __call__(self, *args, sampler: str | None = None, search=None, reward=None, nfe: int | None = None,
-                 **kwargs):
+                 distributed=False, **kwargs):
         """Call as the pipeline. accel options: sampler ("euler" | "heun"); search (a strategy name or config from
         accel.search, e.g. "bon", "smc", "rbf") with reward (a name from accel.rewards, e.g. "shapes", or a Reward)
-        and nfe (the budget per prompt, in NFE)."""
+        and nfe (the budget per prompt, in NFE); distributed (True or a process group: spread each search's
+        particles over the torch.distributed processes, which must all make the same call; see accel.search.search).
+        `search_callback` (an attribute) receives each search trace row, e.g. for a progress bar."""
         names = self._positional_names()
         if len(args) > len(names):
             raise ValueError(f"{type(self.pipe).__name__} takes at most {len(names)} positional arguments")
@@ -110,7 +114,9 @@ class AcceleratedPipeline:
         if search is not None or reward is not None or nfe is not None:
             if sampler is not None:
                 raise ValueError("sampler= does not apply to search: the strategy's config picks its sampler")
-            out, stats = self._run_search(call, search, reward, nfe)
+            out, stats = self._run_search(call, search, reward, nfe, distributed)
+        elif distributed is not False:
+            raise ValueError("distributed= applies to search only (search=, reward=, nfe=)")
         else:
             out, stats = self._run(call, config)
         stats.seconds = time.perf_counter() - start
@@ -146,7 +152,7 @@ class AcceleratedPipeline:
         return out, Stats(nfe=adapter.nfe, steps=prepared.grid.num_steps, sampler=config.sampler, path="accel")
 
     @torch.no_grad()
-    def _run_search(self, call: dict[str, Any], strategy, reward, nfe: int | None):
+    def _run_search(self, call: dict[str, Any], strategy, reward, nfe: int | None, distributed):
         from accel.rewards import get_reward
         from accel.search import search
 
@@ -165,10 +171,13 @@ class AcceleratedPipeline:
             raise ValueError("search needs prompt= (a string or a list of strings)")
         self.adapter.check_supported(call)
         samples, traces = [], []
-        for p in prompts:
+        for i, p in enumerate(prompts):
             # The strategy draws every particle's noise from `generator`; prepare's own draw is not used.
             prepared = self.adapter.prepare(**(call | {"prompt": p, "generator": torch.Generator()}))
-            result = search(self.adapter, prepared, p, reward, strategy, nfe, generator)
+            callback = None if self.search_callback is None else (
+                lambda row, i=i: self.search_callback(row | {"prompt_index": i, "prompts": len(prompts)}))
+            result = search(self.adapter, prepared, p, reward, strategy, nfe, generator, distributed=distributed,
+                            callback=callback)
             samples.append(result.best)
             traces.append(result.trace)
         out = self.adapter.decode(torch.cat(samples), prepared)

@@ -118,3 +118,24 @@ def test_sampler_with_search_is_an_error(pipe):
     with pytest.raises(ValueError, match="does not apply to search"):
         accelerate_pipeline(pipe)("a photo of a circle", num_inference_steps=2, search="bon", reward="shapes",
                                   nfe=100, sampler="heun")
+
+
+def test_search_callback_sees_nfe_and_best_reward(pipe):
+    fast = accelerate_pipeline(pipe)
+    rows = []
+    fast.search_callback = rows.append
+    out = fast(["a photo of a red circle", "a photo of two squares"], num_inference_steps=3, output_type="np",
+               generator=torch.Generator().manual_seed(7), search="smc", reward="shapes", nfe=60)
+    assert {r["prompt_index"] for r in rows} == {0, 1} and all(r["budget"] == 60 for r in rows)
+    for i in (0, 1):
+        nfes = [r["nfe"] for r in rows if r["prompt_index"] == i]
+        assert nfes == sorted(nfes) and 0 < nfes[-1] <= 60
+    assert [r["best"] for r in rows if r["prompt_index"] == 1][-1] == out.stats.extra["best_reward"][1]
+
+
+def test_distributed_needs_search_and_a_process_group(pipe):
+    fast = accelerate_pipeline(pipe)
+    with pytest.raises(ValueError, match="search only"):
+        fast("a photo of a circle", num_inference_steps=2, distributed=True)
+    with pytest.raises(ValueError, match="process group"):
+        fast("a photo of a circle", num_inference_steps=2, search="bon", reward="shapes", nfe=100, distributed=True)

@@ -64,9 +64,14 @@ def _load(model: str, device: Optional[str]):
         raise UsageError(f"cannot load model {model!r}: {first}") from None
 
 
-def _progress() -> Progress:
+def _progress(disable: bool = False) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+                    console=console, transient=True, disable=disable)
+
+
+def _launched_processes() -> int:
+    """How many processes torchrun / accelerate launch started for this command (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 def _output_paths(out: Path, n: int) -> list[Path]:
@@ -114,6 +119,20 @@ def generate(
         suffix = out.suffix.lower()
         if suffix not in (".png", ".jpg", ".jpeg", ".gif", ".mp4"):
             raise UsageError(f"unsupported output type {suffix or '(none)'}; allowed: .png, .jpg, .gif, .mp4")
+        main_process = True
+        if _launched_processes() > 1:
+            # torchrun / accelerate launch: the processes share one search (its particles are spread over them);
+            # accelerate's PartialState reports no distribution for CPU processes, so the group is set up here.
+            if search is None:
+                raise UsageError("several processes share one --search; without --search run accel generate "
+                                 "directly (one process)")
+            import torch.distributed as dist
+
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            main_process = dist.get_rank() == 0
+            device = device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         pipe = accelerate_pipeline(_load(model, device), config)
         is_video = "num_frames" in pipe.__signature__.parameters
@@ -136,11 +155,17 @@ def generate(
             if nfe is None:
                 cfg = (guidance if guidance is not None else pipe.__signature__.parameters["guidance_scale"].default)
                 nfe = 4 * steps * (2 if cfg and cfg > 1 else 1)
-            call.update(search=search, reward=reward, nfe=nfe)
-        with _progress() as progress:
-            task = progress.add_task("searching" if search else "sampling", total=steps)
+            call.update(search=search, reward=reward, nfe=nfe, distributed=_launched_processes() > 1)
+        with _progress(disable=not main_process) as progress:
+            task = progress.add_task(f"search {search} (NFE)" if search else "sampling",
+                                     total=nfe if search else steps)
             pipe.step_callback = lambda i, n: progress.update(task, completed=i + 1, total=n)
+            pipe.search_callback = lambda row: progress.update(
+                task, completed=row["nfe"], total=row["budget"],
+                description=f"search {search}: best reward {row['best']:.3f}, NFE")
             result = pipe(**call)
+        if not main_process:
+            return
         frames = getattr(result, "frames", None)
         outputs = frames if frames is not None else result.images
         for path, item in zip(paths, outputs):

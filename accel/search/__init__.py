@@ -4,7 +4,7 @@ Strategies (shortcut: config): bon: BestOfNConfig, sop: SearchOverPathsConfig, s
 svdd: SVDDConfig, rbf: RBFConfig, beam: BeamConfig. Each returns the chosen samples and a SearchTrace.
 """
 
-from accel.search.base import SearchContext, SearchResult, SearchTrace
+from accel.search.base import SearchContext, SearchResult, SearchTrace, Shards
 from accel.search.beam import BeamConfig
 from accel.search.bench import bench_search, plot_search
 from accel.search.bon import BestOfNConfig
@@ -16,6 +16,6 @@ from accel.search.svdd import SVDDConfig
 
 __all__ = [
     "STRATEGIES", "BeamConfig", "BestOfNConfig", "EPFConfig", "RBFConfig", "SMCConfig", "SVDDConfig",
-    "SearchConfig", "SearchContext", "SearchOverPathsConfig", "SearchResult", "SearchTrace", "bench_search",
+    "SearchConfig", "SearchContext", "SearchOverPathsConfig", "SearchResult", "SearchTrace", "Shards", "bench_search",
     "get_config", "plot_search", "search",
 ]

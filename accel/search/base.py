@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -58,6 +58,61 @@ class SearchResult:
         return self.samples[:1]
 
 
+class Shards:
+    """The processes of a torch.distributed group that share one search (scale-out over particles).
+
+    Every process runs the same strategy on the same prompt with the same seed, so all of them draw the same noise
+    and take the same decisions; only the expensive work is split. The particles of each model call and each reward
+    call are cut into the same chunks a single process would use, process `rank` computes chunks rank, rank + world,
+    ..., and the results are summed across processes (each entry is computed by exactly one process, the others
+    contribute zeros, so the sum is exact). Hence a fixed seed gives the same result as one process, as long as a
+    chunk's numerics do not depend on the process (same device type, dtype and thread count).
+
+    Args:
+        group: a torch.distributed process group (None: the default group, which must be initialised, e.g. by
+            torchrun, `accelerate launch` or accelerate.PartialState()).
+    """
+
+    def __init__(self, group=None):
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("distributed search needs an initialised torch.distributed process group (launch with "
+                             "torchrun or accelerate launch, and create accelerate.PartialState() first)")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+
+    def mine(self, n_chunks: int) -> range:
+        """The chunk indices this process computes."""
+        return range(self.rank, n_chunks, self.world)
+
+    def gather(self, parts: dict[int, torch.Tensor], sizes: list[int], like: torch.Tensor | None) -> torch.Tensor:
+        """Concatenate chunk results (chunk index -> tensor of sizes[index] rows) computed across the processes.
+        `like` gives the trailing shape, dtype and device when this process computed no chunk (None: ask peers)."""
+        import torch.distributed as dist
+
+        ref = next(iter(parts.values()), like)
+        if ref is None:
+            raise RuntimeError("internal error: a process without chunks needs a reference tensor")
+        out = torch.zeros((sum(sizes), *ref.shape[1:]), dtype=ref.dtype, device=ref.device)
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        for k, t in parts.items():
+            out[offsets[k]:offsets[k + 1]] = t
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
+        return out
+
+    def total(self, value: int) -> int:
+        """The sum of an integer over the processes."""
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        return int(t.item())
+
+
 class SearchContext:
     """The budgeted view of one prompt that strategies work through (see the module docstring).
 
@@ -71,10 +126,13 @@ class SearchContext:
         sampler: the SDE (or ODE) sampler; its grid is sde_time_grid(prepared.grid, sampler).
         generator: the source of all noise (CPU generator recommended: same draws on any device).
         chunk_size: samples per model call / decode / reward call.
+        shards: spread the chunks over processes (see Shards); None: this process does everything.
+        callback: called with each trace row (plus "budget"), e.g. for a progress bar.
     """
 
     def __init__(self, denoiser: Denoiser, prepared: Prepared, prompt: str, reward: Reward, nfe: int,
-                 sampler: SDEConfig, generator: torch.Generator | None, chunk_size: int = 16):
+                 sampler: SDEConfig, generator: torch.Generator | None, chunk_size: int = 16,
+                 shards: Shards | None = None, callback: Callable[[dict[str, Any]], None] | None = None):
         if prepared.cond.batch != 1:
             raise ValueError(f"search runs one prompt at a time: prepared.cond.batch must be 1, got "
                              f"{prepared.cond.batch}")
@@ -84,6 +142,7 @@ class SearchContext:
             raise ValueError(f"reward.reads must be 'pixels' or 'latents', got {reward.reads!r}")
         self.denoiser, self.prepared, self.prompt, self.reward = denoiser, prepared, prompt, reward
         self.sampler, self.generator, self.chunk_size = sampler, generator, chunk_size
+        self.shards, self.callback = shards, callback
         self.interp = make_interpolant(sampler.interpolant)
         self.grid = sde_time_grid(prepared.grid, sampler)
         self.rs = self.grid.sigmas.to(prepared.x.device)
@@ -96,6 +155,7 @@ class SearchContext:
                              f"NFE = {self.steps * self.passes}")
         self.trace = SearchTrace(budget=self.budget)
         self._conds: dict[int, Cond] = {}
+        self._calls = 0  # calls of this search, over all processes (every process runs the same plan)
         self._start_nfe = denoiser.nfe
         self._start_time = time.perf_counter()
 
@@ -103,8 +163,18 @@ class SearchContext:
 
     @property
     def spent(self) -> int:
-        """Calls spent so far."""
-        return (self.denoiser.nfe - self._start_nfe) // self.passes
+        """Calls spent so far (over all processes)."""
+        return self._calls
+
+    @property
+    def width(self) -> int:
+        """Samples computed at once over all processes: one chunk per process."""
+        return self.chunk_size * (self.shards.world if self.shards is not None else 1)
+
+    @property
+    def nfe(self) -> int:
+        """NFE spent so far (over all processes)."""
+        return self._calls * self.passes
 
     @property
     def remaining(self) -> int:
@@ -134,12 +204,27 @@ class SearchContext:
         n = x.shape[0]
         if n > self.remaining:
             raise RuntimeError(f"internal error: {n} calls requested with {self.remaining} left of the budget")
-        preds = []
-        for start in range(0, n, self.chunk_size):
-            xc = x[start:start + self.chunk_size]
-            rc = r[start:start + self.chunk_size] if r.ndim == 1 else r
-            preds.append(predict(self.denoiser, xc, rc, self._cond(xc.shape[0]), self.interp))
-        return FlowPrediction.cat(preds)
+        self._calls += n
+
+        def call(xc: torch.Tensor, rc: torch.Tensor | None) -> torch.Tensor:
+            p = predict(self.denoiser, xc, r if rc is None else rc, self._cond(xc.shape[0]), self.interp)
+            return torch.stack([p.x0, p.eps, p.v])
+
+        out = self._map(x, call, r if r.ndim == 1 else None, like=lambda k: torch.stack([x[:k]] * 3), dim=1)
+        return FlowPrediction(out[0], out[1], out[2])
+
+    def _map(self, x: torch.Tensor, fn, per_sample: torch.Tensor | None, like, dim: int = 0) -> torch.Tensor:
+        """fn over chunks of x (and of the per-sample tensor, if any), concatenated along `dim`; with shards, each
+        process computes its own chunks and the results are combined exactly (see Shards)."""
+        starts = list(range(0, x.shape[0], self.chunk_size))
+        chunk = [(x[s:s + self.chunk_size], per_sample[s:s + self.chunk_size] if per_sample is not None else None)
+                 for s in starts]
+        if self.shards is None or self.shards.world == 1:
+            return torch.cat([fn(xc, rc) for xc, rc in chunk], dim=dim)
+        parts = {k: fn(*chunk[k]).movedim(dim, 0) for k in self.shards.mine(len(chunk))}
+        sizes = [c[0].shape[0] for c in chunk]
+        reference = None if parts else like(sizes[0]).movedim(dim, 0)
+        return self.shards.gather(parts, sizes, reference).movedim(0, dim)
 
     def _cond(self, n: int) -> Cond:
         if n == 1:
@@ -160,13 +245,13 @@ class SearchContext:
     def score(self, x0: torch.Tensor) -> torch.Tensor:
         """Rewards (n,) float32 on CPU of clean latents x0 (n, ...), decoded in chunks when the reward reads
         pixels. Raises ValueError when the reward's output has the wrong shape or is not finite."""
-        out = []
-        for start in range(0, x0.shape[0], self.chunk_size):
-            xc = x0[start:start + self.chunk_size]
+        def call(xc: torch.Tensor, _rc) -> torch.Tensor:
             samples = self.decode(xc) if self.reward.reads == "pixels" else xc
-            out.append(evaluate(self.reward, samples, [self.prompt] * xc.shape[0]).cpu())
+            return evaluate(self.reward, samples, [self.prompt] * xc.shape[0]).cpu()
+
+        out = self._map(x0, call, None, like=lambda k: torch.zeros(k))
         self.trace.reward_calls += x0.shape[0]
-        return torch.cat(out)
+        return out
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents -> pixels (n, 3, H, W) in [0, 1] through the adapter's decode (output_type "pt")."""
@@ -177,15 +262,21 @@ class SearchContext:
     def record(self, step: int, rewards: torch.Tensor, best: float, extra: dict[str, Any] | None = None) -> None:
         """One trace row: the rewards seen at this step, the best known so far, strategy extras."""
         self.trace.rewards.append(float(best))
-        row = {"step": step, "nfe": self.denoiser.nfe - self._start_nfe, "best": float(best),
-               "mean": float(rewards.mean())}
+        row = {"step": step, "nfe": self.nfe, "best": float(best), "mean": float(rewards.mean())}
         self.trace.steps.append(row | (extra or {}))
+        if self.callback is not None:
+            self.callback(row | {"budget": self.budget})
 
     def result(self, samples: torch.Tensor, rewards: torch.Tensor, extra: dict[str, Any] | None = None,
                log_weights: torch.Tensor | None = None) -> SearchResult:
         """Sort samples by reward (best first, stable) and close the trace."""
         order = torch.sort(rewards, descending=True, stable=True).indices
-        self.trace.nfe = self.denoiser.nfe - self._start_nfe
+        counted = self.denoiser.nfe - self._start_nfe  # the Denoiser's own count: the meter of record
+        if self.shards is not None and self.shards.world > 1:
+            counted = self.shards.total(counted)
+        if counted != self.nfe:
+            raise RuntimeError(f"internal error: the denoiser counted {counted} NFE, the search {self.nfe}")
+        self.trace.nfe = counted
         self.trace.seconds = time.perf_counter() - self._start_time
         self.trace.extra.update(extra or {})
         logw = None if log_weights is None else log_weights[order]

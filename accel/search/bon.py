@@ -27,12 +27,13 @@ class BestOfNConfig:
 
 
 def run_best_of_n(ctx: SearchContext, config: BestOfNConfig) -> SearchResult:
-    """N = budget // (cost of one sample) samples, integrated a chunk at a time (memory), best first."""
+    """N = budget // (cost of one sample) samples, integrated a group of chunks at a time (one chunk per process:
+    bounded memory), best first."""
     n = ctx.calls // ctx.steps
     x_all = ctx.noise(n)
     finals, rewards = [], []
-    for chunk, start in enumerate(range(0, n, ctx.chunk_size)):
-        x = x_all[start:start + ctx.chunk_size]
+    for chunk, start in enumerate(range(0, n, ctx.width)):
+        x = x_all[start:start + ctx.width]
         for i in range(ctx.steps):
             x = ctx.step(x, ctx.predict(x, i), i)
         r = ctx.score(x)

@@ -10,7 +10,7 @@ import torch
 from accel.core.denoiser import Denoiser, Prepared
 from accel.core.reward import Reward
 from accel.schedulers.sde import SDEConfig
-from accel.search.base import SearchContext, SearchResult
+from accel.search.base import SearchContext, SearchResult, Shards
 from accel.search.beam import BeamConfig, run_beam
 from accel.search.bon import BestOfNConfig, run_best_of_n
 from accel.search.paths import SearchOverPathsConfig, run_search_over_paths
@@ -87,7 +87,8 @@ def _override(config: SearchConfig, overrides: list[str]) -> SearchConfig:
 
 @torch.no_grad()
 def search(denoiser: Denoiser, prepared: Prepared, prompt: str, reward: Reward, strategy: str | SearchConfig,
-           nfe: int, generator: torch.Generator | None = None, chunk_size: int = 16) -> SearchResult:
+           nfe: int, generator: torch.Generator | None = None, chunk_size: int = 16, distributed=False,
+           callback: Callable[[dict], None] | None = None) -> SearchResult:
     """Run one search strategy for one prompt within `nfe` (counted by the denoiser; never exceeded).
 
     Args:
@@ -101,11 +102,19 @@ def search(denoiser: Denoiser, prepared: Prepared, prompt: str, reward: Reward, 
         nfe: the budget in NFE (CFG counts 2); at least one plain sample's cost.
         generator: the source of all randomness (a CPU generator: the same draws on any device).
         chunk_size: particles per model call (memory: never all particles' activations at once).
+        distributed: spread the particles' chunks over the processes of torch.distributed's default group (True)
+            or of the given process group; every process must make the same call with the same seed, and all get
+            the same result, equal to a single process's (see accel.search.Shards). False: this process alone.
+        callback: called with each trace row {"step", "nfe", "best", "mean", "budget", ...} (a progress bar).
     Returns:
         SearchResult: final latents (K, ...) best first (decode with denoiser.decode), rewards, trace.
     Raises:
         ValueError: unknown strategy, budget below one sample, a reward output of the wrong shape or not finite.
     """
     config = get_config(strategy)
-    ctx = SearchContext(denoiser, prepared, prompt, reward, nfe, config.sampler, generator, chunk_size)
+    shards = None
+    if distributed is not False and distributed is not None:
+        shards = Shards(None if distributed is True else distributed)
+    ctx = SearchContext(denoiser, prepared, prompt, reward, nfe, config.sampler, generator, chunk_size, shards,
+                        callback)
     return STRATEGIES[config.name][1](ctx, config)

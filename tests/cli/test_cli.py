@@ -110,3 +110,34 @@ def test_bench_search_json(model, tmp_path):
         assert row["nfe"] <= row["budget"] * row["plain_nfe"]
     r = run("bench", "search", "--model", model, "--strategies", "bogus")
     assert r.exit_code == 2 and "allowed" in r.output
+
+
+def test_bench_search_strategy_options_label_rows(model, tmp_path):
+    out = tmp_path / "b.json"
+    r = run("bench", "search", "--model", model, "--prompts", 1, "--strategies", "smc:interpolant=linear",
+            "--budgets", "1", "--steps", 2, "--json", out)
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(out.read_text())
+    assert row["strategy"] == "smc:interpolant=linear" and "interpolant='linear'" in row["config"]
+    r = run("bench", "search", "--model", model, "--strategies", "smc:bogus=1")
+    assert r.exit_code == 2 and "allowed" in r.output
+
+
+@pytest.mark.slow
+def test_generate_search_over_two_processes(model, tmp_path):
+    """torchrun with 2 CPU processes (gloo) writes the image one process writes, once."""
+    import shutil
+    import subprocess
+
+    accel = shutil.which("accel")
+    args = ["generate", "a photo of two circles", "--model", model, "--steps", "3", "--search", "smc", "--nfe",
+            "60", "--seed", "3"]
+    env = {"OMP_NUM_THREADS": "1", **__import__("os").environ}
+    subprocess.run([accel, *args, "--out", str(tmp_path / "one.png")], check=True, env=env)
+    subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", "29561", accel, *args,
+                    "--out", str(tmp_path / "two.png")], check=True, env=env, cwd=tmp_path)
+    assert (iio.imread(tmp_path / "one.png") == iio.imread(tmp_path / "two.png")).all()
+    r = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", "29562", accel, "generate",
+                        "a photo of two circles", "--model", model, "--out", str(tmp_path / "x.png")],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "without --search" in r.stdout + r.stderr
