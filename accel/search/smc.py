@@ -24,7 +24,8 @@ import torch
 
 from accel.config import check_choice
 from accel.schedulers.sde import SDEConfig
-from accel.search.base import SearchContext, SearchResult, check_float, check_sampler
+from accel.search.base import SearchContext, SearchResult, check_float, check_int, check_sampler
+from accel.search.beam import lookahead_x0
 from accel.search.resampling import RESAMPLERS, TEMPERATURES, entropic_temperature, ess, normalize, resample
 
 POTENTIALS = ("diff", "max", "rt")
@@ -56,7 +57,10 @@ class EPFConfig:
     """Entropic particle filtering. Resamples every step from softmax(logw / tau): tau = 1 unless ESS / K < kappa
     while progress (step / steps) < early, then by `temperature` ("ess" default, "entropy", "base" with tau_max).
     Defaults are the paper's (kappa 0.5, early 0.5, systematic resampling); potential "rt": the particle's current
-    reward, as the LLM version's PRM score of the current prefix."""
+    reward, as the LLM version's PRM score of the current prefix. lookahead: ePF's look-ahead modulation carried
+    to diffusion (the note's LaM): on steps with progress < lookahead_until, particles are scored on the x0 after
+    `lookahead` deterministic steps (DLBS's estimator, lookahead - 1 extra calls per particle) instead of the
+    blurry one-step x0; 1 (the default) turns it off. Fewer particles fit the budget when it is on."""
 
     name: ClassVar[str] = "epf"
     lam: float = 10.0
@@ -66,11 +70,15 @@ class EPFConfig:
     temperature: str = "ess"
     tau_max: float = 2.0
     resampling: str = "systematic"
+    lookahead: int = 1
+    lookahead_until: float = 0.5
     sampler: SDEConfig = SDEConfig()
 
     def __post_init__(self):
         check_float("lam", self.lam, 0.0, 1e6)
         check_choice("potential", self.potential, POTENTIALS)
+        check_int("lookahead", self.lookahead)
+        check_float("lookahead_until", self.lookahead_until, 0.0, 1.0)
         check_float("kappa", self.kappa, 0.0, 1.0)
         check_float("early", self.early, 0.0, 1.0)
         check_choice("temperature", self.temperature, TEMPERATURES)
@@ -93,9 +101,20 @@ def log_potential(kind: str, lam: float, r: torch.Tensor, r_prev: torch.Tensor, 
 Decision = Callable[[torch.Tensor, int], "tuple[torch.Tensor | None, dict]"]
 
 
-def run_particle_filter(ctx: SearchContext, potential: str, lam: float, method: str, decide: Decision) -> SearchResult:
-    """The loop shared by SMC and ePF: predict, score, weigh, maybe resample, SDE step."""
-    k = ctx.calls // ctx.steps
+def lookahead_steps(steps: int, lookahead: int, until: float) -> list[bool]:
+    """Whether grid point i is scored with the lookahead estimator: i / steps < until, never the last point."""
+    return [lookahead > 1 and i < steps - 1 and i / steps < until for i in range(steps)]
+
+
+def run_particle_filter(ctx: SearchContext, potential: str, lam: float, method: str, decide: Decision,
+                        lookahead: int = 1, lookahead_until: float = 0.0) -> SearchResult:
+    """The loop shared by SMC and ePF: predict, score (optionally on a lookahead x0), weigh, maybe resample,
+    SDE step."""
+    ahead = lookahead_steps(ctx.steps, lookahead, lookahead_until)
+    k = max(1, ctx.calls // (ctx.steps + (lookahead - 1) * sum(ahead)))
+    if k * (ctx.steps + (lookahead - 1) * sum(ahead)) > ctx.calls:  # not even one particle with lookahead
+        ahead, lookahead = [False] * ctx.steps, 1
+        k = ctx.calls // ctx.steps
     x = ctx.noise(k)
     logw = torch.zeros(k, dtype=torch.float64)
     r_prev = torch.zeros(k)
@@ -103,7 +122,7 @@ def run_particle_filter(ctx: SearchContext, potential: str, lam: float, method: 
     resampled = 0
     for i in range(ctx.steps):
         pred = ctx.predict(x, i)
-        r = ctx.score(pred.x0)
+        r = ctx.score(lookahead_x0(ctx, x, pred, ctx.rs[i], lookahead) if ahead[i] else pred.x0)
         r_max = torch.maximum(r_max, r)
         logw = logw + log_potential(potential, lam, r, r_prev, r_max)
         r_prev = r
@@ -117,7 +136,8 @@ def run_particle_filter(ctx: SearchContext, potential: str, lam: float, method: 
             logw = torch.zeros(k, dtype=torch.float64)
             resampled += 1
         x = ctx.step(x, pred, i)
-    return ctx.result(x, r_prev, {"particles": k, "resampled": resampled}, log_weights=logw)
+    extra = {"particles": k, "resampled": resampled, "lookahead_steps": sum(ahead)}
+    return ctx.result(x, r_prev, extra, log_weights=logw)
 
 
 def run_smc(ctx: SearchContext, config: SMCConfig) -> SearchResult:
@@ -135,4 +155,5 @@ def run_epf(ctx: SearchContext, config: EPFConfig) -> SearchResult:
         tau = entropic_temperature(logw, progress, config.temperature, config.kappa, config.early, config.tau_max)
         return normalize(logw / tau), {"tau": tau}
 
-    return run_particle_filter(ctx, config.potential, config.lam, config.resampling, decide)
+    return run_particle_filter(ctx, config.potential, config.lam, config.resampling, decide, config.lookahead,
+                               config.lookahead_until)
