@@ -14,6 +14,8 @@ Supported models and what is fused (each part can be turned off in FusedKernelsC
 | WanTransformer3DModel | both block modulations | both gated residuals | self-attn (+rotary), cross-attn |
 | SD3Transformer2DModel | AdaLayerNormZero | - (inline in upstream block forwards) | - (no rotary) |
 
+Models register their installers (register_fused_installer); the built-in DiT's lives in
+accel.pipelines.shapes_kernels, registered when accel.pipelines is imported.
 Flux and SD3 write their gated residuals inline in upstream block forwards; fusing them would mean forking those
 forwards (STYLE.md: reuse upstream, do not copy it). Wan's block forward is mirrored (25 lines) because its
 modulations and gates are float32 round trips through memory, the largest saving; its I2V attention (add_k_proj)
@@ -28,12 +30,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from accel.kernels.gated_residual import gated_residual, gated_residual_reference
 from accel.kernels.modulated_norm import modulated_layer_norm, modulated_layer_norm_reference
-from accel.kernels.qk_norm_rope import qk_norm_rope
 
 FUSED_MARK = "_accel_fused_kernels"  # set on every replacement, to refuse applying twice
 
@@ -109,25 +109,8 @@ def rms_eps(norm: nn.RMSNorm, x: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Built-in DiT (accel.pipelines.shapes): mirrors of DiTBlock.forward and Attention.forward
+# Entry point
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _shapes_block_forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None, *,
-                          modulate: Callable, gate: Callable) -> torch.Tensor:
-    """DiTBlock.forward with the modulations and gates fused. x: (B, N, D); c: (B, 1, D) or (B, N, D)."""
-    shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
-    x = gate(x, self.attn(modulate(x, scale1, shift1, self.norm1.eps), mask), gate1)
-    return gate(x, self.mlp(modulate(x, scale2, shift2, self.norm2.eps)), gate2)
-
-
-def _shapes_attention_forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention.forward with q/k RMSNorm fused. x: (B, N, D)."""
-    b, n, d = x.shape
-    q, k, v = (f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
-    q, k = qk_norm_rope(q, k, self.norm_q.weight, self.norm_k.weight, eps=rms_eps(self.norm_q, q), seq_dim=2)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, Dh)
-    return self.to_out(out.transpose(1, 2).reshape(b, n, d))
 
 
 def modulation_ops(config: FusedKernelsConfig) -> dict[str, Callable]:
@@ -141,31 +124,27 @@ def block_parts(config: FusedKernelsConfig, per_block: int) -> tuple[str, ...]:
     return tuple(p for p in ("modulated_norm", "gated_residual") if getattr(config, p) for _ in range(per_block))
 
 
-def _install_shapes(model: nn.Module, config: FusedKernelsConfig, handle: FusedKernelsHandle) -> None:
-    from accel.pipelines.shapes import Attention, DiTBlock
-
-    for module in model.modules():
-        if isinstance(module, DiTBlock) and (config.modulated_norm or config.gated_residual):
-            forward = functools.partial(_shapes_block_forward, **modulation_ops(config))
-            handle.add(replace_forward(module, forward), *block_parts(config, 2))
-        elif isinstance(module, Attention) and config.qk_norm_rope and module.norm_q.eps == module.norm_k.eps:
-            handle.add(replace_forward(module, _shapes_attention_forward), "qk_norm_rope")
+Installer = Callable[[nn.Module, FusedKernelsConfig, FusedKernelsHandle], None]
+_REGISTERED: list[tuple[type, Installer]] = []
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------------------------
+def register_fused_installer(model_class: type, installer: Installer) -> None:
+    """Teach apply_fused_kernels a model class: installer(model, config, handle) hooks the model's modules and
+    adds each restore function to the handle. Model code registers itself (imports point from models to kernels:
+    accel.pipelines registers the built-in models)."""
+    if not any(cls is model_class for cls, _ in _REGISTERED):
+        _REGISTERED.append((model_class, installer))
 
 
-def _installers() -> list[tuple[type, Callable]]:
-    """(model class, installer) pairs, imported lazily so that accel.kernels imports without diffusers models."""
+def _installers() -> list[tuple[type, Installer]]:
+    """(model class, installer) pairs: the registered models, then diffusers' (imported lazily so that
+    accel.kernels imports without diffusers models)."""
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, WanTransformer3DModel
 
     from accel.kernels import fused_diffusers
-    from accel.pipelines.shapes import ShapesTransformer2DModel
 
     return [
-        (ShapesTransformer2DModel, _install_shapes),
+        *_REGISTERED,
         (FluxTransformer2DModel, fused_diffusers.install_flux),
         (WanTransformer3DModel, fused_diffusers.install_wan),
         (SD3Transformer2DModel, fused_diffusers.install_sd3),

@@ -209,9 +209,10 @@ def test_builtin_block_in_every_dtype(dtype, device, force_triton):
 def apply_fused_kernels_to_block(block):
     """apply_fused_kernels takes whole models; wrap one block in a model-shaped shell for the test."""
     from accel.kernels.fused import FusedKernelsConfig as Config
-    from accel.kernels.fused import FusedKernelsHandle, _install_shapes
+    from accel.kernels.fused import FusedKernelsHandle
+    from accel.pipelines.shapes_kernels import install_fused_kernels
 
     handle = FusedKernelsHandle()
-    _install_shapes(block, Config(), handle)
+    install_fused_kernels(block, Config(), handle)
     assert handle.counts == {"modulated_norm": 2, "gated_residual": 2, "qk_norm_rope": 1}
     return handle
