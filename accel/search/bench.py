@@ -134,7 +134,7 @@ def plot_search(rows: list[dict], path: str) -> bool:
     except ImportError:
         warnings.warn("plot skipped: matplotlib is not installed (pip install matplotlib)", stacklevel=2)
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for key, ax in zip(("accuracy", "accuracy_strict"), axes):
         for name in dict.fromkeys(r["strategy"] for r in rows):
             pts = sorted((r["budget"], r[key]) for r in rows if r["strategy"] == name)
@@ -144,7 +144,7 @@ def plot_search(rows: list[dict], path: str) -> bool:
         ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("checker accuracy")
-    axes[1].legend()
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
