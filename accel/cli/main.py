@@ -315,6 +315,10 @@ def info():
     Console().print(table)
 
 
+# Commands defined in their own modules register on `app` / `bench_app` when imported (after those exist).
+from accel.cli import dllm as _dllm  # noqa: E402,F401
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,105 @@
+"""`accel text` and `accel bench dllm`: diffusion-language-model decoding from the command line.
+
+Registered on the main app by accel.cli.main (imported at its end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from accel.cli.main import UsageError, _progress, _threads, app, bench_app, console, user_errors
+
+
+def _load_text(model: str, device: Optional[str], trust_remote_code: bool):
+    from accel.dllm.models import load_text_model
+
+    try:
+        return load_text_model(model, device=device, trust_remote_code=trust_remote_code)
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as e:  # hub / config errors from transformers: which model, in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot load text model {model!r}: {first}") from None
+
+
+@app.command()
+def text(
+    prompt: str = typer.Argument(..., help="Prompt (built-in model: 'RULE k a b', e.g. 'fib 3 1 4')."),
+    model: str = typer.Option("recurrence", help="Built-in text model, accel model folder, or LLaDA/Dream id."),
+    decoder: str = typer.Option("fast-dllm", help="llada, fast-dllm, window, adablock; options as "
+                                                   "name:key=value (window:window=32:refresh=16)."),
+    gen_length: int = typer.Option(256, help="Answer tokens."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a checkpoint's own code "
+                                           "(LLaDA, Dream). Off by default."),
+    device: Optional[str] = typer.Option(None, help="torch device (default: cpu)."),
+):
+    """Decode an answer with a masked-diffusion language model."""
+    _threads()
+    from accel.dllm import generate
+    from accel.dllm.bench import parse_decoder
+
+    with user_errors():
+        if not prompt.strip():
+            raise UsageError("the prompt is empty")
+        config = parse_decoder(decoder)
+        if model == "recurrence":
+            from accel.dllm.task import parse_prompt
+
+            parse_prompt(prompt)  # the built-in model's format, said plainly
+        lm, tok = _load_text(model, device, trust_remote_code)
+        out = generate(lm, tok.prompt_ids(prompt), config, gen_length, delimiter_id=tok.index.get("\n"))
+    console.print(tok.decode(out.tokens), highlight=False, markup=False)
+    s = out.stats
+    console.print(f"[dim]{config.name}: {s.nfe} forwards, {s.positions} token-forwards, {s.seconds:.2f} s, "
+                  f"{s.tokens_per_s:.0f} tokens/s[/dim]", highlight=False)
+
+
+@bench_app.command("dllm")
+def bench_dllm_cmd(
+    model: str = typer.Option("recurrence", help="Built-in text model or accel model folder."),
+    prompts: int = typer.Option(24, help="Number of problems (the rules in turn)."),
+    seed: int = typer.Option(0, help="Picks the problem set."),
+    gen_length: int = typer.Option(256, help="Answer tokens."),
+    decoders: Optional[str] = typer.Option(None, help="Comma-separated decoders with :key=value options; the first "
+                                                       "is the baseline (default: the recorded sweep)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG of accuracy vs speedup (needs matplotlib)."),
+):
+    """Tokens/s and exact-match accuracy of each decoder on the built-in task, against the LLaDA baseline."""
+    _threads()
+    from accel.dllm.bench import DEFAULT_DECODERS, bench_dllm, parse_decoder, plot_dllm
+    from accel.evals.io import check_writable, run_info, write_json
+
+    with user_errors():
+        names = tuple(d.strip() for d in decoders.split(",") if d.strip()) if decoders else DEFAULT_DECODERS
+        for name in names:
+            parse_decoder(name)
+        if prompts < 1 or not names:
+            raise UsageError("--prompts must be >= 1 and --decoders non-empty")
+        for path in (json_out, plot):
+            if path is not None:
+                check_writable(path)
+        lm, tok = _load_text(model, None, False)
+        if not hasattr(tok, "vocab"):
+            raise UsageError("bench dllm needs a model trained on the built-in task (accel's MaskedDiffusionLM)")
+        with _progress() as progress:
+            task = progress.add_task("decoding", total=prompts * len(names))
+            rows = bench_dllm(lm, tok, prompts=prompts, seed=seed, gen_length=gen_length, decoders=names,
+                              progress=lambda _: progress.advance(task))
+        info = run_info()
+        rows = [row | info for row in rows]
+        if json_out is not None:
+            write_json(json_out, rows)
+        if plot is not None and not plot_dllm(rows, str(plot)):
+            console.print("plot skipped: matplotlib is not installed", highlight=False)
+    table = Table(title=f"dLLM decoding: {prompts} problems, gen length {gen_length}, seed {seed}")
+    for col in ("decoder", "tokens/s", "speedup", "accuracy", "token acc", "NFE", "token-fwd"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["decoder"], f"{r['tokens_per_s']:.0f}", f"{r['speedup']:.2f}x", f"{r['accuracy']:.3f}",
+                      f"{r['token_accuracy']:.4f}", f"{r['nfe']:.0f}", f"{r['positions']:.0f}")
+    Console().print(table)
