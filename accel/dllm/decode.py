@@ -196,7 +196,9 @@ class _State:
         self.stats.nfe += 1
         self.stats.positions += count
         self.stats.per_step.append(count)
-        conf, token = confidence_argmax(logits.float())
+        logits = logits.float()
+        logits[..., m.mask_id] = -float("inf")  # never "decode" a mask (it would never finish)
+        conf, token = confidence_argmax(logits)
         return conf, token
 
     def commit(self, index: torch.Tensor, token: torch.Tensor) -> None:
