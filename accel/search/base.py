@@ -101,16 +101,22 @@ class Shards:
             offsets.append(offsets[-1] + size)
         for k, t in parts.items():
             out[offsets[k]:offsets[k + 1]] = t
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
-        return out
+        return self._all_reduce(out)
 
     def total(self, value: int) -> int:
         """The sum of an integer over the processes."""
+        return int(self._all_reduce(torch.tensor([value], dtype=torch.float64)).item())
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum across processes on the backend's device (NCCL: this process's GPU; gloo: the CPU), returned on t's
+        device."""
         import torch.distributed as dist
 
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
-        return int(t.item())
+        comm = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(self.group) == "nccl"
+                else torch.device("cpu"))
+        buf = t.to(comm)
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
+        return buf.to(t.device)
 
 
 class SearchContext:
