@@ -129,6 +129,8 @@ def generate(
             import torch.distributed as dist
 
             local = int(os.environ.get("LOCAL_RANK", "0"))
+            if torch.cuda.is_available():
+                torch.cuda.set_device(local)
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
             main_process = dist.get_rank() == 0
