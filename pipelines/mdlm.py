@@ -227,16 +227,26 @@ def num_params(model: nn.Module) -> int:
 
 
 def masked_diffusion_loss(model: MaskedDiffusionLM, ids: torch.Tensor, prompt_len: int,
-                          generator: torch.Generator | None = None, eps: float = 1e-3) -> torch.Tensor:
+                          generator: torch.Generator | None = None, eps: float = 1e-3,
+                          prefix_fraction: float = 0.0) -> torch.Tensor:
     """LLaDA's objective: t ~ U(eps, 1) per sequence, each answer token masked with probability t, cross-entropy on
-    the masked tokens weighted 1 / t, averaged over the answer tokens (the prompt is never masked)."""
+    the masked tokens weighted 1 / t, averaged over the answer tokens (the prompt is never masked).
+
+    prefix_fraction: that share of the rows instead masks every answer token from a random cut on (the states a
+    left-to-right decoder meets: the answer's known start and an unknown rest), scored by the mean cross-entropy of
+    their masked tokens. Uniform masks alone rarely show a model a fully unknown continuation, so a model trained
+    only on them can be sure of a token given its neighbours yet unable to start an answer.
+    """
     b, s = ids.shape
     t = eps + (1 - eps) * torch.rand(b, 1, generator=generator, device=ids.device)
     mask = torch.rand(b, s, generator=generator, device=ids.device) < t
+    prefix_rows = torch.rand(b, 1, generator=generator, device=ids.device) < prefix_fraction
+    cut = prompt_len + (torch.rand(b, 1, generator=generator, device=ids.device) * (s - prompt_len)).long()
+    pos = torch.arange(s, device=ids.device)[None]
+    mask = torch.where(prefix_rows, pos >= cut, mask)
     mask[:, :prompt_len] = False
     noisy = torch.where(mask, torch.full_like(ids, model.mask_id), ids)
     logits = model(noisy)
-    ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none")  # (B, S)
-    return ((ce * mask) / t).sum() / (b * (s - prompt_len))
-
-
+    ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none") * mask  # (B, S)
+    weight = torch.where(prefix_rows, 1.0 / mask.sum(1, keepdim=True).clamp(min=1), 1.0 / (t * (s - prompt_len)))
+    return (ce * weight).sum() / b

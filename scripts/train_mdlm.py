@@ -44,6 +44,17 @@ def masked_accuracy(model, tok, rng, gen_length=256, n=64, t=0.5) -> float:
     return float((logits.argmax(-1) == ids)[mask].float().mean())
 
 
+@torch.no_grad()
+def decode_accuracy(model, tok, n: int = 12, gen_length: int = 64) -> float:
+    """Exact match of Fast-dLLM decoding on n fixed problems (what the model is for, cheaply)."""
+    from accel.dllm import generate
+    from accel.dllm.task import problem_set, score
+
+    ok = [score(tok.decode(generate(model, tok.prompt_ids(p.prompt), "fast-dllm", gen_length).tokens), p,
+                gen_length)[0] for p in problem_set(n, seed=10_000)]
+    return sum(ok) / n
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=25.0)
@@ -55,6 +66,8 @@ def main(argv=None) -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prefix-fraction", type=float, default=0.5, help="share of prefix-masked rows (see the loss)")
+    ap.add_argument("--init", type=Path, default=None, help="start from this model folder")
     ap.add_argument("--out", type=Path, default=Path("assets/recurrence-mdlm"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -63,6 +76,8 @@ def main(argv=None) -> None:
     tok = CharTokenizer(list(VOCAB))
     model = MaskedDiffusionLM(MDLMConfig(vocab_size=len(tok), mask_id=tok.mask_id, dim=args.dim, layers=args.layers,
                                          heads=args.heads, max_len=1024))
+    if args.init is not None:
+        model = MaskedDiffusionLM.from_pretrained(args.init).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     print(f"{num_params(model) / 1e6:.2f}M parameters", flush=True)
     budget = args.minutes * 60
@@ -74,7 +89,7 @@ def main(argv=None) -> None:
         for g in opt.param_groups:
             g["lr"] = lr
         ids = batch(tok, rng, args.batch, rng.choice(LENGTHS))
-        loss = masked_diffusion_loss(model, ids, prompt_len=6)
+        loss = masked_diffusion_loss(model, ids, prompt_len=6, prefix_fraction=args.prefix_fraction)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -83,19 +98,23 @@ def main(argv=None) -> None:
         if step % 100 == 0:
             model.eval()
             acc = masked_accuracy(model, tok, random.Random(step))
+            decoded = decode_accuracy(model, tok) if step % 500 == 0 else None
             model.train()
             row = {"step": step, "minutes": round((time.time() - start) / 60, 2), "loss": round(loss.item(), 4),
                    "masked_acc_t0.5": round(acc, 4), "lr": round(lr, 6)}
+            if decoded is not None:
+                row["fast_dllm_exact_match_gen64"] = decoded
             log.append(row)
             print(json.dumps(row), flush=True)
     model.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     tok.save(args.out)
-    record = {"command": "python " + " ".join(sys.argv), "steps": step,
+    record = {"command": "python " + " ".join(sys.argv), "steps": step, "init": str(args.init),
               "minutes": round((time.time() - start) / 60, 2), "params": num_params(model),
               "machine": f"{platform.machine()} {platform.processor()}, {torch.get_num_threads()} threads",
               "torch": torch.__version__, "final_masked_acc_t0.5": masked_accuracy(model, tok, random.Random(-1)),
+              "final_fast_dllm_exact_match_gen64": decode_accuracy(model, tok),
               "log": log}
     (args.out / "training.json").write_text(json.dumps(record, indent=1))
     print("saved", args.out, flush=True)

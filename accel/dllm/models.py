@@ -15,8 +15,8 @@ def builtin_text_model_path(name: str = "recurrence") -> Path:
 
     path = Path(str(files("accel.assets"))) / BUILTIN_TEXT[name]
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"built-in text model {name!r} is missing at {path}; train it with "
-                                "scripts/train_mdlm.py")
+        raise FileNotFoundError(f"the built-in text model {name!r} is not shipped yet (no model at {path}): train "
+                                "one with scripts/train_mdlm.py --out FOLDER and pass --model FOLDER")
     return path
 
 

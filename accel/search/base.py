@@ -90,7 +90,6 @@ class Shards:
     def gather(self, parts: dict[int, torch.Tensor], sizes: list[int], like: torch.Tensor | None) -> torch.Tensor:
         """Concatenate chunk results (chunk index -> tensor of sizes[index] rows) computed across the processes.
         `like` gives the trailing shape, dtype and device when this process computed no chunk (None: ask peers)."""
-        import torch.distributed as dist
 
         ref = next(iter(parts.values()), like)
         if ref is None:
