@@ -1,0 +1,201 @@
+"""Heterogeneous step allocation (HSA): every latent token carries its own sigma.
+
+Chu & Patel, "Not All Tokens Need 40 Steps" (arXiv 2605.06892). The paper's code is not public; this follows the
+reconstruction in the project notes (papers-search-and-hsa.md section 1), with microsoft/RAS's mechanics.
+
+State per token i: its latent x_i at its own sigma s_i, and the velocity v_i last computed for it. A token can be
+moved to any sigma in one operation, the *cached Euler update* x_i + (sigma - s_i) v_i (for the linear
+interpolant this is the exact jump under the token's cached x0 / eps prediction).
+
+Schedule on the pipeline's grid sigma_0 > ... > sigma_T = 0:
+1. Warm-up: the first `warmup` steps are full steps (every token active).
+2. Partial steps: the `k_j` highest-scoring tokens per sample are active. A token's score is its velocity dynamics
+   ||v_i - v_i'|| / (||v_i'|| + delta) over its last two computed velocities ("dynamics"), or its last Euler
+   displacement ||(sigma_next - sigma) v_i|| ("displacement", as RAS). Tokens skipped `max_skips` steps in a row
+   take the active slots first (the starvation bound holds whenever the slots can take them all). Active tokens
+   are brought to the step's sigma with the cached update, get a fresh velocity, and take a normal Euler step;
+   inactive tokens are left where they are.
+3. The final step is full: every token is brought to the last grid sigma and stepped to sigma = 0.
+
+The active counts come from the runtime budget: `runtime` is the fraction of the full-step token compute
+(steps x tokens) to spend, warm-up and final step included. With every token active HSA *is* Euler, bit for bit.
+
+Model calls go through `velocity_active(x, sigma, active) -> v_active`: x holds every token at the common sigma
+(inactive ones moved there with the cached update), active is (B, k) token indices, and the result is (B, k, D).
+The default computes the full velocity and gathers the active tokens, which is exact but saves nothing; the
+transformer hooks that compute active tokens only (queries against cached K/V of the others) plug in here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from accel.config import check_choice
+from accel.core.denoiser import Cond, Denoiser
+from accel.core.grid import TimeGrid
+
+SCORES = ("dynamics", "displacement")
+
+
+@dataclass(frozen=True)
+class HSAConfig:
+    """runtime: fraction of the full-step token compute to spend, in (0, 1]; warmup: full steps at the start
+    (None: max(1, round(steps / 10))); max_skips: most consecutive skipped steps per token; score: see the module
+    docstring."""
+
+    runtime: float = 0.5
+    warmup: int | None = None
+    max_skips: int = 4
+    score: str = "dynamics"
+
+    def __post_init__(self):
+        ok = isinstance(self.runtime, (int, float)) and not isinstance(self.runtime, bool) and 0 < self.runtime <= 1
+        if not ok:
+            raise ValueError(f"runtime must be a number in (0, 1] (a fraction of the full run), got {self.runtime!r}")
+        if self.warmup is not None and (not isinstance(self.warmup, int) or self.warmup < 1):
+            raise ValueError(f"warmup must be an integer >= 1 or None (every token needs a velocity before it can "
+                             f"be skipped), got {self.warmup!r}")
+        if not isinstance(self.max_skips, int) or self.max_skips < 1:
+            raise ValueError(f"max_skips must be an integer >= 1, got {self.max_skips!r}")
+        check_choice("score", self.score, SCORES)
+
+
+def plan_hsa(steps: int, tokens: int, config: HSAConfig) -> list[int]:
+    """Active tokens per sample at each step (len = steps): warm-up and final steps full, the rest share the
+    runtime budget evenly (at least one token). Raises ValueError when the budget cannot carry the full steps."""
+    warmup = config.warmup if config.warmup is not None else max(1, round(steps / 10))
+    warmup = min(warmup, steps - 1)
+    full = warmup + 1  # the warm-up and the final step
+    partial = steps - full
+    budget = config.runtime * steps * tokens
+    if partial <= 0:
+        return [tokens] * steps
+    if budget < full * tokens + partial:
+        need = (full * tokens + partial) / (steps * tokens)
+        raise ValueError(f"runtime={config.runtime} cannot carry {warmup} warm-up step(s) and the final full step "
+                         f"of {steps}: use runtime >= {need:.3f} or fewer warm-up steps")
+    k = min(tokens, max(1, math.floor((budget - full * tokens) / partial)))
+    return [tokens] * warmup + [k] * partial + [tokens]
+
+
+@dataclass
+class HSAStats:
+    """active: active tokens per sample at each step; token_fraction: computed token-steps / (steps x tokens)."""
+
+    active: list[int] = field(default_factory=list)
+    token_fraction: float = 0.0
+
+
+def tokens_to_latent(t: torch.Tensor, like: torch.Tensor, rows: int, cols: int, frames: int = 1) -> torch.Tensor:
+    """(B, L, D) tokens back to a latent shaped like `like`: (B, C, H, W) images split into rows x cols patches,
+    (B, C, F, H, W) videos into frames x rows x cols, or (B, L, D) packed latents (returned as they are)."""
+    if like.ndim == 3:
+        return t.reshape(like.shape)
+    b, c = like.shape[:2]
+    if like.ndim == 4:
+        h, w = like.shape[2:]
+        ph, pw = h // rows, w // cols
+        return t.view(b, rows, cols, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(like.shape)
+    f, h, w = like.shape[2:]
+    pf, ph, pw = f // frames, h // rows, w // cols
+    return (t.view(b, frames, rows, cols, c, pf, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(like.shape))
+
+
+def latent_to_tokens(x: torch.Tensor, rows: int, cols: int, frames: int = 1) -> torch.Tensor:
+    """A latent as (B, L, D) tokens in frame-major, row-major order (the inverse of tokens_to_latent)."""
+    if x.ndim == 3:
+        return x
+    b, c = x.shape[:2]
+    if x.ndim == 4:
+        h, w = x.shape[2:]
+        ph, pw = h // rows, w // cols
+        if ph * rows != h or pw * cols != w:
+            raise ValueError(f"a {h}x{w} latent does not split into {rows}x{cols} tokens")
+        return x.view(b, c, rows, ph, cols, pw).permute(0, 2, 4, 1, 3, 5).reshape(b, rows * cols, c * ph * pw)
+    if x.ndim != 5:
+        raise ValueError(f"latents must be (B, L, D), (B, C, H, W) or (B, C, F, H, W), got {tuple(x.shape)}")
+    f, h, w = x.shape[2:]
+    pf, ph, pw = f // frames, h // rows, w // cols
+    if pf * frames != f or ph * rows != h or pw * cols != w:
+        raise ValueError(f"a {f}x{h}x{w} latent does not split into {frames}x{rows}x{cols} tokens")
+    return (x.view(b, c, frames, pf, rows, ph, cols, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+            .reshape(b, frames * rows * cols, c * pf * ph * pw))
+
+
+def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t (B, L, ...) at index (B, k) -> (B, k, ...)."""
+    return torch.gather(t, 1, index.view(*index.shape, *([1] * (t.ndim - 2))).expand(-1, -1, *t.shape[2:]))
+
+
+def _scatter(t: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    return t.scatter(1, index.view(*index.shape, *([1] * (t.ndim - 2))).expand(-1, -1, *t.shape[2:]), src)
+
+
+def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, config: HSAConfig,
+               velocity_active: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+               delta: float = 1e-6) -> tuple[torch.Tensor, HSAStats]:
+    """Sample with per-token step allocation (see the module docstring).
+
+    Args:
+        denoiser: the adapter (its token_layout maps the latent to tokens; its velocity is the default model call).
+        x: the start latent at grid.sigmas[0]. grid: the pipeline's grid. cond: the conditioning.
+        velocity_active: the model call on active tokens (default: the full velocity, gathered).
+    Returns:
+        (the latent at sigma = 0, HSAStats).
+    """
+    layout = denoiser.token_layout(x)
+    sigmas = grid.sigmas.to(x.device)
+    steps = len(sigmas) - 1
+    tok = latent_to_tokens(x, layout.rows, layout.cols, layout.frames)  # (B, L, D)
+    b, n, _ = tok.shape
+    counts = plan_hsa(steps, n, config)
+
+    def default_velocity(x_tok, sigma, active):
+        v = denoiser.velocity(tokens_to_latent(x_tok, x, layout.rows, layout.cols, layout.frames), sigma, cond)
+        return _gather(latent_to_tokens(v, layout.rows, layout.cols, layout.frames), active)
+
+    call = velocity_active or default_velocity
+    s_tok = torch.full((b, n), float(sigmas[0]), device=x.device, dtype=torch.float32)  # each token's sigma
+    v_tok = torch.zeros_like(tok)
+    v_prev = torch.zeros_like(tok)
+    score = torch.zeros(b, n, device=x.device, dtype=torch.float32)
+    skips = torch.zeros(b, n, device=x.device, dtype=torch.long)
+    stats = HSAStats()
+    for j in range(steps):
+        sigma, sigma_next = sigmas[j], sigmas[j + 1]
+        k = counts[j]
+        if k == n:
+            active = torch.arange(n, device=x.device).expand(b, n)
+        else:
+            forced = (skips >= config.max_skips).float()
+            active = torch.topk(score + forced * 1e9, k, dim=1).indices
+        # Bring every token to the common sigma with its cached update (a no-op for tokens already there).
+        common = tok + (sigma.to(torch.float32) - s_tok)[..., None].to(tok.dtype) * v_tok
+        v_new = call(common, sigma, active)  # (B, k, D)
+        x_act = _gather(common, active)
+        dt = sigma_next - sigma
+        stepped = (x_act.float() + dt * v_new).to(v_new.dtype)  # accel.schedulers.flow.euler_update's arithmetic
+        tok = _scatter(tok, active, stepped)
+        s_tok = s_tok.scatter(1, active, float(sigma_next))
+        prev = _gather(v_tok, active)
+        v_prev = _scatter(v_prev, active, prev)
+        v_tok = _scatter(v_tok, active, v_new.to(tok.dtype))
+        new_score = _active_scores(config.score, v_new, prev, dt.float(), delta, first=j < 1)
+        score = score.scatter(1, active, new_score)
+        skips = (skips + 1).scatter(1, active, 0)
+        stats.active.append(k)
+    stats.token_fraction = sum(stats.active) / (steps * n)
+    return tokens_to_latent(tok, x, layout.rows, layout.cols, layout.frames), stats
+
+
+def _active_scores(kind: str, v_new: torch.Tensor, v_old: torch.Tensor, dt: torch.Tensor, delta: float,
+                   first: bool) -> torch.Tensor:
+    """Scores (B, k) of the tokens just computed: higher = needs steps more."""
+    v_new, v_old = v_new.float(), v_old.float()
+    if kind == "displacement" or first:  # no earlier velocity yet: the step's own displacement
+        return (dt.abs() * v_new.norm(dim=-1))
+    return (v_new - v_old).norm(dim=-1) / (v_old.norm(dim=-1) + delta)
