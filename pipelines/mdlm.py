@@ -11,7 +11,7 @@ Window-Diffusion's active/buffer/far-field windows):
         # queries attend to the cached K/V at `keys` (default: every position)
 
 Weights are safetensors with a config.json and a tokenizer.json (the vocabulary) in one folder; trained by
-scripts/train_mdlm.py (assets/recurrence-mdlm/README.md).
+scripts/train_mdlm.py (assets/counting-mdlm/README.md).
 """
 
 from __future__ import annotations

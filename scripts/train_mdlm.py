@@ -1,10 +1,9 @@
-"""Train the built-in masked-diffusion LM (assets/recurrence-mdlm) on the digit-recurrence task.
+"""Train the built-in masked-diffusion LM (assets/counting-mdlm) on the counting task (accel.dllm.task).
 
-    python scripts/train_mdlm.py --minutes 25 --seed 0 --out assets/recurrence-mdlm
+    python scripts/train_mdlm.py --minutes 25 --seed 0 --out assets/counting-mdlm
 
-LLaDA's objective (accel.pipelines.mdlm.masked_diffusion_loss) on freshly drawn problems every step (the task
-space is 3 rules x 1000 digit triples, so the answers themselves are never memorised as data: the model must learn
-the recurrences); answer lengths 64-256 tokens. Prints the loss and masked-token accuracy at t = 0.5 as it goes,
+LLaDA's objective (accel.pipelines.mdlm.masked_diffusion_loss, with prefix-masked rows) on freshly drawn problems
+every step; answer lengths 64-256 tokens. Prints the loss and masked-token accuracy at t = 0.5 as it goes,
 writes the model (safetensors), its config and tokenizer, and a training record JSON.
 """
 
@@ -21,16 +20,17 @@ from pathlib import Path
 
 import torch
 
-from accel.dllm.task import RULES, VOCAB, Problem, answer
+from accel.dllm.task import VOCAB, answer, random_problem
 from accel.pipelines.mdlm import CharTokenizer, MaskedDiffusionLM, MDLMConfig, masked_diffusion_loss, num_params
 
 LENGTHS = (64, 128, 192, 256)
+PROMPT_LEN = 8  # <bos> count S S S by K <sep>
 
 
 def batch(tok: CharTokenizer, rng: random.Random, n: int, gen_length: int) -> torch.Tensor:
     rows = []
     for _ in range(n):
-        p = Problem(rng.choice(RULES), rng.randrange(1, 10), rng.randrange(10), rng.randrange(10))
+        p = random_problem(rng)
         rows.append(tok.prompt_ids(p.prompt) + tok.encode(answer(p, gen_length)))
     return torch.tensor(rows)
 
@@ -39,7 +39,7 @@ def batch(tok: CharTokenizer, rng: random.Random, n: int, gen_length: int) -> to
 def masked_accuracy(model, tok, rng, gen_length=256, n=64, t=0.5) -> float:
     ids = batch(tok, rng, n, gen_length)
     mask = torch.rand(ids.shape, generator=torch.Generator().manual_seed(rng.randrange(2**31))) < t
-    mask[:, :6] = False
+    mask[:, :PROMPT_LEN] = False
     logits = model(torch.where(mask, torch.full_like(ids, tok.mask_id), ids))
     return float((logits.argmax(-1) == ids)[mask].float().mean())
 
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prefix-fraction", type=float, default=0.5, help="share of prefix-masked rows (see the loss)")
     ap.add_argument("--init", type=Path, default=None, help="start from this model folder")
-    ap.add_argument("--out", type=Path, default=Path("assets/recurrence-mdlm"))
+    ap.add_argument("--out", type=Path, default=Path("assets/counting-mdlm"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
         for g in opt.param_groups:
             g["lr"] = lr
         ids = batch(tok, rng, args.batch, rng.choice(LENGTHS))
-        loss = masked_diffusion_loss(model, ids, prompt_len=6, prefix_fraction=args.prefix_fraction)
+        loss = masked_diffusion_loss(model, ids, prompt_len=PROMPT_LEN, prefix_fraction=args.prefix_fraction)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

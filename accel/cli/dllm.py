@@ -28,8 +28,8 @@ def _load_text(model: str, device: Optional[str], trust_remote_code: bool):
 
 @app.command()
 def text(
-    prompt: str = typer.Argument(..., help="Prompt (built-in model: 'RULE k a b', e.g. 'fib 3 1 4')."),
-    model: str = typer.Option("recurrence", help="Built-in text model, accel model folder, or LLaDA/Dream id."),
+    prompt: str = typer.Argument(..., help="Prompt (built-in model: 'count SSS by K', e.g. 'count 137 by 7')."),
+    model: str = typer.Option("counting", help="Built-in text model, accel model folder, or LLaDA/Dream id."),
     decoder: str = typer.Option("fast-dllm", help="llada, fast-dllm, window, adablock; options as "
                                                    "name:key=value (window:window=32:refresh=16)."),
     gen_length: int = typer.Option(256, help="Answer tokens."),
@@ -46,7 +46,7 @@ def text(
         if not prompt.strip():
             raise UsageError("the prompt is empty")
         config = parse_decoder(decoder)
-        if model == "recurrence":
+        if model == "counting":
             from accel.dllm.task import parse_prompt
 
             parse_prompt(prompt)  # the built-in model's format, said plainly
@@ -60,7 +60,7 @@ def text(
 
 @bench_app.command("dllm")
 def bench_dllm_cmd(
-    model: str = typer.Option("recurrence", help="Built-in text model or accel model folder."),
+    model: str = typer.Option("counting", help="Built-in text model or accel model folder."),
     prompts: int = typer.Option(24, help="Number of problems (the rules in turn)."),
     seed: int = typer.Option(0, help="Picks the problem set."),
     gen_length: int = typer.Option(256, help="Answer tokens."),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-BUILTIN_TEXT = {"recurrence": "recurrence-mdlm"}
+BUILTIN_TEXT = {"counting": "counting-mdlm"}
 
 
-def builtin_text_model_path(name: str = "recurrence") -> Path:
+def builtin_text_model_path(name: str = "counting") -> Path:
     if name not in BUILTIN_TEXT:
         raise ValueError(f"unknown built-in text model {name!r}; allowed: {', '.join(BUILTIN_TEXT)}")
     from importlib.resources import files
@@ -20,7 +20,7 @@ def builtin_text_model_path(name: str = "recurrence") -> Path:
     return path
 
 
-def load_text_model(model: str = "recurrence", device: str | None = None, trust_remote_code: bool = False,
+def load_text_model(model: str = "counting", device: str | None = None, trust_remote_code: bool = False,
                     kind: str = "llada"):
     """(model, tokenizer): a built-in name, a folder of accel's MaskedDiffusionLM, or a LLaDA / Dream checkpoint
     (folder or hub id; see accel.dllm.hf)."""

@@ -18,7 +18,7 @@ def _shipped() -> bool:
 
 @pytest.mark.skipif(not _shipped(), reason="the built-in text model is not shipped yet (see the README)")
 def test_builtin_text_model_decodes_its_task():
-    model, tok = load_text_model("recurrence")
+    model, tok = load_text_model("counting")
     assert builtin_text_model_path().joinpath("model.safetensors").is_file()
     problems = problem_set(6, seed=123)
     for decoder in ("llada", "fast-dllm"):
@@ -30,9 +30,9 @@ def test_builtin_text_model_decodes_its_task():
 
 
 def test_unknown_or_missing_builtin_text_model():
-    with pytest.raises(ValueError, match="allowed: recurrence"):
+    with pytest.raises(ValueError, match="allowed: counting"):
         builtin_text_model_path("gpt")
     if not _shipped():
         with pytest.raises(FileNotFoundError, match="not shipped yet"):
-            load_text_model("recurrence")
+            load_text_model("counting")
     assert torch.is_grad_enabled()  # generate's no_grad does not leak

@@ -22,11 +22,11 @@ def model():
     return m.eval()
 
 
-PROMPT = TOK.prompt_ids("fib 3 1 4")
+PROMPT = TOK.prompt_ids("count 137 by 7")
 
 
 def test_subset_forward_with_cache_equals_full_forward(model):
-    ids = torch.tensor([PROMPT + TOK.encode(answer(Problem("fib", 3, 1, 4), 48))])
+    ids = torch.tensor([PROMPT + TOK.encode(answer(Problem(137, 7), 48))])
     with torch.no_grad():
         full = model(ids)
         cache = model.new_cache(1, ids.shape[1])
@@ -39,8 +39,8 @@ def test_subset_forward_with_cache_equals_full_forward(model):
 
 
 def test_cache_refresh_overwrites_stale_entries(model):
-    a = torch.tensor([PROMPT + TOK.encode(answer(Problem("add", 2, 0, 5), 32))])
-    b = torch.tensor([PROMPT + TOK.encode(answer(Problem("lin", 7, 3, 9), 32))])
+    a = torch.tensor([PROMPT + TOK.encode(answer(Problem(5, 2), 32))])
+    b = torch.tensor([PROMPT + TOK.encode(answer(Problem(998, 9), 32))])
     with torch.no_grad():
         stale = model.new_cache(1, a.shape[1])
         model(a, cache=stale)
@@ -90,7 +90,7 @@ def test_window_prunes_the_far_field(model):
 
 def test_adablock_ends_blocks_at_confident_delimiters():
     """A model that is certain of the task's answer: blocks end at the predicted newlines (lines of 16)."""
-    target = torch.tensor(PROMPT + TOK.encode(answer(parse_prompt("fib 3 1 4"), 64)))
+    target = torch.tensor(PROMPT + TOK.encode(answer(parse_prompt("count 137 by 7"), 64)))
 
     class Oracle(torch.nn.Module):
         config = MDLMConfig(vocab_size=len(TOK), mask_id=TOK.mask_id, max_len=128)
@@ -108,7 +108,7 @@ def test_adablock_ends_blocks_at_confident_delimiters():
             return torch.nn.functional.one_hot(target[positions], len(TOK)).float()[None] * 10
 
     out = generate(Oracle(), PROMPT, "adablock", 64, delimiter_id=NL, threshold=0.99)
-    assert TOK.decode(out.tokens) == answer(parse_prompt("fib 3 1 4"), 64)
+    assert TOK.decode(out.tokens) == answer(parse_prompt("count 137 by 7"), 64)
     assert out.stats.nfe == 4  # one block per line, each decoded in its first forward
 
 
@@ -132,8 +132,9 @@ def test_bad_input(model, kwargs, match):
 def test_bad_prompt(model):
     with pytest.raises(ValueError, match="non-empty"):
         generate(model, [], "llada", 32)
-    with pytest.raises(ValueError, match="RULE"):
-        parse_prompt("fib 12 1")
+    for bad in ("count 12 by 1", "count 137 by 0", "fib 3 1 4", "count 137 7"):
+        with pytest.raises(ValueError, match="count SSS by K"):
+            parse_prompt(bad)
 
 
 def test_decoder_specs():
@@ -144,12 +145,12 @@ def test_decoder_specs():
 
 
 def test_task_and_loss(model):
-    p = problem_set(3, 0)
-    assert [q.rule for q in p] == ["add", "fib", "lin"]
-    text = answer(Problem("add", 2, 0, 5), 32)
-    assert text == "057913579135791\n357913579135791\n"  # x0 = 0, x1 = 5, x_n = x_{n-1} + 2 (mod 10)
-    assert score(text, Problem("add", 2, 0, 5), 32) == (True, 1.0)
-    assert score(text[:-2] + "0\n", Problem("add", 2, 0, 5), 32)[0] is False
+    assert len(problem_set(5, 0)) == 5 and problem_set(5, 0) == problem_set(5, 0)
+    text = answer(Problem(990, 4), 32)
+    assert text == "990,994,998,002\n006,010,014,018\n"  # wraps mod 1000, four numbers per line
+    assert len(TOK.encode(text)) == 32
+    assert score(text, Problem(990, 4), 32) == (True, 1.0)
+    assert score(text[:-2] + "9\n", Problem(990, 4), 32)[0] is False
     ids = torch.tensor([PROMPT + TOK.encode(text)])
-    loss = masked_diffusion_loss(model, ids, len(PROMPT), torch.Generator().manual_seed(0))
+    loss = masked_diffusion_loss(model, ids, len(PROMPT), torch.Generator().manual_seed(0), prefix_fraction=0.5)
     assert torch.isfinite(loss) and loss > 0

@@ -68,15 +68,15 @@ def tiny_folder(tmp_path_factory):
 
 
 def test_text_command(tiny_folder):
-    r = runner.invoke(app, ["text", "fib 3 1 4", "--model", tiny_folder, "--gen-length", "32", "--decoder",
+    r = runner.invoke(app, ["text", "count 137 by 7", "--model", tiny_folder, "--gen-length", "32", "--decoder",
                             "window:window=16:active=4"])
     assert r.exit_code == 0, r.output
     assert "window:" in r.output and "tokens/s" in r.output
-    for args, message in [(["text", "fib 3 1 4", "--model", tiny_folder, "--decoder", "nope"], "allowed"),
-                          (["text", "fib 3 1 4", "--model", tiny_folder, "--gen-length", "33"], "block_length"),
-                          (["text", "fib 3 1 4", "--model", tiny_folder, "--gen-length", "512"], "context"),
+    for args, message in [(["text", "count 137 by 7", "--model", tiny_folder, "--decoder", "nope"], "allowed"),
+                          (["text", "count 137 by 7", "--model", tiny_folder, "--gen-length", "33"], "block_length"),
+                          (["text", "count 137 by 7", "--model", tiny_folder, "--gen-length", "512"], "context"),
                           (["text", "  ", "--model", tiny_folder], "empty"),
-                          (["text", "fib 31 4"], "RULE")]:
+                          (["text", "count 31 by 4"], "count SSS by K")]:
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and message in r.output, (args, r.output)
         assert "Traceback" not in r.output
