@@ -65,7 +65,7 @@ class AcceleratedPipeline:
         self.search_callback = None
         base = inspect.signature(pipe.__call__)
         params = [p for p in base.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        for name in ("sampler", "search", "reward", "nfe"):
+        for name in ("sampler", "steps", "runtime", "search", "reward", "nfe"):
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None))
         self.__signature__ = base.replace(parameters=params)
 
@@ -95,9 +95,12 @@ class AcceleratedPipeline:
     def __repr__(self) -> str:
         return f"AcceleratedPipeline({type(self.pipe).__name__}, {self.config})"
 
-    def __call__(self, *args, sampler: str | None = None, search=None, reward=None, nfe: int | None = None,
-                 distributed=False, **kwargs):
-        """Call as the pipeline. accel options: sampler ("euler" | "heun"); search (a strategy name or config from
+    def __call__(self, *args, sampler: str | None = None, steps=None, runtime: float | int | None = None,
+                 search=None, reward=None, nfe: int | None = None, distributed=False, **kwargs):
+        """Call as the pipeline. accel options: sampler ("euler" | "heun"); steps ("uniform", the default, or
+        "hsa" / an HSAConfig: heterogeneous per-token steps, accel.schedulers.hsa) with runtime (the fraction of
+        the full-step run's token compute in (0, 1], or an int: a budget in full steps); search (a strategy name or
+        config from
         accel.search, e.g. "bon", "smc", "rbf") with reward (a name from accel.rewards, e.g. "shapes", or a Reward)
         and nfe (the budget per prompt, in NFE); distributed (True or a process group: spread each search's
         particles over the torch.distributed processes, which must all make the same call; see accel.search.search).
@@ -110,13 +113,18 @@ class AcceleratedPipeline:
             raise ValueError(f"argument(s) given twice: {', '.join(sorted(call.keys() & kwargs.keys()))}")
         call.update(kwargs)
         config = self.config if sampler is None else replace(self.config, sampler=sampler)
+        hsa = _hsa_option(steps, runtime)
         start = time.perf_counter()
         if search is not None or reward is not None or nfe is not None:
-            if sampler is not None:
-                raise ValueError("sampler= does not apply to search: the strategy's config picks its sampler")
+            if sampler is not None or hsa is not None:
+                raise ValueError("sampler= and steps= do not apply to search: its strategy config picks the sampler")
             out, stats = self._run_search(call, search, reward, nfe, distributed)
         elif distributed is not False:
             raise ValueError("distributed= applies to search only (search=, reward=, nfe=)")
+        elif hsa is not None:
+            if sampler not in (None, "euler"):
+                raise ValueError(f"steps='hsa' is an Euler method; it does not combine with sampler={sampler!r}")
+            out, stats = self._run_hsa(call, hsa)
         else:
             out, stats = self._run(call, config)
         stats.seconds = time.perf_counter() - start
@@ -150,6 +158,25 @@ class AcceleratedPipeline:
         x = sample(adapter, prepared.x, prepared.grid, prepared.cond, step=get_step(config.sampler), callback=callback)
         out = adapter.decode(x, prepared)
         return out, Stats(nfe=adapter.nfe, steps=prepared.grid.num_steps, sampler=config.sampler, path="accel")
+
+    @torch.no_grad()
+    def _run_hsa(self, call: dict[str, Any], hsa):
+        from accel.schedulers.hsa import hsa_sample
+
+        adapter = self.adapter
+        try:
+            adapter.check_supported(call)
+        except UnsupportedCall as e:
+            raise ValueError(f"steps='hsa' needs accel's sampling path, which this call cannot take: {e}") from None
+        adapter.nfe = 0
+        prepared = adapter.prepare(**call)
+        n = prepared.grid.num_steps
+        callback = None if self.step_callback is None else (lambda i, steps: self.step_callback(i, steps))
+        x, hsa_stats = hsa_sample(adapter, prepared.x, prepared.grid, prepared.cond, hsa, callback=callback)
+        out = adapter.decode(x, prepared)
+        return out, Stats(nfe=adapter.nfe, steps=n, sampler="euler", path="accel",
+                          extra={"steps": "hsa", "runtime": hsa.runtime, "token_fraction": hsa_stats.token_fraction,
+                                 "active_tokens": hsa_stats.active})
 
     @torch.no_grad()
     def _run_search(self, call: dict[str, Any], strategy, reward, nfe: int | None, distributed):
@@ -194,6 +221,23 @@ class AcceleratedPipeline:
         finally:
             counter.remove()
         return out, Stats(nfe=counter.count, steps=int(call.get("num_inference_steps") or 0), path="pipeline")
+
+
+def _hsa_option(steps, runtime):
+    """The HSAConfig of steps= / runtime=, or None for uniform steps."""
+    from accel.schedulers.hsa import HSAConfig
+
+    if isinstance(steps, HSAConfig):
+        if runtime is not None:
+            return replace(steps, runtime=runtime)
+        return steps
+    if steps in (None, "uniform"):
+        if runtime is not None:
+            raise ValueError("runtime= applies to steps='hsa' only")
+        return None
+    if steps != "hsa":
+        raise ValueError(f"steps must be 'uniform', 'hsa' or an HSAConfig, got {steps!r}")
+    return HSAConfig() if runtime is None else HSAConfig(runtime=runtime)
 
 
 def accelerate_pipeline(pipe, config: AccelConfig | None = None) -> AcceleratedPipeline:

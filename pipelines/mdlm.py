@@ -228,25 +228,34 @@ def num_params(model: nn.Module) -> int:
 
 def masked_diffusion_loss(model: MaskedDiffusionLM, ids: torch.Tensor, prompt_len: int,
                           generator: torch.Generator | None = None, eps: float = 1e-3,
-                          prefix_fraction: float = 0.0) -> torch.Tensor:
+                          prefix_fraction: float = 0.0, prefix_span: int | None = None,
+                          cut_power: float = 2.0) -> torch.Tensor:
     """LLaDA's objective: t ~ U(eps, 1) per sequence, each answer token masked with probability t, cross-entropy on
     the masked tokens weighted 1 / t, averaged over the answer tokens (the prompt is never masked).
 
     prefix_fraction: that share of the rows instead masks every answer token from a random cut on (the states a
     left-to-right decoder meets: the answer's known start and an unknown rest), scored by the mean cross-entropy of
     their masked tokens. Uniform masks alone rarely show a model a fully unknown continuation, so a model trained
-    only on them can be sure of a token given its neighbours yet unable to start an answer.
+    only on them can be sure of a token given its neighbours yet unable to start an answer. Cuts are drawn closer to
+    the answer's start (cut offset ~ U^cut_power), where a decoder begins with nothing but the prompt.
+
+    prefix_span: score a prefix row only on its first prefix_span masked tokens (a decoder's next block: what the
+    known text determines), so that the many undeterminable far tokens do not drown them out.
     """
     b, s = ids.shape
     t = eps + (1 - eps) * torch.rand(b, 1, generator=generator, device=ids.device)
     mask = torch.rand(b, s, generator=generator, device=ids.device) < t
     prefix_rows = torch.rand(b, 1, generator=generator, device=ids.device) < prefix_fraction
-    cut = prompt_len + (torch.rand(b, 1, generator=generator, device=ids.device) * (s - prompt_len)).long()
+    u = torch.rand(b, 1, generator=generator, device=ids.device)
+    cut = prompt_len + (u.pow(cut_power) * (s - prompt_len)).long()
     pos = torch.arange(s, device=ids.device)[None]
     mask = torch.where(prefix_rows, pos >= cut, mask)
     mask[:, :prompt_len] = False
     noisy = torch.where(mask, torch.full_like(ids, model.mask_id), ids)
     logits = model(noisy)
-    ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none") * mask  # (B, S)
-    weight = torch.where(prefix_rows, 1.0 / mask.sum(1, keepdim=True).clamp(min=1), 1.0 / (t * (s - prompt_len)))
+    scored = mask
+    if prefix_span:
+        scored = mask & torch.where(prefix_rows, pos < cut + prefix_span, True)
+    ce = F.cross_entropy(logits.transpose(1, 2), ids, reduction="none") * scored  # (B, S)
+    weight = torch.where(prefix_rows, 1.0 / scored.sum(1, keepdim=True).clamp(min=1), 1.0 / (t * (s - prompt_len)))
     return (ce * weight).sum() / b

@@ -462,6 +462,11 @@ class ShapesDenoiser(Denoiser):
             return (images,)
         return ImagePipelineOutput(images=images)
 
+    def hsa_velocity(self, cond: Cond):
+        from accel.pipelines.shapes_hsa import ShapesActiveTokens
+
+        return ShapesActiveTokens(self, cond)
+
     def token_layout(self, x) -> TokenLayout:
         p = self.transformer.patch_size
         return TokenLayout(1, x.shape[-2] // p, x.shape[-1] // p)

@@ -20,10 +20,12 @@ Schedule on the pipeline's grid sigma_0 > ... > sigma_T = 0:
 The active counts come from the runtime budget: `runtime` is the fraction of the full-step token compute
 (steps x tokens) to spend, warm-up and final step included. With every token active HSA *is* Euler, bit for bit.
 
-Model calls go through `velocity_active(x, sigma, active) -> v_active`: x holds every token at the common sigma
-(inactive ones moved there with the cached update), active is (B, k) token indices, and the result is (B, k, D).
-The default computes the full velocity and gathers the active tokens, which is exact but saves nothing; the
-transformer hooks that compute active tokens only (queries against cached K/V of the others) plug in here.
+Model calls go through `velocity_active(x, sigma, active) -> v_active`: x is the latent (the pipeline's layout)
+with every token at the common sigma (inactive ones moved there with the cached update), active is (B, k) token
+indices, and the result is (B, k, D) in latent_to_tokens' layout. The adapter's `hsa_velocity(cond)` supplies the
+family's active-token forward (queries of the active tokens against cached K/V of the others, e.g.
+accel.pipelines.shapes_hsa); without one the full velocity is computed and gathered, which is exact but saves
+nothing.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ SCORES = ("dynamics", "displacement")
 
 @dataclass(frozen=True)
 class HSAConfig:
-    """runtime: fraction of the full-step token compute to spend, in (0, 1]; warmup: full steps at the start
+    """runtime: fraction of the full-step token compute to spend, a float in (0, 1], or a budget in full steps, an
+    int >= 1 (runtime=12 on a 24-step grid is 0.5); warmup: full steps at the start
     (None: max(1, round(steps / 10))); max_skips: most consecutive skipped steps per token; score: see the module
     docstring."""
 
@@ -53,9 +56,11 @@ class HSAConfig:
     score: str = "dynamics"
 
     def __post_init__(self):
-        ok = isinstance(self.runtime, (int, float)) and not isinstance(self.runtime, bool) and 0 < self.runtime <= 1
+        r = self.runtime
+        ok = not isinstance(r, bool) and ((isinstance(r, int) and r >= 1) or (isinstance(r, float) and 0 < r <= 1))
         if not ok:
-            raise ValueError(f"runtime must be a number in (0, 1] (a fraction of the full run), got {self.runtime!r}")
+            raise ValueError(f"runtime must be a float in (0, 1] (a fraction of the full run) or an int >= 1 (a budget "
+                             f"in full steps), got {r!r}")
         if self.warmup is not None and (not isinstance(self.warmup, int) or self.warmup < 1):
             raise ValueError(f"warmup must be an integer >= 1 or None (every token needs a velocity before it can "
                              f"be skipped), got {self.warmup!r}")
@@ -71,13 +76,17 @@ def plan_hsa(steps: int, tokens: int, config: HSAConfig) -> list[int]:
     warmup = min(warmup, steps - 1)
     full = warmup + 1  # the warm-up and the final step
     partial = steps - full
-    budget = config.runtime * steps * tokens
+    if isinstance(config.runtime, int) and config.runtime > steps:
+        raise ValueError(f"runtime={config.runtime} full steps exceeds the {steps} steps of the grid")
+    fraction = config.runtime / steps if isinstance(config.runtime, int) else config.runtime
+    budget = fraction * steps * tokens
     if partial <= 0:
         return [tokens] * steps
     if budget < full * tokens + partial:
         need = (full * tokens + partial) / (steps * tokens)
         raise ValueError(f"runtime={config.runtime} cannot carry {warmup} warm-up step(s) and the final full step "
-                         f"of {steps}: use runtime >= {need:.3f} or fewer warm-up steps")
+                         f"of {steps}: use runtime >= {need:.3f} (or {math.ceil(need * steps)} full steps) or fewer "
+                         "warm-up steps")
     k = min(tokens, max(1, math.floor((budget - full * tokens) / partial)))
     return [tokens] * warmup + [k] * partial + [tokens]
 
@@ -137,13 +146,16 @@ def _scatter(t: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.T
 
 def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, config: HSAConfig,
                velocity_active: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-               delta: float = 1e-6) -> tuple[torch.Tensor, HSAStats]:
+               delta: float = 1e-6, callback: Callable[[int, int], None] | None = None
+               ) -> tuple[torch.Tensor, HSAStats]:
     """Sample with per-token step allocation (see the module docstring).
 
     Args:
         denoiser: the adapter (its token_layout maps the latent to tokens; its velocity is the default model call).
         x: the start latent at grid.sigmas[0]. grid: the pipeline's grid. cond: the conditioning.
-        velocity_active: the model call on active tokens (default: the full velocity, gathered).
+        velocity_active: the model call on active tokens (default: denoiser.hsa_velocity(cond), else the full
+            velocity, gathered).
+        callback: called as callback(step_index, num_steps) after each step (progress).
     Returns:
         (the latent at sigma = 0, HSAStats).
     """
@@ -154,11 +166,11 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
     b, n, _ = tok.shape
     counts = plan_hsa(steps, n, config)
 
-    def default_velocity(x_tok, sigma, active):
-        v = denoiser.velocity(tokens_to_latent(x_tok, x, layout.rows, layout.cols, layout.frames), sigma, cond)
+    def default_velocity(x_common, sigma, active):
+        v = denoiser.velocity(x_common, sigma, cond)
         return _gather(latent_to_tokens(v, layout.rows, layout.cols, layout.frames), active)
 
-    call = velocity_active or default_velocity
+    call = velocity_active or denoiser.hsa_velocity(cond) or default_velocity
     s_tok = torch.full((b, n), float(sigmas[0]), device=x.device, dtype=torch.float32)  # each token's sigma
     v_tok = torch.zeros_like(tok)
     v_prev = torch.zeros_like(tok)
@@ -175,7 +187,7 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
             active = torch.topk(score + forced * 1e9, k, dim=1).indices
         # Bring every token to the common sigma with its cached update (a no-op for tokens already there).
         common = tok + (sigma.to(torch.float32) - s_tok)[..., None].to(tok.dtype) * v_tok
-        v_new = call(common, sigma, active)  # (B, k, D)
+        v_new = call(tokens_to_latent(common, x, layout.rows, layout.cols, layout.frames), sigma, active)  # (B, k, D)
         x_act = _gather(common, active)
         dt = sigma_next - sigma
         stepped = (x_act.float() + dt * v_new).to(v_new.dtype)  # accel.schedulers.flow.euler_update's arithmetic
@@ -188,6 +200,8 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
         score = score.scatter(1, active, new_score)
         skips = (skips + 1).scatter(1, active, 0)
         stats.active.append(k)
+        if callback is not None:
+            callback(j, steps)
     stats.token_fraction = sum(stats.active) / (steps * n)
     return tokens_to_latent(tok, x, layout.rows, layout.cols, layout.frames), stats
 

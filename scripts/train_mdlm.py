@@ -67,6 +67,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prefix-fraction", type=float, default=0.5, help="share of prefix-masked rows (see the loss)")
+    ap.add_argument("--prefix-span", type=int, default=32,
+                    help="prefix rows score this many tokens after the cut (0: all)")
+    ap.add_argument("--cut-power", type=float, default=2.0, help="prefix cut offset ~ U^power (1: uniform)")
     ap.add_argument("--init", type=Path, default=None, help="start from this model folder")
     ap.add_argument("--out", type=Path, default=Path("assets/counting-mdlm"))
     args = ap.parse_args(argv)
@@ -89,7 +92,8 @@ def main(argv=None) -> None:
         for g in opt.param_groups:
             g["lr"] = lr
         ids = batch(tok, rng, args.batch, rng.choice(LENGTHS))
-        loss = masked_diffusion_loss(model, ids, prompt_len=PROMPT_LEN, prefix_fraction=args.prefix_fraction)
+        loss = masked_diffusion_loss(model, ids, prompt_len=PROMPT_LEN, prefix_fraction=args.prefix_fraction,
+                                     prefix_span=args.prefix_span, cut_power=args.cut_power)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -115,7 +115,7 @@ def test_search_bad_input(pipe):
 
 
 def test_sampler_with_search_is_an_error(pipe):
-    with pytest.raises(ValueError, match="does not apply to search"):
+    with pytest.raises(ValueError, match="do not apply to search"):
         accelerate_pipeline(pipe)("a photo of a circle", num_inference_steps=2, search="bon", reward="shapes",
                                   nfe=100, sampler="heun")
 
@@ -139,3 +139,27 @@ def test_distributed_needs_search_and_a_process_group(pipe):
         fast("a photo of a circle", num_inference_steps=2, distributed=True)
     with pytest.raises(ValueError, match="process group"):
         fast("a photo of a circle", num_inference_steps=2, search="bon", reward="shapes", nfe=100, distributed=True)
+
+
+def test_hsa_steps_option(pipe):
+    fast = accelerate_pipeline(pipe)
+    kw = dict(num_inference_steps=10, generator=torch.Generator().manual_seed(3), output_type="np")
+    full = fast("a photo of a red circle", **kw)
+    kw["generator"] = torch.Generator().manual_seed(3)
+    same = fast("a photo of a red circle", steps="hsa", runtime=1.0, **kw)
+    assert abs(same.images - full.images).max() == 0 and same.stats.extra["token_fraction"] == 1.0
+    for runtime in (0.5, 5):  # a fraction or a budget in full steps
+        kw["generator"] = torch.Generator().manual_seed(3)
+        half = fast("a photo of a red circle", steps="hsa", runtime=runtime, **kw)
+        assert half.stats.extra["token_fraction"] <= 0.5 and half.stats.extra["steps"] == "hsa"
+        assert 0 < abs(half.images - full.images).mean() < 0.2
+    with pytest.raises(ValueError, match="runtime= applies to steps='hsa' only"):
+        fast("x", runtime=0.5, **kw)
+    with pytest.raises(ValueError, match="steps must be"):
+        fast("x", steps="fast", **kw)
+    with pytest.raises(ValueError, match="runtime must be"):
+        fast("x", steps="hsa", runtime=2.5, **kw)
+    with pytest.raises(ValueError, match="exceeds"):
+        fast("x", steps="hsa", runtime=11, **kw)
+    with pytest.raises(ValueError, match="heun"):
+        fast("x", steps="hsa", sampler="heun", **kw)

@@ -92,6 +92,10 @@ def generate(
     height: Optional[int] = typer.Option(None, help="Image height (default: the model's)."),
     width: Optional[int] = typer.Option(None, help="Image width (default: the model's)."),
     sampler: str = typer.Option("euler", help="Flow ODE sampler: euler or heun."),
+    steps_mode: str = typer.Option("uniform", help="uniform (every token every step) or hsa (heterogeneous "
+                                   "per-token steps within --runtime)."),
+    runtime: Optional[float] = typer.Option(None, help="For --steps-mode hsa: fraction of the full-step token "
+                                            "compute in (0, 1] (default 0.5)."),
     search: Optional[str] = typer.Option(None, help="Search strategy: bon, sop, smc, epf, svdd, rbf, beam."),
     reward: str = typer.Option("shapes", help="Reward for --search (shapes, shapes-lenient)."),
     nfe: Optional[int] = typer.Option(None, help="NFE budget per prompt for --search (default: 4 x steps x 2)."),
@@ -108,6 +112,12 @@ def generate(
             raise UsageError(f"--steps must be >= 1, got {steps}")
         if num_images < 1:
             raise UsageError(f"--num-images must be >= 1, got {num_images}")
+        if steps_mode not in ("uniform", "hsa"):
+            raise UsageError(f"--steps-mode must be uniform or hsa, got {steps_mode!r}")
+        if runtime is not None and steps_mode != "hsa":
+            raise UsageError("--runtime applies to --steps-mode hsa only")
+        if steps_mode == "hsa" and search is not None:
+            raise UsageError("--steps-mode hsa does not combine with --search")
         import torch
 
         from accel.api import accelerate_pipeline
@@ -151,6 +161,8 @@ def generate(
         for key, value in (("guidance_scale", guidance), ("height", height), ("width", width)):
             if value is not None:
                 call[key] = value
+        if steps_mode == "hsa":
+            call.update(steps="hsa", runtime=0.5 if runtime is None else runtime)
         if search is not None:
             if num_images > 1:
                 raise UsageError("--search returns one image per prompt: leave --num-images at 1")
@@ -173,7 +185,10 @@ def generate(
         for path, item in zip(paths, outputs):
             _write_media(path, item)
     stats = pipe.stats
-    console.print(f"wrote {', '.join(map(str, paths))}  ({stats.nfe} NFE, {stats.seconds:.2f} s)", highlight=False)
+    spent = f"{stats.nfe} NFE, {stats.seconds:.2f} s"
+    if "token_fraction" in stats.extra:
+        spent += f", {stats.extra['token_fraction']:.0%} of the full-step token compute"
+    console.print(f"wrote {', '.join(map(str, paths))}  ({spent})", highlight=False)
 
 
 def _write_media(path: Path, item) -> None:

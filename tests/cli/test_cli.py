@@ -44,6 +44,13 @@ def test_generate_many_and_gif(model, tmp_path):
     assert r.exit_code == 0 and (tmp_path / "x.gif").is_file()
 
 
+def test_generate_hsa(model, tmp_path):
+    r = run("generate", "a photo of a red circle", "--model", model, "--steps", 10, "--steps-mode", "hsa",
+            "--runtime", 0.5, "--out", tmp_path / "h.png")
+    assert r.exit_code == 0, r.output
+    assert "token compute" in r.output and iio.imread(tmp_path / "h.png").shape == (32, 32, 3)
+
+
 def test_same_seed_same_image(model, tmp_path):
     for name in ("a.png", "b.png"):
         assert run("generate", "a photo of a circle", "--model", model, "--steps", 2, "--seed", 9,
@@ -60,6 +67,9 @@ def test_same_seed_same_image(model, tmp_path):
     (["generate", "a circle", "--out", "x.bmp"], "unsupported output type"),
     (["generate", "a circle", "--sampler", "ddim"], "allowed: euler, heun"),
     (["eval", "shapes", "--prompts", "0"], ">= 1"),
+    (["generate", "a circle", "--steps-mode", "fast"], "--steps-mode must be uniform or hsa"),
+    (["generate", "a circle", "--runtime", "0.5"], "--runtime applies to --steps-mode hsa"),
+    (["generate", "a circle", "--steps-mode", "hsa", "--runtime", "1.5"], "runtime must be"),
 ])
 def test_bad_input_is_one_line_and_exit_2(model, tmp_path, args, message):
     if "--model" not in args:

@@ -58,10 +58,10 @@ def test_starvation_is_bounded(setup):
     d, prepared = setup
     seen = []
 
-    def spy(x_tok, sigma, active):
+    def spy(x, sigma, active):
         seen.append(active.clone())
-        v = d.velocity(tokens_to_latent(x_tok, prepared.x, 8, 8), sigma, prepared.cond)
-        return torch.gather(latent_to_tokens(v, 8, 8), 1, active[..., None].expand(-1, -1, x_tok.shape[-1]))
+        v = latent_to_tokens(d.velocity(x, sigma, prepared.cond), 8, 8)
+        return torch.gather(v, 1, active[..., None].expand(-1, -1, v.shape[-1]))
 
     with torch.no_grad():
         hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.8, max_skips=2), spy)
@@ -89,6 +89,10 @@ def test_plan_and_bad_config():
     assert plan[:2] == [64, 64] and plan[-1] == 64 and sum(plan) <= 0.5 * 20 * 64
     with pytest.raises(ValueError, match="cannot carry"):
         plan_hsa(10, 64, HSAConfig(runtime=0.1, warmup=3))
-    for bad in ({"runtime": 0}, {"runtime": 1.5}, {"warmup": 0}, {"max_skips": 0}, {"score": "entropy"}):
+    assert plan_hsa(20, 64, HSAConfig(runtime=10)) == plan_hsa(20, 64, HSAConfig(runtime=0.5))  # a step budget
+    with pytest.raises(ValueError, match="exceeds"):
+        plan_hsa(10, 64, HSAConfig(runtime=12))
+    for bad in ({"runtime": 0}, {"runtime": 1.5}, {"runtime": True}, {"runtime": "half"}, {"warmup": 0},
+                {"max_skips": 0}, {"score": "entropy"}):
         with pytest.raises(ValueError):
             HSAConfig(**bad)

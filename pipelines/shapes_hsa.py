@@ -1,0 +1,154 @@
+"""Active-token forward of the built-in DiT for heterogeneous step allocation (accel.schedulers.hsa).
+
+At a partial HSA step only the active image tokens (and the text tokens, which are few and always recomputed)
+go through the DiT blocks. In every block their queries attend to the whole sequence: fresh K/V for the text and
+the active tokens, and for the inactive tokens the K/V cached when they were last computed (kept per layer and per
+CFG branch, which are rows of the batch). The inactive tokens' block outputs are cached too, so the convolutional
+head sees a full token grid. A full step (every token active) runs the model's own forward, exactly, and
+refreshes all caches.
+
+What this saves is the blocks' share of the model's compute: the built-in DiT's convolutional stem and head run at
+full resolution every step (their receptive fields span many tokens), so its wall-time floor is well above the
+active fraction; a plain patch DiT (Flux, Wan, the video model) saves in proportion.
+
+Nothing on the model is changed: the forward reads the model's modules, so there is nothing to restore.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from accel.core.denoiser import Cond
+
+
+def _gather(t: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """t gathered along dim (1 or 2) at index (B, k)."""
+    shape = list(t.shape)
+    shape[dim] = index.shape[1]
+    view = [index.shape[0]] + [1] * (t.ndim - 1)
+    view[dim] = index.shape[1]
+    return torch.gather(t, dim, index.view(view).expand(shape))
+
+
+def _scatter(t: torch.Tensor, index: torch.Tensor, src: torch.Tensor, dim: int) -> torch.Tensor:
+    view = [index.shape[0]] + [1] * (t.ndim - 1)
+    view[dim] = index.shape[1]
+    return t.scatter(dim, index.view(view).expand(src.shape), src)
+
+
+class ShapesActiveTokens:
+    """`velocity_active(x, sigma, active) -> v_active` for hsa_sample on a ShapesDenoiser (one sampling run).
+
+    x: (B, C, H, W) latent with every token at sigma; active: (B, k) token indices (row-major); returns the guided
+    velocity of the active tokens, (B, k, C * p * p), in accel.schedulers.hsa's token layout.
+    """
+
+    def __init__(self, denoiser, cond: Cond):
+        self.denoiser, self.cond = denoiser, cond
+        self.k: list[torch.Tensor | None] = []  # per layer: (B2, heads, L, head_dim) of the image tokens
+        self.v: list[torch.Tensor | None] = []
+        self.out: torch.Tensor | None = None  # (B2, L, D): the image tokens after the last block
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        from accel.schedulers.hsa import latent_to_tokens
+
+        d, cond = self.denoiser, self.cond
+        model = d.transformer
+        cfg = cond.passes == 2
+        b = x.shape[0]
+        x_in = torch.cat([x, x]) if cfg else x
+        s = sigma.to(x.device, torch.float32).expand(b)
+        s = torch.cat([s, s]) if cfg else s
+        act = torch.cat([active, active]) if cfg else active
+        n = (x.shape[-2] // model.patch_size) * (x.shape[-1] // model.patch_size)
+        if act.shape[1] == n or self.out is None:
+            v = self._full(x, sigma)
+        else:
+            v = self.forward(model, x_in, cond.data["embeds"], s, cond.data["mask"], act)
+            if cfg:
+                v_uncond, v_cond = v.chunk(2)
+                v = v_uncond + cond.data["guidance"] * (v_cond - v_uncond)
+            d.nfe += b * cond.passes
+        layout = d.token_layout(x)
+        tokens = latent_to_tokens(v, layout.rows, layout.cols, layout.frames)
+        return torch.gather(tokens, 1, active[..., None].expand(-1, -1, tokens.shape[-1]))
+
+    def _full(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The model's own forward (with whatever it has installed, e.g. fused kernels), every token; hooks record
+        each block's image K/V and the blocks' output on the way."""
+        model, t_len = self.denoiser.transformer, self.cond.data["embeds"].shape[1]
+        self.k, self.v = [None] * len(model.blocks), [None] * len(model.blocks)
+
+        def record(i, kind):
+            def hook(module, args, out):
+                attn = model.blocks[i].attn
+                heads = out.view(out.shape[0], out.shape[1], attn.heads, -1).transpose(1, 2)[:, :, t_len:]
+                if kind == "k":
+                    self.k[i] = attn.norm_k(heads)
+                else:
+                    self.v[i] = heads
+            return hook
+
+        def record_out(module, args):
+            self.out = args[0]
+
+        handles = [model.norm_out.register_forward_pre_hook(record_out)]
+        for i, block in enumerate(model.blocks):
+            handles += [block.attn.to_k.register_forward_hook(record(i, "k")),
+                        block.attn.to_v.register_forward_hook(record(i, "v"))]
+        try:
+            return self.denoiser.velocity(x, sigma, self.cond)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def forward(self, model, x, enc, sigma, enc_mask, active: torch.Tensor | None) -> torch.Tensor:
+        """The model's forward (sigma per sample), with the blocks on the active tokens only against the cached
+        K/V of the others (None: every token, fresh K/V throughout), updating the caches."""
+        from accel.pipelines.shapes import sincos_2d, timestep_embedding
+
+        b, _, h, w = x.shape
+        p = model.patch_size
+        gh, gw = h // p, w // p
+        s0 = model.stem0(model.conv_in(torch.cat([x, sigma.view(b, 1, 1, 1).expand(b, 1, h, w).to(x.dtype)], 1)))
+        s1 = model.stem1(model.down0(s0))
+        img = model.patch_embed(s1).flatten(2).transpose(1, 2)
+        img = img + sincos_2d(gh, gw, img.shape[-1]).to(img)
+        enc = enc.to(img.dtype)
+        tmask = (torch.ones(enc.shape[:2], device=enc.device, dtype=enc.dtype) if enc_mask is None
+                 else enc_mask.to(enc.device, enc.dtype))
+        pooled = model.pooled_embedder((enc * tmask[..., None]).sum(1) / tmask.sum(1, keepdim=True).clamp(min=1))
+        c = model.time_embed(timestep_embedding(sigma, model.config.freq_dim).to(img.dtype))[:, None] + pooled[:, None]
+        txt = model.context_embedder(enc)
+        t_len = txt.shape[1]
+        tokens = torch.cat([txt, img if active is None else _gather(img, active, 1)], dim=1)
+        keep = None
+        if enc_mask is not None:
+            keep = torch.cat([tmask.bool(), torch.ones(b, img.shape[1], dtype=torch.bool, device=img.device)], 1)
+            keep = keep[:, None, None, :]  # (B, 1, 1, T + L)
+        for i, block in enumerate(model.blocks):
+            shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
+            tokens = tokens + gate1 * self._attention(block.attn, block.norm1(tokens) * (1 + scale1) + shift1,
+                                                       keep, i, t_len, active)
+            tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
+        out = tokens[:, t_len:]
+        self.out = out if active is None else _scatter(self.out, active, out, 1)
+        shift, scale = model.norm_out_modulation(c).chunk(2, dim=-1)
+        y = (model.norm_out(self.out) * (1 + scale) + shift).transpose(1, 2).reshape(b, -1, gh, gw)
+        y = model.head1(torch.cat([model.up1(F.interpolate(y, scale_factor=2, mode="nearest")), s1], dim=1))
+        y = model.head0(torch.cat([model.up0(F.interpolate(y, scale_factor=2, mode="nearest")), s0], dim=1))
+        return model.conv_out(F.silu(model.norm_final(y)))
+
+    def _attention(self, attn, hidden, keep, layer: int, t_len: int, active: torch.Tensor | None) -> torch.Tensor:
+        b, m, dim = hidden.shape
+        q, k, v = (f(hidden).view(b, m, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
+        q, k = attn.norm_q(q), attn.norm_k(k)  # (B, H, T + k, Dh)
+        k_img, v_img = k[:, :, t_len:], v[:, :, t_len:]
+        if active is not None:  # fresh K/V for the active tokens, cached for the rest
+            k_img = _scatter(self.k[layer], active, k_img, 2)
+            v_img = _scatter(self.v[layer], active, v_img, 2)
+        self.k[layer], self.v[layer] = k_img, v_img
+        keys, values = torch.cat([k[:, :, :t_len], k_img], 2), torch.cat([v[:, :, :t_len], v_img], 2)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=keep)
+        return attn.to_out(out.transpose(1, 2).reshape(b, m, dim))

@@ -1,0 +1,88 @@
+"""HSA's active-token forward on the built-in DiT: exact where it must be, caches per layer and CFG branch, the
+model left untouched."""
+
+import pytest
+import torch
+
+from accel.pipelines.shapes import ShapesDenoiser, build_shapes_pipeline
+from accel.pipelines.shapes_hsa import ShapesActiveTokens
+from accel.schedulers.flow import sample
+from accel.schedulers.hsa import HSAConfig, hsa_sample, latent_to_tokens
+
+
+@pytest.fixture(scope="module")
+def setup():
+    pipe = build_shapes_pipeline(width=32, num_layers=2, stem_channels=(8, 16), text_hidden=32, text_layers=1)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in pipe.transformer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    d = ShapesDenoiser(pipe)
+    with torch.no_grad():
+        prepared = d.prepare(prompt=["a photo of a red circle", "two squares"], num_inference_steps=8,
+                             guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    return d, prepared
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@torch.no_grad()
+def test_all_tokens_fresh_equals_full_forward(setup):
+    """Active-token attention with every token active (all K/V fresh) is the full forward."""
+    d, prepared = setup
+    run = ShapesActiveTokens(d, prepared.cond)
+    sigma = prepared.grid.sigmas[2]
+    n = d.token_layout(prepared.x).num_tokens
+    full = latent_to_tokens(d.velocity(prepared.x, sigma, prepared.cond), 8, 8)
+    run(prepared.x, prepared.grid.sigmas[0], torch.arange(n).expand(2, n))  # a full step fills the caches
+    every = torch.randperm(n).expand(2, n)  # through the partial path, in any order
+    model = d.transformer
+    cond = prepared.cond
+    x_in, s = torch.cat([prepared.x] * 2), sigma.expand(4)
+    v = run.forward(model, x_in, cond.data["embeds"], s, cond.data["mask"], torch.cat([every, every]))
+    v_uncond, v_cond = v.chunk(2)
+    v = latent_to_tokens(v_uncond + cond.data["guidance"] * (v_cond - v_uncond), 8, 8)
+    assert torch.allclose(v, full, atol=1e-5)
+
+
+@torch.no_grad()
+def test_partial_step_refreshes_active_kv_and_reads_cached(setup):
+    """A partial step writes fresh K/V for its active tokens only, and its velocities read the cached K/V of the
+    inactive ones (per layer, per CFG branch)."""
+    d, prepared = setup
+    n = d.token_layout(prepared.x).num_tokens
+    run = ShapesActiveTokens(d, prepared.cond)
+    run(prepared.x, prepared.grid.sigmas[0], torch.arange(n).expand(2, n))
+    assert run.k[0].shape == (4, 4, n, 8)  # CFG branches x heads x tokens x head_dim
+    full_k = [k.clone() for k in run.k]
+    full_v, full_out = [v.clone() for v in run.v], run.out.clone()
+    active = torch.tensor([[0, 9, 27, 63], [1, 2, 3, 40]])
+    a = run(prepared.x, prepared.grid.sigmas[1], active)
+    assert a.shape == (2, 4, 48) and torch.isfinite(a).all()
+    for layer in range(2):
+        for row in range(4):  # rows 0-1 the unconditional branch, 2-3 the conditional one
+            hit = torch.zeros(n, dtype=torch.bool)
+            hit[active[row % 2]] = True
+            assert torch.equal(run.k[layer][row][:, ~hit], full_k[layer][row][:, ~hit])
+            assert not torch.equal(run.k[layer][row][:, hit], full_k[layer][row][:, hit])
+    run.k, run.v, run.out = [k.clone() for k in full_k], [v * 2 for v in full_v], full_out
+    b = run(prepared.x, prepared.grid.sigmas[1], active)
+    assert not torch.allclose(a, b)  # the cached values of the inactive tokens are what the queries read
+
+
+@torch.no_grad()
+def test_hsa_run_with_active_forward(setup):
+    d, prepared = setup
+    model = d.transformer
+    before = _hooks(model)
+    ref = sample(d, prepared.x, prepared.grid, prepared.cond)
+    d.nfe = 0
+    out, stats = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=1.0))
+    assert torch.equal(out, ref) and d.nfe == 8 * 2 * 2
+    out, stats = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5))
+    assert stats.token_fraction <= 0.5 and torch.isfinite(out).all()
+    assert (out - ref).abs().mean() < 0.5 * ref.abs().mean()  # an approximation, not noise
+    assert _hooks(model) == before  # nothing left on the model
+    assert torch.equal(sample(d, prepared.x, prepared.grid, prepared.cond), ref)
