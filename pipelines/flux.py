@@ -17,7 +17,7 @@ import torch
 from diffusers.pipelines.flux.pipeline_flux import FluxPipelineOutput, calculate_shift, retrieve_timesteps
 from diffusers.utils.torch_utils import get_module_execution_device
 
-from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout
+from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout, cache_context
 from accel.core.grid import TimeGrid
 
 
@@ -137,7 +137,7 @@ class FluxDenoiser(Denoiser):
             v = self._forward(x, timestep, d["embeds"], d["pooled"], d["text_ids"], cond)
         if cond.passes == 2:
             with self.transformer.cache_context("uncond"):
-                v_neg = self._forward(x, timestep, d["neg_embeds"], d["neg_pooled"], d["neg_text_ids"], cond)
+                v_neg = self._forward(x, timestep, d["neg_embeds"], d["neg_pooled"], d["neg_text_ids"], cond, "uncond")
             v = v_neg + d["true_cfg_scale"] * (v - v_neg)
         return v
 
@@ -149,11 +149,12 @@ class FluxDenoiser(Denoiser):
         t = sigma * self.pipe.scheduler.config.num_train_timesteps  # == scheduler.timesteps[i], bit for bit
         return t.expand(x.shape[0]).to(x.dtype) / 1000
 
-    def _forward(self, x, timestep, embeds, pooled, text_ids, cond: Cond) -> torch.Tensor:
-        return self.transformer(hidden_states=x, timestep=timestep, guidance=cond.data["guidance"],
-                                pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
-                                img_ids=cond.data["img_ids"], joint_attention_kwargs=cond.data["attention_kwargs"],
-                                return_dict=False)[0]
+    def _forward(self, x, timestep, embeds, pooled, text_ids, cond: Cond, context: str = "cond") -> torch.Tensor:
+        with cache_context(self.transformer, context):  # the pipeline's names: hook state per CFG branch
+            return self.transformer(hidden_states=x, timestep=timestep, guidance=cond.data["guidance"],
+                                    pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
+                                    img_ids=cond.data["img_ids"], joint_attention_kwargs=cond.data["attention_kwargs"],
+                                    return_dict=False)[0]
 
     def decode(self, x: torch.Tensor, prepared: Prepared) -> FluxPipelineOutput | tuple:
         """Packed latents (B, L, 4 * C) -> FluxPipelineOutput(images) in the call's output_type ("latent": x)."""

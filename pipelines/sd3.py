@@ -15,7 +15,7 @@ import torch
 from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
 
-from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout
+from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout, cache_context
 from accel.core.grid import TimeGrid
 
 
@@ -111,9 +111,10 @@ class SD3Denoiser(Denoiser):
         t = sigma * self.pipe.scheduler.config.num_train_timesteps  # == scheduler.timesteps[i], bit for bit
         t = t.expand(x.shape[0])  # (B,)
         timestep = torch.cat([t, t]) if cfg else t
-        v = self.transformer(hidden_states=x_in, timestep=timestep, encoder_hidden_states=cond.data["embeds"],
-                             pooled_projections=cond.data["pooled"],
-                             joint_attention_kwargs=cond.data["attention_kwargs"], return_dict=False)[0]
+        with cache_context(self.transformer, "cond"):
+            v = self.transformer(hidden_states=x_in, timestep=timestep, encoder_hidden_states=cond.data["embeds"],
+                                 pooled_projections=cond.data["pooled"],
+                                 joint_attention_kwargs=cond.data["attention_kwargs"], return_dict=False)[0]
         if cfg:
             v_uncond, v_cond = v.chunk(2)
             v = v_uncond + cond.data["guidance_scale"] * (v_cond - v_uncond)

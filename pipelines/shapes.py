@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
@@ -89,15 +90,18 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN_modulation[1].weight)
         nn.init.zeros_(self.adaLN_modulation[1].bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        # x: (B, N, D); c: (B, 1, D) per sample or (B, N, D) per token
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, mask)
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor,
+                attention_mask: torch.Tensor | None) -> torch.Tensor:
+        # hidden_states: (B, N, D); temb: (B, 1, D) per sample or (B, N, D) per token. diffusers' names, which its
+        # cache hooks (FirstBlockCache, MagCache, ...) look up.
+        x = hidden_states
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(temb).chunk(6, dim=-1)
+        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, attention_mask)
         x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
         return x
 
 
-class ShapesTransformer2DModel(ModelMixin, ConfigMixin):
+class ShapesTransformer2DModel(ModelMixin, ConfigMixin, CacheMixin):
     """U-shaped flow DiT for pixel-space images.
 
     Stem: conv at full and half resolution, then a stride-2 patch embedding to tokens (an effective patch of 4
@@ -142,6 +146,15 @@ class ShapesTransformer2DModel(ModelMixin, ConfigMixin):
         self.conv_out = nn.Conv2d(c0, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+
+    def enable_cache(self, config) -> None:
+        """diffusers' cache hooks (FirstBlockCache, TaylorSeer, MagCache, ...) on this model; see CacheMixin."""
+        from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+        # The hooks look the block class up to find its hidden_states; registered here, lazily, because the
+        # registry imports every diffusers model on first use.
+        TransformerBlockRegistry.register(DiTBlock, TransformerBlockMetadata(return_hidden_states_index=0))
+        super().enable_cache(config)
 
     @property
     def patch_size(self) -> int:
@@ -352,7 +365,8 @@ class ShapesPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             x_in = torch.cat([x, x]) if do_cfg else x
             sigma = (t / self.scheduler.config.num_train_timesteps).expand(x_in.shape[0])
-            v = self.transformer(x_in, embeds, sigma, mask).sample
+            with self.transformer.cache_context("cond"):
+                v = self.transformer(x_in, embeds, sigma, mask).sample
             if do_cfg:
                 v_uncond, v_cond = v.chunk(2)
                 v = v_uncond + guidance_scale * (v_cond - v_uncond)
@@ -399,7 +413,7 @@ def build_shapes_pipeline(width: int = 128, num_layers: int = 4, stem_channels=(
 # Denoiser adapter
 # ---------------------------------------------------------------------------------------------------------------
 
-from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout  # noqa: E402
+from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout, cache_context  # noqa: E402
 from accel.core.grid import TimeGrid  # noqa: E402
 
 
@@ -450,7 +464,8 @@ class ShapesDenoiser(Denoiser):
         s = (sigma.to(x.device) * t) / t
         s = s.expand(x.shape[0]) if s.ndim == 0 else s  # (B,) or per token (B, L)
         s = torch.cat([s, s]) if cfg else s
-        v = self.transformer(x_in, cond.data["embeds"], s, cond.data["mask"]).sample
+        with cache_context(self.transformer, "cond"):  # one forward for both CFG branches, as the pipeline
+            v = self.transformer(x_in, cond.data["embeds"], s, cond.data["mask"]).sample
         if cfg:
             v_uncond, v_cond = v.chunk(2)
             v = v_uncond + cond.data["guidance"] * (v_cond - v_uncond)

@@ -18,11 +18,13 @@ from accel.kernels.qk_norm_rope import qk_norm_rope
 from accel.pipelines.shapes import Attention, DiTBlock
 
 
-def _block_forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None, *,
+def _block_forward(self, hidden_states: torch.Tensor, temb: torch.Tensor, attention_mask: torch.Tensor | None, *,
                    modulate: Callable, gate: Callable) -> torch.Tensor:
-    """DiTBlock.forward with the modulations and gates fused. x: (B, N, D); c: (B, 1, D) or (B, N, D)."""
-    shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
-    x = gate(x, self.attn(modulate(x, scale1, shift1, self.norm1.eps), mask), gate1)
+    """DiTBlock.forward with the modulations and gates fused. hidden_states: (B, N, D); temb: (B, 1, D) or
+    (B, N, D)."""
+    x = hidden_states
+    shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(temb).chunk(6, dim=-1)
+    x = gate(x, self.attn(modulate(x, scale1, shift1, self.norm1.eps), attention_mask), gate1)
     return gate(x, self.mlp(modulate(x, scale2, shift2, self.norm2.eps)), gate2)
 
 

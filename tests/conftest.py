@@ -1,4 +1,12 @@
 import os
+import sys
+from pathlib import Path
+
+# `python -m pytest` puts the working directory on sys.path, and the repository root holds folders named kernels/
+# and evals/ (installed as accel.kernels, accel.evals): there they would pass for top-level packages that other
+# libraries probe for (transformers looks for Hugging Face's `kernels`). accel is installed, so the root goes.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
 
 # Offline, deterministic, and polite to a 2-core machine: spinning OpenMP threads fighting another process are
 # many times slower than one thread (shared/notes/environment-cpu.md).

@@ -306,6 +306,57 @@ def bench_search_cmd(
     Console().print(table)
 
 
+@bench_app.command("steps")
+def bench_steps_cmd(
+    model: str = typer.Option("image", help="image (the built-in shapes model) or a ShapesPipeline folder."),
+    prompts: int = typer.Option(24, help="Number of prompts (the six tags in turn)."),
+    seed: int = typer.Option(0, help="Picks the prompt set and the sampling seeds."),
+    steps: int = typer.Option(25, help="Steps of the full-step run every method is measured against."),
+    methods: Optional[str] = typer.Option(
+        None, help="Comma-separated methods as name:key=value (uniform:steps=12, hsa:runtime=0.5, "
+                   "fbc:threshold=0.1, taylorseer:interval=3, magcache:threshold=0.12); default: a grid of each."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG plot of quality vs runtime (needs matplotlib)."),
+):
+    """Quality (checker accuracy, PSNR / SSIM against the full-step run) of step-saving methods against their
+    measured runtime."""
+    _threads()
+    from accel.evals.io import check_writable, run_info, write_json
+    from accel.evals.steps import bench_steps, parse_method, plot_steps
+
+    with user_errors():
+        if model == "video":
+            raise UsageError("the built-in video model is not shipped yet; allowed: image or a ShapesPipeline folder")
+        names = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+        for name in names or []:
+            parse_method(name)
+        if prompts < 1 or steps < 2:
+            raise UsageError(f"--prompts must be >= 1 and --steps >= 2, got {prompts} and {steps}")
+        for path in (json_out, plot):
+            if path is not None:
+                check_writable(path)
+        pipe = _load("shapes" if model == "image" else model, None)
+        if type(pipe).__name__ != "ShapesPipeline":
+            raise UsageError(f"bench steps needs a ShapesPipeline, got {type(pipe).__name__}")
+        with _progress() as progress:
+            task = progress.add_task("methods", total=None)
+            rows = bench_steps(pipe, prompts=prompts, seed=seed, steps=steps, methods=names,
+                               progress=lambda row: progress.advance(task))
+        info = run_info()
+        rows = [row | info for row in rows]
+        if json_out is not None:
+            write_json(json_out, rows)
+        if plot is not None and not plot_steps(rows, str(plot)):
+            console.print("plot skipped: matplotlib is not installed", highlight=False)
+    table = Table(title=f"steps: {prompts} prompts, seed {seed}, {steps} full steps")
+    for col in ("method", "runtime", "accuracy", "psnr", "ssim"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["method"], f"{r['runtime']:.2f}", f"{r['accuracy']:.3f}", f"{r['psnr']:.1f}",
+                      f"{r['ssim']:.3f}")
+    Console().print(table)
+
+
 @app.command()
 def info():
     """Versions, device, and whether fused Triton kernels are active."""

@@ -169,3 +169,14 @@ class Denoiser(ABC):
         for name in ("transformer_blocks", "single_transformer_blocks", "blocks"):
             out.extend(getattr(t, name, None) or [])
         return out
+
+
+def cache_context(model: torch.nn.Module, name: str = "cond", **context):
+    """diffusers' cache context around a denoiser forward, as its pipelines set it: the state of cache hooks a user
+    enabled on the model (FirstBlockCache, TaylorSeer, MagCache, ...) is kept per context. A no-op context for
+    models without diffusers' CacheMixin."""
+    import contextlib
+
+    if hasattr(model, "cache_context"):
+        return model.cache_context(name, **context)
+    return contextlib.nullcontext()

@@ -51,6 +51,17 @@ def test_generate_hsa(model, tmp_path):
     assert "token compute" in r.output and iio.imread(tmp_path / "h.png").shape == (32, 32, 3)
 
 
+def test_bench_steps_json(model, tmp_path):
+    out = tmp_path / "steps.json"
+    r = run("bench", "steps", "--model", model, "--prompts", 2, "--steps", 6, "--methods",
+            "uniform:steps=3,hsa:runtime=0.5", "--json", out)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())
+    assert [row["method"] for row in rows] == ["full", "uniform:steps=3", "hsa:runtime=0.5"]
+    r = run("bench", "steps", "--model", model, "--methods", "teacache:threshold=1")
+    assert r.exit_code == 2 and "unknown method" in r.output and len(r.output.strip().splitlines()) == 1
+
+
 def test_same_seed_same_image(model, tmp_path):
     for name in ("a.png", "b.png"):
         assert run("generate", "a photo of a circle", "--model", model, "--steps", 2, "--seed", 9,

@@ -1,0 +1,259 @@
+"""Benchmark of step-saving methods on a built-in model: quality against measured runtime.
+
+Every method generates the same seeded prompt set (evals.shapes' prompts and per-image generators) in the same run,
+and is compared with the full-step run: checker accuracy (GenEval rules), and PSNR / SSIM of each image against
+the full-step image of the same seed. `runtime` is the method's wall time over the full-step run's, measured here
+(one untimed warm-up run first), so it includes everything a method does not save (text encoder, VAE or
+convolutional stem and head, bookkeeping).
+
+Methods (label: what is varied):
+- uniform:steps=N   fewer Euler steps on the pipeline's own schedule;
+- hsa:runtime=R     heterogeneous per-token steps (accel.schedulers.hsa) within R of the full-step token compute;
+- fbc:threshold=T   diffusers' FirstBlockCache;
+- taylorseer:interval=I   diffusers' TaylorSeer (every block's output predicted between full steps);
+- magcache:threshold=T    diffusers' MagCache, calibrated on the first prompt batch of this run;
+- dbcache:...       cache-dit's DBCache, where cache-dit is installed (an optional dependency; skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import platform
+import re
+import time
+import warnings
+from collections import defaultdict
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from accel.shapes import TAGS, check, prompt_set
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per image of (N, H, W, C) images in [0, 1] (capped at 100 dB for identical images)."""
+    mse = (a.double() - b.double()).square().flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).float()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM per image (Wang et al. 2004: Gaussian window 11 / 1.5, K1 0.01, K2 0.03, data range 1), averaged over
+    channels, of (N, H, W, C) images in [0, 1]; valid windows only, as skimage's default."""
+    x, y = a.permute(0, 3, 1, 2).double(), b.permute(0, 3, 1, 2).double()
+    c = x.shape[1]
+    g = torch.exp(-(torch.arange(window, dtype=torch.float64) - window // 2) ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window)
+
+    def blur(t):
+        return F.conv2d(t, kernel, groups=c)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1).float()
+
+
+def default_methods(steps: int) -> list[str]:
+    """The method grid: knobs chosen to land near 75%, 50% and 25% of the full-step run where the method can."""
+    uniform = sorted({max(1, round(steps * f)) for f in (0.75, 0.5, 0.25)}, reverse=True)
+    return ([f"uniform:steps={n}" for n in uniform]
+            + [f"hsa:runtime={r}" for r in (0.75, 0.5, 0.25)]
+            + [f"fbc:threshold={t}" for t in (0.05, 0.1, 0.2)]
+            + [f"taylorseer:interval={i}" for i in (2, 3, 5)]
+            + [f"magcache:threshold={t}" for t in (0.06, 0.12, 0.24)]
+            + (["dbcache:default"] if _has_cache_dit() else []))
+
+
+def _has_cache_dit() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cache_dit") is not None
+
+
+def parse_method(text: str) -> tuple[str, dict]:
+    """'name:key=value' -> (name, {key: number}); ValueError naming what is allowed."""
+    kinds = {"uniform": "steps", "hsa": "runtime", "fbc": "threshold", "taylorseer": "interval",
+             "magcache": "threshold", "dbcache": None}
+    name, _, rest = text.partition(":")
+    if name not in kinds:
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(kinds)} (as name:key=value, e.g. "
+                         "hsa:runtime=0.5)")
+    options = {}
+    for part in filter(None, rest.split(",")):
+        if part == "default":
+            continue
+        key, eq, value = part.partition("=")
+        if not eq or key != kinds[name]:
+            raise ValueError(f"method {name} takes {kinds[name]}=<number>, got {part!r}")
+        try:
+            options[key] = int(value) if re.fullmatch(r"\d+", value) else float(value)
+        except ValueError:
+            raise ValueError(f"{name}: {key} must be a number, got {value!r}") from None
+    if name != "dbcache" and not options:
+        raise ValueError(f"method {name} needs {kinds[name]}=<number>")
+    return name, options
+
+
+class _Cache:
+    """A diffusers cache hook on the transformer for one method run; removed (disable_cache) afterwards."""
+
+    def __init__(self, model, name: str, options: dict, steps: int, mag_ratios):
+        from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+
+        if not hasattr(model, "enable_cache"):
+            raise ValueError(f"{type(model).__name__} has no diffusers cache support (CacheMixin)")
+        self.model = model
+        if name == "fbc":
+            config = FirstBlockCacheConfig(threshold=options["threshold"])
+        elif name == "taylorseer":
+            config = TaylorSeerCacheConfig(cache_interval=options["interval"], disable_cache_before_step=3,
+                                           max_order=1, taylor_factors_dtype=torch.float32,
+                                           cache_identifiers=[r"blocks\.\d+"])
+        else:
+            config = MagCacheConfig(threshold=options["threshold"], num_inference_steps=steps, mag_ratios=mag_ratios)
+        model.enable_cache(config)
+
+    def reset(self):
+        self.model._reset_stateful_cache()
+
+    def remove(self):
+        self.model.disable_cache()
+
+
+def calibrate_magcache(pipe, call: dict, steps: int) -> list[float]:
+    """MagCache's magnitude ratios for this model and schedule: one calibration run (diffusers prints them)."""
+    from diffusers.hooks import MagCacheConfig
+
+    model = pipe.transformer
+    model.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            pipe(**call)
+    finally:
+        model.disable_cache()
+    found = re.findall(r"\[([-0-9.,\se]+)\]", buffer.getvalue())
+    if not found:
+        raise RuntimeError("MagCache calibration printed no ratios")
+    return [float(v) for v in found[-1].split(",")]
+
+
+def _geneval(flags: list[tuple[str, bool]]) -> float:
+    by_tag: dict[str, list[bool]] = defaultdict(list)
+    for tag, ok in flags:
+        by_tag[tag].append(ok)
+    return float(np.mean([np.mean(by_tag[t]) for t in TAGS if by_tag[t]]))
+
+
+@torch.no_grad()
+def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods: list[str] | None = None,
+                batch_size: int = 24, progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Rows (one per method, the full-step run first) for a ShapesPipeline; see the module docstring."""
+    from accel.api import accelerate_pipeline
+    from accel.evals.shapes import image_generators
+
+    if prompts < 1 or steps < 2:
+        raise ValueError(f"need prompts >= 1 and steps >= 2, got prompts={prompts}, steps={steps}")
+    methods = default_methods(steps) if methods is None else methods
+    parsed = [(m, *parse_method(m)) for m in methods]
+    apipe = accelerate_pipeline(pipe)
+    metas = prompt_set(prompts, seed)
+    batches = [metas[i:i + batch_size] for i in range(0, len(metas), batch_size)]
+
+    def call(i: int, chunk: list[dict], n_steps: int) -> dict:
+        return {"prompt": [m["prompt"] for m in chunk], "num_inference_steps": n_steps, "output_type": "pt",
+                "generator": image_generators(seed, i * batch_size, len(chunk))}
+
+    def run(n_steps: int, extra: dict | None = None, cache=None) -> tuple[torch.Tensor, float, dict]:
+        images, seconds, info = [], 0.0, {}
+        for i, chunk in enumerate(batches):
+            if cache is not None:
+                cache.reset()
+            start = time.perf_counter()
+            out = apipe(**call(i, chunk, n_steps), **(extra or {}))
+            seconds += time.perf_counter() - start
+            images.append(out.images.permute(0, 2, 3, 1).float().cpu())
+            info = out.stats.extra
+        return torch.cat(images).clamp(0, 1), seconds, info
+
+    run(steps)  # warm-up (allocations, lazy imports): not timed
+    full, full_seconds, _ = run(steps)
+    mag_ratios = None
+    rows = [_row("full", "uniform", {"steps": steps}, full, full, full_seconds, full_seconds, metas, seed, steps)]
+    if progress:
+        progress(rows[-1])
+    for label, name, options in parsed:
+        cache = None
+        if name == "dbcache":
+            warnings.warn("cache-dit's DBCache is not wired into this benchmark yet; skipped", stacklevel=2)
+            continue
+        if name == "magcache" and mag_ratios is None:
+            mag_ratios = calibrate_magcache(apipe, call(0, batches[0], steps), steps)
+        try:
+            if name in ("fbc", "taylorseer", "magcache"):
+                cache = _Cache(pipe.transformer, name, options, steps, mag_ratios)
+            if name == "uniform":
+                images, seconds, info = run(options["steps"])
+            elif name == "hsa":
+                images, seconds, info = run(steps, {"steps": "hsa", "runtime": options["runtime"]})
+            else:
+                images, seconds, info = run(steps, cache=cache)
+        finally:
+            if cache is not None:
+                cache.remove()
+        row = _row(label, name, options, images, full, seconds, full_seconds, metas, seed, steps)
+        if "token_fraction" in info:
+            row["token_fraction"] = info["token_fraction"]
+        rows.append(row)
+        if progress:
+            progress(row)
+    return rows
+
+
+def _row(label, name, options, images, full, seconds, full_seconds, metas, seed, steps) -> dict:
+    u8 = (images * 255).round().to(torch.uint8).numpy()
+    correct = [(m["tag"], check(img, m).correct) for img, m in zip(u8, metas)]
+    return {
+        "method": label, "family": name, "options": options, "model": "image",
+        "runtime": round(seconds / full_seconds, 4), "seconds": round(seconds, 3),
+        "accuracy": _geneval(correct), "accuracy_images": float(np.mean([c for _, c in correct])),
+        "psnr": float(psnr(images, full).mean()), "ssim": float(ssim(images, full).mean()),
+        "prompts": len(metas), "seed": seed, "steps": steps,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
+    }
+
+
+def plot_steps(rows: list[dict], path: str) -> bool:
+    """Quality (accuracy, PSNR, SSIM) against measured runtime, one curve per method family, as a PNG.
+    Returns False, with a warning, when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        warnings.warn("plot skipped: matplotlib is not installed (pip install matplotlib)", stacklevel=2)
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    full = [r for r in rows if r["method"] == "full"]
+    for key, ax in zip(("accuracy", "psnr", "ssim"), axes):
+        for family in dict.fromkeys(r["family"] for r in rows if r["method"] != "full"):
+            pts = sorted((r["runtime"], r[key]) for r in rows if r["family"] == family and r["method"] != "full")
+            if key != "accuracy":
+                pts = [p for p in pts if p[1] < 99]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=family)
+        if full and key == "accuracy":
+            ax.axhline(full[0]["accuracy"], color="grey", ls="--", lw=1, label="full steps")
+        ax.set_xlabel("runtime (x the full-step run, measured)")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    axes[2].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
