@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-BUILTIN = {"shapes": "shapes-t2i"}
+BUILTIN = {"shapes": "shapes-t2i", "shapes-video": "shapes-t2v"}
 
 
 def builtin_model_path(name: str = "shapes") -> Path:
@@ -16,8 +16,9 @@ def builtin_model_path(name: str = "shapes") -> Path:
 
     path = Path(str(files("accel.assets"))) / BUILTIN[name]
     if not (path / "model_index.json").is_file():
+        script = "train_shapes_video.py" if name == "shapes-video" else "train_shapes.py"
         raise FileNotFoundError(f"built-in model {name!r} is missing at {path}; reinstall accel or train it with "
-                                "scripts/train_shapes.py")
+                                f"scripts/{script}")
     return path
 
 
@@ -36,10 +37,15 @@ def load_pipeline(model: str = "shapes", device: str | None = None, dtype=None):
     kwargs = {"use_safetensors": True}
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
-    if index.is_file() and json.loads(index.read_text()).get("_class_name") == "ShapesPipeline":
+    name = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    if name == "ShapesPipeline":
         from accel.pipelines.shapes import ShapesPipeline
 
         pipe = ShapesPipeline.from_pretrained(model, **kwargs)
+    elif name == "ShapesVideoPipeline":
+        from accel.pipelines.shapes_video import ShapesVideoPipeline
+
+        pipe = ShapesVideoPipeline.from_pretrained(model, **kwargs)
     else:
         from diffusers import DiffusionPipeline
 

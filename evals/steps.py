@@ -9,6 +9,8 @@ convolutional stem and head, bookkeeping).
 Methods (label: what is varied):
 - uniform:steps=N   fewer Euler steps on the pipeline's own schedule;
 - hsa:runtime=R     heterogeneous per-token steps (accel.schedulers.hsa) within R of the full-step token compute;
+- hsa-exact:runtime=R   the same allocation with every token computed each step (no saving: a diagnostic that
+                    separates the allocation's quality from the K/V cache's approximation; not in the default grid);
 - fbc:threshold=T   diffusers' FirstBlockCache;
 - taylorseer:interval=I   diffusers' TaylorSeer (every block's output predicted between full steps);
 - magcache:threshold=T    diffusers' MagCache, calibrated on the first prompt batch of this run;
@@ -30,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from accel.shapes import TAGS, check, prompt_set
+from accel.schedulers.hsa import HSAConfig
+from accel.shapes import check, prompt_set
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -77,7 +80,7 @@ def _has_cache_dit() -> bool:
 
 def parse_method(text: str) -> tuple[str, dict]:
     """'name:key=value' -> (name, {key: number}); ValueError naming what is allowed."""
-    kinds = {"uniform": "steps", "hsa": "runtime", "fbc": "threshold", "taylorseer": "interval",
+    kinds = {"uniform": "steps", "hsa": "runtime", "hsa-exact": "runtime", "fbc": "threshold", "taylorseer": "interval",
              "magcache": "threshold", "dbcache": None}
     name, _, rest = text.partition(":")
     if name not in kinds:
@@ -144,16 +147,18 @@ def calibrate_magcache(pipe, call: dict, steps: int) -> list[float]:
 
 
 def _geneval(flags: list[tuple[str, bool]]) -> float:
+    """Accuracy per tag, averaged over the tags present (GenEval's overall score)."""
     by_tag: dict[str, list[bool]] = defaultdict(list)
     for tag, ok in flags:
         by_tag[tag].append(ok)
-    return float(np.mean([np.mean(by_tag[t]) for t in TAGS if by_tag[t]]))
+    return float(np.mean([np.mean(v) for v in by_tag.values()]))
 
 
 @torch.no_grad()
 def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods: list[str] | None = None,
                 batch_size: int = 24, progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """Rows (one per method, the full-step run first) for a ShapesPipeline; see the module docstring."""
+    """Rows (one per method, the full-step run first) for a ShapesPipeline or ShapesVideoPipeline; see the module
+    docstring. Video PSNR / SSIM are over every frame of every clip."""
     from accel.api import accelerate_pipeline
     from accel.evals.shapes import image_generators
 
@@ -162,7 +167,13 @@ def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods
     methods = default_methods(steps) if methods is None else methods
     parsed = [(m, *parse_method(m)) for m in methods]
     apipe = accelerate_pipeline(pipe)
-    metas = prompt_set(prompts, seed)
+    video = type(pipe).__name__ == "ShapesVideoPipeline"
+    if video:
+        from accel.shapes.video import video_prompt_set
+
+        metas = video_prompt_set(prompts, seed)
+    else:
+        metas = prompt_set(prompts, seed)
     batches = [metas[i:i + batch_size] for i in range(0, len(metas), batch_size)]
 
     def call(i: int, chunk: list[dict], n_steps: int) -> dict:
@@ -177,7 +188,8 @@ def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods
             start = time.perf_counter()
             out = apipe(**call(i, chunk, n_steps), **(extra or {}))
             seconds += time.perf_counter() - start
-            images.append(out.images.permute(0, 2, 3, 1).float().cpu())
+            # images (N, H, W, 3); clips (N, F, H, W, 3)
+            images.append(out.frames.float().cpu() if video else out.images.permute(0, 2, 3, 1).float().cpu())
             info = out.stats.extra
         return torch.cat(images).clamp(0, 1), seconds, info
 
@@ -199,8 +211,9 @@ def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods
                 cache = _Cache(pipe.transformer, name, options, steps, mag_ratios)
             if name == "uniform":
                 images, seconds, info = run(options["steps"])
-            elif name == "hsa":
-                images, seconds, info = run(steps, {"steps": "hsa", "runtime": options["runtime"]})
+            elif name in ("hsa", "hsa-exact"):
+                config = HSAConfig(runtime=options["runtime"], cache=name == "hsa")
+                images, seconds, info = run(steps, {"steps": config})
             else:
                 images, seconds, info = run(steps, cache=cache)
         finally:
@@ -217,9 +230,17 @@ def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods
 
 def _row(label, name, options, images, full, seconds, full_seconds, metas, seed, steps) -> dict:
     u8 = (images * 255).round().to(torch.uint8).numpy()
-    correct = [(m["tag"], check(img, m).correct) for img, m in zip(u8, metas)]
+    video = images.ndim == 5
+    if video:
+        from accel.shapes.video import check_video
+
+        correct = [(m["tag"], check_video(clip, m).correct) for clip, m in zip(u8, metas)]
+        # PSNR / SSIM per clip: over its frames as one image stack
+        images, full = images.flatten(0, 1), full.flatten(0, 1)
+    else:
+        correct = [(m["tag"], check(img, m).correct) for img, m in zip(u8, metas)]
     return {
-        "method": label, "family": name, "options": options, "model": "image",
+        "method": label, "family": name, "options": options, "model": "video" if video else "image",
         "runtime": round(seconds / full_seconds, 4), "seconds": round(seconds, 3),
         "accuracy": _geneval(correct), "accuracy_images": float(np.mean([c for _, c in correct])),
         "psnr": float(psnr(images, full).mean()), "ssim": float(ssim(images, full).mean()),

@@ -9,6 +9,7 @@ from accel.core.denoiser import Denoiser
 # pipeline class name -> (module, adapter class)
 ADAPTERS: dict[str, tuple[str, str]] = {
     "ShapesPipeline": ("accel.pipelines.shapes", "ShapesDenoiser"),
+    "ShapesVideoPipeline": ("accel.pipelines.shapes_video", "ShapesVideoDenoiser"),
     "FluxPipeline": ("accel.pipelines.flux", "FluxDenoiser"),
     "StableDiffusion3Pipeline": ("accel.pipelines.sd3", "SD3Denoiser"),
     "WanPipeline": ("accel.pipelines.wan", "WanDenoiser"),

@@ -245,13 +245,14 @@ VOCAB_WORDS = (
 ).split()
 
 
-def build_tokenizer(max_length: int = 16):
-    """Word-level tokenizer of the shapes grammar, as a transformers fast tokenizer (saved as tokenizer.json)."""
+def build_tokenizer(max_length: int = 16, words: list[str] | tuple[str, ...] = tuple(VOCAB_WORDS)):
+    """Word-level tokenizer of the shapes grammar (or of `words`), as a transformers fast tokenizer (saved as
+    tokenizer.json)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<s>", "</s>", "<unk>"]
-    vocab = {w: i for i, w in enumerate(specials + list(VOCAB_WORDS))}
+    vocab = {w: i for i, w in enumerate(specials + list(words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -253,6 +253,59 @@ def eval_shapes(
     console.print(f"{result['nfe']} NFE, {result['seconds']:.1f} s", highlight=False)
 
 
+@eval_app.command("shapes-video")
+def eval_shapes_video(
+    model: str = typer.Option("shapes-video", help="A ShapesVideoPipeline: the built-in video model or a folder."),
+    prompts: int = typer.Option(48, help="Number of prompts (the tags in turn)."),
+    seed: int = typer.Option(0, help="Picks the prompt set and the sampling seeds."),
+    steps: int = typer.Option(25, help="Sampling steps."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: the pipeline's)."),
+    steps_mode: str = typer.Option("uniform", help="uniform or hsa (heterogeneous per-token steps)."),
+    runtime: Optional[float] = typer.Option(None, help="For --steps-mode hsa: fraction of the token compute."),
+    batch_size: int = typer.Option(16, help="Clips per batch."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
+    device: Optional[str] = typer.Option(None, help="torch device."),
+):
+    """Exact accuracy of a moving-shapes video model: per-frame detection, persistence, direction of motion."""
+    _threads()
+    import torch
+
+    from accel.evals.io import check_writable, write_json
+    from accel.evals.shapes import evaluate_shapes_video
+
+    with user_errors():
+        if prompts < 1 or steps < 1 or batch_size < 1:
+            raise UsageError("--prompts, --steps and --batch-size must be >= 1")
+        if steps_mode not in ("uniform", "hsa"):
+            raise UsageError(f"--steps-mode must be uniform or hsa, got {steps_mode!r}")
+        if runtime is not None and steps_mode != "hsa":
+            raise UsageError("--runtime applies to --steps-mode hsa only")
+        if json_out is not None:
+            check_writable(json_out)
+        pipe = _load(model, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if type(pipe).__name__ != "ShapesVideoPipeline":
+            raise UsageError(f"eval shapes-video needs a ShapesVideoPipeline, got {type(pipe).__name__}")
+        call = {"steps": "hsa", "runtime": 0.5 if runtime is None else runtime} if steps_mode == "hsa" else {}
+        with _progress() as progress:
+            task = progress.add_task("prompts", total=prompts)
+            result = evaluate_shapes_video(pipe, prompts=prompts, seed=seed, steps=steps, guidance_scale=guidance,
+                                           batch_size=batch_size, progress=lambda k: progress.advance(task, k),
+                                           **call)
+        result["model"] = model
+        result["steps_mode"] = steps_mode if not call else f"hsa:runtime={call['runtime']}"
+        if json_out is not None:
+            write_json(json_out, result)
+    table = Table(title=f"shapes-video eval: {result['n']} prompts, seed {seed}, {steps} steps")
+    for col in ("tag", "accuracy", "strict"):
+        table.add_column(col)
+    for tag, acc in result["per_tag"].items():
+        table.add_row(tag, f"{acc:.3f}", f"{result['per_tag_strict'][tag]:.3f}")
+    table.add_row("overall", f"{result['overall']:.3f}", f"{result['overall_strict']:.3f}", style="bold")
+    Console().print(table)
+    console.print(f"frame accuracy {result['frame_accuracy']:.3f}; {result['nfe']} NFE, {result['seconds']:.1f} s",
+                  highlight=False)
+
+
 @bench_app.command("search")
 def bench_search_cmd(
     model: str = typer.Option("shapes", help="A ShapesPipeline: the built-in model or a folder."),
@@ -308,7 +361,8 @@ def bench_search_cmd(
 
 @bench_app.command("steps")
 def bench_steps_cmd(
-    model: str = typer.Option("image", help="image (the built-in shapes model) or a ShapesPipeline folder."),
+    model: str = typer.Option("image", help="image or video (the built-in models), or a ShapesPipeline / "
+                              "ShapesVideoPipeline folder."),
     prompts: int = typer.Option(24, help="Number of prompts (the six tags in turn)."),
     seed: int = typer.Option(0, help="Picks the prompt set and the sampling seeds."),
     steps: int = typer.Option(25, help="Steps of the full-step run every method is measured against."),
@@ -325,8 +379,6 @@ def bench_steps_cmd(
     from accel.evals.steps import bench_steps, parse_method, plot_steps
 
     with user_errors():
-        if model == "video":
-            raise UsageError("the built-in video model is not shipped yet; allowed: image or a ShapesPipeline folder")
         names = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
         for name in names or []:
             parse_method(name)
@@ -335,9 +387,9 @@ def bench_steps_cmd(
         for path in (json_out, plot):
             if path is not None:
                 check_writable(path)
-        pipe = _load("shapes" if model == "image" else model, None)
-        if type(pipe).__name__ != "ShapesPipeline":
-            raise UsageError(f"bench steps needs a ShapesPipeline, got {type(pipe).__name__}")
+        pipe = _load({"image": "shapes", "video": "shapes-video"}.get(model, model), None)
+        if type(pipe).__name__ not in ("ShapesPipeline", "ShapesVideoPipeline"):
+            raise UsageError(f"bench steps needs a ShapesPipeline or ShapesVideoPipeline, got {type(pipe).__name__}")
         with _progress() as progress:
             task = progress.add_task("methods", total=None)
             rows = bench_steps(pipe, prompts=prompts, seed=seed, steps=steps, methods=names,

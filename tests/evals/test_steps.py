@@ -26,7 +26,7 @@ def test_psnr_ssim():
 
 
 def test_every_method_family(pipe):
-    methods = ["uniform:steps=6", "uniform:steps=3", "hsa:runtime=0.5", "fbc:threshold=5",
+    methods = ["uniform:steps=6", "uniform:steps=3", "hsa:runtime=0.5", "hsa-exact:runtime=0.5", "fbc:threshold=5",
                "taylorseer:interval=2", "magcache:threshold=5"]
     rows = bench_steps(pipe, prompts=2, seed=1, steps=6, methods=methods, batch_size=2)
     assert [r["method"] for r in rows] == ["full"] + methods
@@ -35,6 +35,7 @@ def test_every_method_family(pipe):
     by = {r["method"]: r for r in rows}
     assert by["full"]["psnr"] >= 99 and by["uniform:steps=6"]["psnr"] >= 99  # same seeds, same images
     assert by["uniform:steps=3"]["psnr"] < 99 and by["hsa:runtime=0.5"]["token_fraction"] <= 0.5
+    assert by["hsa-exact:runtime=0.5"]["psnr"] != by["hsa:runtime=0.5"]["psnr"]  # the cache is an approximation
     for name in ("fbc:threshold=5", "taylorseer:interval=2", "magcache:threshold=5"):  # the caches skip work
         assert by[name]["psnr"] < 99 and 0 < by[name]["ssim"] <= 1
     assert not pipe.transformer.is_cache_enabled  # every cache hook removed
