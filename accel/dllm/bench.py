@@ -22,8 +22,9 @@ DEFAULT_DECODERS: tuple[str, ...] = (
     "llada",
     "fast-dllm:threshold=0.5", "fast-dllm:threshold=0.7", "fast-dllm:threshold=0.9", "fast-dllm:threshold=0.99",
     "fast-dllm:threshold=0.9:cache=prefix", "fast-dllm:threshold=0.9:cache=none",
-    "window:window=16", "window:window=32", "window:window=64", "window:window=128",
-    "window:window=64:threshold=0.9",
+    "window:window=32", "window:window=64",  # the paper's one token per step
+    "window:window=16:threshold=0.9", "window:window=32:threshold=0.9", "window:window=64:threshold=0.9",
+    "window:window=128:threshold=0.9", "window:window=64:threshold=0.7", "window:window=64:threshold=0.99",
     "adablock",
 )
 KNOBS = {"fast-dllm": "threshold", "window": "window", "llada": "block_length", "adablock": "threshold"}

@@ -298,6 +298,10 @@ def _window(s: _State, c: WindowConfig) -> None:
             # Phase start: full forward, every K/V refreshed, the standard rule over the whole answer.
             conf, token = s.forward(fill_cache=True)
             masked = s.masked
+            if c.threshold is not None:
+                # Parallel commits stay in the frontier (the first `active` masked positions), as inside a phase:
+                # a global threshold rule would commit confident far tokens before their context exists.
+                masked = masked & (torch.cumsum(masked.long(), 0) <= c.active)
             pick = (_top(conf, masked, 1) if c.threshold is None else _threshold_pick(conf, masked, c.threshold))
             s.commit(pick, token[pick])
             phase_committed = pick.tolist()

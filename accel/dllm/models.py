@@ -15,8 +15,8 @@ def builtin_text_model_path(name: str = "counting") -> Path:
 
     path = Path(str(files("accel.assets"))) / BUILTIN_TEXT[name]
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the built-in text model {name!r} is not shipped yet (no model at {path}): train "
-                                "one with scripts/train_mdlm.py --out FOLDER and pass --model FOLDER")
+        raise FileNotFoundError(f"the built-in text model {name!r} is missing at {path}; reinstall accel or train "
+                                "it with scripts/train_mdlm.py (assets/counting-mdlm/README.md)")
     return path
 
 
