@@ -18,10 +18,11 @@ def pipe():
 
 
 def test_psnr_ssim():
-    a = torch.rand(2, 24, 24, 3)
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 24, 24, 3, generator=g)
     assert torch.allclose(ssim(a, a), torch.ones(2)) and (psnr(a, a) >= 99).all()
-    noisy = (a + 0.1 * torch.randn_like(a)).clamp(0, 1)
-    assert (ssim(a, noisy) < 0.95).all() and (psnr(a, noisy) < 25).all()
+    noisy = (a + 0.2 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    assert (ssim(a, noisy) < 0.9).all() and (psnr(a, noisy) < 20).all()
     assert (ssim(a, (a + 0.01).clamp(0, 1)) > ssim(a, noisy)).all()
 
 
