@@ -48,12 +48,15 @@ class HSAConfig:
     """runtime: fraction of the full-step token compute to spend, a float in (0, 1], or a budget in full steps, an
     int >= 1 (runtime=12 on a 24-step grid is 0.5); warmup: full steps at the start
     (None: max(1, round(steps / 10))); max_skips: most consecutive skipped steps per token; score: see the module
-    docstring."""
+    docstring; cache: run active tokens only against cached K/V (the family's hsa_velocity); False computes every
+    token and keeps the active ones' velocities: the same allocation without the cache's approximation and without
+    its saving (a diagnostic)."""
 
     runtime: float = 0.5
     warmup: int | None = None
     max_skips: int = 4
     score: str = "dynamics"
+    cache: bool = True
 
     def __post_init__(self):
         r = self.runtime
@@ -170,7 +173,7 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
         v = denoiser.velocity(x_common, sigma, cond)
         return _gather(latent_to_tokens(v, layout.rows, layout.cols, layout.frames), active)
 
-    call = velocity_active or denoiser.hsa_velocity(cond) or default_velocity
+    call = velocity_active or (denoiser.hsa_velocity(cond) if config.cache else None) or default_velocity
     s_tok = torch.full((b, n), float(sigmas[0]), device=x.device, dtype=torch.float32)  # each token's sigma
     v_tok = torch.zeros_like(tok)
     v_prev = torch.zeros_like(tok)
