@@ -37,46 +37,53 @@ def _scatter(t: torch.Tensor, index: torch.Tensor, src: torch.Tensor, dim: int) 
     return t.scatter(dim, index.view(view).expand(src.shape), src)
 
 
-class ShapesActiveTokens:
-    """`velocity_active(x, sigma, active) -> v_active` for hsa_sample on a ShapesDenoiser (one sampling run).
+class ActiveTokens:
+    """`velocity_active(x, sigma, active) -> v_active` for hsa_sample on a DiT built from the shapes DiTBlock, for
+    one sampling run: the K/V caches (per layer: (B2, heads, L, head_dim) of the image tokens, B2 = CFG branches x
+    batch), full steps through the model's own forward with recording hooks, and the blocks' loop on the active
+    tokens. A subclass supplies `_active_velocity` (its embedding and head around `_blocks`), and `_full_hooks` for
+    anything else a full step must record.
 
-    x: (B, C, H, W) latent with every token at sigma; active: (B, k) token indices (row-major); returns the guided
-    velocity of the active tokens, (B, k, C * p * p), in accel.schedulers.hsa's token layout.
+    x: the latent with every token at sigma; active: (B, k) token indices; returns the guided velocity of the active
+    tokens, (B, k, D), in accel.schedulers.hsa's token layout.
     """
 
     def __init__(self, denoiser, cond: Cond):
         self.denoiser, self.cond = denoiser, cond
-        self.k: list[torch.Tensor | None] = []  # per layer: (B2, heads, L, head_dim) of the image tokens
+        self.k: list[torch.Tensor | None] = []
         self.v: list[torch.Tensor | None] = []
-        self.out: torch.Tensor | None = None  # (B2, L, D): the image tokens after the last block
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         from accel.schedulers.hsa import latent_to_tokens
 
         d, cond = self.denoiser, self.cond
-        model = d.transformer
+        layout = d.token_layout(x)
+        if active.shape[1] == layout.num_tokens or not self.k:
+            v = latent_to_tokens(self._full(x, sigma), layout.rows, layout.cols, layout.frames)
+            return _gather(v, active, 1)
         cfg = cond.passes == 2
         b = x.shape[0]
         x_in = torch.cat([x, x]) if cfg else x
         s = sigma.to(x.device, torch.float32).expand(b)
         s = torch.cat([s, s]) if cfg else s
         act = torch.cat([active, active]) if cfg else active
-        n = (x.shape[-2] // model.patch_size) * (x.shape[-1] // model.patch_size)
-        if act.shape[1] == n or self.out is None:
-            v = self._full(x, sigma)
-        else:
-            v = self.forward(model, x_in, cond.data["embeds"], s, cond.data["mask"], act)
-            if cfg:
-                v_uncond, v_cond = v.chunk(2)
-                v = v_uncond + cond.data["guidance"] * (v_cond - v_uncond)
-            d.nfe += b * cond.passes
-        layout = d.token_layout(x)
-        tokens = latent_to_tokens(v, layout.rows, layout.cols, layout.frames)
-        return torch.gather(tokens, 1, active[..., None].expand(-1, -1, tokens.shape[-1]))
+        out = self._active_velocity(x_in, s, act)
+        if cfg:
+            v_uncond, v_cond = out.chunk(2)
+            out = v_uncond + cond.data["guidance"] * (v_cond - v_uncond)
+        d.nfe += b * cond.passes
+        return out
+
+    def _active_velocity(self, x: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Unguided velocity tokens (B2, k, D) of the active tokens, sigma (B2,); updates the caches."""
+        raise NotImplementedError
+
+    def _full_hooks(self, model) -> list:
+        return []
 
     def _full(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The model's own forward (with whatever it has installed, e.g. fused kernels), every token; hooks record
-        each block's image K/V and the blocks' output on the way."""
+        each block's image K/V on the way."""
         model, t_len = self.denoiser.transformer, self.cond.data["embeds"].shape[1]
         self.k, self.v = [None] * len(model.blocks), [None] * len(model.blocks)
 
@@ -90,10 +97,7 @@ class ShapesActiveTokens:
                     self.v[i] = heads
             return hook
 
-        def record_out(module, args):
-            self.out = args[0]
-
-        handles = [model.norm_out.register_forward_pre_hook(record_out)]
+        handles = self._full_hooks(model)
         for i, block in enumerate(model.blocks):
             handles += [block.attn.to_k.register_forward_hook(record(i, "k")),
                         block.attn.to_v.register_forward_hook(record(i, "v"))]
@@ -102,6 +106,54 @@ class ShapesActiveTokens:
         finally:
             for h in handles:
                 h.remove()
+
+    def _blocks(self, model, tokens: torch.Tensor, c: torch.Tensor, keep: torch.Tensor | None, t_len: int,
+                active: torch.Tensor | None) -> torch.Tensor:
+        """[text; queries] tokens through the model's DiTBlocks, attention against the caches (see _attention)."""
+        for i, block in enumerate(model.blocks):
+            shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
+            tokens = tokens + gate1 * self._attention(block.attn, block.norm1(tokens) * (1 + scale1) + shift1,
+                                                       keep, i, t_len, active)
+            tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
+        return tokens
+
+    def _attention(self, attn, hidden, keep, layer: int, t_len: int, active: torch.Tensor | None) -> torch.Tensor:
+        """Fresh K/V for the text and the active tokens (all image tokens when active is None), cached for the
+        rest; the layer's cache is updated."""
+        b, m, dim = hidden.shape
+        q, k, v = (f(hidden).view(b, m, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
+        q, k = attn.norm_q(q), attn.norm_k(k)  # (B, H, T + k, Dh)
+        k_img, v_img = k[:, :, t_len:], v[:, :, t_len:]
+        if active is not None:
+            k_img = _scatter(self.k[layer], active, k_img, 2)
+            v_img = _scatter(self.v[layer], active, v_img, 2)
+        self.k[layer], self.v[layer] = k_img, v_img
+        keys, values = torch.cat([k[:, :, :t_len], k_img], 2), torch.cat([v[:, :, :t_len], v_img], 2)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=keep)
+        return attn.to_out(out.transpose(1, 2).reshape(b, m, dim))
+
+
+class ShapesActiveTokens(ActiveTokens):
+    """ActiveTokens for the built-in image DiT (a ShapesDenoiser): the convolutional stem and head run on the full
+    grid, with the inactive tokens' block outputs cached (recorded at full steps too)."""
+
+    def __init__(self, denoiser, cond: Cond):
+        super().__init__(denoiser, cond)
+        self.out: torch.Tensor | None = None  # (B2, L, D): the image tokens after the last block
+
+    def _full_hooks(self, model) -> list:
+        def record_out(module, args):
+            self.out = args[0]
+
+        return [model.norm_out.register_forward_pre_hook(record_out)]
+
+    def _active_velocity(self, x, sigma, active):
+        from accel.schedulers.hsa import latent_to_tokens
+
+        layout = self.denoiser.token_layout(x)
+        v = latent_to_tokens(self.forward(self.denoiser.transformer, x, self.cond.data["embeds"], sigma,
+                                          self.cond.data["mask"], active), layout.rows, layout.cols, layout.frames)
+        return _gather(v, active, 1)
 
     def forward(self, model, x, enc, sigma, enc_mask, active: torch.Tensor | None) -> torch.Tensor:
         """The model's forward (sigma per sample), with the blocks on the active tokens only against the cached
@@ -127,28 +179,10 @@ class ShapesActiveTokens:
         if enc_mask is not None:
             keep = torch.cat([tmask.bool(), torch.ones(b, img.shape[1], dtype=torch.bool, device=img.device)], 1)
             keep = keep[:, None, None, :]  # (B, 1, 1, T + L)
-        for i, block in enumerate(model.blocks):
-            shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
-            tokens = tokens + gate1 * self._attention(block.attn, block.norm1(tokens) * (1 + scale1) + shift1,
-                                                       keep, i, t_len, active)
-            tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
-        out = tokens[:, t_len:]
+        out = self._blocks(model, tokens, c, keep, t_len, active)[:, t_len:]
         self.out = out if active is None else _scatter(self.out, active, out, 1)
         shift, scale = model.norm_out_modulation(c).chunk(2, dim=-1)
         y = (model.norm_out(self.out) * (1 + scale) + shift).transpose(1, 2).reshape(b, -1, gh, gw)
         y = model.head1(torch.cat([model.up1(F.interpolate(y, scale_factor=2, mode="nearest")), s1], dim=1))
         y = model.head0(torch.cat([model.up0(F.interpolate(y, scale_factor=2, mode="nearest")), s0], dim=1))
         return model.conv_out(F.silu(model.norm_final(y)))
-
-    def _attention(self, attn, hidden, keep, layer: int, t_len: int, active: torch.Tensor | None) -> torch.Tensor:
-        b, m, dim = hidden.shape
-        q, k, v = (f(hidden).view(b, m, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
-        q, k = attn.norm_q(q), attn.norm_k(k)  # (B, H, T + k, Dh)
-        k_img, v_img = k[:, :, t_len:], v[:, :, t_len:]
-        if active is not None:  # fresh K/V for the active tokens, cached for the rest
-            k_img = _scatter(self.k[layer], active, k_img, 2)
-            v_img = _scatter(self.v[layer], active, v_img, 2)
-        self.k[layer], self.v[layer] = k_img, v_img
-        keys, values = torch.cat([k[:, :, :t_len], k_img], 2), torch.cat([v[:, :, :t_len], v_img], 2)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=keep)
-        return attn.to_out(out.transpose(1, 2).reshape(b, m, dim))

@@ -273,6 +273,7 @@ def build_shapes_video_pipeline(width: int = 128, num_layers: int = 4, text_hidd
 
 from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout, cache_context  # noqa: E402
 from accel.core.grid import TimeGrid  # noqa: E402
+from accel.pipelines.shapes_hsa import ActiveTokens, _gather  # noqa: E402
 
 
 class ShapesVideoDenoiser(Denoiser):
@@ -343,106 +344,20 @@ class ShapesVideoDenoiser(Denoiser):
         return VideoActiveTokens(self, cond)
 
 
-def _gather(t: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
-    shape = list(t.shape)
-    shape[dim] = index.shape[1]
-    view = [index.shape[0]] + [1] * (t.ndim - 1)
-    view[dim] = index.shape[1]
-    return torch.gather(t, dim, index.view(view).expand(shape))
+class VideoActiveTokens(ActiveTokens):
+    """ActiveTokens for the video DiT: partial steps embed, run and project only the active tokens (and the text
+    tokens); every token's compute but attention is its own, so nothing else needs caching."""
 
-
-def _scatter(t: torch.Tensor, index: torch.Tensor, src: torch.Tensor, dim: int) -> torch.Tensor:
-    view = [index.shape[0]] + [1] * (t.ndim - 1)
-    view[dim] = index.shape[1]
-    return t.scatter(dim, index.view(view).expand(src.shape), src)
-
-
-class VideoActiveTokens:
-    """`velocity_active(x, sigma, active) -> v_active` for hsa_sample on the video DiT (one sampling run).
-
-    Partial steps embed, run and project only the active tokens (and the text tokens); in every block their queries
-    attend to fresh K/V of themselves and the text and to the K/V cached for the inactive tokens when they were
-    last computed, kept per layer and per CFG branch (rows of the batch). Full steps run the model's own forward
-    and record every block's K/V through hooks that are removed afterwards. Nothing on the model changes.
-    """
-
-    def __init__(self, denoiser: ShapesVideoDenoiser, cond: Cond):
-        self.denoiser, self.cond = denoiser, cond
-        self.k: list[torch.Tensor | None] = []
-        self.v: list[torch.Tensor | None] = []
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        d, cond = self.denoiser, self.cond
-        model = d.transformer
-        n = d.token_layout(x).num_tokens
-        if active.shape[1] == n or not self.k:
-            v = model.patchify(self._full(x, sigma))
-            return _gather(v, active, 1)
-        cfg = cond.passes == 2
-        b = x.shape[0]
-        x_in = torch.cat([x, x]) if cfg else x
-        s = sigma.to(x.device, torch.float32).expand(b)
-        s = torch.cat([s, s]) if cfg else s
-        act = torch.cat([active, active]) if cfg else active
-        out = self.forward(model, x_in, cond.data["embeds"], s, cond.data["mask"], act)
-        if cfg:
-            v_uncond, v_cond = out.chunk(2)
-            out = v_uncond + cond.data["guidance"] * (v_cond - v_uncond)
-        d.nfe += b * cond.passes
-        return out
-
-    def _full(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        model, t_len = self.denoiser.transformer, self.cond.data["embeds"].shape[1]
-        self.k, self.v = [None] * len(model.blocks), [None] * len(model.blocks)
-
-        def record(i, kind):
-            def hook(module, args, out):
-                attn = model.blocks[i].attn
-                heads = out.view(out.shape[0], out.shape[1], attn.heads, -1).transpose(1, 2)[:, :, t_len:]
-                if kind == "k":
-                    self.k[i] = attn.norm_k(heads)
-                else:
-                    self.v[i] = heads
-            return hook
-
-        handles = []
-        for i, block in enumerate(model.blocks):
-            handles += [block.attn.to_k.register_forward_hook(record(i, "k")),
-                        block.attn.to_v.register_forward_hook(record(i, "v"))]
-        try:
-            return self.denoiser.velocity(x, sigma, self.cond)
-        finally:
-            for h in handles:
-                h.remove()
-
-    def forward(self, model: ShapesVideoTransformer3DModel, x: torch.Tensor, enc: torch.Tensor, sigma: torch.Tensor,
-                enc_mask: torch.Tensor | None, active: torch.Tensor) -> torch.Tensor:
-        """Velocity tokens (B, k, patch_dim) of the active tokens, sigma per sample (B,); updates the caches."""
-        import torch.nn.functional as F
-
+    def _active_velocity(self, x, sigma, active):
+        model = self.denoiser.transformer
         grid = model.grid(x)
-        patches = _gather(model.patchify(x), active, 1)
-        pos = model.positions(grid, model.config.width).to(x)[active]  # (B, k, D)
-        img = model.patch_embed(patches) + pos
-        txt, _, c, keep, b = model.conditioning(enc, enc_mask, sigma, img.dtype)
+        img = model.patch_embed(_gather(model.patchify(x), active, 1))
+        img = img + model.positions(grid, model.config.width).to(x)[active]  # (B, k, D)
+        txt, _, c, keep, b = model.conditioning(self.cond.data["embeds"], self.cond.data["mask"], sigma, img.dtype)
         t_len = txt.shape[1]
-        tokens = torch.cat([txt, img], dim=1)
         mask = None
         if keep is not None:
             n = self.k[0].shape[2]
             mask = torch.cat([keep, torch.ones(b, n, dtype=torch.bool, device=x.device)], 1)[:, None, None, :]
-        for i, block in enumerate(model.blocks):
-            shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
-            h = block.norm1(tokens) * (1 + scale1) + shift1
-            attn = block.attn
-            m, dim = h.shape[1], h.shape[2]
-            q, k, v = (f(h).view(b, m, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
-            q, k = attn.norm_q(q), attn.norm_k(k)
-            self.k[i] = _scatter(self.k[i], active, k[:, :, t_len:], 2)
-            self.v[i] = _scatter(self.v[i], active, v[:, :, t_len:], 2)
-            keys = torch.cat([k[:, :, :t_len], self.k[i]], 2)
-            values = torch.cat([v[:, :, :t_len], self.v[i]], 2)
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-            tokens = tokens + gate1 * attn.to_out(o.transpose(1, 2).reshape(b, m, dim))
-            tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
+        tokens = self._blocks(model, torch.cat([txt, img], dim=1), c, mask, t_len, active)
         return model.head(tokens[:, t_len:], c)
