@@ -101,6 +101,14 @@ class DiTBlock(nn.Module):
         return x
 
 
+def register_block_for_caches() -> None:
+    """diffusers' cache hooks look a block's class up to find its hidden_states: register DiTBlock. Called lazily
+    (by enable_cache) because the registry imports every diffusers model on first use."""
+    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+    TransformerBlockRegistry.register(DiTBlock, TransformerBlockMetadata(return_hidden_states_index=0))
+
+
 class ShapesTransformer2DModel(ModelMixin, ConfigMixin, CacheMixin):
     """U-shaped flow DiT for pixel-space images.
 
@@ -149,11 +157,7 @@ class ShapesTransformer2DModel(ModelMixin, ConfigMixin, CacheMixin):
 
     def enable_cache(self, config) -> None:
         """diffusers' cache hooks (FirstBlockCache, TaylorSeer, MagCache, ...) on this model; see CacheMixin."""
-        from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
-
-        # The hooks look the block class up to find its hidden_states; registered here, lazily, because the
-        # registry imports every diffusers model on first use.
-        TransformerBlockRegistry.register(DiTBlock, TransformerBlockMetadata(return_hidden_states_index=0))
+        register_block_for_caches()
         super().enable_cache(config)
 
     @property

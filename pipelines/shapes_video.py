@@ -21,7 +21,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from accel.pipelines.shapes import (
-    DiTBlock, ShapesPipeline, build_text_encoder, build_tokenizer, sincos_2d, timestep_embedding,
+    DiTBlock, ShapesPipeline, build_text_encoder, build_tokenizer, register_block_for_caches, sincos_2d,
+    timestep_embedding,
 )
 
 VIDEO_VOCAB = "a an the and circle square triangle red green blue yellow moving left right up down".split()
@@ -58,10 +59,8 @@ class ShapesVideoTransformer3DModel(ModelMixin, ConfigMixin, CacheMixin):
         nn.init.zeros_(self.proj_out.bias)
 
     def enable_cache(self, config) -> None:
-        """diffusers' cache hooks on this model; see ShapesTransformer2DModel.enable_cache."""
-        from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
-
-        TransformerBlockRegistry.register(DiTBlock, TransformerBlockMetadata(return_hidden_states_index=0))
+        """diffusers' cache hooks on this model; see CacheMixin."""
+        register_block_for_caches()
         super().enable_cache(config)
 
     def grid(self, x: torch.Tensor) -> tuple[int, int, int]:
@@ -271,19 +270,19 @@ def build_shapes_video_pipeline(width: int = 128, num_layers: int = 4, text_hidd
 # Denoiser adapter and the active-token forward for heterogeneous steps
 # ---------------------------------------------------------------------------------------------------------------
 
-from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout, cache_context  # noqa: E402
-from accel.core.grid import TimeGrid  # noqa: E402
+from accel.core.denoiser import Cond, Prepared, TokenLayout  # noqa: E402
+from accel.pipelines.shapes import ShapesDenoiser  # noqa: E402
 from accel.pipelines.shapes_hsa import ActiveTokens, _gather  # noqa: E402
 
 
-class ShapesVideoDenoiser(Denoiser):
-    """Adapter for ShapesVideoPipeline: pixel-space clips (B, 3, F, H, W), CFG batched [uncond, cond]."""
+class ShapesVideoDenoiser(ShapesDenoiser):
+    """Adapter for ShapesVideoPipeline: pixel-space clips (B, 3, F, H, W), CFG batched [uncond, cond]; encoding,
+    time grid and velocity are the image adapter's."""
 
     family = "shapes-video"
     call_args = frozenset({"prompt", "negative_prompt", "num_frames", "height", "width", "num_inference_steps",
                            "guidance_scale", "num_videos_per_prompt", "generator", "latents", "sigmas",
                            "output_type", "return_dict"})
-    batched_cond_keys = ("embeds", "mask")
 
     def prepare(self, **call) -> Prepared:
         self.check_supported(call)
@@ -298,37 +297,6 @@ class ShapesVideoDenoiser(Denoiser):
                                  pipe._execution_device, a["generator"], a["latents"])
         return Prepared(x, cond, self.time_grid(a["num_inference_steps"], a["sigmas"]),
                         {"output_type": a["output_type"], "return_dict": a["return_dict"]})
-
-    def encode(self, prompts: list[str], negative_prompts: list[str] | None, guidance: float) -> Cond:
-        device = self.pipe._execution_device
-        embeds, mask = self.pipe.encode_prompt(prompts, device)
-        cfg = guidance > 1.0
-        if cfg:
-            neg_embeds, neg_mask = self.pipe.encode_prompt(negative_prompts or [""] * len(prompts), device)
-            embeds, mask = torch.cat([neg_embeds, embeds]), torch.cat([neg_mask, mask])
-        return Cond(batch=len(prompts), passes=2 if cfg else 1,
-                    data={"embeds": embeds, "mask": mask, "guidance": guidance})
-
-    def time_grid(self, num_inference_steps: int, sigmas=None) -> TimeGrid:
-        import copy
-
-        scheduler = copy.deepcopy(self.pipe.scheduler)
-        scheduler.set_timesteps(num_inference_steps, sigmas=sigmas)
-        return TimeGrid(scheduler.sigmas.float().cpu())
-
-    def _velocity(self, x, sigma, cond: Cond):
-        cfg = cond.passes == 2
-        x_in = torch.cat([x, x]) if cfg else x
-        t = self.pipe.scheduler.config.num_train_timesteps
-        s = (sigma.to(x.device) * t) / t  # the pipeline's arithmetic
-        s = s.expand(x.shape[0]) if s.ndim == 0 else s
-        s = torch.cat([s, s]) if cfg else s
-        with cache_context(self.transformer, "cond"):
-            v = self.transformer(x_in, cond.data["embeds"], s, cond.data["mask"]).sample
-        if cfg:
-            v_uncond, v_cond = v.chunk(2)
-            v = v_uncond + cond.data["guidance"] * (v_cond - v_uncond)
-        return v
 
     def decode(self, x, prepared: Prepared):
         frames = self.pipe.postprocess(x, prepared.options.get("output_type", "np"))
