@@ -190,6 +190,12 @@ class WanDenoiser(Denoiser):
         pipe.maybe_free_model_hooks()
         return WanPipelineOutput(frames=video) if options["return_dict"] else (video,)
 
+    def hsa_velocity(self, cond: Cond):
+        """Active tokens only through the blocks, against cached K/V (accel.pipelines.dit_hsa)."""
+        from accel.pipelines.dit_hsa import WanActiveTokens
+
+        return WanActiveTokens.for_run(self, cond)
+
     def token_layout(self, x: torch.Tensor) -> TokenLayout:
         """(F' / p_t) x (h / p_h) x (w / p_w) for x (B, C, F', h, w), row-major as the patch embedding flattens."""
         p_t, p_h, p_w = self.transformer.config.patch_size

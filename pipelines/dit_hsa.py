@@ -1,0 +1,307 @@
+"""Active-token forward of diffusers DiTs (Flux, Wan) for heterogeneous step allocation (accel.schedulers.hsa).
+
+The model runs its own forward; reversible hooks, installed for one HSA model call and removed after it, change
+what goes through its blocks:
+
+- a pre-hook on the first block keeps only the active image tokens (gathered per sample), and every block's
+  pre-hook hands the self-attention their rotary embedding (and Wan TI2V's per-token modulation) at those tokens;
+- each self-attention runs an active-token processor: queries, keys and values of the text and active tokens, the
+  active keys/values scattered into the layer's cache (post-norm, post-rotary), queries against the whole cached
+  sequence;
+- a pre-hook on the output norm scatters the active tokens' block outputs into the cached full sequence, so the
+  model's head and unpatchify see a full grid (they are per-token and cheap); the active tokens' velocities are
+  read back out of it.
+
+A full step (every token active, or the first call of a model/CFG branch) runs the model untouched and records
+each self-attention's image K/V (hooks on norm_k and to_v), the rotary embedding and the last block output. Caches
+are kept per transformer (Wan 2.2's two experts) and per CFG branch (the adapter's forwards in order within one
+velocity call). The adapter's velocity does the rest (conditioning, CFG, NFE count), so every family keeps its own
+arithmetic. The processors are swapped only where the model uses the upstream default (FluxAttnProcessor,
+WanAttnProcessor); anything else (IP adapters, fused kernels, custom processors) makes `supported` False and HSA
+computes every token instead (exact, no saving).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from diffusers.utils import logging
+
+from accel.core.denoiser import Cond
+from accel.pipelines.shapes_hsa import _gather, _scatter
+
+logger = logging.get_logger(__name__)
+
+
+def _rope_flux(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Flux's rotary embedding (interleaved pairs, diffusers' apply_rotary_emb with use_real_unbind_dim=-1) of x
+    (B, S, H, Dh) with cos/sin (S, Dh) or per sample (B, S, Dh)."""
+    cos, sin = (cos[None, :, None] if cos.ndim == 2 else cos[:, :, None]), (
+        sin[None, :, None] if sin.ndim == 2 else sin[:, :, None])
+    real, imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+    return (x.float() * cos.to(x.device) + rotated.float() * sin.to(x.device)).to(x.dtype)
+
+
+def _rope_wan(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's rotary embedding (WanAttnProcessor's arithmetic) of x (B, S, H, Dh), cos/sin (1 or B, S, 1, Dh)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * c - x2 * s
+    out[..., 1::2] = x1 * s + x2 * c
+    return out.type_as(x)
+
+
+class DiTActiveTokens:
+    """`velocity_active(x, sigma, active) -> v_active` for hsa_sample over a diffusers DiT adapter, for one sampling
+    run (it owns the caches). Family subclasses name the modules and the attention arithmetic."""
+
+    default_processor: type | None = None
+
+    def __init__(self, denoiser, cond: Cond):
+        self.denoiser, self.cond = denoiser, cond
+        self.models = [m for m in self._transformers() if m is not None]
+        self.kv: dict[tuple[int, int], list[list[torch.Tensor | None]]] = {}  # (model, branch) -> [K list, V list]
+        self.out: dict[tuple[int, int], torch.Tensor] = {}  # last block output (B, N, D)
+        self.active: torch.Tensor | None = None
+        self.n = 0
+        self.key: tuple[int, int] = (0, 0)
+        self.partial = False
+        self.calls: dict[int, int] = {}
+        self.rope = None  # the current forward's rotary embedding (full, or at the active tokens)
+        self.temb = None  # Wan: the blocks' modulation input, at the active tokens where it is per token
+
+    # -- family specifics ------------------------------------------------------------------------------------
+    def _transformers(self) -> list:
+        return [self.denoiser.transformer]
+
+    def _blocks(self, model) -> list[torch.nn.Module]:
+        raise NotImplementedError
+
+    def _self_attention(self, block) -> torch.nn.Module:
+        return block.attn
+
+    def _block_pre(self, model, i: int, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Record the rotary embedding (full steps) or gather the block's inputs to the active tokens."""
+        raise NotImplementedError
+
+    def _record_k(self, attn, out: torch.Tensor) -> torch.Tensor:
+        """norm_k's output -> the image keys (B, N, H, Dh) after the rotary embedding."""
+        raise NotImplementedError
+
+    def _processor(self, layer: int):
+        raise NotImplementedError
+
+    @classmethod
+    def for_run(cls, denoiser, cond: Cond) -> DiTActiveTokens | None:
+        """The active-token forward for one HSA run, or None (with a warning) where the model's attention
+        processors are not the upstream defaults: then HSA computes every token."""
+        run = cls(denoiser, cond)
+        if run.supported:
+            return run
+        logger.warning(f"{type(denoiser).__name__}: the transformer's attention processors are not "
+                       f"{cls.default_processor.__name__} (IP adapter, fused kernels or custom processors), so "
+                       "steps='hsa' computes every token: the same allocation without the saving")
+        return None
+
+    # -- generic ---------------------------------------------------------------------------------------------
+    @property
+    def supported(self) -> bool:
+        """Every self-attention runs the upstream default processor (see the module docstring)."""
+        attns = [self._self_attention(b) for m in self.models for b in self._blocks(m)]
+        return bool(attns) and all(type(a.processor) is self.default_processor
+                                   and not getattr(a, "fused_projections", False) for a in attns)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        from accel.schedulers.hsa import latent_to_tokens
+
+        d = self.denoiser
+        layout = d.token_layout(x)
+        self.n = layout.num_tokens
+        self.active = None if active.shape[1] == self.n else active
+        self.calls = {}
+        handles = []
+        for mi, model in enumerate(self.models):
+            handles += self._install(mi, model)
+        try:
+            v = d.velocity(x, sigma, self.cond)
+        finally:
+            for undo in reversed(handles):
+                undo()
+        return _gather(latent_to_tokens(v, layout.rows, layout.cols, layout.frames), active, 1)
+
+    def _install(self, mi: int, model) -> list:
+        """Hooks for one HSA model call on one transformer; returns their undos."""
+        blocks = self._blocks(model)
+        attns = [self._self_attention(b) for b in blocks]
+        originals = [a.processor for a in attns]
+        undos = []
+
+        def model_pre(module, args, kwargs):
+            branch = self.calls.get(mi, 0)
+            self.calls[mi] = branch + 1
+            self.key = (mi, branch)
+            self.partial = self.active is not None and self.key in self.kv
+            if self.partial:
+                for i, a in enumerate(attns):
+                    a.processor = self._processor(i)
+            else:
+                self.kv[self.key] = [[None] * len(attns), [None] * len(attns)]
+            return args, kwargs
+
+        def model_post(module, args, out):
+            for a, p in zip(attns, originals):
+                a.processor = p
+
+        def block_pre(i):
+            return lambda module, args, kwargs: self._block_pre(model, i, args, kwargs)
+
+        def norm_out_pre(module, args):
+            h = args[0]
+            if self.partial:
+                h = _scatter(self.out[self.key].to(h.dtype), self.active, h, 1)
+            self.out[self.key] = h
+            return (h, *args[1:])
+
+        def record(i, kind):
+            def hook(module, args, out):
+                if self.partial:
+                    return
+                if kind == "k":
+                    self.kv[self.key][0][i] = self._record_k(attns[i], out)
+                else:
+                    self.kv[self.key][1][i] = out[:, -self.n:].unflatten(-1, (attns[i].heads, -1))
+            return hook
+
+        hs = [model.register_forward_pre_hook(model_pre, with_kwargs=True), model.register_forward_hook(model_post),
+              model.norm_out.register_forward_pre_hook(norm_out_pre)]
+        for i, (b, a) in enumerate(zip(blocks, attns)):
+            hs += [b.register_forward_pre_hook(block_pre(i), with_kwargs=True),
+                   a.norm_k.register_forward_hook(record(i, "k")), a.to_v.register_forward_hook(record(i, "v"))]
+        undos += [h.remove for h in hs]
+        undos.append(lambda: [setattr(a, "processor", p) for a, p in zip(attns, originals)])
+        return undos
+
+    def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t_len: int,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """q, k, v (B, t_len + k, H, Dh) of the text and active tokens: the active K/V scattered into the layer's
+        cache, queries against [text; cached image] -> (B, t_len + k, H * Dh)."""
+        cache = self.kv[self.key]
+        cache[0][layer] = _scatter(cache[0][layer].to(k.dtype), self.active, k[:, t_len:], 1)
+        cache[1][layer] = _scatter(cache[1][layer].to(v.dtype), self.active, v[:, t_len:], 1)
+        keys = torch.cat([k[:, :t_len], cache[0][layer]], 1).transpose(1, 2)
+        values = torch.cat([v[:, :t_len], cache[1][layer]], 1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
+        return out.transpose(1, 2).flatten(2, 3).to(q.dtype)
+
+
+class FluxActiveTokens(DiTActiveTokens):
+    """FluxTransformer2DModel: dual-stream blocks then single-stream blocks, text tokens first in attention, rotary
+    embedding over [text; image] ids."""
+
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor as default_processor
+
+    def _blocks(self, model):
+        return list(model.transformer_blocks) + list(model.single_transformer_blocks)
+
+    def _block_pre(self, model, i, args, kwargs):
+        rope = kwargs.get("image_rotary_emb")
+        if not self.partial:
+            self.rope = rope
+            return args, kwargs
+        if i == 0:
+            kwargs = dict(kwargs, hidden_states=_gather(kwargs["hidden_states"], self.active, 1))
+        if i == 0 and rope is not None:  # the same embedding for every block
+            t_len = rope[0].shape[0] - self.n
+            b = self.active.shape[0]
+            self.rope = tuple(torch.cat([r[:t_len].expand(b, -1, -1), _gather(r[t_len:].expand(b, -1, -1),
+                                                                             self.active, 1)], 1) for r in rope)
+        return args, kwargs
+
+    def _record_k(self, attn, out):
+        k = out[:, -self.n:]
+        return k if self.rope is None else _rope_flux(k, self.rope[0][-self.n:], self.rope[1][-self.n:])
+
+    def _processor(self, layer):
+        return _FluxProcessor(self, layer)
+
+
+class _FluxProcessor:
+    """FluxAttnProcessor's arithmetic on [text; active image] tokens against the run's caches."""
+
+    def __init__(self, run: FluxActiveTokens, layer: int):
+        self.run, self.layer = run, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+        run = self.run
+        q, k, v, eq, ek, ev = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        if encoder_hidden_states is not None:
+            eq, ek, ev = (t.unflatten(-1, (-1, attn.head_dim)) for t in (eq, ek, ev))
+            q, k = torch.cat([attn.norm_added_q(eq), q], 1), torch.cat([attn.norm_added_k(ek), k], 1)
+            v = torch.cat([ev, v], 1)
+        if run.rope is not None:
+            q, k = _rope_flux(q, *run.rope), _rope_flux(k, *run.rope)
+        t_len = q.shape[1] - run.active.shape[1]
+        out = run._attend(self.layer, q, k, v, t_len, attention_mask)
+        if encoder_hidden_states is None:
+            return out
+        context, out = out[:, :t_len], out[:, t_len:]
+        return attn.to_out[1](attn.to_out[0](out.contiguous())), attn.to_add_out(context.contiguous())
+
+
+class WanActiveTokens(DiTActiveTokens):
+    """WanTransformer3DModel (2.1, 2.2 with two experts, TI2V's per-token modulation): self-attention over video
+    tokens with 3D rotary embedding, cross-attention to the text per query (so nothing to cache there)."""
+
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor as default_processor
+
+    def _transformers(self):
+        return [self.denoiser.pipe.transformer, getattr(self.denoiser.pipe, "transformer_2", None)]
+
+    def _blocks(self, model):
+        return list(model.blocks)
+
+    def _self_attention(self, block):
+        return block.attn1
+
+    def _block_pre(self, model, i, args, kwargs):
+        hidden, context, temb, rope = args
+        if not self.partial:
+            self.rope = rope
+            return args, kwargs
+        b = self.active.shape[0]
+        if i == 0:
+            hidden = _gather(hidden, self.active, 1)
+            self.rope = tuple(_gather(r.expand(b, -1, -1, -1), self.active, 1) for r in rope)
+            self.temb = _gather(temb, self.active, 1) if temb.ndim == 4 else temb  # TI2V: (B, N, 6, D) per token
+        return (hidden, context, self.temb, self.rope), kwargs
+
+    def _record_k(self, attn, out):
+        k = out[:, -self.n:].unflatten(2, (attn.heads, -1))
+        return _rope_wan(k, *self.rope)
+
+    def _processor(self, layer):
+        return _WanProcessor(self, layer)
+
+
+class _WanProcessor:
+    """WanAttnProcessor's self-attention arithmetic on the active tokens against the run's caches."""
+
+    def __init__(self, run: WanActiveTokens, layer: int):
+        self.run, self.layer = run, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        q, k, v = _get_qkv_projections(attn, hidden_states, None)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+        q, k = _rope_wan(q, *rotary_emb), _rope_wan(k, *rotary_emb)
+        out = self.run._attend(self.layer, q, k, v, 0, attention_mask).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))

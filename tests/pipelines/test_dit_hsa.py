@@ -1,0 +1,131 @@
+"""HSA's active-token forward on diffusers DiTs (Flux, Wan 2.1 / 2.2 / TI2V), on tiny seeded models: exact where it
+must be, partial steps really run only the active tokens, caches per model and CFG branch, and the model left
+exactly as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import build_flux, build_wan
+
+from accel.pipelines.dit_hsa import FluxActiveTokens, WanActiveTokens
+from accel.pipelines.flux import FluxDenoiser
+from accel.pipelines.wan import WanDenoiser
+from accel.schedulers import sample
+from accel.schedulers.hsa import HSAConfig, hsa_sample, latent_to_tokens
+
+CASES = {
+    # Flux with true CFG (two forwards per velocity: two cache branches), batch 2
+    "flux": (lambda: FluxDenoiser(build_flux(guidance_embeds=True)), FluxActiveTokens,
+             dict(prompt=["a red circle", "a blue square"], negative_prompt="a dog", true_cfg_scale=2.5,
+                  height=64, width=96, num_inference_steps=8, guidance_scale=3.5)),
+    "wan": (lambda: WanDenoiser(build_wan()), WanActiveTokens,
+            dict(prompt=["a cat on the moon", "a dog"], height=64, width=64, num_frames=9, num_inference_steps=8,
+                 guidance_scale=5.0)),
+    "wan22": (lambda: WanDenoiser(build_wan(boundary_ratio=0.875)), WanActiveTokens,
+              dict(prompt="a blue car", height=64, width=64, num_frames=5, num_inference_steps=8,
+                   guidance_scale=4.0)),
+    "wan_ti2v": (lambda: WanDenoiser(build_wan(expand_timesteps=True)), WanActiveTokens,
+                 dict(prompt="a red car", height=64, width=64, num_frames=5, num_inference_steps=8,
+                      guidance_scale=3.0)),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def setup(request):
+    build, cls, call = CASES[request.param]
+    d = build()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in {id(m): m for m in (d.pipe.transformer, getattr(d.pipe, "transformer_2", None)) if m}.values():
+            for p in m.parameters():  # tiny random models are near-linear; make the attention matter
+                p.add_(0.05 * torch.randn_like(p))
+        prepared = d.prepare(**call, max_sequence_length=16, output_type="latent",
+                             generator=torch.Generator().manual_seed(0))
+    return d, cls, prepared
+
+
+def _state(model):
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return hooks, [type(getattr(m, "processor", None)) for m in model.modules()]
+
+
+def _tokens(d, v):
+    lay = d.token_layout(v)
+    return latent_to_tokens(v, lay.rows, lay.cols, lay.frames)
+
+
+@torch.no_grad()
+def test_partial_step_with_fresh_caches_equals_full_forward(setup):
+    """K/V cached at the same latent and sigma are exactly what fresh ones would be: a partial step then gives the
+    full forward's velocity at its active tokens (through the gathered rotary embedding, the per-token modulation,
+    the scattered caches)."""
+    d, cls, prepared = setup
+    x, sigma = prepared.x, prepared.grid.sigmas[1]
+    n = d.token_layout(x).num_tokens
+    b = x.shape[0]
+    full = _tokens(d, d.velocity(x, sigma, prepared.cond))
+    run = cls.for_run(d, prepared.cond)
+    assert run is not None
+    every = torch.arange(n).expand(b, n)
+    assert torch.allclose(run(x, sigma, every), full, atol=1e-5)  # a full step: the model's own forward
+    g = torch.Generator().manual_seed(3)
+    active = torch.stack([torch.randperm(n, generator=g)[: n // 3] for _ in range(b)])
+    seen = []
+    first = run._blocks(d.transformer)[0]
+    hook = first.register_forward_hook(lambda m, a, o: seen.append((o[1] if isinstance(o, tuple) else o).shape[1]))
+    try:
+        part = run(x, sigma, active)
+    finally:
+        hook.remove()
+    assert seen and all(s == n // 3 for s in seen)  # only the active tokens went through the blocks
+    ref = torch.gather(full, 1, active[..., None].expand(-1, -1, full.shape[-1]))
+    assert torch.allclose(part, ref, atol=1e-5)
+
+
+@torch.no_grad()
+def test_partial_step_reads_the_cached_kv(setup):
+    """Stale caches change the active tokens' velocities: the queries read the cached K/V of the inactive ones."""
+    d, cls, prepared = setup
+    x = prepared.x
+    n = d.token_layout(x).num_tokens
+    b = x.shape[0]
+    run = cls.for_run(d, prepared.cond)
+    sigma = prepared.grid.sigmas[1]
+    run(x, sigma, torch.arange(n).expand(b, n))
+    active = torch.arange(n // 4).expand(b, -1)
+    a = run(x, sigma, active)
+    for key in run.kv:
+        run.kv[key][1] = [v * 2 for v in run.kv[key][1]]
+    assert not torch.allclose(a, run(x, sigma, active))
+
+
+@torch.no_grad()
+def test_hsa_exact_at_full_runtime_and_model_untouched(setup):
+    d, cls, prepared = setup
+    models = [m for m in (d.pipe.transformer, getattr(d.pipe, "transformer_2", None)) if m is not None]
+    before = [_state(m) for m in models]
+    ref = sample(d, prepared.x, prepared.grid, prepared.cond)
+    out, _ = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=1.0))
+    assert torch.equal(out, ref)
+    out, stats = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5, warmup=2))
+    assert stats.token_fraction <= 0.5 and torch.isfinite(out).all()
+    assert (out - ref).abs().mean() < 0.5 * ref.abs().mean()  # an approximation, not noise
+    assert [_state(m) for m in models] == before  # hooks and processors as they were
+    assert torch.equal(sample(d, prepared.x, prepared.grid, prepared.cond), ref)
+
+
+def test_custom_processor_falls_back_to_every_token():
+    d = FluxDenoiser(build_flux())
+
+    class Custom(FluxActiveTokens.default_processor):
+        pass
+
+    attn = d.transformer.transformer_blocks[0].attn
+    original = attn.processor
+    attn.set_processor(Custom())
+    try:
+        assert FluxActiveTokens.for_run(d, None) is None
+    finally:
+        attn.set_processor(original)
+    assert FluxActiveTokens.for_run(d, None) is not None
