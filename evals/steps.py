@@ -14,7 +14,9 @@ Methods (label: what is varied):
 - fbc:threshold=T   diffusers' FirstBlockCache;
 - taylorseer:interval=I   diffusers' TaylorSeer (every block's output predicted between full steps);
 - magcache:threshold=T    diffusers' MagCache, calibrated on the first prompt batch of this run;
-- dbcache:...       cache-dit's DBCache, where cache-dit is installed (an optional dependency; skipped otherwise).
+- dbcache:threshold=T  cache-dit's DBCache (F1B0: the first block always computed, its residual change against T
+                    decides whether the rest is reused), transformer-only with a persistent context, where cache-dit
+                    is installed (pip install "accel[bench]"; an optional dependency, skipped with a warning otherwise).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def default_methods(steps: int) -> list[str]:
             + [f"fbc:threshold={t}" for t in (0.05, 0.1, 0.2)]
             + [f"taylorseer:interval={i}" for i in (2, 3, 5)]
             + [f"magcache:threshold={t}" for t in (0.06, 0.12, 0.24)]
-            + (["dbcache:default"] if _has_cache_dit() else []))
+            + ([f"dbcache:threshold={t}" for t in (0.08, 0.16, 0.32)] if _has_cache_dit() else []))
 
 
 def _has_cache_dit() -> bool:
@@ -81,15 +83,13 @@ def _has_cache_dit() -> bool:
 def parse_method(text: str) -> tuple[str, dict]:
     """'name:key=value' -> (name, {key: number}); ValueError naming what is allowed."""
     kinds = {"uniform": "steps", "hsa": "runtime", "hsa-exact": "runtime", "fbc": "threshold", "taylorseer": "interval",
-             "magcache": "threshold", "dbcache": None}
+             "magcache": "threshold", "dbcache": "threshold"}
     name, _, rest = text.partition(":")
     if name not in kinds:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(kinds)} (as name:key=value, e.g. "
                          "hsa:runtime=0.5)")
     options = {}
     for part in filter(None, rest.split(",")):
-        if part == "default":
-            continue
         key, eq, value = part.partition("=")
         if not eq or key != kinds[name]:
             raise ValueError(f"method {name} takes {kinds[name]}=<number>, got {part!r}")
@@ -97,7 +97,7 @@ def parse_method(text: str) -> tuple[str, dict]:
             options[key] = int(value) if re.fullmatch(r"\d+", value) else float(value)
         except ValueError:
             raise ValueError(f"{name}: {key} must be a number, got {value!r}") from None
-    if name != "dbcache" and not options:
+    if not options:
         raise ValueError(f"method {name} needs {kinds[name]}=<number>")
     return name, options
 
@@ -126,6 +126,29 @@ class _Cache:
 
     def remove(self):
         self.model.disable_cache()
+
+
+class _CacheDiT:
+    """cache-dit's DBCache on the transformer's blocks (transformer-only: a persistent context that refreshes after
+    num_inference_steps forwards, so each generation starts fresh); removed afterwards."""
+
+    def __init__(self, model, options: dict, steps: int):
+        import cache_dit
+        from cache_dit import BlockAdapter, DBCacheConfig, ForwardPattern
+
+        self.model, self.cache_dit = model, cache_dit
+        # The built-in DiTs' blocks take (hidden_states, temb, mask) and return hidden_states: Pattern_3.
+        adapter = BlockAdapter(pipe=None, transformer=model, blocks=model.blocks,
+                               forward_pattern=ForwardPattern.Pattern_3)
+        cache_dit.enable_cache(adapter, cache_config=DBCacheConfig(
+            Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=options["threshold"],
+            max_warmup_steps=3, num_inference_steps=steps, enable_separate_cfg=False))
+
+    def reset(self):
+        pass  # the persistent context refreshes itself after num_inference_steps forwards
+
+    def remove(self):
+        self.cache_dit.disable_cache(self.model)
 
 
 def calibrate_magcache(pipe, call: dict, steps: int) -> list[float]:
@@ -201,14 +224,17 @@ def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods
         progress(rows[-1])
     for label, name, options in parsed:
         cache = None
-        if name == "dbcache":
-            warnings.warn("cache-dit's DBCache is not wired into this benchmark yet; skipped", stacklevel=2)
+        if name == "dbcache" and not _has_cache_dit():
+            warnings.warn("cache-dit is not installed (pip install cache-dit): dbcache skipped", stacklevel=2)
             continue
         if name == "magcache" and mag_ratios is None:
             mag_ratios = calibrate_magcache(apipe, call(0, batches[0], steps), steps)
         try:
             if name in ("fbc", "taylorseer", "magcache"):
                 cache = _Cache(pipe.transformer, name, options, steps, mag_ratios)
+            elif name == "dbcache":
+                with contextlib.redirect_stdout(io.StringIO()):
+                    cache = _CacheDiT(pipe.transformer, options, steps)
             if name == "uniform":
                 images, seconds, info = run(options["steps"])
             elif name in ("hsa", "hsa-exact"):

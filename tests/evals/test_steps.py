@@ -49,3 +49,18 @@ def test_parse_method_errors():
                          ("fbc:threshold=high", "must be a number"), ("uniform", "needs steps")]:
         with pytest.raises(ValueError, match=message):
             parse_method(bad)
+
+
+def test_dbcache_rows_when_cache_dit_is_installed(pipe):
+    """cache-dit's DBCache (an optional benchmark dependency, in the dev extra) skips blocks at a high threshold,
+    is exact at threshold 0, and leaves the model as it was."""
+    pytest.importorskip("cache_dit")
+    blocks = [b.forward for b in pipe.transformer.blocks]
+    rows = bench_steps(pipe, prompts=2, seed=1, steps=8, methods=["dbcache:threshold=0", "dbcache:threshold=5"],
+                       batch_size=1)
+    by = {r["method"]: r for r in rows}
+    assert by["dbcache:threshold=0"]["psnr"] >= 99  # nothing below a zero threshold: the full-step images
+    assert by["dbcache:threshold=5"]["psnr"] < 99 and 0 < by["dbcache:threshold=5"]["ssim"] <= 1
+    assert [b.forward for b in pipe.transformer.blocks] == blocks
+    model = pipe.transformer
+    assert "_is_cached" not in vars(model) and model.forward == type(model).forward.__get__(model)  # disabled
