@@ -1,0 +1,186 @@
+"""What HSA's active-token forward saves on Flux and Wan transformers: wall time of one model call with every token
+(the model's own forward) and with k active tokens against cached K/V (accel.pipelines.dit_hsa), at several active
+fractions.
+
+The transformers are real diffusers classes built from configs (random weights: this measures compute, not
+quality; quality is measured on the built-in models by `accel bench steps`). The adapter is a minimal stand-in
+that calls the transformer as the pipeline does.
+
+    python benchmarks/steps/bench_dit_hsa_forward.py --model flux --prompts 1 --seed 0 --json out.json
+
+--prompts is the batch (prompts per call); --size picks the configuration (small: CPU-sized; flux-dev / wan-1.3b:
+the real models' widths and depths at 1024x1024 / 480p x 81 frames, for a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SIZES = {
+    # model: size -> (transformer config, tokens layout)
+    "flux": {
+        "small": (dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=64,
+                       num_attention_heads=8, joint_attention_dim=256, pooled_projection_dim=128,
+                       guidance_embeds=True, axes_dims_rope=(8, 28, 28)), dict(rows=32, cols=32, text=64)),
+        "flux-dev": (dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                          num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                          guidance_embeds=True, axes_dims_rope=(16, 56, 56)), dict(rows=64, cols=64, text=512)),
+    },
+    "wan": {
+        "small": (dict(patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=64, in_channels=16,
+                       out_channels=16, text_dim=256, freq_dim=256, ffn_dim=2048, num_layers=6,
+                       cross_attn_norm=True, qk_norm="rms_norm_across_heads"), dict(frames=4, h=32, w=32, text=64)),
+        "wan-1.3b": (dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                          out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+                          cross_attn_norm=True, qk_norm="rms_norm_across_heads"),
+                     dict(frames=21, h=60, w=104, text=512)),
+    },
+}
+
+
+class _Stand:
+    """The adapter surface DiTActiveTokens uses: transformer(s), velocity, token_layout, nfe."""
+
+    def __init__(self, model_name, transformer, layout, text, batch, device, dtype, gen):
+        from accel.core.denoiser import TokenLayout
+
+        self.name, self.transformer, self.nfe = model_name, transformer, 0
+        self.pipe = type("P", (), {"transformer": transformer, "transformer_2": None})()
+        c = transformer.config
+        self.layout = TokenLayout(*layout)
+        width = c.joint_attention_dim if model_name == "flux" else c.text_dim
+        self.enc = torch.randn(batch, text, width, generator=gen).to(device, dtype)
+        if model_name == "flux":
+            self.pooled = torch.randn(batch, c.pooled_projection_dim, generator=gen).to(device, dtype)
+            self.txt_ids = torch.zeros(text, 3, device=device)
+            r, q = torch.meshgrid(torch.arange(layout[1]), torch.arange(layout[2]), indexing="ij")
+            self.img_ids = torch.stack([torch.zeros_like(r), r, q], -1).flatten(0, 1).float().to(device)
+
+    def token_layout(self, x):
+        return self.layout
+
+    def velocity(self, x, sigma, cond):
+        b = x.shape[0]
+        t = sigma.to(x.device).expand(b).to(x.dtype)
+        self.nfe += b
+        if self.name == "flux":
+            return self.transformer(hidden_states=x, timestep=t, guidance=torch.full_like(t, 3.5),
+                                    pooled_projections=self.pooled, encoder_hidden_states=self.enc,
+                                    txt_ids=self.txt_ids, img_ids=self.img_ids, return_dict=False)[0]
+        return self.transformer(hidden_states=x, timestep=t * 1000, encoder_hidden_states=self.enc,
+                                return_dict=False)[0]
+
+
+def _time(fn, repeats: int, sync) -> float:
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.no_grad()
+def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[float], repeats: int, device: str,
+          dtype: torch.dtype) -> list[dict]:
+    from diffusers import FluxTransformer2DModel, WanTransformer3DModel
+
+    from accel.core.denoiser import Cond
+    from accel.pipelines.dit_hsa import FluxActiveTokens, WanActiveTokens
+
+    config, shape = SIZES[model_name][size]
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    if model_name == "flux":
+        model = FluxTransformer2DModel(**config).to(device).eval()
+        layout = (1, shape["rows"], shape["cols"])
+        x = torch.randn(batch, shape["rows"] * shape["cols"], config["in_channels"], generator=gen)
+        cls = FluxActiveTokens
+    else:
+        model = WanTransformer3DModel(**config).to(device).eval()
+        layout = (shape["frames"], shape["h"] // 2, shape["w"] // 2)
+        x = torch.randn(batch, config["in_channels"], shape["frames"], shape["h"], shape["w"], generator=gen)
+        cls = WanActiveTokens
+    if dtype != torch.float32:
+        model.to(dtype)
+    x = x.to(device, dtype)
+    d = _Stand(model_name, model, layout, shape["text"], batch, device, dtype, gen)
+    run = cls.for_run(d, Cond(batch=batch, passes=1, data={}))
+    n = d.layout.num_tokens
+    sigma = torch.tensor(0.5)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    every = torch.arange(n, device=device).expand(batch, n)
+    full = _time(lambda: d.velocity(x, sigma, None), repeats, sync)
+    run(x, sigma, every)  # fills the caches
+    rows = [{"active_fraction": 1.0, "seconds": full, "speedup": 1.0}]
+    for f in fractions:
+        k = max(1, round(f * n))
+        active = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(batch)]).to(device)
+        seconds = _time(lambda: run(x, sigma, active), repeats, sync)
+        rows.append({"active_fraction": f, "seconds": seconds, "speedup": full / seconds})
+    params = sum(p.numel() for p in model.parameters())
+    for r in rows:
+        r.update(model=model_name, size=size, tokens=n, text_tokens=shape["text"], batch=batch, params=params,
+                 dtype=str(dtype).removeprefix("torch."), seed=seed)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(SIZES), default="flux")
+    ap.add_argument("--size", default="small", help="small (CPU), flux-dev or wan-1.3b (GPU)")
+    ap.add_argument("--prompts", type=int, default=1, help="the batch: prompts per model call")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fractions", default="0.75,0.5,0.25")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--json", default=None, help="write the rows here (atomically)")
+    args = ap.parse_args(argv)
+    if args.size not in SIZES[args.model]:
+        ap.error(f"--size for {args.model} must be one of {', '.join(SIZES[args.model])}")
+    if args.prompts < 1:
+        ap.error("--prompts must be >= 1")
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except ValueError:
+        ap.error(f"--fractions takes comma-separated numbers in (0, 1), got {args.fractions!r}")
+    if not all(0 < f < 1 for f in fractions):
+        ap.error(f"--fractions takes numbers in (0, 1), got {args.fractions!r}")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.device == "cuda" else "fp32")]
+    rows = bench(args.model, args.size, args.prompts, args.seed, fractions, args.repeats, args.device, dtype)
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        sha = ""
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()} CPU"
+    meta = {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "diffusers": __import__("diffusers").__version__, "python": platform.python_version(), "git_sha": sha,
+            "command": "python " + " ".join(sys.argv)}
+    for r in rows:
+        r.update(meta)
+        print(f"{r['model']} {r['size']} active {r['active_fraction']:.2f}: {r['seconds'] * 1000:.1f} ms "
+              f"({r['speedup']:.2f}x)")
+    if args.json:
+        path = Path(args.json)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent or ".", delete=False, suffix=".tmp") as f:
+            json.dump(rows, f, indent=2)
+        os.replace(f.name, path)
+
+
+if __name__ == "__main__":
+    main()
