@@ -129,3 +129,29 @@ def test_custom_processor_falls_back_to_every_token():
     finally:
         attn.set_processor(original)
     assert FluxActiveTokens.for_run(d, None) is not None
+
+
+@pytest.mark.parametrize("family", ["flux", "wan"])
+def test_accelerated_pipeline_hsa_runs_active_tokens(family):
+    """pipe(..., steps='hsa', runtime=0.5) on a Flux / Wan pipeline: partial steps run a fraction of the tokens
+    through the blocks, and runtime=1.0 gives the default path's output."""
+    import accel
+
+    pipe = build_flux() if family == "flux" else build_wan()
+    call = (dict(prompt="a red circle", height=64, width=64, guidance_scale=3.5) if family == "flux" else
+            dict(prompt="a red circle", height=64, width=64, num_frames=5, guidance_scale=3.0))
+    call.update(num_inference_steps=8, max_sequence_length=16, output_type="latent")
+    fast = accel.accelerate_pipeline(pipe)
+    seen = []
+    first = (pipe.transformer.transformer_blocks if family == "flux" else pipe.transformer.blocks)[0]
+    hook = first.register_forward_hook(lambda m, a, o: seen.append((o[1] if isinstance(o, tuple) else o).shape[1]))
+    try:
+        ref = fast(**call, generator=torch.Generator().manual_seed(0))
+        out = fast(**call, steps="hsa", runtime=1.0, generator=torch.Generator().manual_seed(0))
+        seen.clear()
+        half = fast(**call, steps="hsa", runtime=0.5, generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    images = (lambda o: o.images) if family == "flux" else (lambda o: o.frames)
+    assert torch.equal(images(out), images(ref))
+    assert half.stats.extra["token_fraction"] <= 0.5 and min(seen) < max(seen)  # partial steps ran fewer tokens
