@@ -133,9 +133,15 @@ class _CacheDiT:
     num_inference_steps forwards, so each generation starts fresh); removed afterwards."""
 
     def __init__(self, model, options: dict, steps: int):
+        import logging
+
         import cache_dit
         from cache_dit import BlockAdapter, DBCacheConfig, ForwardPattern
 
+        for name, logger in logging.root.manager.loggerDict.items():  # its per-call lines would drown the progress
+            if name.startswith(("cache_dit", "CACHE_DIT")) and isinstance(logger, logging.Logger):
+                for handler in logger.handlers:  # cache-dit's loggers share one stdout handler
+                    handler.setLevel(logging.ERROR)
         self.model, self.cache_dit = model, cache_dit
         # The built-in DiTs' blocks take (hidden_states, temb, mask) and return hidden_states: Pattern_3.
         adapter = BlockAdapter(pipe=None, transformer=model, blocks=model.blocks,
@@ -233,8 +239,7 @@ def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods
             if name in ("fbc", "taylorseer", "magcache"):
                 cache = _Cache(pipe.transformer, name, options, steps, mag_ratios)
             elif name == "dbcache":
-                with contextlib.redirect_stdout(io.StringIO()):
-                    cache = _CacheDiT(pipe.transformer, options, steps)
+                cache = _CacheDiT(pipe.transformer, options, steps)
             if name == "uniform":
                 images, seconds, info = run(options["steps"])
             elif name in ("hsa", "hsa-exact"):

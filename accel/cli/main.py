@@ -368,7 +368,8 @@ def bench_steps_cmd(
     steps: int = typer.Option(25, help="Steps of the full-step run every method is measured against."),
     methods: Optional[str] = typer.Option(
         None, help="Comma-separated methods as name:key=value (uniform:steps=12, hsa:runtime=0.5, "
-                   "fbc:threshold=0.1, taylorseer:interval=3, magcache:threshold=0.12); default: a grid of each."),
+                   "fbc:threshold=0.1, taylorseer:interval=3, magcache:threshold=0.12, dbcache:threshold=0.16 "
+                   "where cache-dit is installed); default: a grid of each."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG plot of quality vs runtime (needs matplotlib)."),
 ):
