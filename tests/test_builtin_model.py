@@ -37,7 +37,7 @@ def test_quick_start_generate(tmp_path):
 
 
 def test_builtin_video_model_loads_and_draws_the_prompted_colours():
-    """The shipped video model (undertrained: checker accuracy 0.0-0.1, assets/shapes-t2v/README.md) still puts
+    """The shipped video model (undertrained: checker accuracy 0.10-0.13, assets/shapes-t2v/README.md) still puts
     the prompted colour in most frames; an untrained or mis-loaded model (noise or black frames) does not."""
     from accel.shapes.checker import detect
     from accel.shapes.video import video_prompt_set
