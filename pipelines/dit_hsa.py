@@ -58,7 +58,8 @@ class DiTActiveTokens:
     """`velocity_active(x, sigma, active) -> v_active` for hsa_sample over a diffusers DiT adapter, for one sampling
     run (it owns the caches). Family subclasses name the modules and the attention arithmetic."""
 
-    default_processor: type | None = None
+    default_processor: type | None = None  # the upstream processor the active-token one stands in for
+    active_processor: type[_ActiveProcessor]  # the active-token processor, one instance per self-attention
 
     def __init__(self, denoiser, cond: Cond):
         self.denoiser, self.cond = denoiser, cond
@@ -89,9 +90,6 @@ class DiTActiveTokens:
 
     def _record_k(self, attn, out: torch.Tensor) -> torch.Tensor:
         """norm_k's output -> the image keys (B, N, H, Dh) after the rotary embedding."""
-        raise NotImplementedError
-
-    def _processor(self, layer: int):
         raise NotImplementedError
 
     @classmethod
@@ -137,7 +135,6 @@ class DiTActiveTokens:
         blocks = self._blocks(model)
         attns = [self._self_attention(b) for b in blocks]
         originals = [a.processor for a in attns]
-        undos = []
 
         def model_pre(module, args, kwargs):
             branch = self.calls.get(mi, 0)
@@ -146,7 +143,7 @@ class DiTActiveTokens:
             self.partial = self.active is not None and self.key in self.kv
             if self.partial:
                 for i, a in enumerate(attns):
-                    a.processor = self._processor(i)
+                    a.processor = self.active_processor(self, i)
             else:
                 self.kv[self.key] = [[None] * len(attns), [None] * len(attns)]
             return args, kwargs
@@ -180,9 +177,7 @@ class DiTActiveTokens:
         for i, (b, a) in enumerate(zip(blocks, attns)):
             hs += [b.register_forward_pre_hook(block_pre(i), with_kwargs=True),
                    a.norm_k.register_forward_hook(record(i, "k")), a.to_v.register_forward_hook(record(i, "v"))]
-        undos += [h.remove for h in hs]
-        undos.append(lambda: [setattr(a, "processor", p) for a, p in zip(attns, originals)])
-        return undos
+        return [h.remove for h in hs] + [lambda: [setattr(a, "processor", p) for a, p in zip(attns, originals)]]
 
     def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t_len: int,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -197,42 +192,16 @@ class DiTActiveTokens:
         return out.transpose(1, 2).flatten(2, 3).to(q.dtype)
 
 
-class FluxActiveTokens(DiTActiveTokens):
-    """FluxTransformer2DModel: dual-stream blocks then single-stream blocks, text tokens first in attention, rotary
-    embedding over [text; image] ids."""
+class _ActiveProcessor:
+    """An attention processor that runs one self-attention layer's arithmetic on the run's active tokens against
+    its caches (DiTActiveTokens._attend); installed for partial model calls only."""
 
-    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor as default_processor
-
-    def _blocks(self, model):
-        return list(model.transformer_blocks) + list(model.single_transformer_blocks)
-
-    def _block_pre(self, model, i, args, kwargs):
-        rope = kwargs.get("image_rotary_emb")
-        if not self.partial:
-            self.rope = rope
-            return args, kwargs
-        if i == 0:
-            kwargs = dict(kwargs, hidden_states=_gather(kwargs["hidden_states"], self.active, 1))
-        if i == 0 and rope is not None:  # the same embedding for every block
-            t_len = rope[0].shape[0] - self.n
-            b = self.active.shape[0]
-            self.rope = tuple(torch.cat([r[:t_len].expand(b, -1, -1), _gather(r[t_len:].expand(b, -1, -1),
-                                                                             self.active, 1)], 1) for r in rope)
-        return args, kwargs
-
-    def _record_k(self, attn, out):
-        k = out[:, -self.n:]
-        return k if self.rope is None else _rope_flux(k, self.rope[0][-self.n:], self.rope[1][-self.n:])
-
-    def _processor(self, layer):
-        return _FluxProcessor(self, layer)
-
-
-class _FluxProcessor:
-    """FluxAttnProcessor's arithmetic on [text; active image] tokens against the run's caches."""
-
-    def __init__(self, run: FluxActiveTokens, layer: int):
+    def __init__(self, run: DiTActiveTokens, layer: int):
         self.run, self.layer = run, layer
+
+
+class _FluxProcessor(_ActiveProcessor):
+    """FluxAttnProcessor's arithmetic on [text; active image] tokens against the run's caches."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections
@@ -255,11 +224,57 @@ class _FluxProcessor:
         return attn.to_out[1](attn.to_out[0](out.contiguous())), attn.to_add_out(context.contiguous())
 
 
+class FluxActiveTokens(DiTActiveTokens):
+    """FluxTransformer2DModel: dual-stream blocks then single-stream blocks, text tokens first in attention, rotary
+    embedding over [text; image] ids."""
+
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor as default_processor
+
+    active_processor = _FluxProcessor
+
+    def _blocks(self, model):
+        return list(model.transformer_blocks) + list(model.single_transformer_blocks)
+
+    def _block_pre(self, model, i, args, kwargs):
+        rope = kwargs.get("image_rotary_emb")
+        if not self.partial:
+            self.rope = rope
+            return args, kwargs
+        if i == 0:  # gather the image tokens, and the rotary embedding every block shares
+            kwargs = dict(kwargs, hidden_states=_gather(kwargs["hidden_states"], self.active, 1))
+            if rope is not None:
+                t_len = rope[0].shape[0] - self.n
+                b = self.active.shape[0]
+                self.rope = tuple(torch.cat([r[:t_len].expand(b, -1, -1), _gather(r[t_len:].expand(b, -1, -1),
+                                                                                 self.active, 1)], 1) for r in rope)
+        return args, kwargs
+
+    def _record_k(self, attn, out):
+        k = out[:, -self.n:]
+        return k if self.rope is None else _rope_flux(k, self.rope[0][-self.n:], self.rope[1][-self.n:])
+
+
+class _WanProcessor(_ActiveProcessor):
+    """WanAttnProcessor's self-attention arithmetic on the active tokens against the run's caches."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        q, k, v = _get_qkv_projections(attn, hidden_states, None)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+        q, k = _rope_wan(q, *rotary_emb), _rope_wan(k, *rotary_emb)
+        out = self.run._attend(self.layer, q, k, v, 0, attention_mask).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
 class WanActiveTokens(DiTActiveTokens):
     """WanTransformer3DModel (2.1, 2.2 with two experts, TI2V's per-token modulation): self-attention over video
     tokens with 3D rotary embedding, cross-attention to the text per query (so nothing to cache there)."""
 
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor as default_processor
+
+    active_processor = _WanProcessor
 
     def _transformers(self):
         return [self.denoiser.pipe.transformer, getattr(self.denoiser.pipe, "transformer_2", None)]
@@ -285,23 +300,3 @@ class WanActiveTokens(DiTActiveTokens):
     def _record_k(self, attn, out):
         k = out[:, -self.n:].unflatten(2, (attn.heads, -1))
         return _rope_wan(k, *self.rope)
-
-    def _processor(self, layer):
-        return _WanProcessor(self, layer)
-
-
-class _WanProcessor:
-    """WanAttnProcessor's self-attention arithmetic on the active tokens against the run's caches."""
-
-    def __init__(self, run: WanActiveTokens, layer: int):
-        self.run, self.layer = run, layer
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-
-        q, k, v = _get_qkv_projections(attn, hidden_states, None)
-        q, k = attn.norm_q(q), attn.norm_k(k)
-        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
-        q, k = _rope_wan(q, *rotary_emb), _rope_wan(k, *rotary_emb)
-        out = self.run._attend(self.layer, q, k, v, 0, attention_mask).type_as(q)
-        return attn.to_out[1](attn.to_out[0](out))
