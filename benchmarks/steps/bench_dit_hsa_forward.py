@@ -15,14 +15,8 @@ the real models' widths and depths at 1024x1024 / 480p x 81 frames, for a GPU).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -161,25 +155,21 @@ def main(argv=None):
     if not all(0 < f < 1 for f in fractions):
         ap.error(f"--fractions takes numbers in (0, 1), got {args.fractions!r}")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.device == "cuda" else "fp32")]
+    from accel.evals.io import check_writable, run_info, write_json
+
+    if args.json:
+        try:
+            check_writable(args.json)
+        except ValueError as e:
+            ap.error(str(e))
     rows = bench(args.model, args.size, args.prompts, args.seed, fractions, args.repeats, args.device, dtype)
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        sha = ""
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()} CPU"
-    meta = {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "diffusers": __import__("diffusers").__version__, "python": platform.python_version(), "git_sha": sha,
-            "command": "python " + " ".join(sys.argv)}
+    meta = run_info() | {"command": "python " + " ".join(sys.argv)}
     for r in rows:
         r.update(meta)
         print(f"{r['model']} {r['size']} active {r['active_fraction']:.2f}: {r['seconds'] * 1000:.1f} ms "
               f"({r['speedup']:.2f}x)")
     if args.json:
-        path = Path(args.json)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent or ".", delete=False, suffix=".tmp") as f:
-            json.dump(rows, f, indent=2)
-        os.replace(f.name, path)
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":
