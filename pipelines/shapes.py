@@ -358,14 +358,27 @@ class ShapesPipeline(DiffusionPipeline):
         self.check_inputs(prompt, height, width, num_inference_steps)
         prompts, negatives = self.expand_prompts(prompt, negative_prompt, num_images_per_prompt)
         device = self._execution_device
-        do_cfg = guidance_scale > 1.0
+        embeds, mask = self.encode_with_negatives(prompts, negatives, guidance_scale, device)
+        x = self.prepare_latents(len(prompts), height, width, embeds.dtype, device, generator, latents)
+        x = self.denoise(x, embeds, mask, guidance_scale, num_inference_steps, sigmas, device)
+        images = self.postprocess(x, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
 
+    def encode_with_negatives(self, prompts: list[str], negatives: list[str], guidance_scale: float, device):
+        """The prompts' embeddings and masks, with the negatives' stacked in front when guidance_scale > 1 (CFG)."""
         embeds, mask = self.encode_prompt(prompts, device)
-        if do_cfg:
+        if guidance_scale > 1.0:
             neg_embeds, neg_mask = self.encode_prompt(negatives, device)
             embeds, mask = torch.cat([neg_embeds, embeds]), torch.cat([neg_mask, mask])
+        return embeds, mask
 
-        x = self.prepare_latents(len(prompts), height, width, embeds.dtype, device, generator, latents)
+    def denoise(self, x: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, guidance_scale: float,
+                num_inference_steps: int, sigmas, device) -> torch.Tensor:
+        """The scheduler's flow Euler loop from noise x to the clean sample, with CFG when guidance_scale > 1."""
+        do_cfg = guidance_scale > 1.0
         self.scheduler.set_timesteps(num_inference_steps, device=device, sigmas=sigmas)
         for t in self.progress_bar(self.scheduler.timesteps):
             x_in = torch.cat([x, x]) if do_cfg else x
@@ -376,12 +389,7 @@ class ShapesPipeline(DiffusionPipeline):
                 v_uncond, v_cond = v.chunk(2)
                 v = v_uncond + guidance_scale * (v_cond - v_uncond)
             x = self.scheduler.step(v, t, x, return_dict=False)[0]
-
-        images = self.postprocess(x, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+        return x
 
     @staticmethod
     def postprocess(x: torch.Tensor, output_type: str = "pil"):

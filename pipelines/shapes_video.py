@@ -167,6 +167,8 @@ class ShapesVideoPipeline(DiffusionPipeline):
 
     encode_prompt = ShapesPipeline.encode_prompt
     expand_prompts = staticmethod(ShapesPipeline.expand_prompts)
+    encode_with_negatives = ShapesPipeline.encode_with_negatives
+    denoise = ShapesPipeline.denoise
 
     def prepare_latents(self, batch_size: int, num_frames: int, height: int, width: int, dtype, device, generator,
                         latents=None):
@@ -211,22 +213,9 @@ class ShapesVideoPipeline(DiffusionPipeline):
         self.check_inputs(prompt, num_frames, height, width, num_inference_steps)
         prompts, negatives = self.expand_prompts(prompt, negative_prompt, num_videos_per_prompt)
         device = self._execution_device
-        do_cfg = guidance_scale > 1.0
-        embeds, mask = self.encode_prompt(prompts, device)
-        if do_cfg:
-            neg_embeds, neg_mask = self.encode_prompt(negatives, device)
-            embeds, mask = torch.cat([neg_embeds, embeds]), torch.cat([neg_mask, mask])
+        embeds, mask = self.encode_with_negatives(prompts, negatives, guidance_scale, device)
         x = self.prepare_latents(len(prompts), num_frames, height, width, embeds.dtype, device, generator, latents)
-        self.scheduler.set_timesteps(num_inference_steps, device=device, sigmas=sigmas)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            x_in = torch.cat([x, x]) if do_cfg else x
-            sigma = (t / self.scheduler.config.num_train_timesteps).expand(x_in.shape[0])
-            with self.transformer.cache_context("cond"):
-                v = self.transformer(x_in, embeds, sigma, mask).sample
-            if do_cfg:
-                v_uncond, v_cond = v.chunk(2)
-                v = v_uncond + guidance_scale * (v_cond - v_uncond)
-            x = self.scheduler.step(v, t, x, return_dict=False)[0]
+        x = self.denoise(x, embeds, mask, guidance_scale, num_inference_steps, sigmas, device)
         frames = self.postprocess(x, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

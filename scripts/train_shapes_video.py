@@ -1,137 +1,34 @@
 """Train the built-in text-to-video model (assets/shapes-t2v) from scratch on moving shapes (accel.shapes.video).
 
-Rectified flow (x_sigma = (1 - sigma) x0 + sigma eps, target v = eps - x0), logit-normal sigma, 10% caption dropout
-for classifier-free guidance, AdamW, EMA weights saved; clips are drawn fresh every step (no data set to store);
-the text encoder is trained jointly from scratch.
+Clips are drawn fresh every step; the loop (rectified flow, 10% caption dropout, AdamW, EMA, the --minutes budget)
+is scripts/flow_training.py's.
 
     OMP_WAIT_POLICY=PASSIVE python scripts/train_shapes_video.py --minutes 40 --out assets/shapes-t2v
-
---minutes sets a wall-clock budget: the learning rate decays linearly to zero over its last 25%, judged by the
-measured speed, so a run is reproducible only by --steps (the script records the steps it took).
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
-import platform
-import queue
-import sys
-import threading
-import time
-from pathlib import Path
-
 import numpy as np
-import torch
-import torch.nn.functional as F
+from flow_training import train, training_parser
 
-from accel.pipelines.shapes_video import build_shapes_video_pipeline
+from accel.pipelines.shapes_video import ShapesVideoPipeline, build_shapes_video_pipeline
 from accel.shapes.video import random_video_metadata, render_video, video_scene_for
 
 
-def batches(batch_size: int, seed: int, dropout: float, out: queue.Queue):
-    rng = np.random.default_rng(seed)
-    while True:
-        metas = [random_video_metadata(rng) for _ in range(batch_size)]
-        clips = np.stack([render_video(video_scene_for(m, rng)) for m in metas])  # (B, F, H, W, 3)
-        x0 = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-        captions = ["" if rng.random() < dropout else m["prompt"] for m in metas]
-        out.put((x0, captions))
+def sample(rng, n: int):
+    metas = [random_video_metadata(rng) for _ in range(n)]
+    return np.stack([render_video(video_scene_for(m, rng)) for m in metas]), [m["prompt"] for m in metas]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="assets/shapes-t2v")
-    ap.add_argument("--steps", type=int, default=0, help="fixed number of steps (overrides --minutes)")
-    ap.add_argument("--minutes", type=float, default=40.0)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--ema", type=float, default=0.998)
+    ap = training_parser(__doc__.splitlines()[0], out="assets/shapes-t2v", minutes=40.0, batch_size=32, ema=0.998)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--patch-frames", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--save-every", type=int, default=500)
-    ap.add_argument("--init", default=None, help="start from this pipeline folder's weights (fresh optimizer)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
     pipe = build_shapes_video_pipeline(width=args.width, num_layers=args.layers, patch_frames=args.patch_frames,
                                        seed=args.seed)
-    if args.init:
-        from accel.pipelines.shapes_video import ShapesVideoPipeline
-
-        init = ShapesVideoPipeline.from_pretrained(args.init, use_safetensors=True)
-        pipe.text_encoder.load_state_dict(init.text_encoder.state_dict())
-        pipe.transformer.load_state_dict(init.transformer.state_dict())
-    te, tr, tok = pipe.text_encoder.train(), pipe.transformer.train(), pipe.tokenizer
-    params = list(te.parameters()) + list(tr.parameters())
-    print(f"params: transformer {sum(p.numel() for p in tr.parameters()) / 1e6:.2f}M, "
-          f"text encoder {sum(p.numel() for p in te.parameters()) / 1e6:.2f}M", flush=True)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    ema_te, ema_tr = copy.deepcopy(te).eval(), copy.deepcopy(tr).eval()
-    ema_params = list(ema_te.parameters()) + list(ema_tr.parameters())
-
-    q: queue.Queue = queue.Queue(maxsize=4)
-    threading.Thread(target=batches, args=(args.batch_size, args.seed, 0.1, q), daemon=True).start()
-    gen = torch.Generator().manual_seed(args.seed)
-    total = args.steps or None
-    t0 = time.time()
-    step, losses = 0, []
-
-    def save(final: bool):
-        out = copy.copy(pipe)
-        out.register_modules(text_encoder=ema_te, transformer=ema_tr)
-        out.save_pretrained(args.out, safe_serialization=True)
-        info = {"command": "python " + " ".join(sys.argv), "steps": step,
-                "minutes": round((time.time() - t0) / 60, 1), "batch_size": args.batch_size, "lr": args.lr,
-                "ema": args.ema, "seed": args.seed, "init": args.init, "final_loss": float(np.mean(losses[-200:])),
-                "machine": f"{platform.machine()} {platform.processor()} threads={args.threads}",
-                "torch": torch.__version__, "final": final}
-        Path(args.out, "training.json").write_text(json.dumps(info, indent=2))
-        pipe.register_modules(text_encoder=te, transformer=tr)
-
-    while True:
-        if total is None and step == 30:
-            per_step = (time.time() - t0) / step
-            total = int(args.minutes * 60 / per_step)
-            print(f"{per_step:.3f} s/step -> {total} steps in {args.minutes} min", flush=True)
-        if total is not None and step >= total:
-            break
-        lr = args.lr * min(1.0, (step + 1) / 200)
-        if total is not None and step > 0.75 * total:
-            lr *= max(0.0, (total - step) / (0.25 * total))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x0, captions = q.get()
-        ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt")
-        emb = te(ids.input_ids).last_hidden_state
-        b = x0.shape[0]
-        sigma = torch.sigmoid(torch.randn(b, generator=gen))  # logit-normal(0, 1)
-        eps = torch.randn(x0.shape, generator=gen)
-        s = sigma.view(b, 1, 1, 1, 1)
-        x = (1 - s) * x0 + s * eps
-        v = tr(x, emb, sigma, ids.attention_mask).sample
-        loss = F.mse_loss(v, eps - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = min(args.ema, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
-        losses.append(loss.item())
-        step += 1
-        if step % 50 == 0:
-            print(f"step {step}/{total} loss {np.mean(losses[-50:]):.4f} lr {lr:.2e} "
-                  f"{(time.time() - t0) / 60:.1f} min", flush=True)
-        if step % args.save_every == 0:
-            save(final=False)
-    save(final=True)
-    print(f"done: {step} steps in {(time.time() - t0) / 60:.1f} min", flush=True)
+    train(pipe, ShapesVideoPipeline, sample, args)
 
 
 if __name__ == "__main__":
