@@ -67,12 +67,12 @@ def evaluate_shapes(pipe, prompts: int = 240, seed: int = 0, steps: int = 25, gu
 
 def evaluate_shapes_video(pipe, prompts: int = 48, seed: int = 0, steps: int = 25,
                           guidance_scale: float | None = None, batch_size: int = 16,
-                          progress: Callable[[int], None] | None = None, **call) -> dict:
+                          progress: Callable[[int], None] | None = None, pipeline_kwargs: dict | None = None) -> dict:
     """Video checker accuracy (accel.shapes.video.check_video) of a ShapesVideoPipeline on a seeded prompt set.
 
     Returns overall / per_tag accuracy (the tags averaged, as GenEval), the strict variants (no extra objects),
-    frame_accuracy (frames where every prompted object is detected), n, steps, seed, seconds, nfe. `call` takes
-    extra pipeline options (e.g. steps="hsa", runtime=0.5).
+    frame_accuracy (frames where every prompted object is detected), n, steps, seed, seconds, nfe.
+    `pipeline_kwargs` are extra options for the accelerated pipeline's call, e.g. {"steps": "hsa", "runtime": 0.5}.
     """
     from accel.api import accelerate_pipeline
     from accel.shapes.video import VIDEO_TAGS, check_video, video_prompt_set
@@ -81,7 +81,7 @@ def evaluate_shapes_video(pipe, prompts: int = 48, seed: int = 0, steps: int = 2
         raise ValueError(f"steps must be >= 1, got {steps}")
     apipe = accelerate_pipeline(pipe)
     metas = video_prompt_set(prompts, seed)
-    extra = dict(call) | ({} if guidance_scale is None else {"guidance_scale": guidance_scale})
+    extra = dict(pipeline_kwargs or {}) | ({} if guidance_scale is None else {"guidance_scale": guidance_scale})
     results = []
     start, nfe = time.perf_counter(), 0
     for i in range(0, len(metas), batch_size):

@@ -210,6 +210,40 @@ def _write_media(path: Path, item) -> None:
     write_atomic(path, iio.imwrite("<bytes>", arr, extension=extension, **kwargs))
 
 
+def _shapes_eval(command: str, pipeline_class: str, evaluate, model: str, prompts: int, seed: int, steps: int,
+                 batch_size: int, json_out: Optional[Path], device: Optional[str], call: dict,
+                 record: dict | None = None) -> dict:
+    """Loads a shapes-world model, runs evaluate(pipe, ..., **call) over the prompts with a progress bar, writes
+    the JSON (with `record` merged in) and prints the per-tag table; returns the result."""
+    import torch
+
+    from accel.evals.io import check_writable, write_json
+
+    with user_errors():
+        if prompts < 1 or steps < 1 or batch_size < 1:
+            raise UsageError("--prompts, --steps and --batch-size must be >= 1")
+        if json_out is not None:
+            check_writable(json_out)
+        pipe = _load(model, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if type(pipe).__name__ != pipeline_class:
+            raise UsageError(f"{command} needs a {pipeline_class}, got {type(pipe).__name__}")
+        with _progress() as progress:
+            task = progress.add_task("prompts", total=prompts)
+            result = evaluate(pipe, prompts=prompts, seed=seed, steps=steps, batch_size=batch_size,
+                              progress=lambda k: progress.advance(task, k), **call)
+        result.update(model=model, **(record or {}))
+        if json_out is not None:
+            write_json(json_out, result)
+    table = Table(title=f"{command}: {result['n']} prompts, seed {seed}, {steps} steps")
+    for col in ("tag", "accuracy", "strict"):
+        table.add_column(col)
+    for tag, acc in result["per_tag"].items():
+        table.add_row(tag, f"{acc:.3f}", f"{result['per_tag_strict'][tag]:.3f}")
+    table.add_row("overall", f"{result['overall']:.3f}", f"{result['overall_strict']:.3f}", style="bold")
+    Console().print(table)
+    return result
+
+
 @eval_app.command("shapes")
 def eval_shapes(
     model: str = typer.Option("shapes", help="A ShapesPipeline: the built-in model or a folder."),
@@ -223,33 +257,10 @@ def eval_shapes(
 ):
     """Exact GenEval-style accuracy of a shapes-world model, per tag."""
     _threads()
-    import torch
-
-    from accel.evals.io import check_writable, write_json
     from accel.evals.shapes import evaluate_shapes
 
-    with user_errors():
-        if prompts < 1 or steps < 1 or batch_size < 1:
-            raise UsageError("--prompts, --steps and --batch-size must be >= 1")
-        if json_out is not None:
-            check_writable(json_out)
-        pipe = _load(model, device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if type(pipe).__name__ != "ShapesPipeline":
-            raise UsageError(f"eval shapes needs a ShapesPipeline, got {type(pipe).__name__}")
-        with _progress() as progress:
-            task = progress.add_task("prompts", total=prompts)
-            result = evaluate_shapes(pipe, prompts=prompts, seed=seed, steps=steps, guidance_scale=guidance,
-                                     batch_size=batch_size, progress=lambda k: progress.advance(task, k))
-        result["model"] = model
-        if json_out is not None:
-            write_json(json_out, result)
-    table = Table(title=f"shapes eval: {result['n']} prompts, seed {seed}, {steps} steps")
-    for col in ("tag", "accuracy", "strict"):
-        table.add_column(col)
-    for tag, acc in result["per_tag"].items():
-        table.add_row(tag, f"{acc:.3f}", f"{result['per_tag_strict'][tag]:.3f}")
-    table.add_row("overall", f"{result['overall']:.3f}", f"{result['overall_strict']:.3f}", style="bold")
-    Console().print(table)
+    result = _shapes_eval("eval shapes", "ShapesPipeline", evaluate_shapes, model, prompts, seed, steps, batch_size,
+                          json_out, device, {"guidance_scale": guidance})
     console.print(f"{result['nfe']} NFE, {result['seconds']:.1f} s", highlight=False)
 
 
@@ -268,40 +279,18 @@ def eval_shapes_video(
 ):
     """Exact accuracy of a moving-shapes video model: per-frame detection, persistence, direction of motion."""
     _threads()
-    import torch
-
-    from accel.evals.io import check_writable, write_json
     from accel.evals.shapes import evaluate_shapes_video
 
     with user_errors():
-        if prompts < 1 or steps < 1 or batch_size < 1:
-            raise UsageError("--prompts, --steps and --batch-size must be >= 1")
         if steps_mode not in ("uniform", "hsa"):
             raise UsageError(f"--steps-mode must be uniform or hsa, got {steps_mode!r}")
         if runtime is not None and steps_mode != "hsa":
             raise UsageError("--runtime applies to --steps-mode hsa only")
-        if json_out is not None:
-            check_writable(json_out)
-        pipe = _load(model, device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if type(pipe).__name__ != "ShapesVideoPipeline":
-            raise UsageError(f"eval shapes-video needs a ShapesVideoPipeline, got {type(pipe).__name__}")
-        call = {"steps": "hsa", "runtime": 0.5 if runtime is None else runtime} if steps_mode == "hsa" else {}
-        with _progress() as progress:
-            task = progress.add_task("prompts", total=prompts)
-            result = evaluate_shapes_video(pipe, prompts=prompts, seed=seed, steps=steps, guidance_scale=guidance,
-                                           batch_size=batch_size, progress=lambda k: progress.advance(task, k),
-                                           **call)
-        result["model"] = model
-        result["steps_mode"] = steps_mode if not call else f"hsa:runtime={call['runtime']}"
-        if json_out is not None:
-            write_json(json_out, result)
-    table = Table(title=f"shapes-video eval: {result['n']} prompts, seed {seed}, {steps} steps")
-    for col in ("tag", "accuracy", "strict"):
-        table.add_column(col)
-    for tag, acc in result["per_tag"].items():
-        table.add_row(tag, f"{acc:.3f}", f"{result['per_tag_strict'][tag]:.3f}")
-    table.add_row("overall", f"{result['overall']:.3f}", f"{result['overall_strict']:.3f}", style="bold")
-    Console().print(table)
+    call = {"steps": "hsa", "runtime": 0.5 if runtime is None else runtime} if steps_mode == "hsa" else {}
+    mode = f"hsa:runtime={call['runtime']}" if call else steps_mode
+    result = _shapes_eval("eval shapes-video", "ShapesVideoPipeline", evaluate_shapes_video, model, prompts, seed,
+                          steps, batch_size, json_out, device, {"guidance_scale": guidance, "pipeline_kwargs": call},
+                          record={"steps_mode": mode})
     console.print(f"frame accuracy {result['frame_accuracy']:.3f}; {result['nfe']} NFE, {result['seconds']:.1f} s",
                   highlight=False)
 

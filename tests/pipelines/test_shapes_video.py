@@ -106,5 +106,10 @@ def test_cli_generate_eval_and_bench(pipe, tmp_path):
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "b.json").read_text())
     assert [row["model"] for row in rows] == ["video"] * 3
+    r = runner.invoke(app, ["eval", "shapes-video", "--model", str(folder), "--prompts", "2", "--steps", "6",
+                            "--steps-mode", "hsa", "--runtime", "0.6", "--json", str(tmp_path / "hsa.json")])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "hsa.json").read_text())
+    assert result["steps_mode"] == "hsa:runtime=0.6" and result["model"] == str(folder)
     r = runner.invoke(app, ["eval", "shapes-video", "--model", str(folder), "--runtime", "0.5"])
     assert r.exit_code == 2 and "--runtime applies" in r.output
