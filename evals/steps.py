@@ -8,7 +8,8 @@ convolutional stem and head, bookkeeping).
 
 Methods (label: what is varied):
 - uniform:steps=N   fewer Euler steps on the pipeline's own schedule;
-- hsa:runtime=R     heterogeneous per-token steps (accel.schedulers.hsa) within R of the full-step token compute;
+- hsa:runtime=R     heterogeneous per-token steps (accel.schedulers.hsa) within R of the full-step token compute
+                    (HSAConfig's other options too, e.g. hsa:runtime=0.25,decay=0,grid_steps=all);
 - hsa-exact:runtime=R   the same allocation with every token computed each step (no saving: a diagnostic that
                     separates the allocation's quality from the K/V cache's approximation; not in the default grid);
 - fbc:threshold=T   diffusers' FirstBlockCache;
@@ -80,25 +81,50 @@ def _has_cache_dit() -> bool:
     return importlib.util.find_spec("cache_dit") is not None
 
 
+_HSA_OPTIONS = ("warmup", "decay", "max_skips", "grid_steps", "score")
+_KNOBS = {"uniform": "steps", "hsa": "runtime", "hsa-exact": "runtime", "fbc": "threshold", "taylorseer": "interval",
+          "magcache": "threshold", "dbcache": "threshold"}
+
+
+def split_methods(text: str) -> list[str]:
+    """'uniform:steps=12,hsa:runtime=0.5,decay=0' -> ['uniform:steps=12', 'hsa:runtime=0.5,decay=0']: a part
+    without a ':' is one more option of the method before it."""
+    methods: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part and ":" not in part and methods:
+            methods[-1] += "," + part
+        elif part:
+            methods.append(part)
+    return methods
+
+
 def parse_method(text: str) -> tuple[str, dict]:
-    """'name:key=value' -> (name, {key: number}); ValueError naming what is allowed."""
-    kinds = {"uniform": "steps", "hsa": "runtime", "hsa-exact": "runtime", "fbc": "threshold", "taylorseer": "interval",
-             "magcache": "threshold", "dbcache": "threshold"}
+    """'name:key=value,...' -> (name, {key: value}); ValueError naming what is allowed. Each method takes its knob
+    (a number); hsa and hsa-exact also take HSAConfig's warmup, decay, max_skips, grid_steps (a number, auto or
+    all) and score (dynamics or displacement)."""
     name, _, rest = text.partition(":")
-    if name not in kinds:
-        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(kinds)} (as name:key=value, e.g. "
+    if name not in _KNOBS:
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(_KNOBS)} (as name:key=value, e.g. "
                          "hsa:runtime=0.5)")
+    knob = _KNOBS[name]
+    allowed = (knob, *_HSA_OPTIONS) if name.startswith("hsa") else (knob,)
     options = {}
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
-        if not eq or key != kinds[name]:
-            raise ValueError(f"method {name} takes {kinds[name]}=<number>, got {part!r}")
+        if not eq or key not in allowed:
+            raise ValueError(f"method {name} takes {knob}=<number>"
+                             + (f" (and {', '.join(_HSA_OPTIONS)})" if len(allowed) > 1 else "") + f", got {part!r}")
+        if key == "score" or (key == "grid_steps" and value in ("auto", "all")):
+            options[key] = None if value == "all" else value
+            continue
         try:
             options[key] = int(value) if re.fullmatch(r"\d+", value) else float(value)
         except ValueError:
             raise ValueError(f"{name}: {key} must be a number, got {value!r}") from None
-    if not options:
-        raise ValueError(f"method {name} needs {kinds[name]}=<number>")
+    if knob not in options:
+        raise ValueError(f"method {name} needs {knob}=<number>")
+    if name.startswith("hsa"):
+        HSAConfig(**options)  # its own checks, e.g. decay in [0, 8]
     return name, options
 
 
@@ -243,7 +269,7 @@ def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods
             if name == "uniform":
                 images, seconds, info = run(options["steps"])
             elif name in ("hsa", "hsa-exact"):
-                config = HSAConfig(runtime=options["runtime"], cache=name == "hsa")
+                config = HSAConfig(**options, cache=name == "hsa")
                 images, seconds, info = run(steps, {"steps": config})
             else:
                 images, seconds, info = run(steps, cache=cache)

@@ -356,7 +356,8 @@ def bench_steps_cmd(
     seed: int = typer.Option(0, help="Picks the prompt set and the sampling seeds."),
     steps: int = typer.Option(25, help="Steps of the full-step run every method is measured against."),
     methods: Optional[str] = typer.Option(
-        None, help="Comma-separated methods as name:key=value (uniform:steps=12, hsa:runtime=0.5, "
+        None, help="Comma-separated methods as name:key=value[,key=value] (uniform:steps=12, hsa:runtime=0.5, "
+                   "hsa:runtime=0.25,decay=0,grid_steps=all, "
                    "fbc:threshold=0.1, taylorseer:interval=3, magcache:threshold=0.12, dbcache:threshold=0.16 "
                    "where cache-dit is installed); default: a grid of each."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
@@ -366,10 +367,10 @@ def bench_steps_cmd(
     measured runtime."""
     _threads()
     from accel.evals.io import check_writable, run_info, write_json
-    from accel.evals.steps import bench_steps, parse_method, plot_steps
+    from accel.evals.steps import bench_steps, parse_method, plot_steps, split_methods
 
     with user_errors():
-        names = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+        names = None if methods is None else split_methods(methods)
         for name in names or []:
             parse_method(name)
         if prompts < 1 or steps < 2:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from accel.evals.steps import bench_steps, parse_method, psnr, ssim
+from accel.evals.steps import bench_steps, parse_method, psnr, split_methods, ssim
 from accel.pipelines.shapes import build_shapes_pipeline
 
 
@@ -43,9 +43,15 @@ def test_every_method_family(pipe):
 
 
 def test_parse_method_errors():
+    assert split_methods("uniform:steps=12, hsa:runtime=0.5,decay=0,grid_steps=all,fbc:threshold=0.1") == [
+        "uniform:steps=12", "hsa:runtime=0.5,decay=0,grid_steps=all", "fbc:threshold=0.1"]
     assert parse_method("hsa:runtime=0.25") == ("hsa", {"runtime": 0.25})
     assert parse_method("uniform:steps=12") == ("uniform", {"steps": 12})
+    assert parse_method("hsa:runtime=0.25,decay=0,grid_steps=all,score=displacement") == (
+        "hsa", {"runtime": 0.25, "decay": 0, "grid_steps": None, "score": "displacement"})
     for bad, message in [("teacache:x=1", "unknown method"), ("hsa:steps=3", "takes runtime"),
+                         ("fbc:threshold=1,decay=2", "takes threshold"), ("hsa:runtime=0.5,decay=-1", "decay must"),
+                         ("hsa:decay=2", "needs runtime"),
                          ("fbc:threshold=high", "must be a number"), ("uniform", "needs steps")]:
         with pytest.raises(ValueError, match=message):
             parse_method(bad)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from accel.pipelines.shapes import ShapesDenoiser, build_shapes_pipeline
+from accel.core.grid import TimeGrid
 from accel.schedulers.flow import euler_update, sample
 from accel.schedulers.hsa import HSAConfig, hsa_sample, latent_to_tokens, plan_hsa, tokens_to_latent
 
@@ -38,9 +39,26 @@ def test_partial_steps_spend_the_budget_and_end_at_zero(setup):
         config = HSAConfig(runtime=runtime)
         with torch.no_grad():
             out, stats = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, config)
-        assert stats.active[0] == n and stats.active[-1] == n  # warm-up and final steps are full
+        assert stats.active[0] == n and stats.active[-1] < n  # a full warm-up step; a partial last step
         assert stats.token_fraction <= runtime + 1e-9 and stats.token_fraction > runtime - 2 / 8
         assert torch.isfinite(out).all() and out.shape == prepared.x.shape
+
+
+def test_every_token_ends_at_sigma_zero(setup):
+    """With a velocity that does not change, every token's path is x0 + (sigma - sigma_0) v whichever steps it
+    took: the output must be the latent at sigma = 0, skipped-at-the-end tokens included."""
+    d, prepared = setup
+    field = torch.randn_like(latent_to_tokens(prepared.x, 8, 8))
+
+    def constant(x, sigma, active):
+        return torch.gather(field, 1, active[..., None].expand(-1, -1, field.shape[-1]))
+
+    grid = prepared.grid
+    with torch.no_grad():
+        out, stats = hsa_sample(d, prepared.x, grid, prepared.cond, HSAConfig(runtime=0.3), constant)
+    assert stats.active[-1] < 64
+    expected = prepared.x + (grid.sigmas[-1] - grid.sigmas[0]) * tokens_to_latent(field, prepared.x, 8, 8)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_cached_update_equals_stepwise_euler_for_constant_velocity():
@@ -86,13 +104,44 @@ def test_token_round_trip():
 def test_plan_and_bad_config():
     assert plan_hsa(10, 64, HSAConfig(runtime=1.0)) == [64] * 10
     plan = plan_hsa(20, 64, HSAConfig(runtime=0.5, warmup=2))
-    assert plan[:2] == [64, 64] and plan[-1] == 64 and sum(plan) <= 0.5 * 20 * 64
+    assert plan[:2] == [64, 64] and 0.49 * 20 * 64 <= sum(plan) <= 0.5 * 20 * 64
+    assert plan[2:] == sorted(plan[2:], reverse=True) and plan[2] > 2 * plan[-1] >= 2  # spent where sigma is high
+    flat = plan_hsa(20, 64, HSAConfig(runtime=0.5, warmup=2, decay=0))
+    assert flat == [64, 64] + [(640 - 128) // 18] * 18  # equal counts: what the warm-up leaves, shared
+    shifted = [1.0] * 3 + [0.5] * 17  # the counts follow the grid's sigmas
+    assert plan_hsa(20, 64, HSAConfig(runtime=0.5, warmup=3), shifted)[3:] == [(640 - 192) // 17] * 17
     with pytest.raises(ValueError, match="cannot carry"):
         plan_hsa(10, 64, HSAConfig(runtime=0.1, warmup=3))
     assert plan_hsa(20, 64, HSAConfig(runtime=10)) == plan_hsa(20, 64, HSAConfig(runtime=0.5))  # a step budget
     with pytest.raises(ValueError, match="exceeds"):
         plan_hsa(10, 64, HSAConfig(runtime=12))
     for bad in ({"runtime": 0}, {"runtime": 1.5}, {"runtime": True}, {"runtime": "half"}, {"warmup": 0},
-                {"max_skips": 0}, {"score": "entropy"}):
+                {"warmup": None}, {"decay": -1},
+                {"max_skips": 0}, {"score": "entropy"}, {"grid_steps": 0}, {"grid_steps": "half"}):
         with pytest.raises(ValueError):
             HSAConfig(**bad)
+
+
+def test_grid_steps_subsample_the_grid_and_keep_the_budget(setup):
+    d, prepared = setup  # an 8-step grid, 64 tokens
+    assert HSAConfig(runtime=0.25).resolve_grid_steps(25) == 13 and HSAConfig(runtime=0.5).resolve_grid_steps(25) == 25
+    assert HSAConfig(runtime=3).resolve_grid_steps(8) == 6 and HSAConfig(grid_steps=None).resolve_grid_steps(8) == 8
+    seen = []
+
+    def spy(x, sigma, active):
+        seen.append(float(sigma))
+        v = latent_to_tokens(d.velocity(x, sigma, prepared.cond), 8, 8)
+        return torch.gather(v, 1, active[..., None].expand(-1, -1, v.shape[-1]))
+
+    with torch.no_grad():
+        out, stats = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.25), spy)
+    sigmas = prepared.grid.sigmas.tolist()
+    assert len(seen) == len(stats.active) == 4 and seen[0] == sigmas[0] and all(s in sigmas for s in seen)
+    assert 0.2 < stats.token_fraction <= 0.25  # of the full 8-step run
+    # every token active on a subsampled grid is Euler on that grid
+    with torch.no_grad():
+        out, _ = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=4, warmup=4, grid_steps=4))
+        ref = sample(d, prepared.x, TimeGrid(prepared.grid.sigmas[[0, 2, 4, 6, 8]]), prepared.cond)
+    assert torch.equal(out, ref)
+    with pytest.raises(ValueError, match="exceeds"):
+        hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(grid_steps=9))
