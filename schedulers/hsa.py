@@ -122,9 +122,10 @@ def plan_hsa(steps: int, tokens: int, config: HSAConfig, sigmas=None, full_steps
     budget -= warmup * tokens  # token-steps for the partial steps
     if budget < partial:
         need = (warmup * tokens + partial) / (full_steps * tokens)
-        raise ValueError(f"runtime={config.runtime} cannot carry {warmup} warm-up step(s) and one token in each of "
-                         f"the other {partial} of {steps}: use runtime >= {need:.3f} (or "
-                         f"{math.ceil(need * full_steps)} full steps), fewer warm-up steps or fewer grid_steps")
+        what = f"{warmup} warm-up step(s)" + (f" and one token in each of the other {partial} steps" if partial else "")
+        raise ValueError(f"runtime={config.runtime} cannot carry {what} of a {steps}-step grid: use runtime >= "
+                         f"{need:.3f} of the {full_steps}-step run (or {math.ceil(need * full_steps)} full steps)"
+                         + (", fewer warm-up steps or fewer grid_steps" if partial else ""))
     if partial == 0:
         return [tokens] * steps
     sig = [1 - j / steps for j in range(steps)] if sigmas is None else [float(s) for s in sigmas[:steps]]
