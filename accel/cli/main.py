@@ -360,6 +360,8 @@ def bench_steps_cmd(
                    "hsa:runtime=0.25,decay=0,grid_steps=all, "
                    "fbc:threshold=0.1, taylorseer:interval=3, magcache:threshold=0.12, dbcache:threshold=0.16 "
                    "where cache-dit is installed); default: a grid of each."),
+    repeats: int = typer.Option(1, help="Time each method as the best of this many runs (the full-step run: one "
+                                        "more)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG plot of quality vs runtime (needs matplotlib)."),
 ):
@@ -373,8 +375,9 @@ def bench_steps_cmd(
         names = None if methods is None else split_methods(methods)
         for name in names or []:
             parse_method(name)
-        if prompts < 1 or steps < 2:
-            raise UsageError(f"--prompts must be >= 1 and --steps >= 2, got {prompts} and {steps}")
+        if prompts < 1 or steps < 2 or repeats < 1:
+            raise UsageError(f"--prompts and --repeats must be >= 1 and --steps >= 2, got {prompts}, {repeats} and "
+                             f"{steps}")
         for path in (json_out, plot):
             if path is not None:
                 check_writable(path)
@@ -383,7 +386,7 @@ def bench_steps_cmd(
             raise UsageError(f"bench steps needs a ShapesPipeline or ShapesVideoPipeline, got {type(pipe).__name__}")
         with _progress() as progress:
             task = progress.add_task("methods", total=None)
-            rows = bench_steps(pipe, prompts=prompts, seed=seed, steps=steps, methods=names,
+            rows = bench_steps(pipe, prompts=prompts, seed=seed, steps=steps, methods=names, repeats=repeats,
                                progress=lambda row: progress.advance(task))
         info = run_info()
         rows = [row | info for row in rows]

@@ -29,8 +29,8 @@ def test_psnr_ssim():
 def test_every_method_family(pipe):
     methods = ["uniform:steps=6", "uniform:steps=3", "hsa:runtime=0.5", "hsa-exact:runtime=0.5", "fbc:threshold=5",
                "taylorseer:interval=2", "magcache:threshold=5"]
-    rows = bench_steps(pipe, prompts=2, seed=1, steps=6, methods=methods, batch_size=2)
-    assert [r["method"] for r in rows] == ["full"] + methods
+    rows = bench_steps(pipe, prompts=2, seed=1, steps=6, methods=methods, batch_size=2, repeats=2)
+    assert [r["method"] for r in rows] == ["full"] + methods and {r["repeats"] for r in rows} == {2}
     for r in rows:
         assert {"method", "model", "runtime", "accuracy", "psnr", "ssim"} <= r.keys() and r["runtime"] > 0
     by = {r["method"]: r for r in rows}
