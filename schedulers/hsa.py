@@ -22,8 +22,9 @@ The active counts come from the runtime budget: `runtime` is the fraction of the
 sigma_j ** decay: with decay = 0 every partial step gets the same count; the default decay = 2 spends the budget
 where the sample still changes (high noise) and little on the last steps, whose inactive tokens only finish along
 their cached velocity. Why this matters: an inactive token's cached K/V are stale by how much its hidden states
-changed since it was last computed, and those change most early on; on the built-in video model decay = 2 is worth
-about +9 dB PSNR at runtime 0.5 and +4.5 dB at 0.25 over equal counts (benchmarks/steps/hsa-ablation-*.json).
+changed since it was last computed, and those change most early on; on the built-in models decay = 2 with one
+warm-up step is worth +6 to +8 dB PSNR at runtime 0.5 and +4 to +7 dB at 0.25 over equal counts with two
+(benchmarks/steps/hsa-ablation-*.json).
 
 Below half the budget, skipping more than about half the tokens per step costs more through stale K/V than
 skipping grid steps costs in discretisation, so by default (grid_steps="auto") HSA runs on ceil(2 x runtime x
