@@ -453,13 +453,9 @@ class ShapesDenoiser(Denoiser):
                         {"output_type": a["output_type"], "return_dict": a["return_dict"]})
 
     def encode(self, prompts: list[str], negative_prompts: list[str] | None, guidance: float) -> Cond:
-        device = self.pipe._execution_device
-        embeds, mask = self.pipe.encode_prompt(prompts, device)
-        cfg = guidance > 1.0
-        if cfg:
-            neg_embeds, neg_mask = self.pipe.encode_prompt(negative_prompts or [""] * len(prompts), device)
-            embeds, mask = torch.cat([neg_embeds, embeds]), torch.cat([neg_mask, mask])
-        return Cond(batch=len(prompts), passes=2 if cfg else 1,
+        negatives = negative_prompts or [""] * len(prompts)
+        embeds, mask = self.pipe.encode_with_negatives(prompts, negatives, guidance, self.pipe._execution_device)
+        return Cond(batch=len(prompts), passes=2 if guidance > 1.0 else 1,
                     data={"embeds": embeds, "mask": mask, "guidance": guidance})
 
     def time_grid(self, num_inference_steps: int, sigmas=None) -> TimeGrid:

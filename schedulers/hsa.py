@@ -242,7 +242,7 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
             forced = (skips >= config.max_skips).float()
             active = torch.topk(score + forced * 1e9, k, dim=1).indices
         # Bring every token to the common sigma with its cached update (a no-op for tokens already there).
-        common = tok + (sigma.to(torch.float32) - s_tok)[..., None].to(tok.dtype) * v_tok
+        common = _cached_update(tok, s_tok, v_tok, sigma)
         v_new = call(tokens_to_latent(common, x, layout.rows, layout.cols, layout.frames), sigma, active)  # (B, k, D)
         x_act = _gather(common, active)
         dt = sigma_next - sigma
@@ -259,9 +259,14 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
         if callback is not None:
             callback(j, steps)
     # Tokens the last step skipped take their cached update to the grid's end (a no-op after a full last step).
-    tok = tok + (sigmas[-1].to(torch.float32) - s_tok)[..., None].to(tok.dtype) * v_tok
+    tok = _cached_update(tok, s_tok, v_tok, sigmas[-1])
     stats.token_fraction = sum(stats.active) / (full_steps * n)  # of the full run's token compute
     return tokens_to_latent(tok, x, layout.rows, layout.cols, layout.frames), stats
+
+
+def _cached_update(tok: torch.Tensor, s_tok: torch.Tensor, v_tok: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Every token (B, L, D) moved from its own sigma s_tok (B, L) to sigma along its cached velocity."""
+    return tok + (sigma.to(torch.float32) - s_tok)[..., None].to(tok.dtype) * v_tok
 
 
 def _active_scores(kind: str, v_new: torch.Tensor, v_old: torch.Tensor, dt: torch.Tensor, delta: float,

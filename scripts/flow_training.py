@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import queue
 import sys
@@ -25,6 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from accel.evals.io import write_json
 
 CALIBRATION_STEPS = 30
 
@@ -91,7 +92,7 @@ def train(pipe, pipeline_cls, sample: Sampler, args: argparse.Namespace, dropout
                 "ema": args.ema, "seed": args.seed, "init": args.init, "final_loss": float(np.mean(losses[-200:])),
                 "machine": f"{platform.machine()} {platform.processor()} threads={args.threads}",
                 "torch": torch.__version__, "final": final}
-        Path(args.out, "training.json").write_text(json.dumps(info, indent=2))
+        write_json(Path(args.out, "training.json"), info)
         pipe.register_modules(text_encoder=te, transformer=tr)
 
     while True:
