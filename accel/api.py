@@ -176,7 +176,7 @@ class AcceleratedPipeline:
         out = adapter.decode(x, prepared)
         return out, Stats(nfe=adapter.nfe, steps=n, sampler="euler", path="accel",
                           extra={"steps": "hsa", "runtime": hsa.runtime, "token_fraction": hsa_stats.token_fraction,
-                                 "active_tokens": hsa_stats.active})
+                                 "compute_fraction": hsa_stats.compute_fraction, "active_tokens": hsa_stats.active})
 
     @torch.no_grad()
     def _run_search(self, call: dict[str, Any], strategy, reward, nfe: int | None, distributed):

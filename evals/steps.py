@@ -81,7 +81,7 @@ def _has_cache_dit() -> bool:
     return importlib.util.find_spec("cache_dit") is not None
 
 
-_HSA_OPTIONS = ("warmup", "decay", "max_skips", "grid_steps", "score")
+_HSA_OPTIONS = ("warmup", "decay", "max_skips", "grid_steps", "score", "kv")
 _KNOBS = {"uniform": "steps", "hsa": "runtime", "hsa-exact": "runtime", "fbc": "threshold", "taylorseer": "interval",
           "magcache": "threshold", "dbcache": "threshold"}
 
@@ -101,7 +101,7 @@ def split_methods(text: str) -> list[str]:
 def parse_method(text: str) -> tuple[str, dict]:
     """'name:key=value,...' -> (name, {key: value}); ValueError naming what is allowed. Each method takes its knob
     (a number); hsa and hsa-exact also take HSAConfig's warmup, decay, max_skips, grid_steps (a number, auto or
-    all) and score (dynamics or displacement)."""
+    all), score (dynamics or displacement) and kv (refresh or stale)."""
     name, _, rest = text.partition(":")
     if name not in _KNOBS:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(_KNOBS)} (as name:key=value, e.g. "
@@ -114,7 +114,7 @@ def parse_method(text: str) -> tuple[str, dict]:
         if not eq or key not in allowed:
             raise ValueError(f"method {name} takes {knob}=<number>"
                              + (f" (and {', '.join(_HSA_OPTIONS)})" if len(allowed) > 1 else "") + f", got {part!r}")
-        if key == "score" or (key == "grid_steps" and value in ("auto", "all")):
+        if key in ("score", "kv") or (key == "grid_steps" and value in ("auto", "all")):
             options[key] = None if value == "all" else value
             continue
         try:
@@ -284,8 +284,9 @@ def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods
             if cache is not None:
                 cache.remove()
         row = _row(label, name, options, images, full, seconds, full_seconds, metas, seed, steps)
-        if "token_fraction" in info:
-            row["token_fraction"] = info["token_fraction"]
+        for key in ("token_fraction", "compute_fraction"):
+            if key in info:
+                row[key] = info[key]
         rows.append(row)
         if progress:
             progress(row)

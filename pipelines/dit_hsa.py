@@ -13,7 +13,11 @@ what goes through its blocks:
   read back out of it.
 
 A full step (every token active, or the first call of a model/CFG branch) runs the model untouched and records
-each self-attention's image K/V (hooks on norm_k and to_v), the rotary embedding and the last block output. Caches
+each self-attention's image K/V (hooks on norm_k and to_v), the rotary embedding and the last block output, and
+with kv="refresh" every block's image-stream input. The inactive tokens' K/V then come, at each partial step, from
+their estimated block input (their current embedding plus the block residuals cached at their last computation)
+through the block's own norm, modulation at the current timestep, K/V projections, qk-norm and rotary embedding, as
+accel.pipelines.shapes_hsa describes; kv="stale" keeps them as last computed. Caches
 are kept per transformer (Wan 2.2's two experts) and per CFG branch (the adapter's forwards in order within one
 velocity call). The adapter's velocity does the rest (conditioning, CFG, NFE count), so every family keeps its own
 arithmetic. The processors are swapped only where the model uses the upstream default (FluxAttnProcessor,
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from diffusers.utils import logging
 
 from accel.core.denoiser import Cond
-from accel.pipelines.shapes_hsa import _gather, _scatter
+from accel.pipelines.shapes_hsa import _gather, _inactive, _scatter
 
 logger = logging.get_logger(__name__)
 
@@ -61,8 +65,12 @@ class DiTActiveTokens:
     default_processor: type | None = None  # the upstream processor the active-token one stands in for
     active_processor: type[_ActiveProcessor]  # the active-token processor, one instance per self-attention
 
-    def __init__(self, denoiser, cond: Cond):
-        self.denoiser, self.cond = denoiser, cond
+    def __init__(self, denoiser, cond: Cond, kv: str = "refresh"):
+        from accel.config import check_choice
+        from accel.schedulers.hsa import KV_MODES
+
+        check_choice("kv", kv, KV_MODES)
+        self.denoiser, self.cond, self.refresh = denoiser, cond, kv == "refresh"
         self.models = [m for m in self._transformers() if m is not None]
         self.kv: dict[tuple[int, int], list[list[torch.Tensor | None]]] = {}  # (model, branch) -> [K list, V list]
         self.out: dict[tuple[int, int], torch.Tensor] = {}  # last block output (B, N, D)
@@ -73,6 +81,15 @@ class DiTActiveTokens:
         self.calls: dict[int, int] = {}
         self.rope = None  # the current forward's rotary embedding (full, or at the active tokens)
         self.temb = None  # Wan: the blocks' modulation input, at the active tokens where it is per token
+        self.h: dict[tuple[int, int], list[torch.Tensor | None]] = {}  # refresh: each block's image-stream input
+        self.inactive: torch.Tensor | None = None
+        self.drift: torch.Tensor | None = None  # the inactive tokens' embedding change since their last computation
+
+    @property
+    def inactive_cost(self) -> float:
+        """An inactive token's cost per partial step as a fraction of an active one's (matmul FLOPs of a block):
+        its K/V projections with kv="refresh", nothing with "stale"."""
+        return self._kv_share() if self.refresh else 0.0
 
     # -- family specifics ------------------------------------------------------------------------------------
     def _transformers(self) -> list:
@@ -92,11 +109,24 @@ class DiTActiveTokens:
         """norm_k's output -> the image keys (B, N, H, Dh) after the rotary embedding."""
         raise NotImplementedError
 
+    def _hidden(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """A block's image-stream input (B, N or k, D) from its call arguments."""
+        raise NotImplementedError
+
+    def _kv(self, block, h: torch.Tensor, args: tuple, kwargs: dict, index: torch.Tensor):
+        """The keys (post-norm, post-rotary) and values (B, m, H, Dh) the block's self-attention makes for the image
+        tokens `index` (B, m) whose block input is h (B, m, D); args / kwargs: the block's (full-step) call."""
+        raise NotImplementedError
+
+    def _kv_share(self) -> float:
+        """A block's K/V projections as a fraction of its per-token matmul FLOPs."""
+        raise NotImplementedError
+
     @classmethod
-    def for_run(cls, denoiser, cond: Cond) -> DiTActiveTokens | None:
+    def for_run(cls, denoiser, cond: Cond, kv: str = "refresh") -> DiTActiveTokens | None:
         """The active-token forward for one HSA run, or None (with a warning) where the model's attention
         processors are not the upstream defaults: then HSA computes every token."""
-        run = cls(denoiser, cond)
+        run = cls(denoiser, cond, kv)
         if run.supported:
             return run
         logger.warning(f"{type(denoiser).__name__}: the transformer's attention processors are not "
@@ -153,7 +183,17 @@ class DiTActiveTokens:
                 a.processor = p
 
         def block_pre(i):
-            return lambda module, args, kwargs: self._block_pre(model, i, args, kwargs)
+            def hook(module, args, kwargs):
+                if self.refresh and self.partial and i == 0:  # every token's embedding, before the gather
+                    self.inactive = _inactive(self.active, self.n)
+                    self.drift = (_gather(self._hidden(args, kwargs), self.inactive, 1)
+                                  - _gather(self.h[self.key][0], self.inactive, 1))
+                full = (args, kwargs)
+                args, kwargs = self._block_pre(model, i, args, kwargs)
+                if self.refresh:
+                    self._refresh(module, i, full, self._hidden(args, kwargs))
+                return args, kwargs
+            return hook
 
         def norm_out_pre(module, args):
             h = args[0]
@@ -178,6 +218,20 @@ class DiTActiveTokens:
             hs += [b.register_forward_pre_hook(block_pre(i), with_kwargs=True),
                    a.norm_k.register_forward_hook(record(i, "k")), a.to_v.register_forward_hook(record(i, "v"))]
         return [h.remove for h in hs] + [lambda: [setattr(a, "processor", p) for a, p in zip(attns, originals)]]
+
+    def _refresh(self, block, i: int, full: tuple[tuple, dict], hidden: torch.Tensor) -> None:
+        """kv="refresh": on a full step record the block's input; on a partial one make the inactive tokens' K/V
+        from their estimated input into the cache, and record the active tokens' input."""
+        if not self.partial:
+            self.h.setdefault(self.key, [None] * len(self.kv[self.key][0]))[i] = hidden
+            return
+        h = self.h[self.key]
+        k, v = self._kv(block, _gather(h[i], self.inactive, 1).to(hidden.dtype) + self.drift.to(hidden.dtype),
+                        *full, self.inactive)
+        cache = self.kv[self.key]
+        cache[0][i] = _scatter(cache[0][i].to(k.dtype), self.inactive, k, 1)
+        cache[1][i] = _scatter(cache[1][i].to(v.dtype), self.inactive, v, 1)
+        h[i] = _scatter(h[i].to(hidden.dtype), self.active, hidden, 1)
 
     def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t_len: int,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -253,6 +307,24 @@ class FluxActiveTokens(DiTActiveTokens):
         k = out[:, -self.n:]
         return k if self.rope is None else _rope_flux(k, self.rope[0][-self.n:], self.rope[1][-self.n:])
 
+    def _hidden(self, args, kwargs):
+        return kwargs["hidden_states"]
+
+    def _kv(self, block, h, args, kwargs, index):
+        temb = kwargs["temb"]
+        norm = block.norm1(h, emb=temb)[0] if hasattr(block, "norm1") else block.norm(h, emb=temb)[0]
+        attn = block.attn
+        k = attn.norm_k(attn.to_k(norm).unflatten(-1, (-1, attn.head_dim)))
+        v = attn.to_v(norm).unflatten(-1, (-1, attn.head_dim))
+        rope = kwargs.get("image_rotary_emb")
+        if rope is not None:
+            b = index.shape[0]
+            k = _rope_flux(k, *(_gather(r[-self.n:].expand(b, -1, -1), index, 1) for r in rope))
+        return k, v
+
+    def _kv_share(self):
+        return 2 / 12  # double blocks: QKV 3 + out 1 + MLP 8 (d^2 per image token); single: QKV 3 + MLP 4 + out 5
+
 
 class _WanProcessor(_ActiveProcessor):
     """WanAttnProcessor's self-attention arithmetic on the active tokens against the run's caches."""
@@ -300,3 +372,25 @@ class WanActiveTokens(DiTActiveTokens):
     def _record_k(self, attn, out):
         k = out[:, -self.n:].unflatten(2, (attn.heads, -1))
         return _rope_wan(k, *self.rope)
+
+    def _hidden(self, args, kwargs):
+        return args[0]
+
+    def _kv(self, block, h, args, kwargs, index):
+        _, _, temb, rope = args
+        b = index.shape[0]
+        if temb.ndim == 4:  # TI2V: per token
+            shift, scale = (block.scale_shift_table.unsqueeze(0) + _gather(temb, index, 1).float()).chunk(6, dim=2)[:2]
+            shift, scale = shift.squeeze(2), scale.squeeze(2)
+        else:
+            shift, scale = (block.scale_shift_table + temb.float()).chunk(6, dim=1)[:2]
+        norm = (block.norm1(h.float()) * (1 + scale) + shift).type_as(h)
+        attn = block.attn1
+        k = attn.norm_k(attn.to_k(norm)).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(norm).unflatten(2, (attn.heads, -1))
+        return _rope_wan(k, *(_gather(r.expand(b, -1, -1, -1), index, 1) for r in rope)), v
+
+    def _kv_share(self):
+        c = self.models[0].config
+        d = c.num_attention_heads * c.attention_head_dim
+        return 2 / (6 + 2 * c.ffn_dim / d)  # self-attn QKV 3 + out 1, cross-attn Q 1 + out 1, FFN 2 ffn_dim / d

@@ -170,11 +170,11 @@ class FluxDenoiser(Denoiser):
         pipe.maybe_free_model_hooks()
         return FluxPipelineOutput(images=image) if options["return_dict"] else (image,)
 
-    def hsa_velocity(self, cond: Cond):
+    def hsa_velocity(self, cond: Cond, kv: str = "refresh"):
         """Active tokens only through the blocks, against cached K/V (accel.pipelines.dit_hsa)."""
         from accel.pipelines.dit_hsa import FluxActiveTokens
 
-        return FluxActiveTokens.for_run(self, cond)
+        return FluxActiveTokens.for_run(self, cond, kv)
 
     def token_layout(self, x: torch.Tensor) -> TokenLayout:
         """1 x (H / 16) x (W / 16), row-major as _pack_latents lays the 2x2 patches out.

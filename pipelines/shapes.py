@@ -486,10 +486,10 @@ class ShapesDenoiser(Denoiser):
             return (images,)
         return ImagePipelineOutput(images=images)
 
-    def hsa_velocity(self, cond: Cond):
+    def hsa_velocity(self, cond: Cond, kv: str = "refresh"):
         from accel.pipelines.shapes_hsa import ShapesActiveTokens
 
-        return ShapesActiveTokens(self, cond)
+        return ShapesActiveTokens(self, cond, kv)
 
     def token_layout(self, x) -> TokenLayout:
         p = self.transformer.patch_size

@@ -297,8 +297,8 @@ class ShapesVideoDenoiser(ShapesDenoiser):
         gf, gh, gw = self.transformer.grid(x)
         return TokenLayout(gf, gh, gw)
 
-    def hsa_velocity(self, cond: Cond):
-        return VideoActiveTokens(self, cond)
+    def hsa_velocity(self, cond: Cond, kv: str = "refresh"):
+        return VideoActiveTokens(self, cond, kv)
 
 
 class VideoActiveTokens(ActiveTokens):
@@ -308,13 +308,18 @@ class VideoActiveTokens(ActiveTokens):
     def _active_velocity(self, x, sigma, active):
         model = self.denoiser.transformer
         grid = model.grid(x)
-        img = model.patch_embed(_gather(model.patchify(x), active, 1))
-        img = img + model.positions(grid, model.config.width).to(x)[active]  # (B, k, D)
+        if self.refresh:  # every token's embedding (for the inactive tokens' K/V), the active ones' input
+            embed = model.patch_embed(model.patchify(x)) + model.positions(grid, model.config.width).to(x)
+            img = _gather(embed, active, 1)
+        else:
+            embed = None
+            img = model.patch_embed(_gather(model.patchify(x), active, 1))
+            img = img + model.positions(grid, model.config.width).to(x)[active]  # (B, k, D)
         txt, _, c, keep, b = model.conditioning(self.cond.data["embeds"], self.cond.data["mask"], sigma, img.dtype)
         t_len = txt.shape[1]
         mask = None
         if keep is not None:
             n = self.k[0].shape[2]
             mask = torch.cat([keep, torch.ones(b, n, dtype=torch.bool, device=x.device)], 1)[:, None, None, :]
-        tokens = self._blocks(model, torch.cat([txt, img], dim=1), c, mask, t_len, active)
+        tokens = self._blocks(model, torch.cat([txt, img], dim=1), c, mask, t_len, active, embed)
         return model.head(tokens[:, t_len:], c)

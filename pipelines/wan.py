@@ -190,11 +190,11 @@ class WanDenoiser(Denoiser):
         pipe.maybe_free_model_hooks()
         return WanPipelineOutput(frames=video) if options["return_dict"] else (video,)
 
-    def hsa_velocity(self, cond: Cond):
+    def hsa_velocity(self, cond: Cond, kv: str = "refresh"):
         """Active tokens only through the blocks, against cached K/V (accel.pipelines.dit_hsa)."""
         from accel.pipelines.dit_hsa import WanActiveTokens
 
-        return WanActiveTokens.for_run(self, cond)
+        return WanActiveTokens.for_run(self, cond, kv)
 
     def token_layout(self, x: torch.Tensor) -> TokenLayout:
         """(F' / p_t) x (h / p_h) x (w / p_w) for x (B, C, F', h, w), row-major as the patch embedding flattens."""

@@ -53,6 +53,7 @@ from accel.core.denoiser import Cond, Denoiser
 from accel.core.grid import TimeGrid
 
 SCORES = ("dynamics", "displacement")
+KV_MODES = ("refresh", "stale")
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,12 @@ class HSAConfig:
     active counts go as sigma ** decay (0: equal counts); max_skips: most consecutive skipped steps per token;
     score: see the module docstring; cache: run active tokens only against cached K/V (the family's hsa_velocity);
     False computes every token and keeps the active ones' velocities: the same allocation without the cache's
-    approximation and without its saving (a diagnostic); grid_steps: run on this many steps of the pipeline's grid,
-    evenly subsampled, the runtime staying a fraction of the full run (fewer steps with more tokens active in each);
-    None: every step; "auto": ceil(2 x runtime x steps), every step for runtime >= 0.5 (module docstring)."""
+    approximation and without its saving (a diagnostic); kv: the inactive tokens' K/V, "refresh" (recomputed each
+    partial step from their current embedding plus their cached block residuals, at the cost of their K/V
+    projections, which the budget accounts for) or "stale" (as last computed, the paper's cache); grid_steps: run
+    on this many steps of the pipeline's grid, evenly subsampled, the runtime staying a fraction of the full run
+    (fewer steps with more tokens active in each); None: every step; "auto": ceil(2 x runtime x steps), every step
+    for runtime >= 0.5 (module docstring)."""
 
     runtime: float = 0.5
     warmup: int = 1
@@ -72,6 +76,7 @@ class HSAConfig:
     max_skips: int = 4
     score: str = "dynamics"
     cache: bool = True
+    kv: str = "refresh"
     grid_steps: int | str | None = "auto"
 
     def __post_init__(self):
@@ -88,6 +93,7 @@ class HSAConfig:
         if isinstance(self.max_skips, bool) or not isinstance(self.max_skips, int) or self.max_skips < 1:
             raise ValueError(f"max_skips must be an integer >= 1, got {self.max_skips!r}")
         check_choice("score", self.score, SCORES)
+        check_choice("kv", self.kv, KV_MODES)
         g = self.grid_steps
         if g not in (None, "auto") and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
             raise ValueError(f"grid_steps must be an integer >= 1, 'auto' or None (every step of the pipeline's "
@@ -97,23 +103,28 @@ class HSAConfig:
         """The runtime as a fraction of a `steps`-step full run."""
         return self.runtime / steps if isinstance(self.runtime, int) else self.runtime
 
-    def resolve_grid_steps(self, steps: int) -> int:
-        """How many of a `steps`-step grid's steps HSA runs on."""
+    def resolve_grid_steps(self, steps: int, inactive_cost: float = 0.0) -> int:
+        """How many of a `steps`-step grid's steps HSA runs on ("auto": as many as the budget pays for with about
+        half the tokens active in each, an inactive token costing inactive_cost of an active one)."""
         if self.grid_steps is None:
             return steps
         if self.grid_steps == "auto":
-            return max(1, min(steps, math.ceil(2 * self.fraction(steps) * steps - 1e-9)))
+            return max(1, min(steps, math.ceil(2 * self.fraction(steps) * steps / (1 + inactive_cost) - 1e-9)))
         if self.grid_steps > steps:
             raise ValueError(f"grid_steps={self.grid_steps} exceeds the pipeline's {steps} steps")
         return self.grid_steps
 
 
-def plan_hsa(steps: int, tokens: int, config: HSAConfig, sigmas=None, full_steps: int | None = None) -> list[int]:
+def plan_hsa(steps: int, tokens: int, config: HSAConfig, sigmas=None, full_steps: int | None = None,
+             inactive_cost: float = 0.0) -> list[int]:
     """Active tokens per sample at each step (len = steps): `warmup` full steps, then counts in proportion to
     sigma_j ** config.decay (at least 1, at most every token) that spend the rest of the runtime budget. sigmas: the
     sigma each step starts from (default: the linear grid 1 - j / steps); full_steps: the steps of the full run the
-    runtime is a fraction of (default: steps). Raises ValueError when the budget cannot carry the warm-up and one
+    runtime is a fraction of (default: steps); inactive_cost: what an inactive token costs at a partial step, as a
+    fraction of an active one (the K/V refresh). Raises ValueError when the budget cannot carry the warm-up and one
     token per remaining step."""
+    if not 0 <= inactive_cost < 1:
+        raise ValueError(f"inactive_cost must be in [0, 1), got {inactive_cost!r}")
     full_steps = full_steps or steps
     if isinstance(config.runtime, int) and config.runtime > full_steps:
         raise ValueError(f"runtime={config.runtime} full steps exceeds the {full_steps} steps of the grid")
@@ -121,7 +132,11 @@ def plan_hsa(steps: int, tokens: int, config: HSAConfig, sigmas=None, full_steps
     warmup = min(config.warmup, steps)
     partial = steps - warmup
     budget -= warmup * tokens  # token-steps for the partial steps
-    if budget < partial:
+
+    def cost(ks: list[int]) -> float:
+        return sum(k + inactive_cost * (tokens - k) for k in ks)
+
+    if budget < cost([1] * partial):
         need = (warmup * tokens + partial) / (full_steps * tokens)
         what = f"{warmup} warm-up step(s)" + (f" and one token in each of the other {partial} steps" if partial else "")
         raise ValueError(f"runtime={config.runtime} cannot carry {what} of a {steps}-step grid: use runtime >= "
@@ -138,17 +153,18 @@ def plan_hsa(steps: int, tokens: int, config: HSAConfig, sigmas=None, full_steps
     lo, hi = 0.0, 1.0 / max(min(weight), 1e-12)  # counts(hi) is every token at every step
     for _ in range(60):  # the largest scale whose counts fit the budget (counts grow with c)
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if sum(counts(mid)) <= budget else (lo, mid)
+        lo, hi = (mid, hi) if cost(counts(mid)) <= budget else (lo, mid)
     return [tokens] * warmup + counts(lo)
 
 
 @dataclass
 class HSAStats:
     """active: active tokens per sample at each step; token_fraction: computed token-steps / (the full run's steps x
-    tokens)."""
+    tokens); compute_fraction: the same with the inactive tokens' K/V refresh counted (HSAConfig.kv)."""
 
     active: list[int] = field(default_factory=list)
     token_fraction: float = 0.0
+    compute_fraction: float = 0.0
 
 
 def tokens_to_latent(t: torch.Tensor, like: torch.Tensor, rows: int, cols: int, frames: int = 1) -> torch.Tensor:
@@ -212,21 +228,23 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
         (the latent at sigma = 0, HSAStats).
     """
     layout = denoiser.token_layout(x)
+    call = velocity_active or (denoiser.hsa_velocity(cond, kv=config.kv) if config.cache else None)
+    inactive_cost = getattr(call, "inactive_cost", 0.0)
     sigmas = grid.sigmas.to(x.device)
     full_steps = len(sigmas) - 1
-    grid_steps = config.resolve_grid_steps(full_steps)
+    grid_steps = config.resolve_grid_steps(full_steps, inactive_cost)
     if grid_steps < full_steps:
         sigmas = sigmas[torch.linspace(0, full_steps, grid_steps + 1).round().long().to(x.device)]
     steps = len(sigmas) - 1
     tok = latent_to_tokens(x, layout.rows, layout.cols, layout.frames)  # (B, L, D)
     b, n, _ = tok.shape
-    counts = plan_hsa(steps, n, config, sigmas[:-1].tolist(), full_steps)
 
     def default_velocity(x_common, sigma, active):
         v = denoiser.velocity(x_common, sigma, cond)
         return _gather(latent_to_tokens(v, layout.rows, layout.cols, layout.frames), active)
 
-    call = velocity_active or (denoiser.hsa_velocity(cond) if config.cache else None) or default_velocity
+    counts = plan_hsa(steps, n, config, sigmas[:-1].tolist(), full_steps, inactive_cost)
+    call = call or default_velocity
     s_tok = torch.full((b, n), float(sigmas[0]), device=x.device, dtype=torch.float32)  # each token's sigma
     v_tok = torch.zeros_like(tok)
     v_prev = torch.zeros_like(tok)
@@ -261,6 +279,7 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
     # Tokens the last step skipped take their cached update to the grid's end (a no-op after a full last step).
     tok = _cached_update(tok, s_tok, v_tok, sigmas[-1])
     stats.token_fraction = sum(stats.active) / (full_steps * n)  # of the full run's token compute
+    stats.compute_fraction = (sum(stats.active) + inactive_cost * sum(n - k for k in stats.active)) / (full_steps * n)
     return tokens_to_latent(tok, x, layout.rows, layout.cols, layout.frames), stats
 
 

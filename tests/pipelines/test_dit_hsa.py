@@ -84,20 +84,46 @@ def test_partial_step_with_fresh_caches_equals_full_forward(setup):
 
 
 @torch.no_grad()
-def test_partial_step_reads_the_cached_kv(setup):
-    """Stale caches change the active tokens' velocities: the queries read the cached K/V of the inactive ones."""
+@pytest.mark.parametrize("kv", ["stale", "refresh"])
+def test_partial_step_reads_the_caches(setup, kv):
+    """Changed caches change the active tokens' velocities: the queries read the cached K/V of the inactive ones
+    (stale), or K/V made from the inactive tokens' cached block inputs (refresh)."""
     d, cls, prepared = setup
     x = prepared.x
     n = d.token_layout(x).num_tokens
     b = x.shape[0]
-    run = cls.for_run(d, prepared.cond)
+    run = cls.for_run(d, prepared.cond, kv)
     sigma = prepared.grid.sigmas[1]
     run(x, sigma, torch.arange(n).expand(b, n))
     active = torch.arange(n // 4).expand(b, -1)
     a = run(x, sigma, active)
-    for key in run.kv:
-        run.kv[key][1] = [v * 2 for v in run.kv[key][1]]
+    if kv == "stale":
+        for key in run.kv:
+            run.kv[key][1] = [v * 2 for v in run.kv[key][1]]
+    else:
+        assert not run.h or all(len(h) == len(run.kv[key][0]) for key, h in run.h.items())
+        for key in run.h:
+            run.h[key] = [h if i == 0 else h * 2 for i, h in enumerate(run.h[key])]
     assert not torch.allclose(a, run(x, sigma, active))
+
+
+@torch.no_grad()
+def test_refreshed_kv_follow_the_latent(setup):
+    """After every token moved one Euler step, a partial step with refreshed K/V is closer to the full forward at
+    the new latent than one with the K/V as last computed."""
+    d, cls, prepared = setup
+    x, s0, s1 = prepared.x, prepared.grid.sigmas[1], prepared.grid.sigmas[2]
+    n = d.token_layout(x).num_tokens
+    b = x.shape[0]
+    x1 = x + (s1 - s0) * d.velocity(x, s0, prepared.cond)
+    ref = _tokens(d, d.velocity(x1, s1, prepared.cond))[:, : n // 3]
+    active = torch.arange(n // 3).expand(b, -1)
+    err = {}
+    for kv in ("stale", "refresh"):
+        run = cls.for_run(d, prepared.cond, kv)
+        run(x, s0, torch.arange(n).expand(b, n))
+        err[kv] = (run(x1, s1, active) - ref).square().mean()
+    assert err["refresh"] < 0.5 * err["stale"], err
 
 
 @torch.no_grad()
@@ -108,9 +134,13 @@ def test_hsa_exact_at_full_runtime_and_model_untouched(setup):
     ref = sample(d, prepared.x, prepared.grid, prepared.cond)
     out, _ = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=1.0))
     assert torch.equal(out, ref)
-    out, stats = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5, warmup=2))
+    out, stats = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5, warmup=2, kv="stale"))
     assert stats.token_fraction <= 0.5 and torch.isfinite(out).all()
     assert (out - ref).abs().mean() < 0.5 * ref.abs().mean()  # an approximation, not noise
+    # the refresh's K/V projections are paid for out of the budget: fewer active tokens, the same compute
+    out, refreshed = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5, warmup=2))
+    assert torch.isfinite(out).all() and refreshed.token_fraction < stats.token_fraction
+    assert refreshed.compute_fraction <= 0.5 and refreshed.compute_fraction > refreshed.token_fraction
     assert [_state(m) for m in models] == before  # hooks and processors as they were
     assert torch.equal(sample(d, prepared.x, prepared.grid, prepared.cond), ref)
 

@@ -49,11 +49,11 @@ def test_all_tokens_fresh_equals_full_forward(setup):
 
 @torch.no_grad()
 def test_partial_step_refreshes_active_kv_and_reads_cached(setup):
-    """A partial step writes fresh K/V for its active tokens only, and its velocities read the cached K/V of the
-    inactive ones (per layer, per CFG branch)."""
+    """With kv="stale" a partial step writes fresh K/V for its active tokens only, and its velocities read the
+    cached K/V of the inactive ones (per layer, per CFG branch)."""
     d, prepared = setup
     n = d.token_layout(prepared.x).num_tokens
-    run = ShapesActiveTokens(d, prepared.cond)
+    run = ShapesActiveTokens(d, prepared.cond, kv="stale")
     run(prepared.x, prepared.grid.sigmas[0], torch.arange(n).expand(2, n))
     assert run.k[0].shape == (4, 4, n, 8)  # CFG branches x heads x tokens x head_dim
     full_k = [k.clone() for k in run.k]
@@ -70,6 +70,27 @@ def test_partial_step_refreshes_active_kv_and_reads_cached(setup):
     run.k, run.v, run.out = [k.clone() for k in full_k], [v * 2 for v in full_v], full_out
     b = run(prepared.x, prepared.grid.sigmas[1], active)
     assert not torch.allclose(a, b)  # the cached values of the inactive tokens are what the queries read
+
+
+@torch.no_grad()
+def test_refreshed_kv_follow_the_latent(setup):
+    """kv="refresh" rewrites the inactive tokens' K/V at a partial step ("stale" leaves them), and prices them
+    (tests/pipelines/test_hsa_refresh.py measures what it is worth on the trained models)."""
+    d, prepared = setup
+    x, s0, s1 = prepared.x, prepared.grid.sigmas[1], prepared.grid.sigmas[2]
+    n = d.token_layout(x).num_tokens
+    x1 = x + (s1 - s0) * d.velocity(x, s0, prepared.cond)
+    active = torch.arange(n // 3).expand(2, -1)
+    for kv in ("stale", "refresh"):
+        run = ShapesActiveTokens(d, prepared.cond, kv=kv)
+        run(x, s0, torch.arange(n).expand(2, n))
+        before = run.k[1].clone()
+        assert torch.isfinite(run(x1, s1, active)).all()
+        changed = (run.k[1] != before).flatten(3).any(-1).any(1)  # (B2, n): whose layer-1 keys were rewritten
+        assert changed.all() if kv == "refresh" else changed[:, n // 3:].logical_not().all()
+    assert 0 < run.inactive_cost < 0.5 and ShapesActiveTokens(d, prepared.cond, kv="stale").inactive_cost == 0
+    with pytest.raises(ValueError, match="kv"):
+        ShapesActiveTokens(d, prepared.cond, kv="fresh")
 
 
 @torch.no_grad()
