@@ -14,10 +14,10 @@ what goes through its blocks:
 
 A full step (every token active, or the first call of a model/CFG branch) runs the model untouched and records
 each self-attention's image K/V (hooks on norm_k and to_v), the rotary embedding and the last block output, and
-with kv="refresh" every block's image-stream input. The inactive tokens' K/V then come, at each partial step, from
-their estimated block input (their current embedding plus the block residuals cached at their last computation)
-through the block's own norm, modulation at the current timestep, K/V projections, qk-norm and rotary embedding, as
-accel.pipelines.shapes_hsa describes; kv="stale" keeps them as last computed. Caches
+with kv="refresh" (the default: kv="auto") every block's image-stream input. The inactive tokens' K/V then come,
+at each partial step, from their estimated block input (their current embedding plus the block residuals cached at
+their last computation) through the block's own norm, modulation at the current timestep, K/V projections,
+qk-norm and rotary embedding, as accel.pipelines.shapes_hsa describes; kv="stale" keeps them as last computed. Caches
 are kept per transformer (Wan 2.2's two experts) and per CFG branch (the adapter's forwards in order within one
 velocity call). The adapter's velocity does the rest (conditioning, CFG, NFE count), so every family keeps its own
 arithmetic. The processors are swapped only where the model uses the upstream default (FluxAttnProcessor,
@@ -65,12 +65,12 @@ class DiTActiveTokens:
     default_processor: type | None = None  # the upstream processor the active-token one stands in for
     active_processor: type[_ActiveProcessor]  # the active-token processor, one instance per self-attention
 
-    def __init__(self, denoiser, cond: Cond, kv: str = "refresh"):
+    def __init__(self, denoiser, cond: Cond, kv: str = "auto"):
         from accel.config import check_choice
         from accel.schedulers.hsa import KV_MODES
 
         check_choice("kv", kv, KV_MODES)
-        self.denoiser, self.cond, self.refresh = denoiser, cond, kv == "refresh"
+        self.denoiser, self.cond, self.refresh = denoiser, cond, kv in ("auto", "refresh")
         self.models = [m for m in self._transformers() if m is not None]
         self.kv: dict[tuple[int, int], list[list[torch.Tensor | None]]] = {}  # (model, branch) -> [K list, V list]
         self.out: dict[tuple[int, int], torch.Tensor] = {}  # last block output (B, N, D)
@@ -123,7 +123,7 @@ class DiTActiveTokens:
         raise NotImplementedError
 
     @classmethod
-    def for_run(cls, denoiser, cond: Cond, kv: str = "refresh") -> DiTActiveTokens | None:
+    def for_run(cls, denoiser, cond: Cond, kv: str = "auto") -> DiTActiveTokens | None:
         """The active-token forward for one HSA run, or None (with a warning) where the model's attention
         processors are not the upstream defaults: then HSA computes every token."""
         run = cls(denoiser, cond, kv)

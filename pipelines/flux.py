@@ -170,7 +170,7 @@ class FluxDenoiser(Denoiser):
         pipe.maybe_free_model_hooks()
         return FluxPipelineOutput(images=image) if options["return_dict"] else (image,)
 
-    def hsa_velocity(self, cond: Cond, kv: str = "refresh"):
+    def hsa_velocity(self, cond: Cond, kv: str = "auto"):
         """Active tokens only through the blocks, against cached K/V (accel.pipelines.dit_hsa)."""
         from accel.pipelines.dit_hsa import FluxActiveTokens
 

@@ -486,7 +486,7 @@ class ShapesDenoiser(Denoiser):
             return (images,)
         return ImagePipelineOutput(images=images)
 
-    def hsa_velocity(self, cond: Cond, kv: str = "refresh"):
+    def hsa_velocity(self, cond: Cond, kv: str = "auto"):
         from accel.pipelines.shapes_hsa import ShapesActiveTokens
 
         return ShapesActiveTokens(self, cond, kv)

@@ -6,14 +6,15 @@ the active tokens, and K/V for the inactive tokens from the cache (kept per laye
 of the batch). The inactive tokens' block outputs are cached too, so the convolutional head sees a full token grid.
 A full step (every token active) runs the model's own forward, exactly, and refreshes all caches.
 
-Inactive tokens' K/V (kv="refresh", the default): each block's input for an inactive token is estimated as its
-*current* embedding (cheap: every token is embedded each step) plus the block residuals accumulated up to that
-block when the token was last computed, h_l ~ e_now + (h_l - e)_cached, and the block's own norm, modulation (at
-the current sigma) and K/V projections make its keys and values. This costs the inactive tokens' K/V projections
-(about a sixth of a token's block compute) and removes most of the staleness: a skipped token's latent moves
-with its cached Euler update, and its embedding moves with it. kv="stale" keeps the K/V as last computed (the
-paper's cache). On the built-in video model at runtime 0.5 the refresh lifts SSIM against the full-step output
-from 0.84 to 0.98 (README).
+Inactive tokens' K/V (kv="refresh", the video model's default): each block's input for an inactive token is
+estimated as its *current* embedding (cheap: every token is embedded each step) plus the block residuals
+accumulated up to that block when the token was last computed, h_l ~ e_now + (h_l - e)_cached, and the block's own
+norm, modulation (at the current sigma) and K/V projections make its keys and values. This costs the inactive
+tokens' K/V projections (about a sixth of a token's block compute) and removes most of the staleness: a skipped
+token's latent moves with its cached Euler update, and its embedding moves with it. kv="stale" keeps the K/V as
+last computed (the paper's cache). On the built-in video model at runtime 0.5 the refresh lifts SSIM against the
+full-step output from 0.85 to 0.97 (README). The image DiT defaults to "stale" (kv="auto"): there the refresh
+measured worse at the same budget, its convolutional stem and head being most of the compute.
 
 What this saves is the blocks' share of the model's compute: the built-in DiT's convolutional stem and head run at
 full resolution every step (their receptive fields span many tokens), so its wall-time floor is well above the
@@ -56,12 +57,19 @@ class ActiveTokens:
     tokens, (B, k, D), in accel.schedulers.hsa's token layout.
     """
 
-    def __init__(self, denoiser, cond: Cond, kv: str = "refresh"):
+    default_kv = "refresh"  # what kv="auto" means for the family
+
+    def __init__(self, denoiser, cond: Cond, kv: str = "auto"):
         from accel.config import check_choice
         from accel.schedulers.hsa import KV_MODES
 
         check_choice("kv", kv, KV_MODES)
-        self.denoiser, self.cond, self.refresh = denoiser, cond, kv == "refresh"
+        self.denoiser, self.cond = denoiser, cond
+        self.refresh = (self.default_kv if kv == "auto" else kv) == "refresh"
+        # per layer, [text; image] K/V buffers (B2, heads, T + L, head_dim) the attention reads, updated in place;
+        # k / v are their image parts (views)
+        self.kbuf: list[torch.Tensor | None] = []
+        self.vbuf: list[torch.Tensor | None] = []
         self.k: list[torch.Tensor | None] = []
         self.v: list[torch.Tensor | None] = []
         self.h: list[torch.Tensor | None] = []  # refresh: each block's image-token input at its last computation
@@ -108,21 +116,24 @@ class ActiveTokens:
         """The model's own forward (with whatever it has installed, e.g. fused kernels), every token; hooks record
         each block's image K/V on the way."""
         model, t_len = self.denoiser.transformer, self.cond.data["embeds"].shape[1]
-        self.k, self.v = [None] * len(model.blocks), [None] * len(model.blocks)
+        layers = len(model.blocks)
+        self.kbuf, self.vbuf, self.k, self.v = [None] * layers, [None] * layers, [None] * layers, [None] * layers
 
         def record(i, kind):
             def hook(module, args, out):
                 attn = model.blocks[i].attn
-                heads = out.view(out.shape[0], out.shape[1], attn.heads, -1).transpose(1, 2)[:, :, t_len:]
+                heads = out.view(out.shape[0], out.shape[1], attn.heads, -1).transpose(1, 2)
                 if kind == "k":
-                    self.k[i] = attn.norm_k(heads)
+                    self.kbuf[i] = attn.norm_k(heads).contiguous()
+                    self.k[i] = self.kbuf[i][:, :, t_len:]
                 else:
-                    self.v[i] = heads
+                    self.vbuf[i] = heads.contiguous()
+                    self.v[i] = self.vbuf[i][:, :, t_len:]
             return hook
 
         def record_input(i):
             def hook(module, args):
-                self.h[i] = args[0][:, t_len:]
+                self.h[i] = args[0][:, t_len:].contiguous()
             return hook
 
         handles = self._full_hooks(model)
@@ -157,9 +168,9 @@ class ActiveTokens:
                 b, m, _ = hidden.shape
                 k = attn.norm_k(attn.to_k(hidden).view(b, m, attn.heads, -1).transpose(1, 2))
                 v = attn.to_v(hidden).view(b, m, attn.heads, -1).transpose(1, 2)
-                self.k[i] = _scatter(self.k[i], inactive, k, 2)
-                self.v[i] = _scatter(self.v[i], inactive, v, 2)
-                self.h[i] = _scatter(self.h[i], active, tokens[:, t_len:], 1)
+                _scatter_(self.k[i], inactive, k, 2)
+                _scatter_(self.v[i], inactive, v, 2)
+                _scatter_(self.h[i], active, tokens[:, t_len:], 1)
             tokens = tokens + gate1 * self._attention(block.attn, block.norm1(tokens) * (1 + scale1) + shift1,
                                                        keep, i, t_len, active)
             tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
@@ -167,18 +178,26 @@ class ActiveTokens:
 
     def _attention(self, attn, hidden, keep, layer: int, t_len: int, active: torch.Tensor | None) -> torch.Tensor:
         """Fresh K/V for the text and the active tokens (all image tokens when active is None), cached for the
-        rest; the layer's cache is updated."""
+        rest; the layer's cache is updated (in place: the buffers belong to this run)."""
         b, m, dim = hidden.shape
         q, k, v = (f(hidden).view(b, m, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
         q, k = attn.norm_q(q), attn.norm_k(k)  # (B, H, T + k, Dh)
-        k_img, v_img = k[:, :, t_len:], v[:, :, t_len:]
-        if active is not None:
-            k_img = _scatter(self.k[layer], active, k_img, 2)
-            v_img = _scatter(self.v[layer], active, v_img, 2)
-        self.k[layer], self.v[layer] = k_img, v_img
-        keys, values = torch.cat([k[:, :, :t_len], k_img], 2), torch.cat([v[:, :, :t_len], v_img], 2)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=keep)
+        if active is None:
+            self.kbuf[layer], self.vbuf[layer] = k.contiguous(), v.contiguous()
+            self.k[layer], self.v[layer] = self.kbuf[layer][:, :, t_len:], self.vbuf[layer][:, :, t_len:]
+        else:
+            for buf, fresh in ((self.kbuf[layer], k), (self.vbuf[layer], v)):
+                buf[:, :, :t_len] = fresh[:, :, :t_len]
+                _scatter_(buf[:, :, t_len:], active, fresh[:, :, t_len:], 2)
+        out = F.scaled_dot_product_attention(q, self.kbuf[layer], self.vbuf[layer], attn_mask=keep)
         return attn.to_out(out.transpose(1, 2).reshape(b, m, dim))
+
+
+def _scatter_(t: torch.Tensor, index: torch.Tensor, src: torch.Tensor, dim: int) -> None:
+    """_scatter in place (t may be a view: its base is written)."""
+    view = [index.shape[0]] + [1] * (t.ndim - 1)
+    view[dim] = index.shape[1]
+    t.scatter_(dim, index.view(view).expand(src.shape), src)
 
 
 def _inactive(active: torch.Tensor, n: int) -> torch.Tensor:
@@ -192,7 +211,9 @@ class ShapesActiveTokens(ActiveTokens):
     """ActiveTokens for the built-in image DiT (a ShapesDenoiser): the convolutional stem and head run on the full
     grid, with the inactive tokens' block outputs cached (recorded at full steps too)."""
 
-    def __init__(self, denoiser, cond: Cond, kv: str = "refresh"):
+    default_kv = "stale"  # measured: the refresh's price in active tokens costs more than it gives here
+
+    def __init__(self, denoiser, cond: Cond, kv: str = "auto"):
         super().__init__(denoiser, cond, kv)
         self.out: torch.Tensor | None = None  # (B2, L, D): the image tokens after the last block
 

@@ -297,7 +297,7 @@ class ShapesVideoDenoiser(ShapesDenoiser):
         gf, gh, gw = self.transformer.grid(x)
         return TokenLayout(gf, gh, gw)
 
-    def hsa_velocity(self, cond: Cond, kv: str = "refresh"):
+    def hsa_velocity(self, cond: Cond, kv: str = "auto"):
         return VideoActiveTokens(self, cond, kv)
 
 

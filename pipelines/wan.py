@@ -190,7 +190,7 @@ class WanDenoiser(Denoiser):
         pipe.maybe_free_model_hooks()
         return WanPipelineOutput(frames=video) if options["return_dict"] else (video,)
 
-    def hsa_velocity(self, cond: Cond, kv: str = "refresh"):
+    def hsa_velocity(self, cond: Cond, kv: str = "auto"):
         """Active tokens only through the blocks, against cached K/V (accel.pipelines.dit_hsa)."""
         from accel.pipelines.dit_hsa import WanActiveTokens
 

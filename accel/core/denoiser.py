@@ -156,7 +156,7 @@ class Denoiser(ABC):
                 for k, v in cond.data.items()}
         return Cond(batch=n, passes=cond.passes, data=data)
 
-    def hsa_velocity(self, cond: Cond, kv: str = "refresh"):
+    def hsa_velocity(self, cond: Cond, kv: str = "auto"):
         """The family's active-token forward for heterogeneous steps, `(x, sigma, active) -> v_active` for one
         sampling run (it keeps per-run K/V caches; kv: how the inactive tokens' K/V are kept, HSAConfig.kv), or
         None where the family has none (then HSA computes every token and gathers: exact, but no saving). See

@@ -67,7 +67,10 @@ def test_partial_step_refreshes_active_kv_and_reads_cached(setup):
             hit[active[row % 2]] = True
             assert torch.equal(run.k[layer][row][:, ~hit], full_k[layer][row][:, ~hit])
             assert not torch.equal(run.k[layer][row][:, hit], full_k[layer][row][:, hit])
-    run.k, run.v, run.out = [k.clone() for k in full_k], [v * 2 for v in full_v], full_out
+    for k, v, k0, v0 in zip(run.k, run.v, full_k, full_v):  # the caches as after the full step, values doubled
+        k.copy_(k0)
+        v.copy_(v0 * 2)
+    run.out = full_out
     b = run(prepared.x, prepared.grid.sigmas[1], active)
     assert not torch.allclose(a, b)  # the cached values of the inactive tokens are what the queries read
 

@@ -117,9 +117,23 @@ def test_plan_and_bad_config():
         plan_hsa(10, 64, HSAConfig(runtime=12))
     for bad in ({"runtime": 0}, {"runtime": 1.5}, {"runtime": True}, {"runtime": "half"}, {"warmup": 0},
                 {"warmup": None}, {"decay": -1},
-                {"max_skips": 0}, {"score": "entropy"}, {"grid_steps": 0}, {"grid_steps": "half"}):
+                {"max_skips": 0}, {"score": "entropy"}, {"grid_steps": 0}, {"grid_steps": "half"}, {"kv": "fresh"}):
         with pytest.raises(ValueError):
             HSAConfig(**bad)
+
+
+def test_plan_prices_the_inactive_tokens():
+    """With the K/V refresh an inactive token costs a share of an active one: fewer tokens are active for the same
+    budget, and active + share x inactive token-steps stay within it."""
+    config = HSAConfig(runtime=0.5)
+    free, priced = plan_hsa(20, 64, config), plan_hsa(20, 64, config, inactive_cost=1 / 6)
+    assert priced[0] == 64 and sum(priced) < sum(free)
+    assert 0.49 * 640 <= sum(k + (64 - k) / 6 for k in priced) <= 640
+    with pytest.raises(ValueError, match="inactive_cost"):
+        plan_hsa(20, 64, config, inactive_cost=1.0)
+    # the auto grid: as many steps as the budget pays for with about half the tokens active
+    assert HSAConfig(runtime=0.25).resolve_grid_steps(25, 1 / 6) == 11
+    assert HSAConfig(runtime=0.5).resolve_grid_steps(25, 1 / 6) == 22
 
 
 def test_grid_steps_subsample_the_grid_and_keep_the_budget(setup):
