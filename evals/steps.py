@@ -213,8 +213,8 @@ def _geneval(flags: list[tuple[str, bool]]) -> float:
 def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods: list[str] | None = None,
                 batch_size: int = 24, progress: Callable[[dict], None] | None = None, repeats: int = 1) -> list[dict]:
     """Rows (one per method, the full-step run first) for a ShapesPipeline or ShapesVideoPipeline; see the module
-    docstring. Each wall time is the best of `repeats` runs (the full-step run's of one more); video PSNR / SSIM are
-    per frame, averaged over every frame of every clip."""
+    docstring. Each wall time is the best of `repeats` timing rounds (each round runs every method once, after one
+    untimed warm-up run); video PSNR / SSIM are per frame, averaged over every frame of every clip."""
     from accel.api import accelerate_pipeline
     from accel.evals.shapes import image_generators
 
@@ -237,59 +237,67 @@ def bench_steps(pipe, prompts: int = 24, seed: int = 0, steps: int = 25, methods
         return {"prompt": [m["prompt"] for m in chunk], "num_inference_steps": n_steps, "output_type": "pt",
                 "generator": image_generators(seed, i * batch_size, len(chunk))}
 
-    def run(n_steps: int, extra: dict | None = None, cache=None,
-            times: int = repeats) -> tuple[torch.Tensor, float, dict]:
-        """The method's outputs (seeded: the same every time) and its best wall time of `times` runs."""
-        best = float("inf")
-        for _ in range(times):
-            images, seconds, info = [], 0.0, {}
-            for i, chunk in enumerate(batches):
-                if cache is not None:
-                    cache.reset()
-                start = time.perf_counter()
-                out = apipe(**call(i, chunk, n_steps), **(extra or {}))
-                seconds += time.perf_counter() - start
-                # images (N, H, W, 3); clips (N, F, H, W, 3)
-                images.append(out.frames.float().cpu() if video else out.images.permute(0, 2, 3, 1).float().cpu())
-                info = out.stats.extra
-            best = min(best, seconds)
-        return torch.cat(images).clamp(0, 1), best, info
+    def run(n_steps: int, extra: dict | None = None, cache=None) -> tuple[torch.Tensor, float, dict]:
+        """The method's outputs (seeded: the same every time) and its wall time."""
+        images, seconds, info = [], 0.0, {}
+        for i, chunk in enumerate(batches):
+            if cache is not None:
+                cache.reset()
+            start = time.perf_counter()
+            out = apipe(**call(i, chunk, n_steps), **(extra or {}))
+            seconds += time.perf_counter() - start
+            # images (N, H, W, 3); clips (N, F, H, W, 3)
+            images.append(out.frames.float().cpu() if video else out.images.permute(0, 2, 3, 1).float().cpu())
+            info = out.stats.extra
+        return torch.cat(images).clamp(0, 1), seconds, info
 
-    # The reference every runtime is divided by: best of a warm-up run (allocations, lazy imports) and `repeats` more.
-    full, full_seconds, _ = run(steps, times=repeats + 1)
-    mag_ratios = None
-    rows = [_row("full", "uniform", {"steps": steps}, full, full, full_seconds, full_seconds, metas, seed, steps)]
-    if progress:
-        progress(rows[-1])
-    for label, name, options in parsed:
+    def run_method(name: str, options: dict) -> tuple[torch.Tensor, float, dict]:
         cache = None
-        if name == "dbcache" and not _has_cache_dit():
-            warnings.warn("cache-dit is not installed (pip install cache-dit): dbcache skipped", stacklevel=2)
-            continue
-        if name == "magcache" and mag_ratios is None:
-            mag_ratios = calibrate_magcache(apipe, call(0, batches[0], steps), steps)
         try:
             if name in ("fbc", "taylorseer", "magcache"):
                 cache = _Cache(pipe.transformer, name, options, steps, mag_ratios)
             elif name == "dbcache":
                 cache = _CacheDiT(pipe.transformer, options, steps)
             if name == "uniform":
-                images, seconds, info = run(options["steps"])
-            elif name in ("hsa", "hsa-exact"):
-                config = HSAConfig(**options, cache=name == "hsa")
-                images, seconds, info = run(steps, {"steps": config})
-            else:
-                images, seconds, info = run(steps, cache=cache)
+                return run(options["steps"])
+            if name in ("hsa", "hsa-exact"):
+                return run(steps, {"steps": HSAConfig(**options, cache=name == "hsa")})
+            return run(steps, cache=cache)
         finally:
             if cache is not None:
                 cache.remove()
-        row = _row(label, name, options, images, full, seconds, full_seconds, metas, seed, steps)
-        for key in ("token_fraction", "compute_fraction"):
-            if key in info:
-                row[key] = info[key]
-        rows.append(row)
-        if progress:
-            progress(row)
+
+    mag_ratios = None
+    todo = [("full", "uniform", {"steps": steps})]
+    for label, name, options in parsed:
+        if name == "dbcache" and not _has_cache_dit():
+            warnings.warn("cache-dit is not installed (pip install cache-dit): dbcache skipped", stacklevel=2)
+            continue
+        if name == "magcache" and mag_ratios is None:
+            mag_ratios = calibrate_magcache(apipe, call(0, batches[0], steps), steps)
+        todo.append((label, name, options))
+    run(steps)  # an untimed warm-up (allocations, lazy imports)
+    # Timing rounds: every method once per round, its best round kept, so a slow spell of the machine falls on
+    # every method alike rather than on whichever ran then; the outputs are the first round's (seeded, the same).
+    outputs: dict[str, tuple[torch.Tensor, dict]] = {}
+    best: dict[str, float] = {}
+    rows = []
+    for r in range(repeats):
+        for label, name, options in todo:
+            images, seconds, info = run_method(name, options)
+            outputs.setdefault(label, (images, info))
+            best[label] = min(best.get(label, float("inf")), seconds)
+            if r < repeats - 1:
+                continue
+            images, info = outputs[label]
+            row = _row(label, name, options, images, outputs["full"][0], best[label], best["full"], metas, seed,
+                       steps)
+            for key in ("token_fraction", "compute_fraction"):
+                if key in info:
+                    row[key] = info[key]
+            rows.append(row)
+            if progress:
+                progress(row)
     return [row | {"repeats": repeats} for row in rows]
 
 

@@ -360,8 +360,8 @@ def bench_steps_cmd(
                    "hsa:runtime=0.25,decay=0,grid_steps=all, "
                    "fbc:threshold=0.1, taylorseer:interval=3, magcache:threshold=0.12, dbcache:threshold=0.16 "
                    "where cache-dit is installed); default: a grid of each."),
-    repeats: int = typer.Option(1, help="Time each method as the best of this many runs (the full-step run: one "
-                                        "more)."),
+    repeats: int = typer.Option(1, help="Timing rounds: each runs every method once; each method's wall time is "
+                                        "its best round."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG plot of quality vs runtime (needs matplotlib)."),
 ):

@@ -8,6 +8,9 @@ that calls the transformer as the pipeline does.
 
     python benchmarks/steps/bench_dit_hsa_forward.py --model flux --prompts 1 --seed 0 --json out.json
 
+--kv refresh (the default for these families) includes the inactive tokens' K/V refresh in the partial call; --kv
+stale leaves their K/V as cached (HSAConfig.kv).
+
 --prompts is the batch (prompts per call); --size picks the configuration (small: CPU-sized; flux-dev / wan-1.3b:
 the real models' widths and depths at 1024x1024 / 480p x 81 frames, for a GPU).
 """
@@ -89,7 +92,7 @@ def _time(fn, repeats: int, sync) -> float:
 
 @torch.no_grad()
 def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[float], repeats: int, device: str,
-          dtype: torch.dtype) -> list[dict]:
+          dtype: torch.dtype, kv: str = "refresh") -> list[dict]:
     from diffusers import FluxTransformer2DModel, WanTransformer3DModel
 
     from accel.core.denoiser import Cond
@@ -112,7 +115,7 @@ def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[flo
         model.to(dtype)
     x = x.to(device, dtype)
     d = _Stand(model_name, model, layout, shape["text"], batch, device, dtype, gen)
-    run = cls.for_run(d, Cond(batch=batch, passes=1, data={}))
+    run = cls.for_run(d, Cond(batch=batch, passes=1, data={}), kv)
     n = d.layout.num_tokens
     sigma = torch.tensor(0.5)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -128,7 +131,7 @@ def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[flo
     params = sum(p.numel() for p in model.parameters())
     for r in rows:
         r.update(model=model_name, size=size, tokens=n, text_tokens=shape["text"], batch=batch, params=params,
-                 dtype=str(dtype).removeprefix("torch."), seed=seed)
+                 dtype=str(dtype).removeprefix("torch."), seed=seed, kv=kv)
     return rows
 
 
@@ -142,6 +145,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--kv", choices=("refresh", "stale"), default="refresh", help="the inactive tokens' K/V")
     ap.add_argument("--json", default=None, help="write the rows here (atomically)")
     args = ap.parse_args(argv)
     if args.size not in SIZES[args.model]:
@@ -162,7 +166,8 @@ def main(argv=None):
             check_writable(args.json)
         except ValueError as e:
             ap.error(str(e))
-    rows = bench(args.model, args.size, args.prompts, args.seed, fractions, args.repeats, args.device, dtype)
+    rows = bench(args.model, args.size, args.prompts, args.seed, fractions, args.repeats, args.device, dtype,
+                 args.kv)
     meta = run_info() | {"command": "python " + " ".join(sys.argv)}
     for r in rows:
         r.update(meta)
