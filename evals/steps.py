@@ -155,29 +155,35 @@ class _Cache:
 
 
 class _CacheDiT:
-    """cache-dit's DBCache on the transformer's blocks (transformer-only: a persistent context that refreshes after
-    num_inference_steps forwards, so each generation starts fresh); removed afterwards."""
+    """cache-dit's DBCache on the transformer's blocks (transformer-only), enabled afresh for every generation: its
+    context carries state from one generation into the next (measured: the same seeded batch comes out differently
+    on a second run in one context), so reset() disables and re-enables it; removed afterwards."""
 
     def __init__(self, model, options: dict, steps: int):
         import logging
 
         import cache_dit
-        from cache_dit import BlockAdapter, DBCacheConfig, ForwardPattern
 
         for name, logger in logging.root.manager.loggerDict.items():  # its per-call lines would drown the progress
             if name.startswith(("cache_dit", "CACHE_DIT")) and isinstance(logger, logging.Logger):
                 for handler in logger.handlers:  # cache-dit's loggers share one stdout handler
                     handler.setLevel(logging.ERROR)
-        self.model, self.cache_dit = model, cache_dit
+        self.model, self.cache_dit, self.options, self.steps = model, cache_dit, options, steps
+        self._enable()
+
+    def _enable(self):
+        from cache_dit import BlockAdapter, DBCacheConfig, ForwardPattern
+
         # The built-in DiTs' blocks take (hidden_states, temb, mask) and return hidden_states: Pattern_3.
-        adapter = BlockAdapter(pipe=None, transformer=model, blocks=model.blocks,
+        adapter = BlockAdapter(pipe=None, transformer=self.model, blocks=self.model.blocks,
                                forward_pattern=ForwardPattern.Pattern_3)
-        cache_dit.enable_cache(adapter, cache_config=DBCacheConfig(
-            Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=options["threshold"],
-            max_warmup_steps=3, num_inference_steps=steps, enable_separate_cfg=False))
+        self.cache_dit.enable_cache(adapter, cache_config=DBCacheConfig(
+            Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=self.options["threshold"],
+            max_warmup_steps=3, num_inference_steps=self.steps, enable_separate_cfg=False))
 
     def reset(self):
-        pass  # the persistent context refreshes itself after num_inference_steps forwards
+        self.remove()
+        self._enable()
 
     def remove(self):
         self.cache_dit.disable_cache(self.model)

@@ -70,3 +70,17 @@ def test_dbcache_rows_when_cache_dit_is_installed(pipe):
     assert [b.forward for b in pipe.transformer.blocks] == blocks
     model = pipe.transformer
     assert "_is_cached" not in vars(model) and model.forward == type(model).forward.__get__(model)  # disabled
+    # every generation starts from a fresh cache context: the same seeded call gives the same images after reset()
+    from accel.evals.steps import _CacheDiT
+
+    def generate():
+        return pipe("a red circle", num_inference_steps=8, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    cache = _CacheDiT(model, {"threshold": 5}, 8)
+    try:
+        first = generate()
+        cache.reset()
+        assert torch.equal(generate(), first)
+    finally:
+        cache.remove()
