@@ -84,6 +84,7 @@ class DiTActiveTokens:
         self.h: dict[tuple[int, int], list[torch.Tensor | None]] = {}  # refresh: each block's image-stream input
         self.inactive: torch.Tensor | None = None
         self.drift: torch.Tensor | None = None  # the inactive tokens' embedding change since their last computation
+        self.inactive_rope: tuple | None = None  # the rotary embedding at the inactive tokens
 
     @property
     def inactive_cost(self) -> float:
@@ -188,6 +189,7 @@ class DiTActiveTokens:
                     self.inactive = _inactive(self.active, self.n)
                     self.drift = (_gather(self._hidden(args, kwargs), self.inactive, 1)
                                   - _gather(self.h[self.key][0], self.inactive, 1))
+                    self.inactive_rope = None  # gathered once per call, by the first block's _kv
                 full = (args, kwargs)
                 args, kwargs = self._block_pre(model, i, args, kwargs)
                 if self.refresh:
@@ -318,8 +320,10 @@ class FluxActiveTokens(DiTActiveTokens):
         v = attn.to_v(norm).unflatten(-1, (-1, attn.head_dim))
         rope = kwargs.get("image_rotary_emb")
         if rope is not None:
-            b = index.shape[0]
-            k = _rope_flux(k, *(_gather(r[-self.n:].expand(b, -1, -1), index, 1) for r in rope))
+            if self.inactive_rope is None:
+                b = index.shape[0]
+                self.inactive_rope = tuple(_gather(r[-self.n:].expand(b, -1, -1), index, 1) for r in rope)
+            k = _rope_flux(k, *self.inactive_rope)
         return k, v
 
     def _kv_share(self):
@@ -388,7 +392,9 @@ class WanActiveTokens(DiTActiveTokens):
         attn = block.attn1
         k = attn.norm_k(attn.to_k(norm)).unflatten(2, (attn.heads, -1))
         v = attn.to_v(norm).unflatten(2, (attn.heads, -1))
-        return _rope_wan(k, *(_gather(r.expand(b, -1, -1, -1), index, 1) for r in rope)), v
+        if self.inactive_rope is None:
+            self.inactive_rope = tuple(_gather(r.expand(b, -1, -1, -1), index, 1) for r in rope)
+        return _rope_wan(k, *self.inactive_rope), v
 
     def _kv_share(self):
         c = self.models[0].config
