@@ -113,3 +113,25 @@ def test_cli_generate_eval_and_bench(pipe, tmp_path):
     assert result["steps_mode"] == "hsa:runtime=0.6" and result["model"] == str(folder)
     r = runner.invoke(app, ["eval", "shapes-video", "--model", str(folder), "--runtime", "0.5"])
     assert r.exit_code == 2 and "--runtime applies" in r.output
+
+
+@torch.no_grad()
+def test_partial_steps_skip_the_text_with_the_refresh(pipe):
+    """With kv="refresh" a partial step's queries are the active image tokens only (the text's K/V come from its
+    cached block inputs); with "stale" the text tokens are recomputed with them."""
+    d = adapter_for(pipe)
+    prepared = d.prepare(prompt=["a red circle moving left"], num_inference_steps=4,
+                         generator=torch.Generator().manual_seed(0))
+    n = d.token_layout(prepared.x).num_tokens
+    t_len = prepared.cond.data["embeds"].shape[1]
+    active = torch.arange(n // 4).expand(1, -1)
+    for kv, rows in (("refresh", n // 4), ("stale", t_len + n // 4)):
+        run = VideoActiveTokens(d, prepared.cond, kv)
+        run(prepared.x, prepared.grid.sigmas[0], torch.arange(n).expand(1, n))
+        seen = []
+        hook = pipe.transformer.blocks[0].attn.to_q.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
+        try:
+            out = run(prepared.x, prepared.grid.sigmas[1], active)
+        finally:
+            hook.remove()
+        assert seen == [rows] and out.shape[1] == n // 4 and torch.isfinite(out).all()
