@@ -159,38 +159,42 @@ class ActiveTokens:
                 active: torch.Tensor | None, embed: torch.Tensor | None = None) -> torch.Tensor:
         """[text; queries] tokens through the model's DiTBlocks, attention against the caches (see _attention).
         embed: every image token's current embedding (B2, L, D), the first block's input, for kv="refresh"."""
-        partial = active is not None and active.shape[1] < self.k[0].shape[2]
-        refresh = self.refresh and partial
-        text = tokens[:, :t_len]
-        fresh_text = not refresh
-        if not fresh_text:  # with the refresh the text tokens skip partial steps too (module docstring)
-            tokens = tokens[:, t_len:]
-        if refresh:
-            if embed is None or c.shape[1] != 1:
-                raise ValueError("kv='refresh' needs every token's embedding and a per-sample conditioning")
-            n = embed.shape[1]
-            inactive = _inactive(active, n)
-            drift = _gather(embed, inactive, 1) - _gather(self.h[0], inactive, 1)  # (B2, n - k, D)
+        if self.refresh and active is not None and active.shape[1] < self.k[0].shape[2]:
+            return self._refreshed_blocks(model, tokens, c, keep, t_len, active, embed)
         for i, block in enumerate(model.blocks):
             shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
-            if refresh:  # the inactive tokens' K/V from their estimated block input (module docstring)
-                attn = block.attn
-                hidden = block.norm1(_gather(self.h[i], inactive, 1) + drift) * (1 + scale1) + shift1
-                b, m, _ = hidden.shape
-                k = attn.norm_k(attn.to_k(hidden).view(b, m, attn.heads, -1).transpose(1, 2))
-                v = attn.to_v(hidden).view(b, m, attn.heads, -1).transpose(1, 2)
-                _scatter_(self.k[i], inactive, k, 2)
-                _scatter_(self.v[i], inactive, v, 2)
-                _scatter_(self.h[i], active, tokens[:, tokens.shape[1] - active.shape[1]:], 1)
-                if not fresh_text:  # the text's K/V from its cached block input, modulated at this sigma
-                    hidden = block.norm1(self.h_txt[i]) * (1 + scale1) + shift1
-                    self.kbuf[i][:, :, :t_len] = attn.norm_k(attn.to_k(hidden).view(b, t_len, attn.heads, -1)
-                                                             .transpose(1, 2))
-                    self.vbuf[i][:, :, :t_len] = attn.to_v(hidden).view(b, t_len, attn.heads, -1).transpose(1, 2)
             tokens = tokens + gate1 * self._attention(block.attn, block.norm1(tokens) * (1 + scale1) + shift1,
-                                                       keep, i, t_len if fresh_text else 0, active)
+                                                       keep, i, t_len, active)
             tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
-        return tokens if fresh_text else torch.cat([text, tokens], 1)  # [text; active] rows, as given
+        return tokens
+
+    def _refreshed_blocks(self, model, tokens, c, keep, t_len: int, active: torch.Tensor, embed) -> torch.Tensor:
+        """A partial step with kv="refresh" (module docstring): only the active image tokens go through the blocks
+        (the text skips too); each block's input for every other token is estimated (the image tokens' cached input
+        plus their embedding's change, the text's cached input), and the block makes the whole sequence's K/V from
+        it in one pass, the active rows from their actual input."""
+        if embed is None or c.shape[1] != 1:
+            raise ValueError("kv='refresh' needs every token's embedding and a per-sample conditioning")
+        text, tokens = tokens[:, :t_len], tokens[:, t_len:]
+        b, k = active.shape
+        rows = active[..., None].expand(-1, -1, tokens.shape[-1])
+        drift = embed - self.h[0]  # every image token's embedding change since its last computation
+        for i, block in enumerate(model.blocks):
+            shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
+            attn = block.attn
+            estimate = (self.h[i] + drift).scatter_(1, rows, tokens)  # the active rows: their actual input
+            self.h[i].scatter_(1, rows, tokens)
+            hidden = block.norm1(torch.cat([self.h_txt[i], estimate], 1)) * (1 + scale1) + shift1  # (B2, T + L, D)
+            m = hidden.shape[1]
+            self.kbuf[i] = attn.norm_k(attn.to_k(hidden).view(b, m, attn.heads, -1).transpose(1, 2))
+            self.vbuf[i] = attn.to_v(hidden).view(b, m, attn.heads, -1).transpose(1, 2)
+            self.k[i], self.v[i] = self.kbuf[i][:, :, t_len:], self.vbuf[i][:, :, t_len:]
+            q_in = torch.gather(hidden[:, t_len:], 1, rows)  # the active tokens' modulated input
+            q = attn.norm_q(attn.to_q(q_in).view(b, k, attn.heads, -1).transpose(1, 2))
+            out = F.scaled_dot_product_attention(q, self.kbuf[i], self.vbuf[i], attn_mask=keep)
+            tokens = tokens + gate1 * attn.to_out(out.transpose(1, 2).reshape(b, k, -1))
+            tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
+        return torch.cat([text, tokens], 1)  # [text; active] rows, as given
 
     def _attention(self, attn, hidden, keep, layer: int, t_len: int, active: torch.Tensor | None) -> torch.Tensor:
         """Fresh K/V for the text and the active tokens (all image tokens when active is None), cached for the
@@ -201,7 +205,7 @@ class ActiveTokens:
         if active is None:
             self.kbuf[layer], self.vbuf[layer] = k.contiguous(), v.contiguous()
             self.k[layer], self.v[layer] = self.kbuf[layer][:, :, t_len:], self.vbuf[layer][:, :, t_len:]
-        else:  # t_len = 0: the rows are the active tokens only, the text's K/V already in the buffer
+        else:
             for buf, img, fresh in ((self.kbuf[layer], self.k[layer], k), (self.vbuf[layer], self.v[layer], v)):
                 buf[:, :, :t_len] = fresh[:, :, :t_len]
                 _scatter_(img, active, fresh[:, :, t_len:], 2)
