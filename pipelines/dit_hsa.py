@@ -64,13 +64,12 @@ class DiTActiveTokens:
 
     default_processor: type | None = None  # the upstream processor the active-token one stands in for
     active_processor: type[_ActiveProcessor]  # the active-token processor, one instance per self-attention
+    default_kv = "refresh"  # what kv="auto" means for these families (plain patch DiTs)
 
     def __init__(self, denoiser, cond: Cond, kv: str = "auto"):
-        from accel.config import check_choice
-        from accel.schedulers.hsa import KV_MODES
+        from accel.schedulers.hsa import refreshes_kv
 
-        check_choice("kv", kv, KV_MODES)
-        self.denoiser, self.cond, self.refresh = denoiser, cond, kv in ("auto", "refresh")
+        self.denoiser, self.cond, self.refresh = denoiser, cond, refreshes_kv(kv, self.default_kv)
         self.models = [m for m in self._transformers() if m is not None]
         self.kv: dict[tuple[int, int], list[list[torch.Tensor | None]]] = {}  # (model, branch) -> [K list, V list]
         self.out: dict[tuple[int, int], torch.Tensor] = {}  # last block output (B, N, D)

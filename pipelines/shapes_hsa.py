@@ -1,7 +1,7 @@
 """Active-token forward of the built-in DiT for heterogeneous step allocation (accel.schedulers.hsa).
 
-At a partial HSA step only the active image tokens (and the text tokens, which are few and always recomputed)
-go through the DiT blocks. In every block their queries attend to the whole sequence: fresh K/V for the text and
+At a partial HSA step only the active image tokens (and, with kv="stale", the text tokens) go through the DiT
+blocks. In every block their queries attend to the whole sequence: fresh K/V for the text and
 the active tokens, and K/V for the inactive tokens from the cache (kept per layer and per CFG branch, which are rows
 of the batch). The inactive tokens' block outputs are cached too, so the convolutional head sees a full token grid.
 A full step (every token active) runs the model's own forward, exactly, and refreshes all caches.
@@ -13,7 +13,7 @@ norm, modulation (at the current sigma) and K/V projections make its keys and va
 tokens' K/V projections (about a sixth of a token's block compute) and removes most of the staleness: a skipped
 token's latent moves with its cached Euler update, and its embedding moves with it. kv="stale" keeps the K/V as
 last computed (the paper's cache). On the built-in video model at runtime 0.5 the refresh lifts SSIM against the
-full-step output from 0.85 to 0.97 (README). The image DiT defaults to "stale" (kv="auto"): there the refresh
+full-step output from 0.85 to 0.96 (README). The image DiT defaults to "stale" (kv="auto"): there the refresh
 measured worse at the same budget, its convolutional stem and head being most of the compute. With the refresh the
 text tokens skip partial steps as well: their K/V are made from their block inputs at the last full step,
 modulated at the current sigma (on the video model the 16 text tokens were an eighth of every partial step's rows;
@@ -64,12 +64,9 @@ class ActiveTokens:
     default_kv = "refresh"  # what kv="auto" means for the family
 
     def __init__(self, denoiser, cond: Cond, kv: str = "auto"):
-        from accel.config import check_choice
-        from accel.schedulers.hsa import KV_MODES
+        from accel.schedulers.hsa import refreshes_kv
 
-        check_choice("kv", kv, KV_MODES)
-        self.denoiser, self.cond = denoiser, cond
-        self.refresh = (self.default_kv if kv == "auto" else kv) == "refresh"
+        self.denoiser, self.cond, self.refresh = denoiser, cond, refreshes_kv(kv, self.default_kv)
         # per layer, [text; image] K/V buffers (B2, heads, T + L, head_dim) the attention reads, updated in place;
         # k / v are their image parts (views)
         self.kbuf: list[torch.Tensor | None] = []

@@ -70,6 +70,13 @@ SCORES = ("dynamics", "displacement")
 KV_MODES = ("auto", "refresh", "stale")
 
 
+def refreshes_kv(kv: str, family_default: str) -> bool:
+    """Whether an active-token forward refreshes the inactive tokens' K/V: kv is one of KV_MODES, "auto" meaning
+    the family's default."""
+    check_choice("kv", kv, KV_MODES)
+    return (family_default if kv == "auto" else kv) == "refresh"
+
+
 @dataclass(frozen=True)
 class HSAConfig:
     """runtime: fraction of the full-step token compute to spend, a float in (0, 1], or a budget in full steps, an
