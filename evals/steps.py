@@ -81,7 +81,7 @@ def _has_cache_dit() -> bool:
     return importlib.util.find_spec("cache_dit") is not None
 
 
-_HSA_OPTIONS = ("warmup", "decay", "max_skips", "grid_steps", "score", "kv")
+_HSA_OPTIONS = ("warmup", "decay", "max_skips", "grid_steps", "score", "kv", "refresh_every")
 _KNOBS = {"uniform": "steps", "hsa": "runtime", "hsa-exact": "runtime", "fbc": "threshold", "taylorseer": "interval",
           "magcache": "threshold", "dbcache": "threshold"}
 
@@ -101,7 +101,7 @@ def split_methods(text: str) -> list[str]:
 def parse_method(text: str) -> tuple[str, dict]:
     """'name:key=value,...' -> (name, {key: value}); ValueError naming what is allowed. Each method takes its knob
     (a number); hsa and hsa-exact also take HSAConfig's warmup, decay, max_skips, grid_steps (a number, auto or
-    all), score (dynamics or displacement) and kv (refresh or stale)."""
+    all), score (dynamics or displacement), kv (refresh or stale) and refresh_every."""
     name, _, rest = text.partition(":")
     if name not in _KNOBS:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(_KNOBS)} (as name:key=value, e.g. "

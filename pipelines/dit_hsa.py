@@ -12,17 +12,17 @@ what goes through its blocks:
   model's head and unpatchify see a full grid (they are per-token and cheap); the active tokens' velocities are
   read back out of it.
 
-A full step (every token active, or the first call of a model/CFG branch) runs the model untouched and records
-each self-attention's image K/V (hooks on norm_k and to_v), the rotary embedding and the last block output, and
-with kv="refresh" (the default: kv="auto") every block's image-stream input. The inactive tokens' K/V then come,
-at each partial step, from their estimated block input (their current embedding plus the block residuals cached at
-their last computation) through the block's own norm, modulation at the current timestep, K/V projections,
-qk-norm and rotary embedding, as accel.pipelines.shapes_hsa describes; kv="stale" keeps them as last computed. Caches
-are kept per transformer (Wan 2.2's two experts) and per CFG branch (the adapter's forwards in order within one
-velocity call). The adapter's velocity does the rest (conditioning, CFG, NFE count), so every family keeps its own
-arithmetic. The processors are swapped only where the model uses the upstream default (FluxAttnProcessor,
-WanAttnProcessor); anything else (IP adapters, fused kernels, custom processors) makes `supported` False and HSA
-computes every token instead (exact, no saving).
+A full step (every token active, or the first call of a model/CFG branch) runs the model untouched and records each
+self-attention's image K/V (hooks on norm_k and to_v), the rotary embedding and the last block output, and with
+kv="refresh" (the default: kv="auto") every block's image-stream input. The inactive tokens' K/V then come, at each
+partial step that refreshes (HSAConfig.refresh_every), from their estimated block input (their current embedding plus
+the block residuals cached at their last computation) through the block's own norm, modulation at the current timestep,
+K/V projections, qk-norm and rotary embedding, as accel.pipelines.shapes_hsa describes, and stay so at the steps
+between; kv="stale" keeps them as last computed. Caches are kept per transformer (Wan 2.2's two experts) and per CFG
+branch (the adapter's forwards in order within one velocity call). The adapter's velocity does the rest (conditioning,
+CFG, NFE count), so every family keeps its own arithmetic. The processors are swapped only where the model uses the
+upstream default (FluxAttnProcessor, WanAttnProcessor); anything else (IP adapters, fused kernels, custom processors)
+makes `supported` False and HSA computes every token instead (exact, no saving).
 """
 
 from __future__ import annotations
@@ -84,11 +84,12 @@ class DiTActiveTokens:
         self.inactive: torch.Tensor | None = None
         self.drift: torch.Tensor | None = None  # the inactive tokens' embedding change since their last computation
         self.inactive_rope: tuple | None = None  # the rotary embedding at the inactive tokens
+        self.refresh_kv = True  # set by hsa_sample per step: whether this partial step refreshes the inactive K/V
 
     @property
     def inactive_cost(self) -> float:
         """An inactive token's cost per partial step as a fraction of an active one's (matmul FLOPs of a block):
-        its K/V projections with kv="refresh", nothing with "stale"."""
+        its K/V projections at the steps that refresh with kv="refresh", nothing with "stale"."""
         return self._kv_share() if self.refresh else 0.0
 
     # -- family specifics ------------------------------------------------------------------------------------
@@ -184,7 +185,7 @@ class DiTActiveTokens:
 
         def block_pre(i):
             def hook(module, args, kwargs):
-                if self.refresh and self.partial and i == 0:  # every token's embedding, before the gather
+                if self.refresh and self.refresh_kv and self.partial and i == 0:  # every embedding, before the gather
                     self.inactive = _inactive(self.active, self.n)
                     self.drift = (_gather(self._hidden(args, kwargs), self.inactive, 1)
                                   - _gather(self.h[self.key][0], self.inactive, 1))
@@ -222,11 +223,15 @@ class DiTActiveTokens:
 
     def _refresh(self, block, i: int, full: tuple[tuple, dict], hidden: torch.Tensor) -> None:
         """kv="refresh": on a full step record the block's input; on a partial one make the inactive tokens' K/V
-        from their estimated input into the cache, and record the active tokens' input."""
+        from their estimated input into the cache (at the steps that refresh), and record the active tokens'
+        input."""
         if not self.partial:
             self.h.setdefault(self.key, [None] * len(self.kv[self.key][0]))[i] = hidden
             return
         h = self.h[self.key]
+        if not self.refresh_kv:
+            h[i] = _scatter(h[i].to(hidden.dtype), self.active, hidden, 1)
+            return
         k, v = self._kv(block, _gather(h[i], self.inactive, 1).to(hidden.dtype) + self.drift.to(hidden.dtype),
                         *full, self.inactive)
         cache = self.kv[self.key]

@@ -9,7 +9,8 @@ A full step (every token active) runs the model's own forward, exactly, and refr
 Inactive tokens' K/V (kv="refresh", the video model's default): each block's input for an inactive token is
 estimated as its *current* embedding (cheap: every token is embedded each step) plus the block residuals
 accumulated up to that block when the token was last computed, h_l ~ e_now + (h_l - e)_cached, and the block's own
-norm, modulation (at the current sigma) and K/V projections make its keys and values. This costs the inactive
+norm, modulation (at the current sigma) and K/V projections make its keys and values, at every
+HSAConfig.refresh_every-th partial step (the steps between keep them as refreshed). This costs the inactive
 tokens' K/V projections (about a sixth of a token's block compute) and removes most of the staleness: a skipped
 token's latent moves with its cached Euler update, and its embedding moves with it. kv="stale" keeps the K/V as
 last computed (the paper's cache). On the built-in video model at runtime 0.5 the refresh lifts SSIM against the
@@ -75,11 +76,13 @@ class ActiveTokens:
         self.v: list[torch.Tensor | None] = []
         self.h: list[torch.Tensor | None] = []  # refresh: each block's image-token input at its last computation
         self.h_txt: list[torch.Tensor | None] = []  # refresh: each block's text-token input at the last full step
+        self.refresh_kv = True  # set by hsa_sample per step: whether this partial step refreshes the inactive K/V
 
     @property
     def inactive_cost(self) -> float:
         """An inactive token's cost per partial step as a fraction of an active token's block compute (matmul
-        FLOPs): its K/V projections (2 d^2 of 4 d^2 + 2 mlp_ratio d^2) with kv="refresh", nothing with "stale"."""
+        FLOPs) at a step that refreshes: its K/V projections (2 d^2 of 4 d^2 + 2 mlp_ratio d^2) with kv="refresh",
+        nothing with "stale"."""
         if not self.refresh:
             return 0.0
         block = self.denoiser.transformer.blocks[0]
@@ -157,7 +160,9 @@ class ActiveTokens:
         """[text; queries] tokens through the model's DiTBlocks, attention against the caches (see _attention).
         embed: every image token's current embedding (B2, L, D), the first block's input, for kv="refresh"."""
         if self.refresh and active is not None and active.shape[1] < self.k[0].shape[2]:
-            return self._refreshed_blocks(model, tokens, c, keep, t_len, active, embed)
+            if self.refresh_kv:
+                return self._refreshed_blocks(model, tokens, c, keep, t_len, active, embed)
+            return self._between_refreshes(model, tokens, c, keep, t_len, active)
         for i, block in enumerate(model.blocks):
             shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
             tokens = tokens + gate1 * self._attention(block.attn, block.norm1(tokens) * (1 + scale1) + shift1,
@@ -192,6 +197,27 @@ class ActiveTokens:
             tokens = tokens + gate1 * attn.to_out(out.transpose(1, 2).reshape(b, k, -1))
             tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
         return torch.cat([text, tokens], 1)  # [text; active] rows, as given
+
+    def _between_refreshes(self, model, tokens, c, keep, t_len: int, active: torch.Tensor) -> torch.Tensor:
+        """A partial step of kv="refresh" that does not refresh (HSAConfig.refresh_every): only the active image
+        tokens go through the blocks, against the K/V of the text and the inactive tokens as last refreshed; their
+        block inputs are recorded for the next refresh."""
+        text, tokens = tokens[:, :t_len], tokens[:, t_len:]
+        b, k = active.shape
+        rows = active[..., None].expand(-1, -1, tokens.shape[-1])
+        for i, block in enumerate(model.blocks):
+            shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
+            attn = block.attn
+            self.h[i].scatter_(1, rows, tokens)
+            hidden = block.norm1(tokens) * (1 + scale1) + shift1
+            q, key, value = (f(hidden).view(b, k, attn.heads, -1).transpose(1, 2)
+                             for f in (attn.to_q, attn.to_k, attn.to_v))
+            _scatter_(self.k[i], active, attn.norm_k(key), 2)
+            _scatter_(self.v[i], active, value, 2)
+            out = F.scaled_dot_product_attention(attn.norm_q(q), self.kbuf[i], self.vbuf[i], attn_mask=keep)
+            tokens = tokens + gate1 * attn.to_out(out.transpose(1, 2).reshape(b, k, -1))
+            tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
+        return torch.cat([text, tokens], 1)
 
     def _attention(self, attn, hidden, keep, layer: int, t_len: int, active: torch.Tensor | None) -> torch.Tensor:
         """Fresh K/V for the text and the active tokens (all image tokens when active is None), cached for the

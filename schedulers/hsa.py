@@ -26,18 +26,22 @@ changed since it was last computed, and those change most early on; on the built
 warm-up step is worth +6 to +8 dB PSNR at runtime 0.5 and +4 to +7 dB at 0.25 over equal counts with two
 (benchmarks/steps/hsa-ablation-*.json).
 
-The inactive tokens' K/V (HSAConfig.kv). With kv="stale" (the paper's cache) a skipped token's keys and values
-stay as they were when it was last computed, although its latent has moved since (its cached update brings it to
-the step's sigma); on the built-in video model that staleness is what separates HSA from its own allocation with
-every token computed, and it shows as low-amplitude noise left in the static background (SSIM 0.85 against the
-full-step clips where PSNR is 34 dB). kv="refresh" estimates each block's input for a skipped token as
-its current embedding plus the block residuals cached at its last computation (the residual stream's change since
-then taken to be the embedding's change), and makes its K/V from that through the block's own norm, modulation
-and projections: the inactive tokens cost their K/V projections (about a sixth of a token's block compute, priced
-into the budget, so fewer tokens are active), and SSIM on the video model rises to 0.96-0.97 at the same runtime.
-It is the default (kv="auto") for plain patch DiTs (the video model, Flux, Wan). The built-in image DiT keeps
-"stale": its convolutional stem and head, computed for every token anyway, carry most of its compute, and the
-refresh's price in active tokens cost more there than it gave (README).
+The inactive tokens' K/V (HSAConfig.kv). With kv="stale" (the paper's cache) a skipped token's keys and values stay as
+they were when it was last computed, although its latent has moved since (its cached update brings it to the step's
+sigma); on the built-in video model that staleness is what separates HSA from its own allocation with every token
+computed, and it shows as low-amplitude noise left in the static background (SSIM 0.85 against the full-step clips where
+PSNR is 34 dB). kv="refresh" estimates each block's input for a skipped token as its current embedding plus the block
+residuals cached at its last computation (the residual stream's change since then taken to be the embedding's change),
+and makes its K/V from that through the block's own norm, modulation and projections: the inactive tokens cost their K/V
+projections (about a sixth of a token's block compute, priced into the budget, so fewer tokens are active), and SSIM on
+the video model rises to 0.96-0.97 at the same runtime. The refresh runs on every `refresh_every`-th partial step
+(default 2: the first partial step, the third, ...); in between the inactive tokens' K/V stay as last refreshed or
+computed, and the active tokens' block inputs are still recorded for the next refresh. Refreshing every other step
+halves the price, and the tokens it buys are worth more than the staleness of one step costs: +0.7 to +1.1 dB PSNR at
+runtime 0.5 and +0.1 to +0.8 dB at 0.25 on the video model's development prompt sets, SSIM within 0.01 (refreshing every
+third step gains a little more PSNR and loses SSIM). It is the default (kv="auto") for plain patch DiTs (the video
+model, Flux, Wan). The built-in image DiT keeps "stale": its convolutional stem and head, computed for every token
+anyway, carry most of its compute, and the refresh's price in active tokens cost more there than it gave (README).
 
 Below half the budget, skipping more than about half the tokens per step costs more through the cache than
 skipping grid steps costs in discretisation, so by default (grid_steps="auto") HSA runs on as many steps of the
@@ -50,7 +54,8 @@ Model calls go through `velocity_active(x, sigma, active) -> v_active`: x is the
 with every token at the common sigma (inactive ones moved there with the cached update), active is (B, k) token
 indices, and the result is (B, k, D) in latent_to_tokens' layout. The adapter's `hsa_velocity(cond, kv)` supplies
 the family's active-token forward (queries of the active tokens against the K/V cache of the others, e.g.
-accel.pipelines.shapes_hsa; its `inactive_cost` prices the refresh); without one the full velocity is computed and
+accel.pipelines.shapes_hsa; its `inactive_cost` prices the refresh, and its `refresh_kv` attribute, where it has
+one, is set before each call to whether that step refreshes); without one the full velocity is computed and
 gathered, which is exact but saves nothing.
 """
 
@@ -87,7 +92,9 @@ class HSAConfig:
     approximation and without its saving (a diagnostic); kv: the inactive tokens' K/V, "refresh" (recomputed each
     partial step from their current embedding plus their cached block residuals, at the cost of their K/V
     projections, which the budget accounts for), "stale" (as last computed, the paper's cache) or "auto" (the
-    family's choice: refresh for plain patch DiTs, stale for the built-in image DiT); grid_steps: run
+    family's choice: refresh for plain patch DiTs, stale for the built-in image DiT); refresh_every: with the
+    refresh, refresh on every refresh_every-th partial step only (1: every partial step; the steps between keep
+    the K/V as last refreshed, and cost nothing for the inactive tokens); grid_steps: run
     on this many steps of the pipeline's grid, evenly subsampled, the runtime staying a fraction of the full run
     (fewer steps with more tokens active in each); None: every step; "auto": as many as the budget pays for with
     about half the tokens active in each, every step at runtime 0.5 with kv="stale" (module docstring)."""
@@ -99,6 +106,7 @@ class HSAConfig:
     score: str = "dynamics"
     cache: bool = True
     kv: str = "auto"
+    refresh_every: int = 2
     grid_steps: int | str | None = "auto"
 
     def __post_init__(self):
@@ -116,6 +124,10 @@ class HSAConfig:
             raise ValueError(f"max_skips must be an integer >= 1, got {self.max_skips!r}")
         check_choice("score", self.score, SCORES)
         check_choice("kv", self.kv, KV_MODES)
+        e = self.refresh_every
+        if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+            raise ValueError(f"refresh_every must be an integer >= 1 (1: refresh the K/V at every partial step), got "
+                             f"{e!r}")
         g = self.grid_steps
         if g not in (None, "auto") and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
             raise ValueError(f"grid_steps must be an integer >= 1, 'auto' or None (every step of the pipeline's "
@@ -137,13 +149,21 @@ class HSAConfig:
         return self.grid_steps
 
 
+def refresh_steps(steps: int, config: HSAConfig) -> list[bool]:
+    """Which of `steps` steps refresh the inactive tokens' K/V (with kv="refresh"): every config.refresh_every-th
+    partial step, counting from the first after the warm-up."""
+    warmup = min(config.warmup, steps)
+    return [j >= warmup and (j - warmup) % config.refresh_every == 0 for j in range(steps)]
+
+
 def plan_hsa(steps: int, tokens: int, config: HSAConfig, sigmas=None, full_steps: int | None = None,
              inactive_cost: float = 0.0) -> list[int]:
     """Active tokens per sample at each step (len = steps): `warmup` full steps, then counts in proportion to
     sigma_j ** config.decay (at least 1, at most every token) that spend the rest of the runtime budget. sigmas: the
     sigma each step starts from (default: the linear grid 1 - j / steps); full_steps: the steps of the full run the
     runtime is a fraction of (default: steps); inactive_cost: what an inactive token costs at a partial step, as a
-    fraction of an active one (the K/V refresh). Raises ValueError when the budget cannot carry the warm-up and one
+    fraction of an active one at the steps that refresh the K/V (refresh_steps; the others cost nothing for
+    them). Raises ValueError when the budget cannot carry the warm-up and one
     token per remaining step."""
     if not 0 <= inactive_cost < 1:
         raise ValueError(f"inactive_cost must be in [0, 1), got {inactive_cost!r}")
@@ -155,8 +175,10 @@ def plan_hsa(steps: int, tokens: int, config: HSAConfig, sigmas=None, full_steps
     partial = steps - warmup
     budget -= warmup * tokens  # token-steps for the partial steps
 
+    price = [inactive_cost * r for r in refresh_steps(steps, config)[warmup:]]
+
     def cost(ks: list[int]) -> float:
-        return sum(k + inactive_cost * (tokens - k) for k in ks)
+        return sum(k + c * (tokens - k) for k, c in zip(ks, price))
 
     if budget < cost([1] * partial):
         need = (warmup * tokens + partial) / (full_steps * tokens)
@@ -266,6 +288,7 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
         return _gather(latent_to_tokens(v, layout.rows, layout.cols, layout.frames), active)
 
     counts = plan_hsa(steps, n, config, sigmas[:-1].tolist(), full_steps, inactive_cost)
+    refresh = refresh_steps(steps, config)
     call = call or default_velocity
     s_tok = torch.full((b, n), float(sigmas[0]), device=x.device, dtype=torch.float32)  # each token's sigma
     v_tok = torch.zeros_like(tok)
@@ -283,6 +306,8 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
             active = torch.topk(score + forced * 1e9, k, dim=1).indices
         # Bring every token to the common sigma with its cached update (a no-op for tokens already there).
         common = _cached_update(tok, s_tok, v_tok, sigma)
+        if hasattr(call, "refresh_kv"):
+            call.refresh_kv = refresh[j]  # whether this step refreshes the inactive tokens' K/V (the plan priced it)
         v_new = call(tokens_to_latent(common, x, layout.rows, layout.cols, layout.frames), sigma, active)  # (B, k, D)
         x_act = _gather(common, active)
         dt = sigma_next - sigma
@@ -301,7 +326,8 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
     # Tokens the last step skipped take their cached update to the grid's end (a no-op after a full last step).
     tok = _cached_update(tok, s_tok, v_tok, sigmas[-1])
     stats.token_fraction = sum(stats.active) / (full_steps * n)  # of the full run's token compute
-    stats.compute_fraction = (sum(stats.active) + inactive_cost * sum(n - k for k in stats.active)) / (full_steps * n)
+    spent = sum(k + inactive_cost * r * (n - k) for k, r in zip(stats.active, refresh))
+    stats.compute_fraction = spent / (full_steps * n)
     return tokens_to_latent(tok, x, layout.rows, layout.cols, layout.frames), stats
 
 

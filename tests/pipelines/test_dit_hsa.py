@@ -127,6 +127,36 @@ def test_refreshed_kv_follow_the_latent(setup):
 
 
 @torch.no_grad()
+def test_steps_between_refreshes_keep_the_inactive_kv(setup):
+    """HSAConfig.refresh_every: a partial step told not to refresh writes only the active tokens' K/V and block
+    inputs; a refreshing step rewrites the inactive tokens' K/V too."""
+    d, cls, prepared = setup
+    x, (s0, s1, s2) = prepared.x, prepared.grid.sigmas[1:4]
+    n = d.token_layout(x).num_tokens
+    b = x.shape[0]
+    v = d.velocity(x, s0, prepared.cond)
+    run = cls.for_run(d, prepared.cond, "refresh")
+    run(x, s0, torch.arange(n).expand(b, n))
+    act, ina = torch.arange(0, n, 3), torch.tensor([i for i in range(n) if i % 3])
+    checked = 0
+    for refresh, sigma in ((False, s1), (True, s2)):  # every token moved along v (a new latent each call)
+        kv0 = {key: [[t.clone() for t in ts] for ts in c] for key, c in run.kv.items()}
+        h0 = {key: [t.clone() for t in hs] for key, hs in run.h.items()}
+        run.refresh_kv = refresh
+        run(x + (sigma - s0) * v, sigma, act.expand(b, -1))
+        for key, c in run.kv.items():
+            if key[0] not in run.calls or key not in kv0:  # Wan 2.2: the other expert (or its first, full call)
+                continue
+            for before, after in zip(kv0[key][0] + kv0[key][1], c[0] + c[1]):
+                assert not torch.equal(before[:, act], after[:, act])
+                assert torch.equal(before[:, ina], after[:, ina]) != refresh
+            assert all(torch.equal(b0[:, ina], b1[:, ina]) for b0, b1 in zip(h0[key], run.h[key]))
+            assert not torch.equal(h0[key][-1][:, act], run.h[key][-1][:, act])
+            checked += 1
+    assert checked >= 2
+
+
+@torch.no_grad()
 def test_hsa_exact_at_full_runtime_and_model_untouched(setup):
     d, cls, prepared = setup
     models = [m for m in (d.pipe.transformer, getattr(d.pipe, "transformer_2", None)) if m is not None]

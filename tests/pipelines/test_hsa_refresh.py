@@ -32,3 +32,29 @@ def test_refreshed_kv_follow_the_latent(model, prompt, bound):
     assert err["refresh"] < bound * err["stale"], err  # the video model: about half; the image model: 0.9
     # kv="auto": the refresh where it pays for itself at equal budget (the plain patch DiT), not on the image DiT
     assert d.hsa_velocity(prepared.cond).refresh == (model == "shapes-video")
+
+
+@torch.no_grad()
+def test_steps_between_refreshes_keep_the_inactive_kv():
+    """HSAConfig.refresh_every: a partial step told not to refresh (refresh_kv=False) writes only the active tokens'
+    K/V and block inputs; the next refreshing step rewrites the inactive tokens' K/V."""
+    d = adapter_for(load_pipeline("shapes-video"))
+    prepared = d.prepare(prompt=["a blue square moving up"], num_inference_steps=10,
+                         generator=torch.Generator().manual_seed(0))
+    n = d.token_layout(prepared.x).num_tokens
+    x, (s0, s1, s2) = prepared.x, prepared.grid.sigmas[3:6]
+    v = d.velocity(x, s0, prepared.cond)
+    run = d.hsa_velocity(prepared.cond)
+    run(x, s0, torch.arange(n).expand(1, n))
+    active = torch.arange(0, n, 3)[None]
+    inactive = torch.tensor([i for i in range(n) if i % 3])
+    for refresh, sigma in ((False, s1), (True, s2)):  # every token moved along v (a new latent each call)
+        k0, v0, h0 = ([t.clone() for t in ts] for ts in (run.k, run.v, run.h))
+        run.refresh_kv = refresh
+        run(x + (sigma - s0) * v, sigma, active)
+        for before, after in ((k0, run.k), (v0, run.v)):
+            for b, a in zip(before, after):
+                assert not torch.equal(b[:, :, active[0]], a[:, :, active[0]])
+                assert torch.equal(b[:, :, inactive], a[:, :, inactive]) != refresh
+        assert all(not torch.equal(b[:, active[0]], a[:, active[0]]) for b, a in zip(h0[1:], run.h[1:]))
+        assert all(torch.equal(b[:, inactive], a[:, inactive]) for b, a in zip(h0, run.h))

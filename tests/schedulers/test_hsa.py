@@ -6,7 +6,7 @@ import torch
 from accel.pipelines.shapes import ShapesDenoiser, build_shapes_pipeline
 from accel.core.grid import TimeGrid
 from accel.schedulers.flow import euler_update, sample
-from accel.schedulers.hsa import HSAConfig, hsa_sample, latent_to_tokens, plan_hsa, tokens_to_latent
+from accel.schedulers.hsa import HSAConfig, hsa_sample, latent_to_tokens, plan_hsa, refresh_steps, tokens_to_latent
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,8 @@ def test_plan_and_bad_config():
         plan_hsa(10, 64, HSAConfig(runtime=12))
     for bad in ({"runtime": 0}, {"runtime": 1.5}, {"runtime": True}, {"runtime": "half"}, {"warmup": 0},
                 {"warmup": None}, {"decay": -1},
-                {"max_skips": 0}, {"score": "entropy"}, {"grid_steps": 0}, {"grid_steps": "half"}, {"kv": "fresh"}):
+                {"max_skips": 0}, {"score": "entropy"}, {"grid_steps": 0}, {"grid_steps": "half"}, {"kv": "fresh"},
+                {"refresh_every": 0}, {"refresh_every": 1.5}):
         with pytest.raises(ValueError):
             HSAConfig(**bad)
 
@@ -125,7 +126,7 @@ def test_plan_and_bad_config():
 def test_plan_prices_the_inactive_tokens():
     """With the K/V refresh an inactive token costs a share of an active one: fewer tokens are active for the same
     budget, and active + share x inactive token-steps stay within it."""
-    config = HSAConfig(runtime=0.5)
+    config = HSAConfig(runtime=0.5, refresh_every=1)
     free, priced = plan_hsa(20, 64, config), plan_hsa(20, 64, config, inactive_cost=1 / 6)
     assert priced[0] == 64 and sum(priced) < sum(free)
     assert 0.49 * 640 <= sum(k + (64 - k) / 6 for k in priced) <= 640
@@ -134,6 +135,20 @@ def test_plan_prices_the_inactive_tokens():
     # the auto grid: as many steps as the budget pays for with about half the tokens active
     assert HSAConfig(runtime=0.25).resolve_grid_steps(25, 1 / 6) == 11
     assert HSAConfig(runtime=0.5).resolve_grid_steps(25, 1 / 6) == 22
+
+
+def test_refresh_every_prices_only_the_steps_that_refresh():
+    """refresh_every=2: the first partial step refreshes, then every other one; the plan charges the inactive tokens
+    there only, so more tokens are active than with a refresh at every step, within the same budget."""
+    every = HSAConfig(runtime=0.5, refresh_every=1)
+    other = HSAConfig(runtime=0.5, refresh_every=2)
+    assert refresh_steps(6, other) == [False, True, False, True, False, True]
+    assert refresh_steps(4, HSAConfig(warmup=2, refresh_every=3)) == [False, False, True, False]
+    assert refresh_steps(4, every) == [False, True, True, True]
+    priced = plan_hsa(20, 64, other, inactive_cost=1 / 6)
+    assert sum(priced) > sum(plan_hsa(20, 64, every, inactive_cost=1 / 6))
+    spent = sum(k + (64 - k) / 6 * r for k, r in zip(priced, refresh_steps(20, other)))
+    assert 0.49 * 640 <= spent <= 640
 
 
 def test_grid_steps_subsample_the_grid_and_keep_the_budget(setup):
