@@ -100,8 +100,8 @@ def split_methods(text: str) -> list[str]:
 
 def parse_method(text: str) -> tuple[str, dict]:
     """'name:key=value,...' -> (name, {key: value}); ValueError naming what is allowed. Each method takes its knob
-    (a number); hsa and hsa-exact also take HSAConfig's warmup, decay, max_skips, grid_steps (a number, auto or
-    all), score (dynamics or displacement), kv (refresh or stale) and refresh_every."""
+    (a number); hsa and hsa-exact also take HSAConfig's warmup, decay and max_skips (a number or auto), grid_steps
+    (a number, auto or all), score (dynamics or displacement), kv (refresh or stale) and refresh_every."""
     name, _, rest = text.partition(":")
     if name not in _KNOBS:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(_KNOBS)} (as name:key=value, e.g. "
@@ -114,7 +114,8 @@ def parse_method(text: str) -> tuple[str, dict]:
         if not eq or key not in allowed:
             raise ValueError(f"method {name} takes {knob}=<number>"
                              + (f" (and {', '.join(_HSA_OPTIONS)})" if len(allowed) > 1 else "") + f", got {part!r}")
-        if key in ("score", "kv") or (key == "grid_steps" and value in ("auto", "all")):
+        if key in ("score", "kv") or (key in ("grid_steps", "decay", "max_skips") and value == "auto") or (
+                key == "grid_steps" and value == "all"):
             options[key] = None if value == "all" else value
             continue
         try:

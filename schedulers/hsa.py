@@ -19,12 +19,15 @@ Schedule on the pipeline's grid sigma_0 > ... > sigma_T = 0:
 
 The active counts come from the runtime budget: `runtime` is the fraction of the full-step token compute
 (steps x tokens) to spend, warm-up included. The partial steps share what the warm-up leaves in proportion to
-sigma_j ** decay: with decay = 0 every partial step gets the same count; the default decay = 2 spends the budget
-where the sample still changes (high noise) and little on the last steps, whose inactive tokens only finish along
-their cached velocity. Why this matters: an inactive token's cached K/V are stale by how much its hidden states
-changed since it was last computed, and those change most early on; on the built-in models decay = 2 with one
-warm-up step is worth +6 to +8 dB PSNR at runtime 0.5 and +4 to +7 dB at 0.25 over equal counts with two
-(benchmarks/steps/hsa-ablation-*.json).
+sigma_j ** decay: with decay = 0 every partial step gets the same count; decay = 2 (the default with stale K/V)
+spends the budget where the sample still changes (high noise) and little on the last steps, whose inactive tokens
+only finish along their cached velocity. Why this matters: an inactive token's cached K/V are stale by how much its
+hidden states changed since it was last computed, and those change most early on; on the built-in models with stale
+K/V, decay = 2 with one warm-up step is worth +6 to +8 dB PSNR at runtime 0.5 and +4 to +7 dB at 0.25 over equal
+counts with two (benchmarks/steps/hsa-ablation-*.json). With the K/V refresh the staleness matters less and the
+budget is better spread more evenly: the defaults (decay="auto", max_skips="auto") are decay = 1.5 and max_skips = 3
+there (on the video model's development prompt sets, +0.7 dB PSNR and +0.007 SSIM at runtime 0.5 over 2 and 4;
+about even at 0.25), decay = 2 and max_skips = 4 with stale K/V (on the image model 1.5 and 3 lose 1.5 dB at 0.25).
 
 The inactive tokens' K/V (HSAConfig.kv). With kv="stale" (the paper's cache) a skipped token's keys and values stay as
 they were when it was last computed, although its latent has moved since (its cached update brings it to the step's
@@ -62,7 +65,7 @@ gathered, which is exact but saves nothing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -86,7 +89,8 @@ def refreshes_kv(kv: str, family_default: str) -> bool:
 class HSAConfig:
     """runtime: fraction of the full-step token compute to spend, a float in (0, 1], or a budget in full steps, an
     int >= 1 (runtime=12 on a 24-step grid is 0.5); warmup: full steps at the start; decay: the partial steps'
-    active counts go as sigma ** decay (0: equal counts); max_skips: most consecutive skipped steps per token;
+    active counts go as sigma ** decay (0: equal counts; "auto": 1.5 with the K/V refresh, 2 without); max_skips:
+    most consecutive skipped steps per token ("auto": 3 with the K/V refresh, 4 without);
     score: see the module docstring; cache: run active tokens only against cached K/V (the family's hsa_velocity);
     False computes every token and keeps the active ones' velocities: the same allocation without the cache's
     approximation and without its saving (a diagnostic); kv: the inactive tokens' K/V, "refresh" (recomputed each
@@ -101,8 +105,8 @@ class HSAConfig:
 
     runtime: float = 0.5
     warmup: int = 1
-    decay: float = 2.0
-    max_skips: int = 4
+    decay: float | str = "auto"
+    max_skips: int | str = "auto"
     score: str = "dynamics"
     cache: bool = True
     kv: str = "auto"
@@ -118,10 +122,12 @@ class HSAConfig:
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 1:
             raise ValueError(f"warmup must be an integer >= 1 (every token needs a velocity before it can be "
                              f"skipped), got {self.warmup!r}")
-        if isinstance(self.decay, bool) or not isinstance(self.decay, (int, float)) or not 0 <= self.decay <= 8:
-            raise ValueError(f"decay must be a number in [0, 8] (0: equal active counts), got {self.decay!r}")
-        if isinstance(self.max_skips, bool) or not isinstance(self.max_skips, int) or self.max_skips < 1:
-            raise ValueError(f"max_skips must be an integer >= 1, got {self.max_skips!r}")
+        d = self.decay
+        if d != "auto" and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= 8):
+            raise ValueError(f"decay must be a number in [0, 8] (0: equal active counts) or 'auto', got {d!r}")
+        m = self.max_skips
+        if m != "auto" and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"max_skips must be an integer >= 1 or 'auto', got {m!r}")
         check_choice("score", self.score, SCORES)
         check_choice("kv", self.kv, KV_MODES)
         e = self.refresh_every
@@ -132,6 +138,12 @@ class HSAConfig:
         if g not in (None, "auto") and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
             raise ValueError(f"grid_steps must be an integer >= 1, 'auto' or None (every step of the pipeline's "
                              f"grid), got {g!r}")
+
+    def resolved(self, refresh: bool) -> HSAConfig:
+        """The config with decay and max_skips "auto" resolved for the K/V mode (refresh: the inactive tokens' K/V
+        are refreshed, i.e. they have a price)."""
+        return replace(self, decay=(1.5 if refresh else 2.0) if self.decay == "auto" else self.decay,
+                       max_skips=(3 if refresh else 4) if self.max_skips == "auto" else self.max_skips)
 
     def fraction(self, steps: int) -> float:
         """The runtime as a fraction of a `steps`-step full run."""
@@ -163,10 +175,11 @@ def plan_hsa(steps: int, tokens: int, config: HSAConfig, sigmas=None, full_steps
     sigma each step starts from (default: the linear grid 1 - j / steps); full_steps: the steps of the full run the
     runtime is a fraction of (default: steps); inactive_cost: what an inactive token costs at a partial step, as a
     fraction of an active one at the steps that refresh the K/V (refresh_steps; the others cost nothing for
-    them). Raises ValueError when the budget cannot carry the warm-up and one
-    token per remaining step."""
+    them; a price means the refresh, which resolves decay="auto"). Raises ValueError when the budget cannot carry
+    the warm-up and one token per remaining step."""
     if not 0 <= inactive_cost < 1:
         raise ValueError(f"inactive_cost must be in [0, 1), got {inactive_cost!r}")
+    config = config.resolved(refresh=inactive_cost > 0)
     full_steps = full_steps or steps
     if isinstance(config.runtime, int) and config.runtime > full_steps:
         raise ValueError(f"runtime={config.runtime} full steps exceeds the {full_steps} steps of the grid")
@@ -194,7 +207,7 @@ def plan_hsa(steps: int, tokens: int, config: HSAConfig, sigmas=None, full_steps
     def counts(c: float) -> list[int]:
         return [min(tokens, max(1, math.floor(c * w * tokens))) for w in weight]
 
-    lo, hi = 0.0, 1.0 / max(min(weight), 1e-12)  # counts(hi) is every token at every step
+    lo, hi = 0.0, 2.0 / max(min(weight), 1e-12)  # counts(hi) is every token at every step (with room for rounding)
     for _ in range(60):  # the largest scale whose counts fit the budget (counts grow with c)
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost(counts(mid)) <= budget else (lo, mid)
@@ -288,6 +301,7 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
         return _gather(latent_to_tokens(v, layout.rows, layout.cols, layout.frames), active)
 
     counts = plan_hsa(steps, n, config, sigmas[:-1].tolist(), full_steps, inactive_cost)
+    config = config.resolved(refresh=inactive_cost > 0)
     refresh = refresh_steps(steps, config)
     call = call or default_velocity
     s_tok = torch.full((b, n), float(sigmas[0]), device=x.device, dtype=torch.float32)  # each token's sigma

@@ -118,7 +118,8 @@ def test_plan_and_bad_config():
     for bad in ({"runtime": 0}, {"runtime": 1.5}, {"runtime": True}, {"runtime": "half"}, {"warmup": 0},
                 {"warmup": None}, {"decay": -1},
                 {"max_skips": 0}, {"score": "entropy"}, {"grid_steps": 0}, {"grid_steps": "half"}, {"kv": "fresh"},
-                {"refresh_every": 0}, {"refresh_every": 1.5}):
+                {"refresh_every": 0}, {"refresh_every": 1.5},
+                {"decay": "fast"}, {"max_skips": "auto3"}):
         with pytest.raises(ValueError):
             HSAConfig(**bad)
 
@@ -135,6 +136,27 @@ def test_plan_prices_the_inactive_tokens():
     # the auto grid: as many steps as the budget pays for with about half the tokens active
     assert HSAConfig(runtime=0.25).resolve_grid_steps(25, 1 / 6) == 11
     assert HSAConfig(runtime=0.5).resolve_grid_steps(25, 1 / 6) == 22
+
+
+def test_auto_knobs_follow_the_kv_mode():
+    """decay / max_skips "auto": 1.5 / 3 when the inactive tokens' K/V are refreshed (priced), 2 / 4 when stale;
+    numbers pass through."""
+    assert HSAConfig().resolved(refresh=True) == HSAConfig(decay=1.5, max_skips=3)
+    assert HSAConfig().resolved(refresh=False) == HSAConfig(decay=2.0, max_skips=4)
+    assert HSAConfig(decay=0.5, max_skips=6).resolved(refresh=True) == HSAConfig(decay=0.5, max_skips=6)
+    config = HSAConfig(runtime=0.5, refresh_every=1)
+    assert plan_hsa(20, 64, config, inactive_cost=1 / 6) == plan_hsa(20, 64, HSAConfig(runtime=0.5, refresh_every=1,
+                                                                                      decay=1.5), inactive_cost=1 / 6)
+    assert plan_hsa(20, 64, config) == plan_hsa(20, 64, HSAConfig(runtime=0.5, decay=2))
+
+
+def test_full_budget_is_every_token_on_any_grid():
+    """runtime=1 activates every token at every step whatever the sigmas (the count search once lost a token to float
+    rounding at some sigmas, e.g. 0.3 with decay 2, so HSA at full runtime was not Euler)."""
+    for decay in (1.5, 2.0, "auto"):
+        sigmas = [1.0, 0.9, 0.6, 0.3, 0.1, 0.05]
+        assert plan_hsa(6, 64, HSAConfig(runtime=1.0, decay=decay), sigmas) == [64] * 6
+        assert plan_hsa(6, 64, HSAConfig(runtime=1.0, decay=decay), sigmas, inactive_cost=1 / 6) == [64] * 6
 
 
 def test_refresh_every_prices_only_the_steps_that_refresh():
