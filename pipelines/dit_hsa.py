@@ -65,6 +65,7 @@ class DiTActiveTokens:
     default_processor: type | None = None  # the upstream processor the active-token one stands in for
     active_processor: type[_ActiveProcessor]  # the active-token processor, one instance per self-attention
     default_kv = "refresh"  # what kv="auto" means for these families (plain patch DiTs)
+    text_in_attention = False  # the text shares the self-attention sequence (Flux), so it can skip partial steps
 
     def __init__(self, denoiser, cond: Cond, kv: str = "auto"):
         from accel.schedulers.hsa import refreshes_kv
@@ -85,12 +86,22 @@ class DiTActiveTokens:
         self.drift: torch.Tensor | None = None  # the inactive tokens' embedding change since their last computation
         self.inactive_rope: tuple | None = None  # the rotary embedding at the inactive tokens
         self.refresh_kv = True  # set by hsa_sample per step: whether this partial step refreshes the inactive K/V
+        # the text stream with the refresh (families whose text shares the self-attention, skips_text): its K/V
+        # per (model, branch) and layer, recorded at full steps and remade at refreshing steps from its block inputs
+        self.txt: dict[tuple[int, int], list[list[torch.Tensor | None]]] = {}
+        self.h_txt: dict[tuple[int, int], list[torch.Tensor | None]] = {}
 
     @property
     def inactive_cost(self) -> float:
         """An inactive token's cost per partial step as a fraction of an active one's (matmul FLOPs of a block):
         its K/V projections at the steps that refresh with kv="refresh", nothing with "stale"."""
         return self._kv_share() if self.refresh else 0.0
+
+    @property
+    def skips_text(self) -> bool:
+        """Partial steps leave the text stream out (its K/V come from the cache): with the K/V refresh, where the
+        text shares the self-attention."""
+        return self.refresh and self.text_in_attention
 
     # -- family specifics ------------------------------------------------------------------------------------
     def _transformers(self) -> list:
@@ -121,6 +132,15 @@ class DiTActiveTokens:
 
     def _kv_share(self) -> float:
         """A block's K/V projections as a fraction of its per-token matmul FLOPs."""
+        raise NotImplementedError
+
+    def _text_kv(self, block, h: torch.Tensor, kwargs: dict):
+        """skips_text: the text's keys (post-norm, post-rotary) and values (B, T, H, Dh) the block's self-attention
+        makes from the text-stream input h (B, T, D); kwargs: the block's (full-step) call."""
+        raise NotImplementedError
+
+    def _text_hooks(self, i: int, block) -> list:
+        """skips_text: hooks recording layer i's text K/V at full steps (into self.txt[self.key])."""
         raise NotImplementedError
 
     @classmethod
@@ -177,6 +197,9 @@ class DiTActiveTokens:
                     a.processor = self.active_processor(self, i)
             else:
                 self.kv[self.key] = [[None] * len(attns), [None] * len(attns)]
+                if self.skips_text:
+                    self.txt[self.key] = [[None] * len(attns), [None] * len(attns)]
+                    self.h_txt[self.key] = [None] * len(attns)
             return args, kwargs
 
         def model_post(module, args, out):
@@ -219,6 +242,8 @@ class DiTActiveTokens:
         for i, (b, a) in enumerate(zip(blocks, attns)):
             hs += [b.register_forward_pre_hook(block_pre(i), with_kwargs=True),
                    a.norm_k.register_forward_hook(record(i, "k")), a.to_v.register_forward_hook(record(i, "v"))]
+            if self.skips_text:
+                hs += self._text_hooks(i, b)
         return [h.remove for h in hs] + [lambda: [setattr(a, "processor", p) for a, p in zip(attns, originals)]]
 
     def _refresh(self, block, i: int, full: tuple[tuple, dict], hidden: torch.Tensor) -> None:
@@ -227,11 +252,16 @@ class DiTActiveTokens:
         input."""
         if not self.partial:
             self.h.setdefault(self.key, [None] * len(self.kv[self.key][0]))[i] = hidden
+            if self.skips_text:
+                self.h_txt[self.key][i] = full[1]["encoder_hidden_states"]
             return
         h = self.h[self.key]
         if not self.refresh_kv:
             h[i] = _scatter(h[i].to(hidden.dtype), self.active, hidden, 1)
             return
+        if self.skips_text:
+            txt = self.txt[self.key]
+            txt[0][i], txt[1][i] = self._text_kv(block, self.h_txt[self.key][i].to(hidden.dtype), full[1])
         k, v = self._kv(block, _gather(h[i], self.inactive, 1).to(hidden.dtype) + self.drift.to(hidden.dtype),
                         *full, self.inactive)
         cache = self.kv[self.key]
@@ -242,12 +272,16 @@ class DiTActiveTokens:
     def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t_len: int,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """q, k, v (B, t_len + k, H, Dh) of the text and active tokens: the active K/V scattered into the layer's
-        cache, queries against [text; cached image] -> (B, t_len + k, H * Dh)."""
+        cache, queries against [text; cached image] -> (B, t_len + k, H * Dh). With skips_text (t_len = 0) the
+        text's K/V come from its cache."""
         cache = self.kv[self.key]
         cache[0][layer] = _scatter(cache[0][layer].to(k.dtype), self.active, k[:, t_len:], 1)
         cache[1][layer] = _scatter(cache[1][layer].to(v.dtype), self.active, v[:, t_len:], 1)
-        keys = torch.cat([k[:, :t_len], cache[0][layer]], 1).transpose(1, 2)
-        values = torch.cat([v[:, :t_len], cache[1][layer]], 1).transpose(1, 2)
+        k_txt, v_txt = k[:, :t_len], v[:, :t_len]
+        if self.skips_text:
+            k_txt, v_txt = (t[layer].to(k.dtype) for t in self.txt[self.key])
+        keys = torch.cat([k_txt, cache[0][layer]], 1).transpose(1, 2)
+        values = torch.cat([v_txt, cache[1][layer]], 1).transpose(1, 2)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
         return out.transpose(1, 2).flatten(2, 3).to(q.dtype)
 
@@ -291,6 +325,7 @@ class FluxActiveTokens(DiTActiveTokens):
     from diffusers.models.transformers.transformer_flux import FluxAttnProcessor as default_processor
 
     active_processor = _FluxProcessor
+    text_in_attention = True
 
     def _blocks(self, model):
         return list(model.transformer_blocks) + list(model.single_transformer_blocks)
@@ -302,11 +337,13 @@ class FluxActiveTokens(DiTActiveTokens):
             return args, kwargs
         if i == 0:  # gather the image tokens, and the rotary embedding every block shares
             kwargs = dict(kwargs, hidden_states=_gather(kwargs["hidden_states"], self.active, 1))
+            if self.skips_text:  # no text rows through the blocks: its K/V come from the cache
+                kwargs["encoder_hidden_states"] = kwargs["encoder_hidden_states"][:, :0]
             if rope is not None:
-                t_len = rope[0].shape[0] - self.n
+                t_len = 0 if self.skips_text else rope[0].shape[0] - self.n
                 b = self.active.shape[0]
-                self.rope = tuple(torch.cat([r[:t_len].expand(b, -1, -1), _gather(r[t_len:].expand(b, -1, -1),
-                                                                                 self.active, 1)], 1) for r in rope)
+                self.rope = tuple(torch.cat([r[:t_len].expand(b, -1, -1), _gather(r[-self.n:].expand(b, -1, -1),
+                                                                                  self.active, 1)], 1) for r in rope)
         return args, kwargs
 
     def _record_k(self, attn, out):
@@ -332,6 +369,41 @@ class FluxActiveTokens(DiTActiveTokens):
 
     def _kv_share(self):
         return 2 / 12  # double blocks: QKV 3 + out 1 + MLP 8 (d^2 per image token); single: QKV 3 + MLP 4 + out 5
+
+    def _text_rope(self, kwargs):
+        rope = kwargs.get("image_rotary_emb")
+        return None if rope is None else tuple(r[: r.shape[0] - self.n] for r in rope)
+
+    def _text_kv(self, block, h, kwargs):
+        attn, temb = block.attn, kwargs["temb"]
+        if hasattr(block, "norm1_context"):  # a double block: the text stream's own norm and projections
+            norm = block.norm1_context(h, emb=temb)[0]
+            k = attn.norm_added_k(attn.add_k_proj(norm).unflatten(-1, (-1, attn.head_dim)))
+            v = attn.add_v_proj(norm).unflatten(-1, (-1, attn.head_dim))
+        else:
+            norm = block.norm(h, emb=temb)[0]
+            k = attn.norm_k(attn.to_k(norm).unflatten(-1, (-1, attn.head_dim)))
+            v = attn.to_v(norm).unflatten(-1, (-1, attn.head_dim))
+        rope = self._text_rope(kwargs)
+        return (k if rope is None else _rope_flux(k, *rope)), v
+
+    def _text_hooks(self, i, block):
+        attn = block.attn
+        double = hasattr(block, "norm1_context")
+
+        def record(kind):
+            def hook(module, args, out):
+                if self.partial:
+                    return
+                t = out.unflatten(-1, (-1, attn.head_dim)) if kind == "v" else out
+                t = t if double else t[:, : t.shape[1] - self.n]  # single blocks: the text rows of [text; image]
+                if kind == "k" and self.rope is not None:
+                    t = _rope_flux(t, *(r[: r.shape[0] - self.n] for r in self.rope))
+                self.txt[self.key][0 if kind == "k" else 1][i] = t
+            return hook
+
+        k_mod, v_mod = (attn.norm_added_k, attn.add_v_proj) if double else (attn.norm_k, attn.to_v)
+        return [k_mod.register_forward_hook(record("k")), v_mod.register_forward_hook(record("v"))]
 
 
 class _WanProcessor(_ActiveProcessor):

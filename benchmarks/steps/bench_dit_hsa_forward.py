@@ -8,8 +8,11 @@ that calls the transformer as the pipeline does.
 
     python benchmarks/steps/bench_dit_hsa_forward.py --model flux --prompts 1 --seed 0 --json out.json
 
---kv refresh (the default for these families) includes the inactive tokens' K/V refresh in the partial call; --kv
-stale leaves their K/V as cached (HSAConfig.kv).
+--kv refresh (the default for these families): a partial step refreshes the inactive tokens' K/V every other step
+(HSAConfig.refresh_every=2), so a row's time is the mean of a refreshing call and one between refreshes (both also
+recorded), and Flux's text skips partial steps; --kv stale leaves the inactive K/V as cached and recomputes the text
+(HSAConfig.kv). Timings are the best of --repeats rounds, each round timing every call once. --text N overrides the
+configuration's text tokens (real Flux: 512 beside 4,096 image tokens).
 
 --prompts is the batch (prompts per call); --size picks the configuration (small: CPU-sized; flux-dev / wan-1.3b:
 the real models' widths and depths at 1024x1024 / 480p x 81 frames, for a GPU).
@@ -78,27 +81,37 @@ class _Stand:
                                 return_dict=False)[0]
 
 
-def _time(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _partial(run, x, sigma, active, refresh: bool):
+    run.refresh_kv = refresh
+    return run(x, sigma, active)
+
+
+def _time_rounds(calls: dict, repeats: int, sync) -> dict:
+    """Each call's best wall time over `repeats` rounds (each round times every call once, after one untimed warm-up
+    call each), so a slow spell of the machine falls on every call alike."""
+    for fn in calls.values():
         fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
+    sync()
+    best = {key: float("inf") for key in calls}
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            best[key] = min(best[key], time.perf_counter() - start)
     return best
 
 
 @torch.no_grad()
 def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[float], repeats: int, device: str,
-          dtype: torch.dtype, kv: str = "refresh") -> list[dict]:
+          dtype: torch.dtype, kv: str = "refresh", text: int | None = None) -> list[dict]:
     from diffusers import FluxTransformer2DModel, WanTransformer3DModel
 
     from accel.core.denoiser import Cond
     from accel.pipelines.dit_hsa import FluxActiveTokens, WanActiveTokens
 
     config, shape = SIZES[model_name][size]
+    shape = shape | ({"text": text} if text else {})
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if model_name == "flux":
@@ -120,14 +133,23 @@ def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[flo
     sigma = torch.tensor(0.5)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     every = torch.arange(n, device=device).expand(batch, n)
-    full = _time(lambda: d.velocity(x, sigma, None), repeats, sync)
     run(x, sigma, every)  # fills the caches
-    rows = [{"active_fraction": 1.0, "seconds": full, "speedup": 1.0}]
+    calls = {"full": lambda: d.velocity(x, sigma, None)}
     for f in fractions:
         k = max(1, round(f * n))
         active = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(batch)]).to(device)
-        seconds = _time(lambda: run(x, sigma, active), repeats, sync)
-        rows.append({"active_fraction": f, "seconds": seconds, "speedup": full / seconds})
+        for refresh in (True, False) if kv == "refresh" else (True,):
+            calls[(f, refresh)] = lambda a=active, r=refresh: _partial(run, x, sigma, a, r)
+    best = _time_rounds(calls, repeats, sync)
+    rows = [{"active_fraction": 1.0, "seconds": best["full"], "speedup": 1.0}]
+    for f in fractions:
+        row = {"active_fraction": f}
+        if kv == "refresh":  # refresh_every=2: one refreshing call and one between per two steps
+            row |= {"seconds_refresh": best[(f, True)], "seconds_between": best[(f, False)]}
+            row["seconds"] = (best[(f, True)] + best[(f, False)]) / 2
+        else:
+            row["seconds"] = best[(f, True)]
+        rows.append(row | {"speedup": best["full"] / row["seconds"]})
     params = sum(p.numel() for p in model.parameters())
     for r in rows:
         r.update(model=model_name, size=size, tokens=n, text_tokens=shape["text"], batch=batch, params=params,
@@ -146,6 +168,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--kv", choices=("refresh", "stale"), default="refresh", help="the inactive tokens' K/V")
+    ap.add_argument("--text", type=int, default=None, help="text tokens (default: the size's)")
     ap.add_argument("--json", default=None, help="write the rows here (atomically)")
     args = ap.parse_args(argv)
     if args.size not in SIZES[args.model]:
@@ -166,8 +189,10 @@ def main(argv=None):
             check_writable(args.json)
         except ValueError as e:
             ap.error(str(e))
+    if args.text is not None and args.text < 1:
+        ap.error("--text must be >= 1")
     rows = bench(args.model, args.size, args.prompts, args.seed, fractions, args.repeats, args.device, dtype,
-                 args.kv)
+                 args.kv, args.text)
     meta = run_info() | {"command": "python " + " ".join(sys.argv)}
     for r in rows:
         r.update(meta)

@@ -127,6 +127,41 @@ def test_refreshed_kv_follow_the_latent(setup):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("kv", ["refresh", "stale"])
+def test_partial_steps_skip_the_text_with_the_refresh(setup, kv):
+    """Flux's text shares the self-attention: with the refresh a partial step runs no text rows through the blocks
+    (its K/V are remade at refreshing steps from its block inputs at the last full step, kept between); with stale
+    K/V the text is recomputed at every step."""
+    d, cls, prepared = setup
+    if not cls.text_in_attention:
+        pytest.skip("Wan's text is cross-attention: nothing per text token to skip")
+    x, (s0, s1, s2) = prepared.x, prepared.grid.sigmas[1:4]
+    n = d.token_layout(x).num_tokens
+    b = x.shape[0]
+    v = d.velocity(x, s0, prepared.cond)
+    run = cls.for_run(d, prepared.cond, kv)
+    run(x, s0, torch.arange(n).expand(b, n))
+    seen = []
+    blocks = run._blocks(d.transformer)
+    hooks = [blk.register_forward_hook(lambda m, a, out: seen.append(out[0].shape[1])) for blk in blocks]  # text rows
+    active = torch.arange(n // 4).expand(b, -1)
+    try:
+        for refresh, sigma in ((True, s1), (False, s2)):
+            before = {key: [[t.clone() for t in ts] for ts in c] for key, c in run.txt.items()}
+            run.refresh_kv = refresh
+            out = run(x + (sigma - s0) * v, sigma, active)
+            assert torch.isfinite(out).all()
+            for key, c in run.txt.items():
+                assert all(torch.equal(b0, b1) != refresh for b0, b1 in zip(before[key][0], c[0]))
+    finally:
+        for h in hooks:
+            h.remove()
+    t_len = prepared.cond.data["embeds"].shape[1]
+    assert seen == [0 if kv == "refresh" else t_len] * (2 * len(blocks) * prepared.cond.passes)
+    assert bool(run.txt) == (kv == "refresh")
+
+
+@torch.no_grad()
 def test_steps_between_refreshes_keep_the_inactive_kv(setup):
     """HSAConfig.refresh_every: a partial step told not to refresh writes only the active tokens' K/V and block
     inputs; a refreshing step rewrites the inactive tokens' K/V too."""
