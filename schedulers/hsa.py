@@ -346,8 +346,11 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
 
 
 def _cached_update(tok: torch.Tensor, s_tok: torch.Tensor, v_tok: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Every token (B, L, D) moved from its own sigma s_tok (B, L) to sigma along its cached velocity."""
-    return tok + (sigma.to(torch.float32) - s_tok)[..., None].to(tok.dtype) * v_tok
+    """Every token (B, L, D) moved from its own sigma s_tok (B, L) to sigma along its cached velocity: the per-token
+    flow Euler update (accel.kernels.euler: the fused kernel on GPU, its float32 torch twin elsewhere)."""
+    from accel.kernels.euler import euler_update
+
+    return euler_update(tok, v_tok, s_tok, sigma)
 
 
 def _active_scores(kind: str, v_new: torch.Tensor, v_old: torch.Tensor, dt: torch.Tensor, delta: float,

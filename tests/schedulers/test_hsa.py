@@ -6,7 +6,8 @@ import torch
 from accel.pipelines.shapes import ShapesDenoiser, build_shapes_pipeline
 from accel.core.grid import TimeGrid
 from accel.schedulers.flow import euler_update, sample
-from accel.schedulers.hsa import HSAConfig, hsa_sample, latent_to_tokens, plan_hsa, refresh_steps, tokens_to_latent
+from accel.schedulers.hsa import (HSAConfig, _cached_update, hsa_sample, latent_to_tokens, plan_hsa, refresh_steps,
+                                  tokens_to_latent)
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +62,25 @@ def test_every_token_ends_at_sigma_zero(setup):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_cached_update_equals_stepwise_euler_for_constant_velocity():
+def test_cached_update_equals_stepwise_euler_for_constant_velocity(monkeypatch):
+    """The cached update moves each token from its own sigma in one per-token Euler update (the kernels' euler_update,
+    which dispatches to the fused kernel on GPU); with a constant velocity it equals stepping there."""
+    import accel.kernels.euler as kernel_euler
+
     x, v = torch.randn(2, 16, 12), torch.randn(2, 16, 12)
     sigmas = torch.tensor([0.9, 0.7, 0.55, 0.3])
-    stepwise = x
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        stepwise = euler_update(stepwise, v, s, s_next)
-    jump = x + (sigmas[-1] - sigmas[0]) * v
-    assert torch.allclose(stepwise, jump, atol=1e-6)
+    start = torch.randint(0, 3, (2, 16))  # each token's own grid position
+    calls = []
+    reference = kernel_euler.euler_update_reference
+    monkeypatch.setattr(kernel_euler, "euler_update", lambda *a: calls.append(a) or reference(*a))
+    jump = _cached_update(x, sigmas[start], v, sigmas[-1])
+    assert len(calls) == 1 and calls[0][2].shape == (2, 16)
+    for b in range(2):
+        for i in range(16):
+            stepwise = x[b, i]
+            for s, s_next in zip(sigmas[start[b, i]:-1], sigmas[start[b, i] + 1:]):
+                stepwise = euler_update(stepwise, v[b, i], s, s_next)
+            assert torch.allclose(stepwise, jump[b, i], atol=1e-6)
 
 
 def test_starvation_is_bounded(setup):
