@@ -162,9 +162,20 @@ class ActiveTokens:
         if self.refresh and active is not None and active.shape[1] < self.k[0].shape[2]:
             if self.refresh_kv:
                 return self._refreshed_blocks(model, tokens, c, keep, t_len, active, embed)
-            return self._between_refreshes(model, tokens, c, keep, t_len, active)
+            # a step between refreshes (HSAConfig.refresh_every): only the active image tokens go through, against
+            # the text's and the inactive tokens' K/V as last refreshed; their block inputs are kept for the next
+            text, tokens = tokens[:, :t_len], tokens[:, t_len:]
+            return torch.cat([text, self._loop(model, tokens, c, keep, 0, active, record=True)], 1)
+        return self._loop(model, tokens, c, keep, t_len, active)
+
+    def _loop(self, model, tokens, c, keep, t_len: int, active: torch.Tensor | None, record: bool = False):
+        """The blocks over [text (t_len rows); image queries], attention through _attention; record: keep each
+        block's input for the active rows (self.h)."""
+        rows = active[..., None].expand(-1, -1, tokens.shape[-1]) if record else None
         for i, block in enumerate(model.blocks):
             shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
+            if record:
+                self.h[i].scatter_(1, rows, tokens)
             tokens = tokens + gate1 * self._attention(block.attn, block.norm1(tokens) * (1 + scale1) + shift1,
                                                        keep, i, t_len, active)
             tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
@@ -198,30 +209,10 @@ class ActiveTokens:
             tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
         return torch.cat([text, tokens], 1)  # [text; active] rows, as given
 
-    def _between_refreshes(self, model, tokens, c, keep, t_len: int, active: torch.Tensor) -> torch.Tensor:
-        """A partial step of kv="refresh" that does not refresh (HSAConfig.refresh_every): only the active image
-        tokens go through the blocks, against the K/V of the text and the inactive tokens as last refreshed; their
-        block inputs are recorded for the next refresh."""
-        text, tokens = tokens[:, :t_len], tokens[:, t_len:]
-        b, k = active.shape
-        rows = active[..., None].expand(-1, -1, tokens.shape[-1])
-        for i, block in enumerate(model.blocks):
-            shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
-            attn = block.attn
-            self.h[i].scatter_(1, rows, tokens)
-            hidden = block.norm1(tokens) * (1 + scale1) + shift1
-            q, key, value = (f(hidden).view(b, k, attn.heads, -1).transpose(1, 2)
-                             for f in (attn.to_q, attn.to_k, attn.to_v))
-            _scatter_(self.k[i], active, attn.norm_k(key), 2)
-            _scatter_(self.v[i], active, value, 2)
-            out = F.scaled_dot_product_attention(attn.norm_q(q), self.kbuf[i], self.vbuf[i], attn_mask=keep)
-            tokens = tokens + gate1 * attn.to_out(out.transpose(1, 2).reshape(b, k, -1))
-            tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
-        return torch.cat([text, tokens], 1)
-
     def _attention(self, attn, hidden, keep, layer: int, t_len: int, active: torch.Tensor | None) -> torch.Tensor:
-        """Fresh K/V for the text and the active tokens (all image tokens when active is None), cached for the
-        rest; the layer's cache is updated (in place: the buffers belong to this run)."""
+        """Fresh K/V for the text (t_len rows, none between refreshes) and the active tokens (all image tokens when
+        active is None), cached for the rest; the layer's cache is updated (in place: the buffers belong to this
+        run)."""
         b, m, dim = hidden.shape
         q, k, v = (f(hidden).view(b, m, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
         q, k = attn.norm_q(q), attn.norm_k(k)  # (B, H, T + k, Dh)
