@@ -186,8 +186,11 @@ def generate(
             _write_media(path, item)
     stats = pipe.stats
     spent = f"{stats.nfe} NFE, {stats.seconds:.2f} s"
-    if "token_fraction" in stats.extra:
-        spent += f", {stats.extra['token_fraction']:.0%} of the full-step token compute"
+    if "token_fraction" in stats.extra:  # HSA: the budget spent, and what of it went to computed tokens
+        extra = stats.extra
+        spent += f", {extra['compute_fraction']:.0%} of the full-step compute"
+        if extra["compute_fraction"] - extra["token_fraction"] > 0.005:
+            spent += f" ({extra['token_fraction']:.0%} on active tokens, the rest refreshing K/V)"
     console.print(f"wrote {', '.join(map(str, paths))}  ({spent})", highlight=False)
 
 
