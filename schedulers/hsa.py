@@ -40,8 +40,8 @@ projections (about a sixth of a token's block compute, priced into the budget, s
 the video model rises to 0.96-0.97 at the same runtime. The refresh runs on every `refresh_every`-th partial step
 (default 2: the first partial step, the third, ...); in between the inactive tokens' K/V stay as last refreshed or
 computed, and the active tokens' block inputs are still recorded for the next refresh. Refreshing every other step
-halves the price, and the tokens it buys are worth more than the staleness of one step costs: +0.7 to +1.1 dB PSNR at
-runtime 0.5 and +0.1 to +0.8 dB at 0.25 on the video model's development prompt sets, SSIM within 0.01 (refreshing every
+halves the price, and the tokens it buys are worth more than the staleness of one step costs: +0.9 to +1.1 dB PSNR at
+runtime 0.5 and +0.6 to +0.8 dB at 0.25 on the video model's development prompt sets, SSIM within 0.01 (refreshing every
 third step gains a little more PSNR and loses SSIM). It is the default (kv="auto") for plain patch DiTs (the video
 model, Flux, Wan). The built-in image DiT keeps "stale": its convolutional stem and head, computed for every token
 anyway, carry most of its compute, and the refresh's price in active tokens cost more there than it gave (README).
