@@ -73,6 +73,7 @@ import torch
 from accel.config import check_choice
 from accel.core.denoiser import Cond, Denoiser
 from accel.core.grid import TimeGrid
+from accel.schedulers.flow import euler_update
 
 SCORES = ("dynamics", "displacement")
 KV_MODES = ("auto", "refresh", "stale")
@@ -306,7 +307,6 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
     call = call or default_velocity
     s_tok = torch.full((b, n), float(sigmas[0]), device=x.device, dtype=torch.float32)  # each token's sigma
     v_tok = torch.zeros_like(tok)
-    v_prev = torch.zeros_like(tok)
     score = torch.zeros(b, n, device=x.device, dtype=torch.float32)
     skips = torch.zeros(b, n, device=x.device, dtype=torch.long)
     stats = HSAStats()
@@ -325,11 +325,10 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
         v_new = call(tokens_to_latent(common, x, layout.rows, layout.cols, layout.frames), sigma, active)  # (B, k, D)
         x_act = _gather(common, active)
         dt = sigma_next - sigma
-        stepped = (x_act.float() + dt * v_new).to(v_new.dtype)  # accel.schedulers.flow.euler_update's arithmetic
+        stepped = euler_update(x_act, v_new, sigma, sigma_next)  # plain Euler's own update, bit for bit
         tok = _scatter(tok, active, stepped)
         s_tok = s_tok.scatter(1, active, float(sigma_next))
         prev = _gather(v_tok, active)
-        v_prev = _scatter(v_prev, active, prev)
         v_tok = _scatter(v_tok, active, v_new.to(tok.dtype))
         new_score = _active_scores(config.score, v_new, prev, dt.float(), delta, first=j < 1)
         score = score.scatter(1, active, new_score)
@@ -348,9 +347,9 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
 def _cached_update(tok: torch.Tensor, s_tok: torch.Tensor, v_tok: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Every token (B, L, D) moved from its own sigma s_tok (B, L) to sigma along its cached velocity: the per-token
     flow Euler update (accel.kernels.euler: the fused kernel on GPU, its float32 torch twin elsewhere)."""
-    from accel.kernels.euler import euler_update
+    from accel.kernels import euler
 
-    return euler_update(tok, v_tok, s_tok, sigma)
+    return euler.euler_update(tok, v_tok, s_tok, sigma)
 
 
 def _active_scores(kind: str, v_new: torch.Tensor, v_old: torch.Tensor, dt: torch.Tensor, delta: float,
