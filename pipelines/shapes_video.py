@@ -308,7 +308,7 @@ class VideoActiveTokens(ActiveTokens):
     def _active_velocity(self, x, sigma, active):
         model = self.denoiser.transformer
         grid = model.grid(x)
-        if self.refresh:  # every token's embedding (for the inactive tokens' K/V), the active ones' input
+        if self.refresh and self.refresh_kv:  # a refreshing step: every token's embedding (the inactive K/V need it)
             embed = model.patch_embed(model.patchify(x)) + model.positions(grid, model.config.width).to(x)
             img = _gather(embed, active, 1)
         else:
