@@ -353,12 +353,22 @@ class FluxActiveTokens(DiTActiveTokens):
     def _hidden(self, args, kwargs):
         return kwargs["hidden_states"]
 
-    def _kv(self, block, h, args, kwargs, index):
-        temb = kwargs["temb"]
-        norm = block.norm1(h, emb=temb)[0] if hasattr(block, "norm1") else block.norm(h, emb=temb)[0]
+    @staticmethod
+    def _project(block, h, temb, text: bool = False):
+        """Keys (post-norm, before the rotary embedding) and values (B, m, H, Dh) that the block's self-attention
+        makes from stream input h: the image stream's, or with text the text stream's (in a double block its own
+        norm and projections; a single block's are shared)."""
         attn = block.attn
-        k = attn.norm_k(attn.to_k(norm).unflatten(-1, (-1, attn.head_dim)))
-        v = attn.to_v(norm).unflatten(-1, (-1, attn.head_dim))
+        if text and hasattr(block, "norm1_context"):
+            norm = block.norm1_context(h, emb=temb)[0]
+            to_k, to_v, norm_k = attn.add_k_proj, attn.add_v_proj, attn.norm_added_k
+        else:
+            norm = (block.norm1 if hasattr(block, "norm1") else block.norm)(h, emb=temb)[0]
+            to_k, to_v, norm_k = attn.to_k, attn.to_v, attn.norm_k
+        return norm_k(to_k(norm).unflatten(-1, (-1, attn.head_dim))), to_v(norm).unflatten(-1, (-1, attn.head_dim))
+
+    def _kv(self, block, h, args, kwargs, index):
+        k, v = self._project(block, h, kwargs["temb"])
         rope = kwargs.get("image_rotary_emb")
         if rope is not None:
             if self.inactive_rope is None:
@@ -370,21 +380,13 @@ class FluxActiveTokens(DiTActiveTokens):
     def _kv_share(self):
         return 2 / 12  # double blocks: QKV 3 + out 1 + MLP 8 (d^2 per image token); single: QKV 3 + MLP 4 + out 5
 
-    def _text_rope(self, kwargs):
-        rope = kwargs.get("image_rotary_emb")
+    def _text_rope(self, rope):
+        """The text rows of the full ([text; image]) rotary embedding, or None."""
         return None if rope is None else tuple(r[: r.shape[0] - self.n] for r in rope)
 
     def _text_kv(self, block, h, kwargs):
-        attn, temb = block.attn, kwargs["temb"]
-        if hasattr(block, "norm1_context"):  # a double block: the text stream's own norm and projections
-            norm = block.norm1_context(h, emb=temb)[0]
-            k = attn.norm_added_k(attn.add_k_proj(norm).unflatten(-1, (-1, attn.head_dim)))
-            v = attn.add_v_proj(norm).unflatten(-1, (-1, attn.head_dim))
-        else:
-            norm = block.norm(h, emb=temb)[0]
-            k = attn.norm_k(attn.to_k(norm).unflatten(-1, (-1, attn.head_dim)))
-            v = attn.to_v(norm).unflatten(-1, (-1, attn.head_dim))
-        rope = self._text_rope(kwargs)
+        k, v = self._project(block, h, kwargs["temb"], text=True)
+        rope = self._text_rope(kwargs.get("image_rotary_emb"))
         return (k if rope is None else _rope_flux(k, *rope)), v
 
     def _text_hooks(self, i, block):
@@ -398,7 +400,7 @@ class FluxActiveTokens(DiTActiveTokens):
                 t = out.unflatten(-1, (-1, attn.head_dim)) if kind == "v" else out
                 t = t if double else t[:, : t.shape[1] - self.n]  # single blocks: the text rows of [text; image]
                 if kind == "k" and self.rope is not None:
-                    t = _rope_flux(t, *(r[: r.shape[0] - self.n] for r in self.rope))
+                    t = _rope_flux(t, *self._text_rope(self.rope))
                 self.txt[self.key][0 if kind == "k" else 1][i] = t
             return hook
 
