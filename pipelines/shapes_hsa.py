@@ -36,19 +36,23 @@ import torch.nn.functional as F
 from accel.core.denoiser import Cond
 
 
+def _spread(index: torch.Tensor, ndim: int, dim: int, shape) -> torch.Tensor:
+    """Token indices (B, k) laid along dim (1 or 2) of an ndim-dimensional tensor and expanded to shape."""
+    view = [index.shape[0]] + [1] * (ndim - 1)
+    view[dim] = index.shape[1]
+    return index.view(view).expand(shape)
+
+
 def _gather(t: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
     """t gathered along dim (1 or 2) at index (B, k)."""
     shape = list(t.shape)
     shape[dim] = index.shape[1]
-    view = [index.shape[0]] + [1] * (t.ndim - 1)
-    view[dim] = index.shape[1]
-    return torch.gather(t, dim, index.view(view).expand(shape))
+    return torch.gather(t, dim, _spread(index, t.ndim, dim, shape))
 
 
 def _scatter(t: torch.Tensor, index: torch.Tensor, src: torch.Tensor, dim: int) -> torch.Tensor:
-    view = [index.shape[0]] + [1] * (t.ndim - 1)
-    view[dim] = index.shape[1]
-    return t.scatter(dim, index.view(view).expand(src.shape), src)
+    """A copy of t with src written along dim at index (B, k)."""
+    return t.scatter(dim, _spread(index, t.ndim, dim, src.shape), src)
 
 
 class ActiveTokens:
@@ -229,9 +233,7 @@ class ActiveTokens:
 
 def _scatter_(t: torch.Tensor, index: torch.Tensor, src: torch.Tensor, dim: int) -> None:
     """_scatter in place (t may be a view: its base is written)."""
-    view = [index.shape[0]] + [1] * (t.ndim - 1)
-    view[dim] = index.shape[1]
-    t.scatter_(dim, index.view(view).expand(src.shape), src)
+    t.scatter_(dim, _spread(index, t.ndim, dim, src.shape), src)
 
 
 def _inactive(active: torch.Tensor, n: int) -> torch.Tensor:
