@@ -101,7 +101,7 @@ def split_methods(text: str) -> list[str]:
 def parse_method(text: str) -> tuple[str, dict]:
     """'name:key=value,...' -> (name, {key: value}); ValueError naming what is allowed. Each method takes its knob
     (a number); hsa and hsa-exact also take HSAConfig's warmup, decay and max_skips (a number or auto), grid_steps
-    (a number, auto or all), score (dynamics or displacement), kv (refresh or stale) and refresh_every."""
+    (a number, auto or all), score (dynamics or displacement), kv (extrapolate, refresh or stale) and refresh_every."""
     name, _, rest = text.partition(":")
     if name not in _KNOBS:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(_KNOBS)} (as name:key=value, e.g. "

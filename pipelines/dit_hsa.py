@@ -14,15 +14,16 @@ what goes through its blocks:
 
 A full step (every token active, or the first call of a model/CFG branch) runs the model untouched and records each
 self-attention's image K/V (hooks on norm_k and to_v), the rotary embedding and the last block output, and with
-kv="refresh" (the default: kv="auto") every block's image-stream input. The inactive tokens' K/V then come, at each
-partial step that refreshes (HSAConfig.refresh_every), from their estimated block input (their current embedding plus
-the block residuals cached at their last computation) through the block's own norm, modulation at the current timestep,
-K/V projections, qk-norm and rotary embedding, as accel.pipelines.shapes_hsa describes, and stay so at the steps
-between; kv="stale" keeps them as last computed. Caches are kept per transformer (Wan 2.2's two experts) and per CFG
-branch (the adapter's forwards in order within one velocity call). The adapter's velocity does the rest (conditioning,
-CFG, NFE count), so every family keeps its own arithmetic. The processors are swapped only where the model uses the
-upstream default (FluxAttnProcessor, WanAttnProcessor); anything else (IP adapters, fused kernels, custom processors)
-makes `supported` False and HSA computes every token instead (exact, no saving).
+the K/V refresh (kv="refresh" or "extrapolate", the default: kv="auto") every block's image-stream input. The inactive
+tokens' K/V then come, at each partial step that refreshes (HSAConfig.refresh_every), from their estimated block input
+(their current embedding plus the block residuals cached at their last computation, with "extrapolate" plus the
+residuals' trend over their last two: accel.schedulers.hsa.BlockInputs) through the block's own norm, modulation at
+the current timestep, K/V projections, qk-norm and rotary embedding, as accel.pipelines.shapes_hsa describes, and stay
+so at the steps between; kv="stale" keeps them as last computed. Caches are kept per transformer (Wan 2.2's two
+experts) and per CFG branch (the adapter's forwards in order within one velocity call). The adapter's velocity does
+the rest (conditioning, CFG, NFE count), so every family keeps its own arithmetic. The processors are swapped only
+where the model uses the upstream default (FluxAttnProcessor, WanAttnProcessor); anything else (IP adapters, fused
+kernels, custom processors) makes `supported` False and HSA computes every token instead (exact, no saving).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from diffusers.utils import logging
 
 from accel.core.denoiser import Cond
 from accel.pipelines.shapes_hsa import _gather, _inactive, _scatter
+from accel.schedulers.hsa import BlockInputs
 
 logger = logging.get_logger(__name__)
 
@@ -64,13 +66,15 @@ class DiTActiveTokens:
 
     default_processor: type | None = None  # the upstream processor the active-token one stands in for
     active_processor: type[_ActiveProcessor]  # the active-token processor, one instance per self-attention
-    default_kv = "refresh"  # what kv="auto" means for these families (plain patch DiTs)
+    default_kv = "extrapolate"  # what kv="auto" means for these families (plain patch DiTs)
     text_in_attention = False  # the text shares the self-attention sequence (Flux), so it can skip partial steps
 
     def __init__(self, denoiser, cond: Cond, kv: str = "auto"):
-        from accel.schedulers.hsa import refreshes_kv
+        from accel.schedulers.hsa import kv_mode
 
-        self.denoiser, self.cond, self.refresh = denoiser, cond, refreshes_kv(kv, self.default_kv)
+        self.denoiser, self.cond = denoiser, cond
+        self.mode = kv_mode(kv, self.default_kv)
+        self.refresh = self.mode != "stale"
         self.models = [m for m in self._transformers() if m is not None]
         self.kv: dict[tuple[int, int], list[list[torch.Tensor | None]]] = {}  # (model, branch) -> [K list, V list]
         self.out: dict[tuple[int, int], torch.Tensor] = {}  # last block output (B, N, D)
@@ -81,9 +85,10 @@ class DiTActiveTokens:
         self.calls: dict[int, int] = {}
         self.rope = None  # the current forward's rotary embedding (full, or at the active tokens)
         self.temb = None  # Wan: the blocks' modulation input, at the active tokens where it is per token
-        self.h: dict[tuple[int, int], list[torch.Tensor | None]] = {}  # refresh: each block's image-stream input
+        self.inputs: dict[tuple[int, int], BlockInputs] = {}  # refresh: each block's image-stream input
+        self.sigma = 1.0  # the current call's
         self.inactive: torch.Tensor | None = None
-        self.drift: torch.Tensor | None = None  # the inactive tokens' embedding change since their last computation
+        self.embed: torch.Tensor | None = None  # the inactive tokens' current embedding (the first block's input)
         self.inactive_rope: tuple | None = None  # the rotary embedding at the inactive tokens
         self.refresh_kv = True  # set by hsa_sample per step: whether this partial step refreshes the inactive K/V
         # the text stream with the refresh (families whose text shares the self-attention, skips_text): its K/V
@@ -94,7 +99,7 @@ class DiTActiveTokens:
     @property
     def inactive_cost(self) -> float:
         """An inactive token's cost per partial step as a fraction of an active one's (matmul FLOPs of a block):
-        its K/V projections at the steps that refresh with kv="refresh", nothing with "stale"."""
+        its K/V projections at the steps that refresh with kv="refresh" or "extrapolate", nothing with "stale"."""
         return self._kv_share() if self.refresh else 0.0
 
     @property
@@ -170,6 +175,7 @@ class DiTActiveTokens:
         layout = d.token_layout(x)
         self.n = layout.num_tokens
         self.active = None if active.shape[1] == self.n else active
+        self.sigma = float(sigma)
         self.calls = {}
         handles = []
         for mi, model in enumerate(self.models):
@@ -210,8 +216,7 @@ class DiTActiveTokens:
             def hook(module, args, kwargs):
                 if self.refresh and self.refresh_kv and self.partial and i == 0:  # every embedding, before the gather
                     self.inactive = _inactive(self.active, self.n)
-                    self.drift = (_gather(self._hidden(args, kwargs), self.inactive, 1)
-                                  - _gather(self.h[self.key][0], self.inactive, 1))
+                    self.embed = _gather(self._hidden(args, kwargs), self.inactive, 1)
                     self.inactive_rope = None  # gathered once per call, by the first block's _kv
                 full = (args, kwargs)
                 args, kwargs = self._block_pre(model, i, args, kwargs)
@@ -225,6 +230,8 @@ class DiTActiveTokens:
             if self.partial:
                 h = _scatter(self.out[self.key].to(h.dtype), self.active, h, 1)
             self.out[self.key] = h
+            if self.refresh:
+                self.inputs[self.key].computed(self.sigma, self.active if self.partial else None)
             return (h, *args[1:])
 
         def record(i, kind):
@@ -251,23 +258,24 @@ class DiTActiveTokens:
         from their estimated input into the cache (at the steps that refresh), and record the active tokens'
         input."""
         if not self.partial:
-            self.h.setdefault(self.key, [None] * len(self.kv[self.key][0]))[i] = hidden
+            layers = len(self.kv[self.key][0])
+            self.inputs.setdefault(self.key, BlockInputs(layers, self.mode == "extrapolate")).record(i, hidden)
             if self.skips_text:
                 self.h_txt[self.key][i] = full[1]["encoder_hidden_states"]
             return
-        h = self.h[self.key]
+        inputs = self.inputs[self.key]
         if not self.refresh_kv:
-            h[i] = _scatter(h[i].to(hidden.dtype), self.active, hidden, 1)
+            inputs.record(i, hidden, self.active)
             return
         if self.skips_text:
             txt = self.txt[self.key]
             txt[0][i], txt[1][i] = self._text_kv(block, self.h_txt[self.key][i].to(hidden.dtype), full[1])
-        k, v = self._kv(block, _gather(h[i], self.inactive, 1).to(hidden.dtype) + self.drift.to(hidden.dtype),
-                        *full, self.inactive)
+        k, v = self._kv(block, inputs.estimate(i, self.embed.to(hidden.dtype), self.sigma, self.inactive), *full,
+                        self.inactive)
         cache = self.kv[self.key]
         cache[0][i] = _scatter(cache[0][i].to(k.dtype), self.inactive, k, 1)
         cache[1][i] = _scatter(cache[1][i].to(v.dtype), self.inactive, v, 1)
-        h[i] = _scatter(h[i].to(hidden.dtype), self.active, hidden, 1)
+        inputs.record(i, hidden, self.active)
 
     def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t_len: int,
                 mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,15 +6,17 @@ the active tokens, and K/V for the inactive tokens from the cache (kept per laye
 of the batch). The inactive tokens' block outputs are cached too, so the convolutional head sees a full token grid.
 A full step (every token active) runs the model's own forward, exactly, and refreshes all caches.
 
-Inactive tokens' K/V (kv="refresh", the video model's default): each block's input for an inactive token is
-estimated as its *current* embedding (cheap: every token is embedded each step) plus the block residuals
-accumulated up to that block when the token was last computed, h_l ~ e_now + (h_l - e)_cached, and the block's own
-norm, modulation (at the current sigma) and K/V projections make its keys and values, at every
+Inactive tokens' K/V (kv="refresh" / "extrapolate", the latter the video model's default): each block's input for an
+inactive token is estimated as its *current* embedding (cheap: every token is embedded at the steps that refresh)
+plus the block residuals accumulated up to that block when the token was last computed, h_l ~ e_now + (h_l - e)_cached
+("extrapolate" adds the residuals' trend over the token's last two computations: accel.schedulers.hsa.BlockInputs),
+and the block's own norm, modulation (at the current sigma) and K/V projections make its keys and values, at every
 HSAConfig.refresh_every-th partial step (the steps between keep them as refreshed). This costs the inactive
 tokens' K/V projections (about a sixth of a token's block compute) and removes most of the staleness: a skipped
 token's latent moves with its cached Euler update, and its embedding moves with it. kv="stale" keeps the K/V as
 last computed (the paper's cache). On the built-in video model at runtime 0.5 the refresh lifts SSIM against the
-full-step output from 0.85 to 0.96 (README). The image DiT defaults to "stale" (kv="auto"): there the refresh
+full-step output from 0.85 to 0.96, and the extrapolation adds about 0.6 dB PSNR (README). The image DiT defaults
+to "stale" (kv="auto"): there the refresh
 measured worse at the same budget, its convolutional stem and head being most of the compute. With the refresh the
 text tokens skip partial steps as well: their K/V are made from their block inputs at the last full step,
 modulated at the current sigma (on the video model the 16 text tokens were an eighth of every partial step's rows;
@@ -66,27 +68,32 @@ class ActiveTokens:
     tokens, (B, k, D), in accel.schedulers.hsa's token layout.
     """
 
-    default_kv = "refresh"  # what kv="auto" means for the family
+    default_kv = "extrapolate"  # what kv="auto" means for the family
 
     def __init__(self, denoiser, cond: Cond, kv: str = "auto"):
-        from accel.schedulers.hsa import refreshes_kv
+        from accel.schedulers.hsa import BlockInputs, kv_mode
 
-        self.denoiser, self.cond, self.refresh = denoiser, cond, refreshes_kv(kv, self.default_kv)
+        self.denoiser, self.cond = denoiser, cond
+        self.mode = kv_mode(kv, self.default_kv)
+        self.refresh = self.mode != "stale"
         # per layer, [text; image] K/V buffers (B2, heads, T + L, head_dim) the attention reads, updated in place;
         # k / v are their image parts (views)
         self.kbuf: list[torch.Tensor | None] = []
         self.vbuf: list[torch.Tensor | None] = []
         self.k: list[torch.Tensor | None] = []
         self.v: list[torch.Tensor | None] = []
-        self.h: list[torch.Tensor | None] = []  # refresh: each block's image-token input at its last computation
+        # refresh / extrapolate: each block's image-token input at every token's last computation (and the one
+        # before)
+        self.inputs = BlockInputs(len(denoiser.transformer.blocks), extrapolate=self.mode == "extrapolate")
+        self.sigma = 1.0  # the current call's sigma
         self.h_txt: list[torch.Tensor | None] = []  # refresh: each block's text-token input at the last full step
         self.refresh_kv = True  # set by hsa_sample per step: whether this partial step refreshes the inactive K/V
 
     @property
     def inactive_cost(self) -> float:
         """An inactive token's cost per partial step as a fraction of an active token's block compute (matmul
-        FLOPs) at a step that refreshes: its K/V projections (2 d^2 of 4 d^2 + 2 mlp_ratio d^2) with kv="refresh",
-        nothing with "stale"."""
+        FLOPs) at a step that refreshes: its K/V projections (2 d^2 of 4 d^2 + 2 mlp_ratio d^2) with the refresh
+        (kv="refresh" or "extrapolate"), nothing with "stale"."""
         if not self.refresh:
             return 0.0
         block = self.denoiser.transformer.blocks[0]
@@ -107,7 +114,10 @@ class ActiveTokens:
         s = sigma.to(x.device, torch.float32).expand(b)
         s = torch.cat([s, s]) if cfg else s
         act = torch.cat([active, active]) if cfg else active
+        self.sigma = float(sigma)
         out = self._active_velocity(x_in, s, act)
+        if self.refresh:
+            self.inputs.computed(self.sigma, act)
         if cfg:
             v_uncond, v_cond = out.chunk(2)
             out = v_uncond + cond.data["guidance"] * (v_cond - v_uncond)
@@ -142,22 +152,25 @@ class ActiveTokens:
 
         def record_input(i):
             def hook(module, args):
-                self.h[i] = args[0][:, t_len:].contiguous()
+                self.inputs.record(i, args[0][:, t_len:].contiguous())
                 self.h_txt[i] = args[0][:, :t_len]
             return hook
 
         handles = self._full_hooks(model)
-        self.h, self.h_txt = [None] * len(model.blocks), [None] * len(model.blocks)
+        self.h_txt = [None] * len(model.blocks)
         for i, block in enumerate(model.blocks):
             handles += [block.attn.to_k.register_forward_hook(record(i, "k")),
                         block.attn.to_v.register_forward_hook(record(i, "v"))]
             if self.refresh:
                 handles.append(block.register_forward_pre_hook(record_input(i)))
         try:
-            return self.denoiser.velocity(x, sigma, self.cond)
+            v = self.denoiser.velocity(x, sigma, self.cond)
         finally:
             for h in handles:
                 h.remove()
+        if self.refresh:
+            self.inputs.computed(float(sigma))
+        return v
 
     def _blocks(self, model, tokens: torch.Tensor, c: torch.Tensor, keep: torch.Tensor | None, t_len: int,
                 active: torch.Tensor | None, embed: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,12 +187,11 @@ class ActiveTokens:
 
     def _loop(self, model, tokens, c, keep, t_len: int, active: torch.Tensor | None, record: bool = False):
         """The blocks over [text (t_len rows); image queries], attention through _attention; record: keep each
-        block's input for the active rows (self.h)."""
-        rows = active[..., None].expand(-1, -1, tokens.shape[-1]) if record else None
+        block's input for the active rows (self.inputs)."""
         for i, block in enumerate(model.blocks):
             shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
             if record:
-                self.h[i].scatter_(1, rows, tokens)
+                self.inputs.record(i, tokens, active)
             tokens = tokens + gate1 * self._attention(block.attn, block.norm1(tokens) * (1 + scale1) + shift1,
                                                        keep, i, t_len, active)
             tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
@@ -195,12 +207,11 @@ class ActiveTokens:
         text, tokens = tokens[:, :t_len], tokens[:, t_len:]
         b, k = active.shape
         rows = active[..., None].expand(-1, -1, tokens.shape[-1])
-        drift = embed - self.h[0]  # every image token's embedding change since its last computation
         for i, block in enumerate(model.blocks):
             shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
             attn = block.attn
-            estimate = (self.h[i] + drift).scatter_(1, rows, tokens)  # the active rows: their actual input
-            self.h[i].scatter_(1, rows, tokens)
+            estimate = self.inputs.estimate(i, embed, self.sigma).scatter_(1, rows, tokens)  # active: actual input
+            self.inputs.record(i, tokens, active)
             hidden = block.norm1(torch.cat([self.h_txt[i], estimate], 1)) * (1 + scale1) + shift1  # (B2, T + L, D)
             m = hidden.shape[1]
             self.kbuf[i] = attn.norm_k(attn.to_k(hidden).view(b, m, attn.heads, -1).transpose(1, 2))

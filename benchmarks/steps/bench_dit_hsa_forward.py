@@ -8,7 +8,8 @@ that calls the transformer as the pipeline does.
 
     python benchmarks/steps/bench_dit_hsa_forward.py --model flux --prompts 1 --seed 0 --json out.json
 
---kv refresh (the default for these families): a partial step refreshes the inactive tokens' K/V every other step
+--kv extrapolate (the default for these families) or refresh: a partial step refreshes the inactive tokens' K/V every
+other step
 (HSAConfig.refresh_every=2), so a row's time is the mean of a refreshing call and one between refreshes (both also
 recorded), and Flux's text skips partial steps; --kv stale leaves the inactive K/V as cached and recomputes the text
 (HSAConfig.kv). Timings are the best of --repeats rounds, each round timing every call once. --text N overrides the
@@ -104,7 +105,7 @@ def _time_rounds(calls: dict, repeats: int, sync) -> dict:
 
 @torch.no_grad()
 def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[float], repeats: int, device: str,
-          dtype: torch.dtype, kv: str = "refresh", text: int | None = None) -> list[dict]:
+          dtype: torch.dtype, kv: str = "extrapolate", text: int | None = None) -> list[dict]:
     from diffusers import FluxTransformer2DModel, WanTransformer3DModel
 
     from accel.core.denoiser import Cond
@@ -138,13 +139,13 @@ def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[flo
     for f in fractions:
         k = max(1, round(f * n))
         active = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(batch)]).to(device)
-        for refresh in (True, False) if kv == "refresh" else (True,):
+        for refresh in (True, False) if kv != "stale" else (True,):
             calls[(f, refresh)] = lambda a=active, r=refresh: _partial(run, x, sigma, a, r)
     best = _time_rounds(calls, repeats, sync)
     rows = [{"active_fraction": 1.0, "seconds": best["full"], "speedup": 1.0}]
     for f in fractions:
         row = {"active_fraction": f}
-        if kv == "refresh":  # refresh_every=2: one refreshing call and one between per two steps
+        if kv != "stale":  # refresh_every=2: one refreshing call and one between per two steps
             row |= {"seconds_refresh": best[(f, True)], "seconds_between": best[(f, False)]}
             row["seconds"] = (best[(f, True)] + best[(f, False)]) / 2
         else:
@@ -167,7 +168,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on CUDA, fp32 on CPU")
-    ap.add_argument("--kv", choices=("refresh", "stale"), default="refresh", help="the inactive tokens' K/V")
+    ap.add_argument("--kv", choices=("extrapolate", "refresh", "stale"), default="extrapolate",
+                    help="the inactive tokens' K/V")
     ap.add_argument("--text", type=int, default=None, help="text tokens (default: the size's)")
     ap.add_argument("--json", default=None, help="write the rows here (atomically)")
     args = ap.parse_args(argv)

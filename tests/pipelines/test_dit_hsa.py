@@ -84,7 +84,7 @@ def test_partial_step_with_fresh_caches_equals_full_forward(setup):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kv", ["stale", "refresh"])
+@pytest.mark.parametrize("kv", ["stale", "refresh", "extrapolate"])
 def test_partial_step_reads_the_caches(setup, kv):
     """Changed caches change the active tokens' velocities: the queries read the cached K/V of the inactive ones
     (stale), or K/V made from the inactive tokens' cached block inputs (refresh)."""
@@ -101,9 +101,9 @@ def test_partial_step_reads_the_caches(setup, kv):
         for key in run.kv:
             run.kv[key][1] = [v * 2 for v in run.kv[key][1]]
     else:
-        assert not run.h or all(len(h) == len(run.kv[key][0]) for key, h in run.h.items())
-        for key in run.h:
-            run.h[key] = [h if i == 0 else h * 2 for i, h in enumerate(run.h[key])]
+        assert not run.inputs or all(len(h.h) == len(run.kv[key][0]) for key, h in run.inputs.items())
+        for inputs in run.inputs.values():
+            inputs.h = [h if i == 0 else h * 2 for i, h in enumerate(inputs.h)]
     assert not torch.allclose(a, run(x, sigma, active))
 
 
@@ -127,7 +127,7 @@ def test_refreshed_kv_follow_the_latent(setup):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kv", ["refresh", "stale"])
+@pytest.mark.parametrize("kv", ["extrapolate", "stale"])
 def test_partial_steps_skip_the_text_with_the_refresh(setup, kv):
     """Flux's text shares the self-attention: with the refresh a partial step runs no text rows through the blocks
     (its K/V are remade at refreshing steps from its block inputs at the last full step, kept between); with stale
@@ -157,8 +157,8 @@ def test_partial_steps_skip_the_text_with_the_refresh(setup, kv):
         for h in hooks:
             h.remove()
     t_len = prepared.cond.data["embeds"].shape[1]
-    assert seen == [0 if kv == "refresh" else t_len] * (2 * len(blocks) * prepared.cond.passes)
-    assert bool(run.txt) == (kv == "refresh")
+    assert seen == [0 if kv != "stale" else t_len] * (2 * len(blocks) * prepared.cond.passes)
+    assert bool(run.txt) == (kv != "stale")
 
 
 @torch.no_grad()
@@ -176,7 +176,7 @@ def test_steps_between_refreshes_keep_the_inactive_kv(setup):
     checked = 0
     for refresh, sigma in ((False, s1), (True, s2)):  # every token moved along v (a new latent each call)
         kv0 = {key: [[t.clone() for t in ts] for ts in c] for key, c in run.kv.items()}
-        h0 = {key: [t.clone() for t in hs] for key, hs in run.h.items()}
+        h0 = {key: [t.clone() for t in hs.h] for key, hs in run.inputs.items()}
         run.refresh_kv = refresh
         run(x + (sigma - s0) * v, sigma, act.expand(b, -1))
         for key, c in run.kv.items():
@@ -185,8 +185,8 @@ def test_steps_between_refreshes_keep_the_inactive_kv(setup):
             for before, after in zip(kv0[key][0] + kv0[key][1], c[0] + c[1]):
                 assert not torch.equal(before[:, act], after[:, act])
                 assert torch.equal(before[:, ina], after[:, ina]) != refresh
-            assert all(torch.equal(b0[:, ina], b1[:, ina]) for b0, b1 in zip(h0[key], run.h[key]))
-            assert not torch.equal(h0[key][-1][:, act], run.h[key][-1][:, act])
+            assert all(torch.equal(b0[:, ina], b1[:, ina]) for b0, b1 in zip(h0[key], run.inputs[key].h))
+            assert not torch.equal(h0[key][-1][:, act], run.inputs[key].h[-1][:, act])
             checked += 1
     assert checked >= 2
 

@@ -6,8 +6,8 @@ import torch
 from accel.pipelines.shapes import ShapesDenoiser, build_shapes_pipeline
 from accel.core.grid import TimeGrid
 from accel.schedulers.flow import euler_update, sample
-from accel.schedulers.hsa import (HSAConfig, _cached_update, hsa_sample, latent_to_tokens, plan_hsa, refresh_steps,
-                                  tokens_to_latent)
+from accel.schedulers.hsa import (BlockInputs, HSAConfig, _cached_update, hsa_sample, latent_to_tokens, plan_hsa,
+                                  refresh_steps, tokens_to_latent)
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +208,49 @@ def test_grid_steps_subsample_the_grid_and_keep_the_budget(setup):
     assert torch.equal(out, ref)
     with pytest.raises(ValueError, match="exceeds"):
         hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(grid_steps=9))
+
+
+def test_block_inputs_estimates():
+    """BlockInputs: "refresh" estimates a block's input as the current embedding plus the residual at the last
+    computation; "extrapolate" adds the residual's trend over the last two, which is exact for a residual linear in
+    sigma (and the trend's weight is clipped at one step's worth); a token computed once has no trend."""
+    torch.manual_seed(0)
+    b, n, d, layers = 2, 6, 4, 3
+    a, slope = torch.randn(layers, b, n, d), torch.randn(layers, b, n, d)
+    a[0] = slope[0] = 0  # the first block's input is the embedding itself
+
+    def embed(s):
+        return torch.full((b, n, d), s) + torch.arange(n)[None, :, None]
+
+    def inputs_at(s):  # block l's input at sigma s: the embedding plus a residual linear in s
+        return [embed(s) + a[i] + s * slope[i] for i in range(layers)]
+
+    refresh, extra = BlockInputs(layers), BlockInputs(layers, extrapolate=True)
+    active = torch.tensor([[0, 2, 5], [1, 3, 4]])
+    for bi in (refresh, extra):
+        for i, h in enumerate(inputs_at(1.0)):
+            bi.record(i, h)
+        bi.computed(1.0)
+        for i, h in enumerate(inputs_at(0.8)):
+            bi.record(i, h.gather(1, active[..., None].expand(-1, -1, d)), active)
+        bi.computed(0.8, active)
+    assert torch.equal(extra.s_then.gather(1, active), torch.full((b, 3), 0.8))
+    inactive = torch.tensor([[1, 3, 4], [0, 2, 5]])
+    truth = inputs_at(0.6)
+    for i in range(layers):
+        e = embed(0.6)
+        twice = extra.estimate(i, e.gather(1, active[..., None].expand(-1, -1, d)), 0.6, active)
+        want = truth[i].gather(1, active[..., None].expand(-1, -1, d))
+        assert torch.allclose(twice, want, atol=1e-5)  # computed at 1.0 and 0.8: the line through them
+        once = extra.estimate(i, e.gather(1, inactive[..., None].expand(-1, -1, d)), 0.6, inactive)
+        then = inputs_at(1.0)[i] - embed(1.0) + e  # computed at 1.0 only: the residual as then
+        assert torch.allclose(once, then.gather(1, inactive[..., None].expand(-1, -1, d)), atol=1e-5)
+        assert torch.allclose(refresh.estimate(i, e, 0.6), torch.where(
+            torch.zeros(b, n, 1, dtype=torch.bool).scatter(1, active[..., None], True),
+            inputs_at(0.8)[i], inputs_at(1.0)[i]) - torch.where(
+            torch.zeros(b, n, 1, dtype=torch.bool).scatter(1, active[..., None], True), embed(0.8), embed(1.0)) + e,
+            atol=1e-5)
+    far = extra.estimate(2, embed(0.0), 0.0)  # two steps' worth away: the trend counts once
+    rows = active[..., None].expand(-1, -1, d)
+    want = (inputs_at(0.8)[2] + 0.2 * slope[2] * -1 - embed(0.8) + embed(0.0)).gather(1, rows)
+    assert torch.allclose(far.gather(1, rows), want, atol=1e-5)
