@@ -122,16 +122,23 @@ class BlockInputs:
             self.s_then = self.s_then.scatter(1, active, float(sigma))
 
     def record(self, layer: int, hidden: torch.Tensor, active: torch.Tensor | None = None) -> None:
-        """Block `layer`'s input: of every token (B, L, D) with active None, else of the tokens active (B, k)."""
+        """Block `layer`'s input: of every token (B, L, D) with active None (kept, not copied: the caller hands it
+        over), else of the tokens active (B, k) (written in place)."""
         old = self.h[layer]
         if active is None:
+            if 0 in hidden.stride():  # a broadcast view cannot be written per token
+                hidden = hidden.contiguous()
             self.h[layer] = hidden
             if self.before is not None:
-                self.before[layer] = hidden if old is None else old
+                self.before[layer] = hidden.clone() if old is None else old
             return
+        if old.dtype != hidden.dtype:
+            old = self.h[layer] = old.to(hidden.dtype)
+        index = active[..., None].expand(-1, -1, hidden.shape[-1])
         if self.before is not None:
-            self.before[layer] = _scatter(self.before[layer].to(hidden.dtype), active, _gather(old, active))
-        self.h[layer] = _scatter(old.to(hidden.dtype), active, hidden)
+            self.before[layer] = self.before[layer].to(hidden.dtype)
+            self.before[layer].scatter_(1, index, old.gather(1, index))
+        old.scatter_(1, index, hidden)
 
     def estimate(self, layer: int, embed: torch.Tensor, sigma: float, index: torch.Tensor | None = None
                  ) -> torch.Tensor:
