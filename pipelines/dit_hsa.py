@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from diffusers.utils import logging
 
 from accel.core.denoiser import Cond
-from accel.pipelines.shapes_hsa import _gather, _inactive, _scatter
+from accel.core.token_index import gather_tokens, other_tokens, scatter_tokens
 from accel.schedulers.hsa import BlockInputs
 
 logger = logging.get_logger(__name__)
@@ -185,7 +185,7 @@ class DiTActiveTokens:
         finally:
             for undo in reversed(handles):
                 undo()
-        return _gather(latent_to_tokens(v, layout.rows, layout.cols, layout.frames), active, 1)
+        return gather_tokens(latent_to_tokens(v, layout.rows, layout.cols, layout.frames), active, 1)
 
     def _install(self, mi: int, model) -> list:
         """Hooks for one HSA model call on one transformer; returns their undos."""
@@ -215,8 +215,8 @@ class DiTActiveTokens:
         def block_pre(i):
             def hook(module, args, kwargs):
                 if self.refresh and self.refresh_kv and self.partial and i == 0:  # every embedding, before the gather
-                    self.inactive = _inactive(self.active, self.n)
-                    self.embed = _gather(self._hidden(args, kwargs), self.inactive, 1)
+                    self.inactive = other_tokens(self.active, self.n)
+                    self.embed = gather_tokens(self._hidden(args, kwargs), self.inactive, 1)
                     self.inactive_rope = None  # gathered once per call, by the first block's _kv
                 full = (args, kwargs)
                 args, kwargs = self._block_pre(model, i, args, kwargs)
@@ -228,7 +228,7 @@ class DiTActiveTokens:
         def norm_out_pre(module, args):
             h = args[0]
             if self.partial:
-                h = _scatter(self.out[self.key].to(h.dtype), self.active, h, 1)
+                h = scatter_tokens(self.out[self.key].to(h.dtype), self.active, h, 1)
             self.out[self.key] = h
             if self.refresh:
                 self.inputs[self.key].computed(self.sigma, self.active if self.partial else None)
@@ -273,8 +273,8 @@ class DiTActiveTokens:
         k, v = self._kv(block, inputs.estimate(i, self.embed.to(hidden.dtype), self.sigma, self.inactive), *full,
                         self.inactive)
         cache = self.kv[self.key]
-        cache[0][i] = _scatter(cache[0][i].to(k.dtype), self.inactive, k, 1)
-        cache[1][i] = _scatter(cache[1][i].to(v.dtype), self.inactive, v, 1)
+        cache[0][i] = scatter_tokens(cache[0][i].to(k.dtype), self.inactive, k, 1)
+        cache[1][i] = scatter_tokens(cache[1][i].to(v.dtype), self.inactive, v, 1)
         inputs.record(i, hidden, self.active)
 
     def _attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t_len: int,
@@ -283,8 +283,8 @@ class DiTActiveTokens:
         cache, queries against [text; cached image] -> (B, t_len + k, H * Dh). With skips_text (t_len = 0) the
         text's K/V come from its cache."""
         cache = self.kv[self.key]
-        cache[0][layer] = _scatter(cache[0][layer].to(k.dtype), self.active, k[:, t_len:], 1)
-        cache[1][layer] = _scatter(cache[1][layer].to(v.dtype), self.active, v[:, t_len:], 1)
+        cache[0][layer] = scatter_tokens(cache[0][layer].to(k.dtype), self.active, k[:, t_len:], 1)
+        cache[1][layer] = scatter_tokens(cache[1][layer].to(v.dtype), self.active, v[:, t_len:], 1)
         k_txt, v_txt = k[:, :t_len], v[:, :t_len]
         if self.skips_text:
             k_txt, v_txt = (t[layer].to(k.dtype) for t in self.txt[self.key])
@@ -344,13 +344,13 @@ class FluxActiveTokens(DiTActiveTokens):
             self.rope = rope
             return args, kwargs
         if i == 0:  # gather the image tokens, and the rotary embedding every block shares
-            kwargs = dict(kwargs, hidden_states=_gather(kwargs["hidden_states"], self.active, 1))
+            kwargs = dict(kwargs, hidden_states=gather_tokens(kwargs["hidden_states"], self.active, 1))
             if self.skips_text:  # no text rows through the blocks: its K/V come from the cache
                 kwargs["encoder_hidden_states"] = kwargs["encoder_hidden_states"][:, :0]
             if rope is not None:
                 t_len = 0 if self.skips_text else rope[0].shape[0] - self.n
                 b = self.active.shape[0]
-                self.rope = tuple(torch.cat([r[:t_len].expand(b, -1, -1), _gather(r[-self.n:].expand(b, -1, -1),
+                self.rope = tuple(torch.cat([r[:t_len].expand(b, -1, -1), gather_tokens(r[-self.n:].expand(b, -1, -1),
                                                                                   self.active, 1)], 1) for r in rope)
         return args, kwargs
 
@@ -381,7 +381,7 @@ class FluxActiveTokens(DiTActiveTokens):
         if rope is not None:
             if self.inactive_rope is None:
                 b = index.shape[0]
-                self.inactive_rope = tuple(_gather(r[-self.n:].expand(b, -1, -1), index, 1) for r in rope)
+                self.inactive_rope = tuple(gather_tokens(r[-self.n:].expand(b, -1, -1), index, 1) for r in rope)
             k = _rope_flux(k, *self.inactive_rope)
         return k, v
 
@@ -454,9 +454,9 @@ class WanActiveTokens(DiTActiveTokens):
             return args, kwargs
         b = self.active.shape[0]
         if i == 0:
-            hidden = _gather(hidden, self.active, 1)
-            self.rope = tuple(_gather(r.expand(b, -1, -1, -1), self.active, 1) for r in rope)
-            self.temb = _gather(temb, self.active, 1) if temb.ndim == 4 else temb  # TI2V: (B, N, 6, D) per token
+            hidden = gather_tokens(hidden, self.active, 1)
+            self.rope = tuple(gather_tokens(r.expand(b, -1, -1, -1), self.active, 1) for r in rope)
+            self.temb = gather_tokens(temb, self.active, 1) if temb.ndim == 4 else temb  # TI2V: (B, N, 6, D) per token
         return (hidden, context, self.temb, self.rope), kwargs
 
     def _record_k(self, attn, out):
@@ -470,7 +470,8 @@ class WanActiveTokens(DiTActiveTokens):
         _, _, temb, rope = args
         b = index.shape[0]
         if temb.ndim == 4:  # TI2V: per token
-            shift, scale = (block.scale_shift_table.unsqueeze(0) + _gather(temb, index, 1).float()).chunk(6, dim=2)[:2]
+            mod = block.scale_shift_table.unsqueeze(0) + gather_tokens(temb, index, 1).float()
+            shift, scale = mod.chunk(6, dim=2)[:2]
             shift, scale = shift.squeeze(2), scale.squeeze(2)
         else:
             shift, scale = (block.scale_shift_table + temb.float()).chunk(6, dim=1)[:2]
@@ -479,7 +480,7 @@ class WanActiveTokens(DiTActiveTokens):
         k = attn.norm_k(attn.to_k(norm)).unflatten(2, (attn.heads, -1))
         v = attn.to_v(norm).unflatten(2, (attn.heads, -1))
         if self.inactive_rope is None:
-            self.inactive_rope = tuple(_gather(r.expand(b, -1, -1, -1), index, 1) for r in rope)
+            self.inactive_rope = tuple(gather_tokens(r.expand(b, -1, -1, -1), index, 1) for r in rope)
         return _rope_wan(k, *self.inactive_rope), v
 
     def _kv_share(self):

@@ -36,25 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from accel.core.denoiser import Cond
-
-
-def _spread(index: torch.Tensor, ndim: int, dim: int, shape) -> torch.Tensor:
-    """Token indices (B, k) laid along dim (1 or 2) of an ndim-dimensional tensor and expanded to shape."""
-    view = [index.shape[0]] + [1] * (ndim - 1)
-    view[dim] = index.shape[1]
-    return index.view(view).expand(shape)
-
-
-def _gather(t: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
-    """t gathered along dim (1 or 2) at index (B, k)."""
-    shape = list(t.shape)
-    shape[dim] = index.shape[1]
-    return torch.gather(t, dim, _spread(index, t.ndim, dim, shape))
-
-
-def _scatter(t: torch.Tensor, index: torch.Tensor, src: torch.Tensor, dim: int) -> torch.Tensor:
-    """A copy of t with src written along dim at index (B, k)."""
-    return t.scatter(dim, _spread(index, t.ndim, dim, src.shape), src)
+from accel.core.token_index import gather_tokens, scatter_tokens, scatter_tokens_
 
 
 class ActiveTokens:
@@ -107,7 +89,7 @@ class ActiveTokens:
         layout = d.token_layout(x)
         if active.shape[1] == layout.num_tokens or not self.k:
             v = latent_to_tokens(self._full(x, sigma), layout.rows, layout.cols, layout.frames)
-            return _gather(v, active, 1)
+            return gather_tokens(v, active, 1)
         cfg = cond.passes == 2
         b = x.shape[0]
         x_in = torch.cat([x, x]) if cfg else x
@@ -236,21 +218,9 @@ class ActiveTokens:
         else:
             for buf, img, fresh in ((self.kbuf[layer], self.k[layer], k), (self.vbuf[layer], self.v[layer], v)):
                 buf[:, :, :t_len] = fresh[:, :, :t_len]
-                _scatter_(img, active, fresh[:, :, t_len:], 2)
+                scatter_tokens_(img, active, fresh[:, :, t_len:], 2)
         out = F.scaled_dot_product_attention(q, self.kbuf[layer], self.vbuf[layer], attn_mask=keep)
         return attn.to_out(out.transpose(1, 2).reshape(b, m, dim))
-
-
-def _scatter_(t: torch.Tensor, index: torch.Tensor, src: torch.Tensor, dim: int) -> None:
-    """_scatter in place (t may be a view: its base is written)."""
-    t.scatter_(dim, _spread(index, t.ndim, dim, src.shape), src)
-
-
-def _inactive(active: torch.Tensor, n: int) -> torch.Tensor:
-    """The token indices (B, n - k) not in active (B, k), ascending."""
-    mask = torch.ones(active.shape[0], n, dtype=torch.bool, device=active.device).scatter(1, active, False)
-    return torch.sort(torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :n - active.shape[1]],
-                      dim=1).values
 
 
 class ShapesActiveTokens(ActiveTokens):
@@ -275,7 +245,7 @@ class ShapesActiveTokens(ActiveTokens):
         layout = self.denoiser.token_layout(x)
         v = latent_to_tokens(self.forward(self.denoiser.transformer, x, self.cond.data["embeds"], sigma,
                                           self.cond.data["mask"], active), layout.rows, layout.cols, layout.frames)
-        return _gather(v, active, 1)
+        return gather_tokens(v, active, 1)
 
     def forward(self, model, x, enc, sigma, enc_mask, active: torch.Tensor | None) -> torch.Tensor:
         """The model's forward (sigma per sample), with the blocks on the active tokens only against the cached
@@ -296,13 +266,13 @@ class ShapesActiveTokens(ActiveTokens):
         c = model.time_embed(timestep_embedding(sigma, model.config.freq_dim).to(img.dtype))[:, None] + pooled[:, None]
         txt = model.context_embedder(enc)
         t_len = txt.shape[1]
-        tokens = torch.cat([txt, img if active is None else _gather(img, active, 1)], dim=1)
+        tokens = torch.cat([txt, img if active is None else gather_tokens(img, active, 1)], dim=1)
         keep = None
         if enc_mask is not None:
             keep = torch.cat([tmask.bool(), torch.ones(b, img.shape[1], dtype=torch.bool, device=img.device)], 1)
             keep = keep[:, None, None, :]  # (B, 1, 1, T + L)
         out = self._blocks(model, tokens, c, keep, t_len, active, img)[:, t_len:]
-        self.out = out if active is None else _scatter(self.out, active, out, 1)
+        self.out = out if active is None else scatter_tokens(self.out, active, out, 1)
         shift, scale = model.norm_out_modulation(c).chunk(2, dim=-1)
         y = (model.norm_out(self.out) * (1 + scale) + shift).transpose(1, 2).reshape(b, -1, gh, gw)
         y = model.head1(torch.cat([model.up1(F.interpolate(y, scale_factor=2, mode="nearest")), s1], dim=1))

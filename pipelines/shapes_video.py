@@ -261,7 +261,8 @@ def build_shapes_video_pipeline(width: int = 128, num_layers: int = 4, text_hidd
 
 from accel.core.denoiser import Cond, Prepared, TokenLayout  # noqa: E402
 from accel.pipelines.shapes import ShapesDenoiser  # noqa: E402
-from accel.pipelines.shapes_hsa import ActiveTokens, _gather  # noqa: E402
+from accel.core.token_index import gather_tokens  # noqa: E402
+from accel.pipelines.shapes_hsa import ActiveTokens  # noqa: E402
 
 
 class ShapesVideoDenoiser(ShapesDenoiser):
@@ -310,10 +311,10 @@ class VideoActiveTokens(ActiveTokens):
         grid = model.grid(x)
         if self.refresh and self.refresh_kv:  # a refreshing step: every token's embedding (the inactive K/V need it)
             embed = model.patch_embed(model.patchify(x)) + model.positions(grid, model.config.width).to(x)
-            img = _gather(embed, active, 1)
+            img = gather_tokens(embed, active, 1)
         else:
             embed = None
-            img = model.patch_embed(_gather(model.patchify(x), active, 1))
+            img = model.patch_embed(gather_tokens(model.patchify(x), active, 1))
             img = img + model.positions(grid, model.config.width).to(x)[active]  # (B, k, D)
         txt, _, c, keep, b = model.conditioning(self.cond.data["embeds"], self.cond.data["mask"], sigma, img.dtype)
         t_len = txt.shape[1]

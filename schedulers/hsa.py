@@ -78,6 +78,7 @@ import torch
 from accel.config import check_choice
 from accel.core.denoiser import Cond, Denoiser
 from accel.core.grid import TimeGrid
+from accel.core.token_index import gather_tokens, scatter_tokens
 from accel.schedulers.flow import euler_update
 
 SCORES = ("dynamics", "displacement")
@@ -146,7 +147,7 @@ class BlockInputs:
         current embedding (the first block's input) is embed (B, m, D). Tokens recorded in this call read their
         recorded input (a caller overwrites their rows)."""
         def at(t):
-            return t if index is None else _gather(t, index)
+            return t if index is None else gather_tokens(t, index)
 
         h0, h = at(self.h[0]).to(embed.dtype), at(self.h[layer]).to(embed.dtype)
         out = h + (embed - h0)
@@ -335,15 +336,6 @@ def latent_to_tokens(x: torch.Tensor, rows: int, cols: int, frames: int = 1) -> 
             .reshape(b, frames * rows * cols, c * pf * ph * pw))
 
 
-def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """t (B, L, ...) at index (B, k) -> (B, k, ...)."""
-    return torch.gather(t, 1, index.view(*index.shape, *([1] * (t.ndim - 2))).expand(-1, -1, *t.shape[2:]))
-
-
-def _scatter(t: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    return t.scatter(1, index.view(*index.shape, *([1] * (t.ndim - 2))).expand(-1, -1, *t.shape[2:]), src)
-
-
 def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, config: HSAConfig,
                velocity_active: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                delta: float = 1e-6, callback: Callable[[int, int], None] | None = None
@@ -373,7 +365,7 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
 
     def default_velocity(x_common, sigma, active):
         v = denoiser.velocity(x_common, sigma, cond)
-        return _gather(latent_to_tokens(v, layout.rows, layout.cols, layout.frames), active)
+        return gather_tokens(latent_to_tokens(v, layout.rows, layout.cols, layout.frames), active)
 
     counts = plan_hsa(steps, n, config, sigmas[:-1].tolist(), full_steps, inactive_cost)
     config = config.resolved(refresh=inactive_cost > 0)
@@ -397,13 +389,13 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
         if hasattr(call, "refresh_kv"):
             call.refresh_kv = refresh[j]  # whether this step refreshes the inactive tokens' K/V (the plan priced it)
         v_new = call(tokens_to_latent(common, x, layout.rows, layout.cols, layout.frames), sigma, active)  # (B, k, D)
-        x_act = _gather(common, active)
+        x_act = gather_tokens(common, active)
         dt = sigma_next - sigma
         stepped = euler_update(x_act, v_new, sigma, sigma_next)  # plain Euler's own update, bit for bit
-        tok = _scatter(tok, active, stepped)
+        tok = scatter_tokens(tok, active, stepped)
         s_tok = s_tok.scatter(1, active, float(sigma_next))
-        prev = _gather(v_tok, active)
-        v_tok = _scatter(v_tok, active, v_new.to(tok.dtype))
+        prev = gather_tokens(v_tok, active)
+        v_tok = scatter_tokens(v_tok, active, v_new.to(tok.dtype))
         new_score = _active_scores(config.score, v_new, prev, dt.float(), delta, first=j < 1)
         score = score.scatter(1, active, new_score)
         skips = (skips + 1).scatter(1, active, 0)
