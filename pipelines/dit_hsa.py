@@ -270,8 +270,9 @@ class DiTActiveTokens:
         if self.skips_text:
             txt = self.txt[self.key]
             txt[0][i], txt[1][i] = self._text_kv(block, self.h_txt[self.key][i].to(hidden.dtype), full[1])
-        k, v = self._kv(block, inputs.estimate(i, self.embed.to(hidden.dtype), self.sigma, self.inactive), *full,
-                        self.inactive)
+        if i == 0:
+            inputs.prepare(self.embed.to(hidden.dtype), self.sigma, self.inactive)
+        k, v = self._kv(block, inputs.estimate(i), *full, self.inactive)
         cache = self.kv[self.key]
         cache[0][i] = scatter_tokens(cache[0][i].to(k.dtype), self.inactive, k, 1)
         cache[1][i] = scatter_tokens(cache[1][i].to(v.dtype), self.inactive, v, 1)

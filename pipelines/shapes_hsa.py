@@ -188,10 +188,11 @@ class ActiveTokens:
         text, tokens = tokens[:, :t_len], tokens[:, t_len:]
         b, k = active.shape
         rows = active[..., None].expand(-1, -1, tokens.shape[-1])
+        self.inputs.prepare(embed, self.sigma)
         for i, block in enumerate(model.blocks):
             shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
             attn = block.attn
-            estimate = self.inputs.estimate(i, embed, self.sigma).scatter_(1, rows, tokens)  # active: actual input
+            estimate = self.inputs.estimate(i).scatter_(1, rows, tokens)  # the active rows: their actual input
             self.inputs.record(i, tokens, active)
             hidden = block.norm1(torch.cat([self.h_txt[i], estimate], 1)) * (1 + scale1) + shift1  # (B2, T + L, D)
             m = hidden.shape[1]

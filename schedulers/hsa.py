@@ -94,21 +94,29 @@ def kv_mode(kv: str, family_default: str) -> str:
 
 class BlockInputs:
     """What the K/V refresh knows of every image token's block inputs (kv="refresh" / "extrapolate"), for one CFG
-    branch of one model: each block's input at the token's last computation (`h`, per layer (B, L, D)), the sigma
-    it was computed at, and with `extrapolate` the same one computation earlier.
+    branch of one model: each block's input at the token's last computation (`h`, per layer (B, L, D)) and the sigma
+    it was computed at; with `extrapolate` also each block residual's change between the token's last two
+    computations (`trend`) and the sigma of the earlier one.
 
-    estimate(): a token's current input to block l. "refresh": its current embedding plus the block residuals at its
-    last computation, e_now + r_l(then) with r_l = h_l - h_0 (the residual stream's change since then taken to be
-    the embedding's). "extrapolate" adds the residuals' own trend over the token's last two computations, scaled by
-    how far sigma has moved since: + w (r_l(then) - r_l(before)), w = (s_now - s_then) / (s_then - s_before) clipped
-    to [0, 1] (0 for a token computed once). It keeps a second copy of `h`.
+    A call's estimate (prepare(), then estimate() per layer) of a token's current input to block l: "refresh" takes
+    its current embedding plus the block residuals at its last computation, e_now + r_l(then) with r_l = h_l - h_0
+    (the residual stream's change since then taken to be the embedding's); "extrapolate" adds the residuals' own
+    trend, w (r_l(then) - r_l(before)), w = (s_now - s_then) / (s_then - s_before) clipped to [0, 1] (0 for a token
+    computed once). The trend is kept instead of the earlier inputs themselves, so the estimate costs one
+    multiply-add more than the refresh's; the memory is a second tensor per layer.
+
+    record() must see a call's blocks in order (layer 0 first): the trend is relative to the first block's input.
     """
 
     def __init__(self, layers: int, extrapolate: bool = False):
         self.h: list[torch.Tensor | None] = [None] * layers
-        self.before: list[torch.Tensor | None] | None = [None] * layers if extrapolate else None
+        self.trend: list[torch.Tensor | None] | None = [None] * layers if extrapolate else None
         self.s_then: torch.Tensor | None = None  # (B, L): the sigma of each token's last computation
         self.s_before: torch.Tensor | None = None
+        self._first: tuple | None = None  # this call's (new, old) first-block inputs of the recorded tokens
+        self._drift: torch.Tensor | None = None  # this call's embedding change of the estimated tokens
+        self._w: torch.Tensor | None = None
+        self._index: torch.Tensor | None = None
 
     def computed(self, sigma: float, active: torch.Tensor | None = None) -> None:
         """Mark the tokens `active` (B, k), or every token (None), as computed at sigma: once per model call, after
@@ -130,34 +138,48 @@ class BlockInputs:
             if 0 in hidden.stride():  # a broadcast view cannot be written per token
                 hidden = hidden.contiguous()
             self.h[layer] = hidden
-            if self.before is not None:
-                self.before[layer] = hidden.clone() if old is None else old
+            if self.trend is not None:
+                if layer == 0:
+                    self._first = (hidden, hidden if old is None else old)
+                elif old is None:
+                    self.trend[layer] = torch.zeros_like(hidden)
+                else:
+                    self.trend[layer] = (hidden - self._first[0]) - (old.to(hidden.dtype) - self._first[1])
             return
         if old.dtype != hidden.dtype:
             old = self.h[layer] = old.to(hidden.dtype)
         index = active[..., None].expand(-1, -1, hidden.shape[-1])
-        if self.before is not None:
-            self.before[layer] = self.before[layer].to(hidden.dtype)
-            self.before[layer].scatter_(1, index, old.gather(1, index))
+        if self.trend is not None:
+            if layer == 0:
+                self._first = (hidden, old.gather(1, index))
+            else:
+                trend = (hidden - self._first[0]) - (old.gather(1, index) - self._first[1])
+                self.trend[layer] = self.trend[layer].to(hidden.dtype)
+                self.trend[layer].scatter_(1, index, trend)
         old.scatter_(1, index, hidden)
 
-    def estimate(self, layer: int, embed: torch.Tensor, sigma: float, index: torch.Tensor | None = None
-                 ) -> torch.Tensor:
-        """Block `layer`'s estimated current input (B, m, D) of the tokens index (B, m) (None: every token) whose
-        current embedding (the first block's input) is embed (B, m, D). Tokens recorded in this call read their
-        recorded input (a caller overwrites their rows)."""
-        def at(t):
-            return t if index is None else gather_tokens(t, index)
+    def prepare(self, embed: torch.Tensor, sigma: float, index: torch.Tensor | None = None) -> None:
+        """Start a call's estimates for the tokens index (B, m) (None: every token), whose current embedding (the
+        first block's input) is embed (B, m, D); before this call's record()s."""
+        self._index = index
+        self._drift = embed - self._at(self.h[0]).to(embed.dtype)
+        self._w = None
+        if self.trend is not None:
+            s_then, s_before = self._at(self.s_then), self._at(self.s_before)
+            span = s_then - s_before
+            w = torch.where(span != 0, (float(sigma) - s_then) / torch.where(span != 0, span, 1.0), 0.0)
+            self._w = w.clamp(0, 1)[..., None].to(embed.dtype)
 
-        h0, h = at(self.h[0]).to(embed.dtype), at(self.h[layer]).to(embed.dtype)
-        out = h + (embed - h0)
-        if self.before is None or layer == 0:
+    def estimate(self, layer: int) -> torch.Tensor:
+        """Block `layer`'s estimated current input (B, m, D) of the tokens prepare() named. Tokens recorded in this
+        call read their recorded input (a caller overwrites their rows)."""
+        out = self._at(self.h[layer]).to(self._drift.dtype) + self._drift
+        if self._w is None or layer == 0:
             return out
-        s_then, s_before = at(self.s_then), at(self.s_before)
-        span = s_then - s_before
-        w = torch.where(span != 0, (float(sigma) - s_then) / torch.where(span != 0, span, 1.0), 0.0)
-        trend = (h - h0) - (at(self.before[layer]) - at(self.before[0])).to(embed.dtype)
-        return out + w.clamp(0, 1)[..., None].to(embed.dtype) * trend
+        return torch.addcmul(out, self._w, self._at(self.trend[layer]).to(out.dtype))
+
+    def _at(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self._index is None else gather_tokens(t, self._index)
 
 
 @dataclass(frozen=True)

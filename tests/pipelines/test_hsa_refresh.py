@@ -84,4 +84,4 @@ def test_extrapolated_kv_follow_the_latent_closer():
             run(xs[j], s[j], torch.arange(n).expand(2, n))
         err[kv] = float((run(xs[2], s[2], active) - ref).square().mean() / ref.square().mean())
     assert err["extrapolate"] < 0.8 * err["refresh"], err  # measured: about 0.7
-    assert d.hsa_velocity(prepared.cond).inputs.before is not None  # kv="auto" on the plain DiT
+    assert d.hsa_velocity(prepared.cond).inputs.trend is not None  # kv="auto" on the plain DiT

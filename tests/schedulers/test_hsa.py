@@ -225,32 +225,31 @@ def test_block_inputs_estimates():
     def inputs_at(s):  # block l's input at sigma s: the embedding plus a residual linear in s
         return [embed(s) + a[i] + s * slope[i] for i in range(layers)]
 
+    def rows(t, index):
+        return t.gather(1, index[..., None].expand(-1, -1, d))
+
     refresh, extra = BlockInputs(layers), BlockInputs(layers, extrapolate=True)
-    active = torch.tensor([[0, 2, 5], [1, 3, 4]])
+    active, inactive = torch.tensor([[0, 2, 5], [1, 3, 4]]), torch.tensor([[1, 3, 4], [0, 2, 5]])
     for bi in (refresh, extra):
         for i, h in enumerate(inputs_at(1.0)):
-            bi.record(i, h)
+            bi.record(i, h.clone())
         bi.computed(1.0)
         for i, h in enumerate(inputs_at(0.8)):
-            bi.record(i, h.gather(1, active[..., None].expand(-1, -1, d)), active)
+            bi.record(i, rows(h, active), active)
         bi.computed(0.8, active)
     assert torch.equal(extra.s_then.gather(1, active), torch.full((b, 3), 0.8))
-    inactive = torch.tensor([[1, 3, 4], [0, 2, 5]])
-    truth = inputs_at(0.6)
-    for i in range(layers):
-        e = embed(0.6)
-        twice = extra.estimate(i, e.gather(1, active[..., None].expand(-1, -1, d)), 0.6, active)
-        want = truth[i].gather(1, active[..., None].expand(-1, -1, d))
-        assert torch.allclose(twice, want, atol=1e-5)  # computed at 1.0 and 0.8: the line through them
-        once = extra.estimate(i, e.gather(1, inactive[..., None].expand(-1, -1, d)), 0.6, inactive)
-        then = inputs_at(1.0)[i] - embed(1.0) + e  # computed at 1.0 only: the residual as then
-        assert torch.allclose(once, then.gather(1, inactive[..., None].expand(-1, -1, d)), atol=1e-5)
-        assert torch.allclose(refresh.estimate(i, e, 0.6), torch.where(
-            torch.zeros(b, n, 1, dtype=torch.bool).scatter(1, active[..., None], True),
-            inputs_at(0.8)[i], inputs_at(1.0)[i]) - torch.where(
-            torch.zeros(b, n, 1, dtype=torch.bool).scatter(1, active[..., None], True), embed(0.8), embed(1.0)) + e,
-            atol=1e-5)
-    far = extra.estimate(2, embed(0.0), 0.0)  # two steps' worth away: the trend counts once
-    rows = active[..., None].expand(-1, -1, d)
-    want = (inputs_at(0.8)[2] + 0.2 * slope[2] * -1 - embed(0.8) + embed(0.0)).gather(1, rows)
-    assert torch.allclose(far.gather(1, rows), want, atol=1e-5)
+    e = embed(0.6)
+    last = [torch.where(torch.zeros(b, n, 1, dtype=torch.bool).scatter(1, active[..., None], True), h8, h1)
+            for h8, h1 in zip(inputs_at(0.8), inputs_at(1.0))]  # every token's input at its last computation
+    refresh.prepare(e, 0.6)
+    for i in range(layers):  # the residual as last computed, on the current embedding
+        assert torch.allclose(refresh.estimate(i), last[i] - last[0] + e, atol=1e-5)
+    extra.prepare(rows(e, active), 0.6, active)
+    for i in range(layers):  # computed at 1.0 and 0.8: the line through them
+        assert torch.allclose(extra.estimate(i), rows(inputs_at(0.6)[i], active), atol=1e-5)
+    extra.prepare(rows(e, inactive), 0.6, inactive)
+    for i in range(layers):  # computed at 1.0 only: the residual as then
+        assert torch.allclose(extra.estimate(i), rows(inputs_at(1.0)[i] - embed(1.0) + e, inactive), atol=1e-5)
+    extra.prepare(embed(0.0), 0.0)  # two steps' worth away: the trend counts once
+    want = inputs_at(0.8)[2] - 0.2 * slope[2] - embed(0.8) + embed(0.0)
+    assert torch.allclose(rows(extra.estimate(2), active), rows(want, active), atol=1e-5)
