@@ -64,8 +64,8 @@ class ActiveTokens:
         self.vbuf: list[torch.Tensor | None] = []
         self.k: list[torch.Tensor | None] = []
         self.v: list[torch.Tensor | None] = []
-        # refresh / extrapolate: each block's image-token input at every token's last computation (and the one
-        # before)
+        # refresh / extrapolate: each block's image-token input at every token's last computation (and the
+        # residuals' trend)
         self.inputs = BlockInputs(len(denoiser.transformer.blocks), extrapolate=self.mode == "extrapolate")
         self.sigma = 1.0  # the current call's sigma
         self.h_txt: list[torch.Tensor | None] = []  # refresh: each block's text-token input at the last full step

@@ -44,12 +44,13 @@ halves the price, and the tokens it buys are worth more than the staleness of on
 runtime 0.5 and +0.6 to +0.8 dB at 0.25 on the video model's development prompt sets, SSIM within 0.01 (refreshing every
 third step gains a little more PSNR and loses SSIM). kv="extrapolate" (BlockInputs) also follows each residual's
 trend: it adds r_l(then) - r_l(before), the change over the token's last two computations, scaled by how far sigma has
-moved since the last one relative to the gap between the two (at most 1). It keeps a second copy of the block-input
-cache and costs a few elementwise operations; +0.65 and +0.4 dB PSNR at runtime 0.5 on the video model's development
-prompt sets (+0.25 and +0.2 dB at 0.25), SSIM unchanged. It is the default (kv="auto") for plain patch DiTs (the video
-model, Flux, Wan); kv="refresh" drops the second copy (README: cache memory). The built-in image DiT keeps "stale":
-its convolutional stem and head, computed for every token anyway, carry most of its compute, and the refresh's price
-in active tokens cost more there than it gave (README).
+moved since the last one relative to the gap between the two (at most 1). It keeps a second tensor per layer (the
+trend) and costs one multiply-add per layer at refreshing steps; +0.65 and +0.6 dB PSNR at runtime 0.5 on the video
+model's development prompt sets (+0.26 and +0.19 dB at 0.25), SSIM within 0.002
+(benchmarks/steps/hsa-extrapolate-video-16p-seed{5,3}.json). It is the default (kv="auto") for plain patch DiTs (the
+video model, Flux, Wan); kv="refresh" drops the trend tensors (README: cache memory). The built-in image DiT keeps
+"stale": its convolutional stem and head, computed for every token anyway, carry most of its compute, and the
+refresh's price in active tokens cost more there than it gave (README).
 
 Below half the budget, skipping more than about half the tokens per step costs more through the cache than
 skipping grid steps costs in discretisation, so by default (grid_steps="auto") HSA runs on as many steps of the
@@ -192,8 +193,8 @@ class HSAConfig:
     False computes every token and keeps the active ones' velocities: the same allocation without the cache's
     approximation and without its saving (a diagnostic); kv: the inactive tokens' K/V, "refresh" (recomputed at
     partial steps from their current embedding plus their cached block residuals, at the cost of their K/V
-    projections, which the budget accounts for), "extrapolate" (the same with the residuals' trend added, keeping a
-    second block-input cache), "stale" (as last computed, the paper's cache) or "auto" (the family's choice:
+    projections, which the budget accounts for), "extrapolate" (the same with the residuals' trend added, keeping that
+    trend per layer: a second tensor the size of the block-input cache), "stale" (as last computed, the paper's cache) or "auto" (the family's choice:
     extrapolate for plain patch DiTs, stale for the built-in image DiT); refresh_every: with the
     refresh, refresh on every refresh_every-th partial step only (1: every partial step; the steps between keep
     the K/V as last refreshed, and cost nothing for the inactive tokens); grid_steps: run
