@@ -194,10 +194,10 @@ class HSAConfig:
     approximation and without its saving (a diagnostic); kv: the inactive tokens' K/V, "refresh" (recomputed at
     partial steps from their current embedding plus their cached block residuals, at the cost of their K/V
     projections, which the budget accounts for), "extrapolate" (the same with the residuals' trend added, keeping that
-    trend per layer: a second tensor the size of the block-input cache), "stale" (as last computed, the paper's cache) or "auto" (the family's choice:
-    extrapolate for plain patch DiTs, stale for the built-in image DiT); refresh_every: with the
-    refresh, refresh on every refresh_every-th partial step only (1: every partial step; the steps between keep
-    the K/V as last refreshed, and cost nothing for the inactive tokens); grid_steps: run
+    trend per layer: a second tensor the size of the block-input cache), "stale" (as last computed, the paper's
+    cache) or "auto" (the family's choice: extrapolate for plain patch DiTs, stale for the built-in image DiT);
+    refresh_every: with the refresh, refresh on every refresh_every-th partial step only (1: every partial step;
+    the steps between keep the K/V as last refreshed, and cost nothing for the inactive tokens); grid_steps: run
     on this many steps of the pipeline's grid, evenly subsampled, the runtime staying a fraction of the full run
     (fewer steps with more tokens active in each); None: every step; "auto": as many as the budget pays for with
     about half the tokens active in each, every step at runtime 0.5 with kv="stale" (module docstring)."""
