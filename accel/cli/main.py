@@ -96,6 +96,9 @@ def generate(
                                    "per-token steps within --runtime)."),
     runtime: Optional[float] = typer.Option(None, help="For --steps-mode hsa: fraction of the full-step token "
                                             "compute in (0, 1] (default 0.5)."),
+    kv: Optional[str] = typer.Option(None, help="For --steps-mode hsa: the skipped tokens' keys/values: auto (the "
+                                     "model's default), extrapolate, refresh (one cache less) or stale (two less: "
+                                     "the paper's cache)."),
     search: Optional[str] = typer.Option(None, help="Search strategy: bon, sop, smc, epf, svdd, rbf, beam."),
     reward: str = typer.Option("shapes", help="Reward for --search (shapes, shapes-lenient)."),
     nfe: Optional[int] = typer.Option(None, help="NFE budget per prompt for --search (default: 4 x steps x 2)."),
@@ -116,6 +119,8 @@ def generate(
             raise UsageError(f"--steps-mode must be uniform or hsa, got {steps_mode!r}")
         if runtime is not None and steps_mode != "hsa":
             raise UsageError("--runtime applies to --steps-mode hsa only")
+        if kv is not None and steps_mode != "hsa":
+            raise UsageError("--kv applies to --steps-mode hsa only")
         if steps_mode == "hsa" and search is not None:
             raise UsageError("--steps-mode hsa does not combine with --search")
         import torch
@@ -162,7 +167,9 @@ def generate(
             if value is not None:
                 call[key] = value
         if steps_mode == "hsa":
-            call.update(steps="hsa", runtime=0.5 if runtime is None else runtime)
+            from accel.schedulers.hsa import HSAConfig
+
+            call["steps"] = HSAConfig(runtime=0.5 if runtime is None else runtime, kv=kv or "auto")
         if search is not None:
             if num_images > 1:
                 raise UsageError("--search returns one image per prompt: leave --num-images at 1")

@@ -3,6 +3,7 @@
 import json
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -49,6 +50,10 @@ def test_generate_hsa(model, tmp_path):
             "--runtime", 0.5, "--out", tmp_path / "h.png")
     assert r.exit_code == 0, r.output
     assert "50% of the full-step compute" in r.output and iio.imread(tmp_path / "h.png").shape == (32, 32, 3)
+    r = run("generate", "a photo of a red circle", "--model", model, "--steps", 10, "--steps-mode", "hsa",
+            "--runtime", 0.5, "--kv", "refresh", "--out", tmp_path / "r.png")
+    assert r.exit_code == 0, r.output
+    assert not np.array_equal(iio.imread(tmp_path / "r.png"), iio.imread(tmp_path / "h.png"))  # not the stale default
 
 
 def test_bench_steps_json(model, tmp_path):
@@ -81,6 +86,8 @@ def test_same_seed_same_image(model, tmp_path):
     (["generate", "a circle", "--steps-mode", "fast"], "--steps-mode must be uniform or hsa"),
     (["generate", "a circle", "--runtime", "0.5"], "--runtime applies to --steps-mode hsa"),
     (["generate", "a circle", "--steps-mode", "hsa", "--runtime", "1.5"], "runtime must be"),
+    (["generate", "a circle", "--kv", "stale"], "--kv applies to --steps-mode hsa"),
+    (["generate", "a circle", "--steps-mode", "hsa", "--kv", "fresh"], "unknown kv"),
 ])
 def test_bad_input_is_one_line_and_exit_2(model, tmp_path, args, message):
     if "--model" not in args:
