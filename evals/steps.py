@@ -329,8 +329,15 @@ def _row(label, name, options, images, full, seconds, full_seconds, metas, seed,
     }
 
 
+def curve_name(method: str) -> str:
+    """The plot curve a method row belongs to: its family and every option but the family's budget knob
+    ('hsa:runtime=0.5,kv=stale' -> 'hsa kv=stale'), so settings of one variant form one curve."""
+    name, options = parse_method(method)
+    return " ".join([name] + [f"{k}={'all' if v is None else v}" for k, v in options.items() if k != _KNOBS[name]])
+
+
 def plot_steps(rows: list[dict], path: str) -> bool:
-    """Quality (accuracy, PSNR, SSIM) against measured runtime, one curve per method family, as a PNG.
+    """Quality (accuracy, PSNR, SSIM) against measured runtime, one curve per method variant (curve_name), as a PNG.
     Returns False, with a warning, when matplotlib is not installed."""
     try:
         import matplotlib
@@ -342,12 +349,13 @@ def plot_steps(rows: list[dict], path: str) -> bool:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     full = [r for r in rows if r["method"] == "full"]
+    curves = {r["method"]: curve_name(r["method"]) for r in rows if r["method"] != "full"}
     for key, ax in zip(("accuracy", "psnr", "ssim"), axes):
-        for family in dict.fromkeys(r["family"] for r in rows if r["method"] != "full"):
-            pts = sorted((r["runtime"], r[key]) for r in rows if r["family"] == family and r["method"] != "full")
+        for curve in dict.fromkeys(curves.values()):
+            pts = sorted((r["runtime"], r[key]) for r in rows if curves.get(r["method"]) == curve)
             if key != "accuracy":
                 pts = [p for p in pts if p[1] < 99]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=family)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=curve)
         if full and key == "accuracy":
             ax.axhline(full[0]["accuracy"], color="grey", ls="--", lw=1, label="full steps")
         ax.set_xlabel("runtime (x the full-step run, measured)")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from accel.evals.steps import bench_steps, parse_method, psnr, split_methods, ssim
+from accel.evals.steps import bench_steps, curve_name, parse_method, psnr, split_methods, ssim
 from accel.pipelines.shapes import build_shapes_pipeline
 
 
@@ -84,3 +84,11 @@ def test_dbcache_rows_when_cache_dit_is_installed(pipe):
         assert torch.equal(generate(), first)
     finally:
         cache.remove()
+
+
+def test_plot_curves_keep_variants_apart():
+    """The Pareto plot draws one curve per variant: a family's rows with the same options but their budget knob."""
+    assert curve_name("hsa:runtime=0.5") == curve_name("hsa:runtime=0.25") == "hsa"
+    assert curve_name("hsa:runtime=0.5,kv=stale") == "hsa kv=stale"
+    assert curve_name("hsa:runtime=0.25,grid_steps=all") == "hsa grid_steps=all"
+    assert curve_name("taylorseer:interval=3") == "taylorseer"
