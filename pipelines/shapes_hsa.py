@@ -121,13 +121,17 @@ class ActiveTokens:
         self.kbuf, self.vbuf, self.k, self.v = [None] * layers, [None] * layers, [None] * layers, [None] * layers
 
         # The forward's own tensors are kept, not copied: they are this run's from here on (written in place by
-        # later partial steps, after this forward is done with them).
+        # later partial steps, after this forward is done with them). The keys are normalised here from to_k's
+        # output: fused kernels (accel.pipelines.shapes_kernels) fuse the q/k norm, so norm_k is not called.
         def record(i, kind):
             def hook(module, args, out):
-                if kind == "k":  # norm_k's output: (B2, heads, T + L, head_dim)
-                    self.kbuf[i], self.k[i] = out, out[:, :, t_len:]
-                else:  # to_v's: (B2, T + L, D)
-                    self.vbuf[i] = out.view(out.shape[0], out.shape[1], model.blocks[i].attn.heads, -1).transpose(1, 2)
+                attn = model.blocks[i].attn
+                heads = out.view(out.shape[0], out.shape[1], attn.heads, -1).transpose(1, 2)  # (B2, H, T + L, Dh)
+                if kind == "k":
+                    self.kbuf[i] = attn.norm_k(heads)
+                    self.k[i] = self.kbuf[i][:, :, t_len:]
+                else:
+                    self.vbuf[i] = heads
                     self.v[i] = self.vbuf[i][:, :, t_len:]
             return hook
 
@@ -140,7 +144,7 @@ class ActiveTokens:
         handles = self._full_hooks(model)
         self.h_txt = [None] * len(model.blocks)
         for i, block in enumerate(model.blocks):
-            handles += [block.attn.norm_k.register_forward_hook(record(i, "k")),
+            handles += [block.attn.to_k.register_forward_hook(record(i, "k")),
                         block.attn.to_v.register_forward_hook(record(i, "v"))]
             if self.refresh:
                 handles.append(block.register_forward_pre_hook(record_input(i)))

@@ -110,3 +110,21 @@ def test_hsa_run_with_active_forward(setup):
     assert (out - ref).abs().mean() < 0.5 * ref.abs().mean()  # an approximation, not noise
     assert _hooks(model) == before  # nothing left on the model
     assert torch.equal(sample(d, prepared.x, prepared.grid, prepared.cond), ref)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kv", ["stale", "extrapolate"])
+def test_hsa_with_fused_kernels(setup, kv):
+    """HSA on a model with accel's fused kernels installed (their q/k norm bypasses the norm modules): the caches are
+    recorded the same way, and the run matches the one without them."""
+    from accel.kernels import apply_fused_kernels
+
+    d, prepared = setup
+    config = HSAConfig(runtime=0.5, kv=kv)
+    ref, _ = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, config)
+    handle = apply_fused_kernels(d.transformer)
+    try:
+        out, _ = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, config)
+    finally:
+        handle.remove()
+    assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
