@@ -11,8 +11,8 @@ that calls the transformer as the pipeline does.
 --kv extrapolate (the default for these families) or refresh: a partial step refreshes the inactive tokens' K/V every
 other step (HSAConfig.refresh_every=2), so a row's time is the mean of a refreshing call and one between refreshes
 (both also recorded), and Flux's text skips partial steps; --kv stale leaves the inactive K/V as cached and
-recomputes the text (HSAConfig.kv). Timings are the best of --repeats rounds, each round timing every call once. --text N overrides the
-configuration's text tokens (real Flux: 512 beside 4,096 image tokens).
+recomputes the text (HSAConfig.kv). Timings are the best of --repeats rounds, each round timing every call once.
+--text N overrides the configuration's text tokens (real Flux: 512 beside 4,096 image tokens).
 
 --prompts is the batch (prompts per call); --size picks the configuration (small: CPU-sized; flux-dev / wan-1.3b:
 the real models' widths and depths at 1024x1024 / 480p x 81 frames, for a GPU).
