@@ -24,6 +24,10 @@ experts) and per CFG branch (the adapter's forwards in order within one velocity
 the rest (conditioning, CFG, NFE count), so every family keeps its own arithmetic. The processors are swapped only
 where the model uses the upstream default (FluxAttnProcessor, WanAttnProcessor); anything else (IP adapters, fused
 kernels, custom processors) makes `supported` False and HSA computes every token instead (exact, no saving).
+
+Memory: before a run allocates anything, `fit_memory` checks the caches' size (`cache_bytes`) against the device's
+free memory; kv="auto" falls back to leaner caches, an explicit kv or a run no mode fits raises a ValueError with
+the sizes. Wan 2.2's first expert's caches are dropped when the second expert starts (it never runs again).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 from diffusers.utils import logging
 
 from accel.core.denoiser import Cond
+from accel.core.memory import free_memory, gib
 from accel.core.token_index import gather_tokens, other_tokens, scatter_tokens
 from accel.schedulers.hsa import BlockInputs
 
@@ -73,6 +78,7 @@ class DiTActiveTokens:
         from accel.schedulers.hsa import kv_mode
 
         self.denoiser, self.cond = denoiser, cond
+        self.requested = kv
         self.mode = kv_mode(kv, self.default_kv)
         self.refresh = self.mode != "stale"
         self.models = [m for m in self._transformers() if m is not None]
@@ -108,6 +114,56 @@ class DiTActiveTokens:
         text shares the self-attention."""
         return self.refresh and self.text_in_attention
 
+    def cache_bytes(self, x: torch.Tensor, mode: str | None = None) -> int:
+        """What this run's caches take for the start latent x with the K/V mode `mode` (default: the run's), at
+        their largest (one transformer's at a time: Wan 2.2's first expert's are dropped when the second starts): per
+        layer and forward (batch x CFG passes) every image token's keys and values, with the refresh its block input,
+        with the extrapolation its residual's trend (from the second block on); where the text skips partial steps
+        its K/V and block inputs; and the last block's output."""
+        mode = mode or self.mode
+        n = self.denoiser.token_layout(x).num_tokens
+        t = self._text_tokens() if mode != "stale" and self.text_in_attention else 0
+        largest = 0
+        for model in self.models:
+            elements = 0
+            for i, block in enumerate(self._blocks(model)):
+                attn = self._self_attention(block)
+                inner, width = attn.to_k.out_features, attn.to_k.in_features
+                per_token = 2 * inner + (mode != "stale") * width + (mode == "extrapolate" and i > 0) * width
+                elements += n * per_token + t * (2 * inner + width)
+            elements += n * width  # the last block's output
+            largest = max(largest, elements * model.dtype.itemsize)
+        return largest * self.cond.batch * self.cond.passes
+
+    def fit_memory(self, x: torch.Tensor, room: int | None = None) -> None:
+        """Check, before the run allocates anything, that its caches fit in 90% of the memory free on x's device
+        (the rest is left for the forward's own activations: a guard against a certain out-of-memory error, not a
+        guarantee). kv="auto" falls back from the extrapolation to the plain refresh, then to the stale cache
+        (fewer tensors per layer), with a warning; an explicit kv that does not fit, or no mode at all, raises a
+        ValueError with the sizes. room: the bytes to fit in (default: from accel.core.memory.free_memory)."""
+        if room is None:
+            free = free_memory(x.device)
+            if free is None:
+                return
+            room = int(0.9 * free)
+        need = {m: self.cache_bytes(x, m) for m in ("extrapolate", "refresh", "stale")}
+        if need[self.mode] <= room:
+            return
+        fits = [m for m in need if need[m] <= room]
+        if self.requested == "auto" and fits:
+            logger.warning(f"steps='hsa': the K/V caches with kv='{self.mode}' need {gib(need[self.mode])}, more "
+                           f"than the {gib(room)} available on {x.device}; using kv='{fits[0]}' "
+                           f"({gib(need[fits[0]])})")
+            self.mode = fits[0]
+            self.refresh = self.mode != "stale"
+            return
+        sizes = ", ".join(f"kv='{m}' {gib(b)}" for m, b in need.items())
+        hint = (f"use kv='{fits[0]}'" if fits else "use a smaller resolution, fewer frames or a smaller batch, or "
+                "sample without steps='hsa'")
+        raise ValueError(f"steps='hsa' needs {gib(need[self.mode])} for its K/V caches with kv='{self.mode}' "
+                         f"({sizes}; batch x CFG passes = {self.cond.batch * self.cond.passes}), more than the "
+                         f"{gib(room)} available on {x.device}: {hint}")
+
     # -- family specifics ------------------------------------------------------------------------------------
     def _transformers(self) -> list:
         return [self.denoiser.transformer]
@@ -138,6 +194,10 @@ class DiTActiveTokens:
     def _kv_share(self) -> float:
         """A block's K/V projections as a fraction of its per-token matmul FLOPs."""
         raise NotImplementedError
+
+    def _text_tokens(self) -> int:
+        """The text tokens in the self-attention sequence (families with text_in_attention)."""
+        return 0
 
     def _text_kv(self, block, h: torch.Tensor, kwargs: dict):
         """skips_text: the text's keys (post-norm, post-rotary) and values (B, T, H, Dh) the block's self-attention
@@ -202,6 +262,9 @@ class DiTActiveTokens:
                 for i, a in enumerate(attns):
                     a.processor = self.active_processor(self, i)
             else:
+                for key in [k for k in self.kv if k[0] != mi]:  # another expert's: it will not run again
+                    for caches in (self.kv, self.out, self.inputs, self.txt, self.h_txt):
+                        caches.pop(key, None)
                 self.kv[self.key] = [[None] * len(attns), [None] * len(attns)]
                 if self.skips_text:
                     self.txt[self.key] = [[None] * len(attns), [None] * len(attns)]
@@ -388,6 +451,9 @@ class FluxActiveTokens(DiTActiveTokens):
 
     def _kv_share(self):
         return 2 / 12  # double blocks: QKV 3 + out 1 + MLP 8 (d^2 per image token); single: QKV 3 + MLP 4 + out 5
+
+    def _text_tokens(self):
+        return self.cond.data["embeds"].shape[1]
 
     def _text_rope(self, rope):
         """The text rows of the full ([text; image]) rotary embedding, or None."""

@@ -64,7 +64,8 @@ with every token at the common sigma (inactive ones moved there with the cached 
 indices, and the result is (B, k, D) in latent_to_tokens' layout. The adapter's `hsa_velocity(cond, kv)` supplies
 the family's active-token forward (queries of the active tokens against the K/V cache of the others, e.g.
 accel.pipelines.shapes_hsa; its `inactive_cost` prices the refresh, and its `refresh_kv` attribute, where it has
-one, is set before each call to whether that step refreshes); without one the full velocity is computed and
+one, is set before each call to whether that step refreshes; its `fit_memory(x)`, where it has one, runs before
+anything is planned, so it may choose leaner caches under kv="auto"); without one the full velocity is computed and
 gathered, which is exact but saves nothing.
 """
 
@@ -376,6 +377,8 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
     """
     layout = denoiser.token_layout(x)
     call = velocity_active or (denoiser.hsa_velocity(cond, kv=config.kv) if config.cache else None)
+    if hasattr(call, "fit_memory"):
+        call.fit_memory(x)  # before anything is planned or allocated: may choose a leaner kv under kv="auto"
     inactive_cost = getattr(call, "inactive_cost", 0.0)
     sigmas = grid.sigmas.to(x.device)
     full_steps = len(sigmas) - 1

@@ -14,13 +14,16 @@ other step (HSAConfig.refresh_every=2), so a row's time is the mean of a refresh
 recomputes the text (HSAConfig.kv). Timings are the best of --repeats rounds, each round timing every call once.
 --text N overrides the configuration's text tokens (real Flux: 512 beside 4,096 image tokens).
 
---prompts is the batch (prompts per call); --size picks the configuration (small: CPU-sized; flux-dev / wan-1.3b:
-the real models' widths and depths at 1024x1024 / 480p x 81 frames, for a GPU).
+--prompts is the batch (prompts per call); --size picks the configuration (small: CPU-sized; flux-dev / wan-1.3b /
+wan-14b / wan-14b-720p: the real models' widths and depths at 1024x1024 / 480p x 81 frames / 720p x 81 frames, for a
+GPU). --memory-only reports, on any machine, what HSA's caches take per forward for the configuration and each K/V
+mode (DiTActiveTokens.cache_bytes, bf16 unless --dtype; the model is built on the meta device).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -44,6 +47,14 @@ SIZES = {
                           out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
                           cross_attn_norm=True, qk_norm="rms_norm_across_heads"),
                      dict(frames=21, h=60, w=104, text=512)),
+        "wan-14b": (dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
+                         out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
+                         cross_attn_norm=True, qk_norm="rms_norm_across_heads"),
+                    dict(frames=21, h=60, w=104, text=512)),
+        "wan-14b-720p": (dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
+                              out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
+                              cross_attn_norm=True, qk_norm="rms_norm_across_heads"),
+                         dict(frames=21, h=90, w=160, text=512)),
     },
 }
 
@@ -104,7 +115,8 @@ def _time_rounds(calls: dict, repeats: int, sync) -> dict:
 
 @torch.no_grad()
 def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[float], repeats: int, device: str,
-          dtype: torch.dtype, kv: str = "extrapolate", text: int | None = None) -> list[dict]:
+          dtype: torch.dtype, kv: str = "extrapolate", text: int | None = None, memory_only: bool = False
+          ) -> list[dict]:
     from diffusers import FluxTransformer2DModel, WanTransformer3DModel
 
     from accel.core.denoiser import Cond
@@ -114,13 +126,20 @@ def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[flo
     shape = shape | ({"text": text} if text else {})
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    if memory_only:  # the caches' sizes only: no weights, no compute (any size, any machine)
+        device = "meta"
+    build = torch.device("meta") if memory_only else contextlib.nullcontext()
     if model_name == "flux":
-        model = FluxTransformer2DModel(**config).to(device).eval()
+        with build:
+            model = FluxTransformer2DModel(**config)
+        model = model.to(device).eval()
         layout = (1, shape["rows"], shape["cols"])
         x = torch.randn(batch, shape["rows"] * shape["cols"], config["in_channels"], generator=gen)
         cls = FluxActiveTokens
     else:
-        model = WanTransformer3DModel(**config).to(device).eval()
+        with build:
+            model = WanTransformer3DModel(**config)
+        model = model.to(device).eval()
         layout = (shape["frames"], shape["h"] // 2, shape["w"] // 2)
         x = torch.randn(batch, config["in_channels"], shape["frames"], shape["h"], shape["w"], generator=gen)
         cls = WanActiveTokens
@@ -128,8 +147,14 @@ def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[flo
         model.to(dtype)
     x = x.to(device, dtype)
     d = _Stand(model_name, model, layout, shape["text"], batch, device, dtype, gen)
-    run = cls.for_run(d, Cond(batch=batch, passes=1, data={}), kv)
+    run = cls.for_run(d, Cond(batch=batch, passes=1, data={"embeds": d.enc}), kv)
     n = d.layout.num_tokens
+    cache = {f"cache_bytes_{m}": run.cache_bytes(x, m) for m in ("extrapolate", "refresh", "stale")}
+    params = sum(p.numel() for p in model.parameters())
+    info = dict(model=model_name, size=size, tokens=n, text_tokens=shape["text"], batch=batch, params=params,
+                dtype=str(dtype).removeprefix("torch."), seed=seed, kv=kv) | cache
+    if memory_only:
+        return [info]
     sigma = torch.tensor(0.5)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     every = torch.arange(n, device=device).expand(batch, n)
@@ -150,10 +175,8 @@ def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[flo
         else:
             row["seconds"] = best[(f, True)]
         rows.append(row | {"speedup": best["full"] / row["seconds"]})
-    params = sum(p.numel() for p in model.parameters())
     for r in rows:
-        r.update(model=model_name, size=size, tokens=n, text_tokens=shape["text"], batch=batch, params=params,
-                 dtype=str(dtype).removeprefix("torch."), seed=seed, kv=kv)
+        r.update(info)
     return rows
 
 
@@ -170,6 +193,8 @@ def main(argv=None):
     ap.add_argument("--kv", choices=("extrapolate", "refresh", "stale"), default="extrapolate",
                     help="the inactive tokens' K/V")
     ap.add_argument("--text", type=int, default=None, help="text tokens (default: the size's)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="report the HSA caches' size per K/V mode and exit (meta tensors: no weights, no compute)")
     ap.add_argument("--json", default=None, help="write the rows here (atomically)")
     args = ap.parse_args(argv)
     if args.size not in SIZES[args.model]:
@@ -192,11 +217,19 @@ def main(argv=None):
             ap.error(str(e))
     if args.text is not None and args.text < 1:
         ap.error("--text must be >= 1")
+    if args.memory_only and args.dtype is None:
+        dtype = torch.bfloat16  # as the real models run
     rows = bench(args.model, args.size, args.prompts, args.seed, fractions, args.repeats, args.device, dtype,
-                 args.kv, args.text)
+                 args.kv, args.text, args.memory_only)
     meta = run_info() | {"command": "python " + " ".join(sys.argv)}
     for r in rows:
         r.update(meta)
+        if args.memory_only:
+            sizes = ", ".join(f"kv={m} {r[f'cache_bytes_{m}'] / 2**30:.2f} GiB" for m in ("extrapolate", "refresh",
+                                                                                         "stale"))
+            print(f"{r['model']} {r['size']} ({r['tokens']} image tokens, batch {r['batch']}, {r['dtype']}): "
+                  f"caches {sizes}")
+            continue
         print(f"{r['model']} {r['size']} active {r['active_fraction']:.2f}: {r['seconds'] * 1000:.1f} ms "
               f"({r['speedup']:.2f}x)")
     if args.json:

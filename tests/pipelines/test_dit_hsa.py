@@ -250,3 +250,101 @@ def test_accelerated_pipeline_hsa_runs_active_tokens(family):
     images = (lambda o: o.images) if family == "flux" else (lambda o: o.frames)
     assert torch.equal(images(out), images(ref))
     assert half.stats.extra["token_fraction"] <= 0.5 and min(seen) < max(seen)  # partial steps ran fewer tokens
+
+
+def _held_bytes(run) -> int:
+    """Bytes of the distinct storages the run's caches keep alive."""
+    storages = {}
+
+    def add(t):
+        if isinstance(t, torch.Tensor):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        elif isinstance(t, (list, tuple)):
+            [add(u) for u in t]
+        elif isinstance(t, dict):
+            [add(u) for u in t.values()]
+
+    for caches in (run.kv, run.out, run.txt, run.h_txt):
+        add(caches)
+    for inputs in run.inputs.values():
+        add(inputs.h), add(inputs.trend)
+    return sum(storages.values())
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kv", ["extrapolate", "refresh", "stale"])
+def test_cache_bytes_is_what_a_run_holds(setup, kv):
+    """The pre-run estimate of the caches' size is what a run ends up holding (to rounding: storages shared between
+    cached tensors count once), per K/V mode; Wan 2.2's first expert's caches are dropped when the second starts."""
+    d, cls, prepared = setup
+    run = cls(d, prepared.cond, kv)
+    estimate = run.cache_bytes(prepared.x)
+    hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5, kv=kv), velocity_active=run)
+    held = _held_bytes(run)
+    assert held <= estimate <= 1.05 * held
+    assert len({model for model, _ in run.kv}) == 1  # one transformer's caches at a time
+    assert len(run.kv) == prepared.cond.passes
+
+
+@torch.no_grad()
+def test_fit_memory_falls_back_or_raises_before_allocating(setup, monkeypatch):
+    """kv="auto" takes the leanest cache that fits when the default does not, with a warning; an explicit kv that
+    does not fit, or a run no mode fits, fails with the sizes before any model call."""
+    import accel.pipelines.dit_hsa as dit_hsa
+
+    d, cls, prepared = setup
+    need = {m: cls(d, prepared.cond, m).cache_bytes(prepared.x) for m in ("extrapolate", "refresh", "stale")}
+    assert need["stale"] < need["refresh"] < need["extrapolate"]
+    for room, mode in ((need["extrapolate"], "extrapolate"), (need["refresh"], "refresh"), (need["stale"], "stale")):
+        run = cls(d, prepared.cond)
+        run.fit_memory(prepared.x, room=room)
+        assert run.mode == mode and run.refresh == (mode != "stale")
+    with pytest.raises(ValueError, match="kv='refresh'"):  # explicit: no silent change, the error names what fits
+        cls(d, prepared.cond, "extrapolate").fit_memory(prepared.x, room=need["refresh"])
+
+    calls = []
+    models = [m for m in (d.pipe.transformer, getattr(d.pipe, "transformer_2", None)) if m is not None]
+    handles = [m.register_forward_pre_hook(lambda *a: calls.append(1)) for m in models]
+    try:
+        monkeypatch.setattr(dit_hsa, "free_memory", lambda device: need["stale"] - 1)
+        with pytest.raises(ValueError, match="smaller resolution"):
+            hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5))
+        assert not calls
+        # kv="auto" on a device with room for the stale cache only: exactly the kv="stale" run
+        monkeypatch.setattr(dit_hsa, "free_memory", lambda device: int(need["stale"] / 0.9) + 1)
+        auto, _ = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5))
+        monkeypatch.undo()
+        stale, _ = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5, kv="stale"))
+    finally:
+        [h.remove() for h in handles]
+    assert torch.equal(auto, stale)
+
+
+def test_free_memory():
+    from accel.core.memory import free_memory
+
+    free = free_memory("cpu")
+    assert free is None or free > 0
+    assert free_memory("meta") is None
+
+
+def test_cache_memory_of_the_real_sizes(tmp_path):
+    """benchmarks/steps/bench_dit_hsa_forward.py --memory-only: the caches' size for a real configuration, built on
+    the meta device (no weights): Wan 14B at 720p x 81 frames keeps, per forward, 40 layers of K and V for 75,600
+    tokens of width 5,120 in bf16 (plus the last block's output), and the refresh adds its block inputs."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / "steps" / "bench_dit_hsa_forward.py"
+    spec = importlib.util.spec_from_file_location("bench_dit_hsa_forward", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "memory.json"
+    bench.main(["--model", "wan", "--size", "wan-14b-720p", "--memory-only", "--json", str(out)])
+    (row,) = json.loads(out.read_text())
+    tokens, width, layers = 21 * 45 * 80, 5120, 40
+    assert row["tokens"] == tokens and row["dtype"] == "bfloat16"
+    assert row["cache_bytes_stale"] == (layers * 2 + 1) * tokens * width * 2
+    assert row["cache_bytes_refresh"] == row["cache_bytes_stale"] + layers * tokens * width * 2
+    assert row["cache_bytes_extrapolate"] == row["cache_bytes_refresh"] + (layers - 1) * tokens * width * 2
