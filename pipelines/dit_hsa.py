@@ -26,8 +26,9 @@ where the model uses the upstream default (FluxAttnProcessor, WanAttnProcessor);
 kernels, custom processors) makes `supported` False and HSA computes every token instead (exact, no saving).
 
 Memory: before a run allocates anything, `fit_memory` checks the caches' size (`cache_bytes`) against the device's
-free memory; kv="auto" falls back to leaner caches, an explicit kv or a run no mode fits raises a ValueError with
-the sizes. Wan 2.2's first expert's caches are dropped when the second expert starts (it never runs again).
+free memory; where they do not fit it keeps the block inputs in fp8, and kv="auto" falls back further to leaner
+caches; an explicit kv or a run nothing fits raises a ValueError with the sizes. Wan 2.2's first expert's caches
+are dropped when the second expert starts (it never runs again).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class DiTActiveTokens:
         self.requested = kv
         self.mode = kv_mode(kv, self.default_kv)
         self.refresh = self.mode != "stale"
+        self.fp8_inputs = False  # keep the refresh's block inputs and trends in fp8 (fit_memory may choose it)
         self.models = [m for m in self._transformers() if m is not None]
         self.kv: dict[tuple[int, int], list[list[torch.Tensor | None]]] = {}  # (model, branch) -> [K list, V list]
         self.out: dict[tuple[int, int], torch.Tensor] = {}  # last block output (B, N, D)
@@ -114,55 +116,63 @@ class DiTActiveTokens:
         text shares the self-attention."""
         return self.refresh and self.text_in_attention
 
-    def cache_bytes(self, x: torch.Tensor, mode: str | None = None) -> int:
-        """What this run's caches take for the start latent x with the K/V mode `mode` (default: the run's), at
-        their largest (one transformer's at a time: Wan 2.2's first expert's are dropped when the second starts): per
-        layer and forward (batch x CFG passes) every image token's keys and values, with the refresh its block input,
-        with the extrapolation its residual's trend (from the second block on); where the text skips partial steps
-        its K/V and block inputs; and the last block's output."""
+    def cache_bytes(self, x: torch.Tensor, mode: str | None = None, fp8_inputs: bool | None = None) -> int:
+        """What this run's caches take for the start latent x with the K/V mode `mode` (default: the run's) and the
+        block inputs in fp8 or not (default: the run's), at their largest (one transformer's at a time: Wan 2.2's
+        first expert's are dropped when the second starts): per layer and forward (batch x CFG passes) every image
+        token's keys and values, with the refresh its block input, with the extrapolation its residual's trend (from
+        the second block on); where the text skips partial steps its K/V and block inputs; and the last block's
+        output."""
         mode = mode or self.mode
+        fp8 = self.fp8_inputs if fp8_inputs is None else fp8_inputs
         n = self.denoiser.token_layout(x).num_tokens
         t = self._text_tokens() if mode != "stale" and self.text_in_attention else 0
         largest = 0
         for model in self.models:
-            elements = 0
+            size = model.dtype.itemsize
+            total = 0
             for i, block in enumerate(self._blocks(model)):
                 attn = self._self_attention(block)
                 inner, width = attn.to_k.out_features, attn.to_k.in_features
-                per_token = 2 * inner + (mode != "stale") * width + (mode == "extrapolate" and i > 0) * width
-                elements += n * per_token + t * (2 * inner + width)
-            elements += n * width  # the last block's output
-            largest = max(largest, elements * model.dtype.itemsize)
+                inputs = (mode != "stale") + (mode == "extrapolate" and i > 0)  # block input, trend
+                row = width + 4 if fp8 else width * size  # fp8: a byte per element and a float32 scale per row
+                total += n * (2 * inner * size + inputs * row) + t * (2 * inner + width) * size
+            total += n * width * size  # the last block's output
+            largest = max(largest, total)
         return largest * self.cond.batch * self.cond.passes
 
     def fit_memory(self, x: torch.Tensor, room: int | None = None) -> None:
         """Check, before the run allocates anything, that its caches fit in 90% of the memory free on x's device
         (the rest is left for the forward's own activations: a guard against a certain out-of-memory error, not a
-        guarantee). kv="auto" falls back from the extrapolation to the plain refresh, then to the stale cache
-        (fewer tensors per layer), with a warning; an explicit kv that does not fit, or no mode at all, raises a
-        ValueError with the sizes. room: the bytes to fit in (default: from accel.core.memory.free_memory)."""
+        guarantee). Where they do not, the refresh's block inputs and trends are kept in fp8 (Fp8Rows: half the
+        memory of bf16 for them), and kv="auto" goes on to the plain refresh with fp8 inputs, then to the stale
+        cache; each step is a warning with the sizes. An explicit kv that does not fit even so, or a run no mode
+        fits, raises a ValueError with the sizes. room: the bytes to fit in (default: from
+        accel.core.memory.free_memory)."""
         if room is None:
             free = free_memory(x.device)
             if free is None:
                 return
             room = int(0.9 * free)
-        need = {m: self.cache_bytes(x, m) for m in ("extrapolate", "refresh", "stale")}
-        if need[self.mode] <= room:
+        chain = [("extrapolate", False), ("extrapolate", True), ("refresh", True), ("stale", False)]
+        if self.requested != "auto":
+            chain = [(self.mode, False)] + ([(self.mode, True)] if self.mode != "stale" else [])
+        need = {option: self.cache_bytes(x, *option) for option in chain}
+        if need[chain[0]] <= room:
             return
-        fits = [m for m in need if need[m] <= room]
-        if self.requested == "auto" and fits:
-            logger.warning(f"steps='hsa': the K/V caches with kv='{self.mode}' need {gib(need[self.mode])}, more "
-                           f"than the {gib(room)} available on {x.device}; using kv='{fits[0]}' "
-                           f"({gib(need[fits[0]])})")
-            self.mode = fits[0]
+        fits = [option for option in chain if need[option] <= room]
+        sizes = ", ".join(f"{_cache_name(o)} {gib(b)}" for o, b in need.items())
+        if fits:
+            logger.warning(f"steps='hsa': the caches with {_cache_name(chain[0])} need {gib(need[chain[0]])}, more "
+                           f"than the {gib(room)} available on {x.device}; using {_cache_name(fits[0])} ({sizes})")
+            self.mode, self.fp8_inputs = fits[0]
             self.refresh = self.mode != "stale"
             return
-        sizes = ", ".join(f"kv='{m}' {gib(b)}" for m, b in need.items())
-        hint = (f"use kv='{fits[0]}'" if fits else "use a smaller resolution, fewer frames or a smaller batch, or "
-                "sample without steps='hsa'")
-        raise ValueError(f"steps='hsa' needs {gib(need[self.mode])} for its K/V caches with kv='{self.mode}' "
-                         f"({sizes}; batch x CFG passes = {self.cond.batch * self.cond.passes}), more than the "
-                         f"{gib(room)} available on {x.device}: {hint}")
+        hint = ("use kv='auto' (leaner caches)" if self.requested != "auto" and self.mode != "stale" else
+                "use a smaller resolution, fewer frames or a smaller batch, or sample without steps='hsa'")
+        raise ValueError(f"steps='hsa' needs {gib(need[chain[-1]])} for its caches at the least ({sizes}; batch x "
+                         f"CFG passes = {self.cond.batch * self.cond.passes}), more than the {gib(room)} available "
+                         f"on {x.device}: {hint}")
 
     # -- family specifics ------------------------------------------------------------------------------------
     def _transformers(self) -> list:
@@ -322,7 +332,8 @@ class DiTActiveTokens:
         input."""
         if not self.partial:
             layers = len(self.kv[self.key][0])
-            self.inputs.setdefault(self.key, BlockInputs(layers, self.mode == "extrapolate")).record(i, hidden)
+            inputs = self.inputs.setdefault(self.key, BlockInputs(layers, self.mode == "extrapolate", self.fp8_inputs))
+            inputs.record(i, hidden)
             if self.skips_text:
                 self.h_txt[self.key][i] = full[1]["encoder_hidden_states"]
             return
@@ -356,6 +367,11 @@ class DiTActiveTokens:
         values = torch.cat([v_txt, cache[1][layer]], 1).transpose(1, 2)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask)
         return out.transpose(1, 2).flatten(2, 3).to(q.dtype)
+
+
+def _cache_name(option: tuple[str, bool]) -> str:
+    """(kv mode, fp8 block inputs) for messages."""
+    return f"kv='{option[0]}'" + (" with fp8 block inputs" if option[1] else "")
 
 
 class _ActiveProcessor:

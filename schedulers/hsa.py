@@ -80,7 +80,7 @@ import torch
 from accel.config import check_choice
 from accel.core.denoiser import Cond, Denoiser
 from accel.core.grid import TimeGrid
-from accel.core.token_index import gather_tokens, scatter_tokens
+from accel.core.token_index import gather_tokens, scatter_tokens, scatter_tokens_
 from accel.schedulers.flow import euler_update
 
 SCORES = ("dynamics", "displacement")
@@ -92,6 +92,46 @@ def kv_mode(kv: str, family_default: str) -> str:
     of KV_MODES, "auto" meaning the family's default."""
     check_choice("kv", kv, KV_MODES)
     return family_default if kv == "auto" else kv
+
+
+class Fp8Rows:
+    """A (B, L, D) tensor kept as float8 e4m3 with a float32 scale per row (the row's largest magnitude over 448, the
+    format's largest): one byte per element instead of two in bf16, each element within 2^-4 of its row's largest
+    magnitude. Rows are read back in the dtype the tensor had."""
+
+    def __init__(self, t: torch.Tensor):
+        self.dtype = t.dtype
+        self.q, self.scale = self._quantize(t)
+
+    @staticmethod
+    def _quantize(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = t.detach().abs().amax(-1, keepdim=True).float().clamp(min=1e-30) / torch.finfo(torch.float8_e4m3fn).max
+        return (t.float() / scale).to(torch.float8_e4m3fn).view(torch.uint8), scale  # uint8: gather / scatter work
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes + self.scale.nbytes
+
+    def read(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Every row (index None) or the rows index (B, k) of each sample, dequantized."""
+        q, scale = self.q, self.scale
+        if index is not None:
+            q, scale = gather_tokens(q, index), gather_tokens(scale, index)
+        return (q.view(torch.float8_e4m3fn).float() * scale).to(self.dtype)
+
+    def write_(self, index: torch.Tensor, rows: torch.Tensor) -> None:
+        """Overwrite the rows index (B, k) of each sample with rows (B, k, D)."""
+        q, scale = self._quantize(rows)
+        scatter_tokens_(self.q, index, q)
+        scatter_tokens_(self.scale, index, scale)
 
 
 class BlockInputs:
@@ -108,11 +148,13 @@ class BlockInputs:
     multiply-add more than the refresh's; the memory is a second tensor per layer.
 
     record() must see a call's blocks in order (layer 0 first): the trend is relative to the first block's input.
+    fp8: keep h and trend as Fp8Rows (half the memory of bf16; for runs whose caches would not fit otherwise).
     """
 
-    def __init__(self, layers: int, extrapolate: bool = False):
-        self.h: list[torch.Tensor | None] = [None] * layers
-        self.trend: list[torch.Tensor | None] | None = [None] * layers if extrapolate else None
+    def __init__(self, layers: int, extrapolate: bool = False, fp8: bool = False):
+        self.h: list = [None] * layers  # per layer a (B, L, D) tensor, or Fp8Rows
+        self.trend: list | None = [None] * layers if extrapolate else None
+        self.fp8 = fp8
         self.s_then: torch.Tensor | None = None  # (B, L): the sigma of each token's last computation
         self.s_before: torch.Tensor | None = None
         self._first: tuple | None = None  # this call's (new, old) first-block inputs of the recorded tokens
@@ -139,32 +181,33 @@ class BlockInputs:
         if active is None:
             if 0 in hidden.stride():  # a broadcast view cannot be written per token
                 hidden = hidden.contiguous()
-            self.h[layer] = hidden
+            old = None if old is None else _rows(old, None, hidden.dtype)
+            self.h[layer] = self._keep(hidden)
             if self.trend is not None:
                 if layer == 0:
                     self._first = (hidden, hidden if old is None else old)
                 elif old is None:
-                    self.trend[layer] = torch.zeros_like(hidden)
+                    self.trend[layer] = self._keep(torch.zeros_like(hidden))
                 else:
-                    self.trend[layer] = (hidden - self._first[0]) - (old.to(hidden.dtype) - self._first[1])
+                    self.trend[layer] = self._keep((hidden - self._first[0]) - (old - self._first[1]))
             return
-        if old.dtype != hidden.dtype:
+        if not isinstance(old, Fp8Rows) and old.dtype != hidden.dtype:
             old = self.h[layer] = old.to(hidden.dtype)
-        index = active[..., None].expand(-1, -1, hidden.shape[-1])
         if self.trend is not None:
             if layer == 0:
-                self._first = (hidden, old.gather(1, index))
+                self._first = (hidden, _rows(old, active, hidden.dtype))
             else:
-                trend = (hidden - self._first[0]) - (old.gather(1, index) - self._first[1])
-                self.trend[layer] = self.trend[layer].to(hidden.dtype)
-                self.trend[layer].scatter_(1, index, trend)
-        old.scatter_(1, index, hidden)
+                trend = (hidden - self._first[0]) - (_rows(old, active, hidden.dtype) - self._first[1])
+                if not isinstance(self.trend[layer], Fp8Rows):
+                    self.trend[layer] = self.trend[layer].to(hidden.dtype)
+                _write_rows(self.trend[layer], active, trend)
+        _write_rows(old, active, hidden)
 
     def prepare(self, embed: torch.Tensor, sigma: float, index: torch.Tensor | None = None) -> None:
         """Start a call's estimates for the tokens index (B, m) (None: every token), whose current embedding (the
         first block's input) is embed (B, m, D); before this call's record()s."""
         self._index = index
-        self._drift = embed - self._at(self.h[0]).to(embed.dtype)
+        self._drift = embed - _rows(self.h[0], index, embed.dtype)
         self._w = None
         if self.trend is not None:
             s_then, s_before = self._at(self.s_then), self._at(self.s_before)
@@ -175,13 +218,31 @@ class BlockInputs:
     def estimate(self, layer: int) -> torch.Tensor:
         """Block `layer`'s estimated current input (B, m, D) of the tokens prepare() named. Tokens recorded in this
         call read their recorded input (a caller overwrites their rows)."""
-        out = self._at(self.h[layer]).to(self._drift.dtype) + self._drift
+        out = _rows(self.h[layer], self._index, self._drift.dtype) + self._drift
         if self._w is None or layer == 0:
             return out
-        return torch.addcmul(out, self._w, self._at(self.trend[layer]).to(out.dtype))
+        return torch.addcmul(out, self._w, _rows(self.trend[layer], self._index, out.dtype))
+
+    def _keep(self, t: torch.Tensor):
+        return Fp8Rows(t) if self.fp8 else t
 
     def _at(self, t: torch.Tensor) -> torch.Tensor:
         return t if self._index is None else gather_tokens(t, self._index)
+
+
+def _rows(stored, index: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """A stored (B, L, D) tensor or Fp8Rows: every row (index None) or the rows index (B, k), in dtype."""
+    if isinstance(stored, Fp8Rows):
+        return stored.read(index).to(dtype)
+    return (stored if index is None else gather_tokens(stored, index)).to(dtype)
+
+
+def _write_rows(stored, index: torch.Tensor, rows: torch.Tensor) -> None:
+    """Overwrite the rows index (B, k) of a stored (B, L, D) tensor or Fp8Rows with rows (B, k, D), in place."""
+    if isinstance(stored, Fp8Rows):
+        stored.write_(index, rows)
+    else:
+        scatter_tokens_(stored, index, rows.to(stored.dtype))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ recomputes the text (HSAConfig.kv). Timings are the best of --repeats rounds, ea
 --prompts is the batch (prompts per call); --size picks the configuration (small: CPU-sized; flux-dev / wan-1.3b /
 wan-14b / wan-14b-720p: the real models' widths and depths at 1024x1024 / 480p x 81 frames / 720p x 81 frames, for a
 GPU). --memory-only reports, on any machine, what HSA's caches take per forward for the configuration and each K/V
-mode (DiTActiveTokens.cache_bytes, bf16 unless --dtype; the model is built on the meta device).
+mode, with the refresh's block inputs in the model's dtype or in fp8 (DiTActiveTokens.cache_bytes, bf16 unless
+--dtype; the model is built on the meta device).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[flo
     d = _Stand(model_name, model, layout, shape["text"], batch, device, dtype, gen)
     run = cls.for_run(d, Cond(batch=batch, passes=1, data={"embeds": d.enc}), kv)
     n = d.layout.num_tokens
-    cache = {f"cache_bytes_{m}": run.cache_bytes(x, m) for m in ("extrapolate", "refresh", "stale")}
+    cache = {f"cache_bytes_{m}": run.cache_bytes(x, m, False) for m in ("extrapolate", "refresh", "stale")}
+    cache |= {f"cache_bytes_{m}_fp8": run.cache_bytes(x, m, True) for m in ("extrapolate", "refresh")}
     params = sum(p.numel() for p in model.parameters())
     info = dict(model=model_name, size=size, tokens=n, text_tokens=shape["text"], batch=batch, params=params,
                 dtype=str(dtype).removeprefix("torch."), seed=seed, kv=kv) | cache
@@ -225,8 +227,8 @@ def main(argv=None):
     for r in rows:
         r.update(meta)
         if args.memory_only:
-            sizes = ", ".join(f"kv={m} {r[f'cache_bytes_{m}'] / 2**30:.2f} GiB" for m in ("extrapolate", "refresh",
-                                                                                         "stale"))
+            sizes = ", ".join(f"kv={m.replace('_fp8', ' (fp8 inputs)')} {r[f'cache_bytes_{m}'] / 2**30:.2f} GiB"
+                              for m in ("extrapolate", "extrapolate_fp8", "refresh", "refresh_fp8", "stale"))
             print(f"{r['model']} {r['size']} ({r['tokens']} image tokens, batch {r['batch']}, {r['dtype']}): "
                   f"caches {sizes}")
             continue

@@ -12,7 +12,7 @@ from accel.pipelines.dit_hsa import FluxActiveTokens, WanActiveTokens
 from accel.pipelines.flux import FluxDenoiser
 from accel.pipelines.wan import WanDenoiser
 from accel.schedulers import sample
-from accel.schedulers.hsa import HSAConfig, hsa_sample, latent_to_tokens
+from accel.schedulers.hsa import Fp8Rows, HSAConfig, hsa_sample, latent_to_tokens
 
 CASES = {
     # Flux with true CFG (two forwards per velocity: two cache branches), batch 2
@@ -267,51 +267,68 @@ def _held_bytes(run) -> int:
     for caches in (run.kv, run.out, run.txt, run.h_txt):
         add(caches)
     for inputs in run.inputs.values():
-        add(inputs.h), add(inputs.trend)
+        for t in inputs.h + (inputs.trend or []):
+            add([t.q, t.scale] if isinstance(t, Fp8Rows) else t)
     return sum(storages.values())
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kv", ["extrapolate", "refresh", "stale"])
-def test_cache_bytes_is_what_a_run_holds(setup, kv):
+@pytest.mark.parametrize("kv,fp8", [("extrapolate", False), ("refresh", False), ("stale", False),
+                                    ("extrapolate", True), ("refresh", True)])
+def test_cache_bytes_is_what_a_run_holds(setup, kv, fp8):
     """The pre-run estimate of the caches' size is what a run ends up holding (to rounding: storages shared between
-    cached tensors count once), per K/V mode; Wan 2.2's first expert's caches are dropped when the second starts."""
+    cached tensors count once), per K/V mode, with the block inputs in fp8 or not; Wan 2.2's first expert's caches
+    are dropped when the second starts."""
     d, cls, prepared = setup
     run = cls(d, prepared.cond, kv)
+    run.fp8_inputs = fp8
     estimate = run.cache_bytes(prepared.x)
-    hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5, kv=kv), velocity_active=run)
+    out, _ = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5, kv=kv),
+                        velocity_active=run)
     held = _held_bytes(run)
     assert held <= estimate <= 1.05 * held
     assert len({model for model, _ in run.kv}) == 1  # one transformer's caches at a time
     assert len(run.kv) == prepared.cond.passes
+    assert all(isinstance(t, Fp8Rows) == fp8 for inputs in run.inputs.values() for t in inputs.h)
+    if fp8:  # the same run with full-precision block inputs, to fp8's rounding
+        full = cls(d, prepared.cond, kv)
+        ref, _ = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5, kv=kv),
+                            velocity_active=full)
+        assert 0 < (out - ref).abs().mean() < 0.05 * (ref - prepared.x).abs().mean()
 
 
 @torch.no_grad()
 def test_fit_memory_falls_back_or_raises_before_allocating(setup, monkeypatch):
-    """kv="auto" takes the leanest cache that fits when the default does not, with a warning; an explicit kv that
-    does not fit, or a run no mode fits, fails with the sizes before any model call."""
+    """Where the caches do not fit, kv="auto" keeps the block inputs in fp8, then takes the plain refresh (fp8
+    inputs), then the stale cache, with a warning; an explicit kv keeps its mode (fp8 inputs at most) or fails; a
+    run no mode fits fails with the sizes before any model call."""
     import accel.pipelines.dit_hsa as dit_hsa
 
     d, cls, prepared = setup
-    need = {m: cls(d, prepared.cond, m).cache_bytes(prepared.x) for m in ("extrapolate", "refresh", "stale")}
-    assert need["stale"] < need["refresh"] < need["extrapolate"]
-    for room, mode in ((need["extrapolate"], "extrapolate"), (need["refresh"], "refresh"), (need["stale"], "stale")):
+    chain = [("extrapolate", False), ("extrapolate", True), ("refresh", True), ("stale", False)]
+    need = {o: cls(d, prepared.cond).cache_bytes(prepared.x, *o) for o in chain}
+    assert need[chain[0]] > need[chain[1]] > need[chain[2]] > need[chain[3]]
+    assert need[("extrapolate", True)] < cls(d, prepared.cond).cache_bytes(prepared.x, "refresh", False)
+    for option in chain:
         run = cls(d, prepared.cond)
-        run.fit_memory(prepared.x, room=room)
-        assert run.mode == mode and run.refresh == (mode != "stale")
-    with pytest.raises(ValueError, match="kv='refresh'"):  # explicit: no silent change, the error names what fits
-        cls(d, prepared.cond, "extrapolate").fit_memory(prepared.x, room=need["refresh"])
+        run.fit_memory(prepared.x, room=need[option])
+        assert (run.mode, run.fp8_inputs) == option and run.refresh == (option[0] != "stale")
+    run = cls(d, prepared.cond, "refresh")  # explicit: the mode stays, the inputs go to fp8
+    run.fit_memory(prepared.x, room=need[("refresh", True)])
+    assert (run.mode, run.fp8_inputs) == ("refresh", True)
+    with pytest.raises(ValueError, match="kv='auto'"):  # no silent change of mode: the error names the way out
+        cls(d, prepared.cond, "extrapolate").fit_memory(prepared.x, room=need[("refresh", True)])
 
     calls = []
     models = [m for m in (d.pipe.transformer, getattr(d.pipe, "transformer_2", None)) if m is not None]
     handles = [m.register_forward_pre_hook(lambda *a: calls.append(1)) for m in models]
     try:
-        monkeypatch.setattr(dit_hsa, "free_memory", lambda device: need["stale"] - 1)
+        monkeypatch.setattr(dit_hsa, "free_memory", lambda device: need[("stale", False)] - 1)
         with pytest.raises(ValueError, match="smaller resolution"):
             hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5))
         assert not calls
         # kv="auto" on a device with room for the stale cache only: exactly the kv="stale" run
-        monkeypatch.setattr(dit_hsa, "free_memory", lambda device: int(need["stale"] / 0.9) + 1)
+        monkeypatch.setattr(dit_hsa, "free_memory", lambda device: int(need[("stale", False)] / 0.9) + 1)
         auto, _ = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5))
         monkeypatch.undo()
         stale, _ = hsa_sample(d, prepared.x, prepared.grid, prepared.cond, HSAConfig(runtime=0.5, kv="stale"))
@@ -348,3 +365,6 @@ def test_cache_memory_of_the_real_sizes(tmp_path):
     assert row["cache_bytes_stale"] == (layers * 2 + 1) * tokens * width * 2
     assert row["cache_bytes_refresh"] == row["cache_bytes_stale"] + layers * tokens * width * 2
     assert row["cache_bytes_extrapolate"] == row["cache_bytes_refresh"] + (layers - 1) * tokens * width * 2
+    # fp8 block inputs and trends: a byte per element and a float32 scale per row
+    assert row["cache_bytes_extrapolate_fp8"] == row["cache_bytes_stale"] + (2 * layers - 1) * tokens * (width + 4)
+    assert row["cache_bytes_refresh_fp8"] == row["cache_bytes_stale"] + layers * tokens * (width + 4)

@@ -6,8 +6,8 @@ import torch
 from accel.pipelines.shapes import ShapesDenoiser, build_shapes_pipeline
 from accel.core.grid import TimeGrid
 from accel.schedulers.flow import euler_update, sample
-from accel.schedulers.hsa import (BlockInputs, HSAConfig, _cached_update, hsa_sample, latent_to_tokens, plan_hsa,
-                                  refresh_steps, tokens_to_latent)
+from accel.schedulers.hsa import (BlockInputs, Fp8Rows, HSAConfig, _cached_update, hsa_sample, latent_to_tokens,
+                                  plan_hsa, refresh_steps, tokens_to_latent)
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +253,44 @@ def test_block_inputs_estimates():
     extra.prepare(embed(0.0), 0.0)  # two steps' worth away: the trend counts once
     want = inputs_at(0.8)[2] - 0.2 * slope[2] - embed(0.8) + embed(0.0)
     assert torch.allclose(rows(extra.estimate(2), active), rows(want, active), atol=1e-5)
+
+
+def test_fp8_rows():
+    """Fp8Rows keeps each element within 2^-4 of its row's largest magnitude (e4m3's rounding), reads rows back in the
+    tensor's dtype, writes rows per sample, and takes a byte per element plus a float32 scale per row."""
+    torch.manual_seed(0)
+    t = torch.randn(2, 5, 64) * torch.logspace(-3, 3, 5)[None, :, None]  # rows of very different scales
+    rows = Fp8Rows(t)
+    bound = t.abs().amax(-1, keepdim=True) / 16
+    assert rows.read().dtype == t.dtype and ((rows.read() - t).abs() <= bound).all()
+    assert not torch.equal(rows.read(), t)  # it does round
+    index = torch.tensor([[4, 1], [0, 3]])
+    assert torch.equal(rows.read(index), rows.read().gather(1, index[..., None].expand(-1, -1, 64)))
+    new = torch.randn(2, 2, 64)
+    rows.write_(index, new)
+    got = rows.read()
+    assert ((got.gather(1, index[..., None].expand(-1, -1, 64)) - new).abs() <= new.abs().amax(-1, True) / 16).all()
+    assert torch.equal(got[0, 2], Fp8Rows(t).read()[0, 2])  # rows not written are unchanged
+    assert rows.nbytes == 2 * 5 * 64 + 2 * 5 * 4
+
+
+def test_block_inputs_in_fp8_follow_full_precision():
+    """BlockInputs(fp8=True) estimates what the full-precision one does, to fp8's rounding of what it keeps."""
+    torch.manual_seed(0)
+    b, n, d, layers = 2, 6, 32, 3
+    active = torch.tensor([[0, 2, 5], [1, 3, 4]])
+    full, fp8 = BlockInputs(layers, extrapolate=True), BlockInputs(layers, extrapolate=True, fp8=True)
+    inputs = [torch.randn(b, n, d) for _ in range(layers)]
+    later = [h + 0.3 * torch.randn(b, n, d) for h in inputs]
+    for bi in (full, fp8):
+        for i, h in enumerate(inputs):
+            bi.record(i, h.clone())
+        bi.computed(1.0)
+        for i, h in enumerate(later):
+            bi.record(i, h.gather(1, active[..., None].expand(-1, -1, d)), active)
+        bi.computed(0.8, active)
+        bi.prepare(inputs[0] + 0.1, 0.6)
+    assert all(isinstance(h, Fp8Rows) for h in fp8.h + fp8.trend[1:])
+    for i in range(layers):
+        a, e = full.estimate(i), fp8.estimate(i)
+        assert 0 < (a - e).abs().max() < 0.25  # inputs of magnitude ~3 per row, three rounded terms at most
