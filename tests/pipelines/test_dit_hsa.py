@@ -368,3 +368,16 @@ def test_cache_memory_of_the_real_sizes(tmp_path):
     # fp8 block inputs and trends: a byte per element and a float32 scale per row
     assert row["cache_bytes_extrapolate_fp8"] == row["cache_bytes_stale"] + (2 * layers - 1) * tokens * (width + 4)
     assert row["cache_bytes_refresh_fp8"] == row["cache_bytes_stale"] + layers * tokens * (width + 4)
+
+
+def test_pipeline_reports_caches_that_do_not_fit(monkeypatch):
+    """pipe(..., steps='hsa') on a device without room for any of HSA's caches: a ValueError with the sizes from the
+    pipeline call, before sampling."""
+    import accel
+    import accel.pipelines.dit_hsa as dit_hsa
+
+    pipe = accel.accelerate_pipeline(build_flux())
+    monkeypatch.setattr(dit_hsa, "free_memory", lambda device: 1024)
+    with pytest.raises(ValueError, match=r"needs .* GiB for its caches at the least .*kv='stale'"):
+        pipe(prompt="a red circle", height=64, width=64, guidance_scale=3.5, num_inference_steps=8,
+             max_sequence_length=16, output_type="latent", steps="hsa", runtime=0.5)
