@@ -191,19 +191,19 @@ class ActiveTokens:
             raise ValueError("kv='refresh' needs every token's embedding and a per-sample conditioning")
         text, tokens = tokens[:, :t_len], tokens[:, t_len:]
         b, k = active.shape
-        rows = active[..., None].expand(-1, -1, tokens.shape[-1])
         self.inputs.prepare(embed, self.sigma)
         for i, block in enumerate(model.blocks):
             shift1, scale1, gate1, shift2, scale2, gate2 = block.adaLN_modulation(c).chunk(6, dim=-1)
             attn = block.attn
-            estimate = self.inputs.estimate(i).scatter_(1, rows, tokens)  # the active rows: their actual input
+            estimate = self.inputs.estimate(i)
+            scatter_tokens_(estimate, active, tokens)  # the active rows: their actual input
             self.inputs.record(i, tokens, active)
             hidden = block.norm1(torch.cat([self.h_txt[i], estimate], 1)) * (1 + scale1) + shift1  # (B2, T + L, D)
             m = hidden.shape[1]
             self.kbuf[i] = attn.norm_k(attn.to_k(hidden).view(b, m, attn.heads, -1).transpose(1, 2))
             self.vbuf[i] = attn.to_v(hidden).view(b, m, attn.heads, -1).transpose(1, 2)
             self.k[i], self.v[i] = self.kbuf[i][:, :, t_len:], self.vbuf[i][:, :, t_len:]
-            q_in = torch.gather(hidden[:, t_len:], 1, rows)  # the active tokens' modulated input
+            q_in = gather_tokens(hidden[:, t_len:], active)  # the active tokens' modulated input
             q = attn.norm_q(attn.to_q(q_in).view(b, k, attn.heads, -1).transpose(1, 2))
             out = F.scaled_dot_product_attention(q, self.kbuf[i], self.vbuf[i], attn_mask=keep)
             tokens = tokens + gate1 * attn.to_out(out.transpose(1, 2).reshape(b, k, -1))
