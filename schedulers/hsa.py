@@ -181,9 +181,9 @@ class BlockInputs:
         if active is None:
             if 0 in hidden.stride():  # a broadcast view cannot be written per token
                 hidden = hidden.contiguous()
-            old = None if old is None else _rows(old, None, hidden.dtype)
             self.h[layer] = self._keep(hidden)
             if self.trend is not None:
+                old = None if old is None else _rows(old, None, hidden.dtype)  # (dequantized only where needed)
                 if layer == 0:
                     self._first = (hidden, hidden if old is None else old)
                 elif old is None:
