@@ -65,8 +65,8 @@ indices, and the result is (B, k, D) in latent_to_tokens' layout. The adapter's 
 the family's active-token forward (queries of the active tokens against the K/V cache of the others, e.g.
 accel.pipelines.shapes_hsa; its `inactive_cost` prices the refresh, and its `refresh_kv` attribute, where it has
 one, is set before each call to whether that step refreshes; its `fit_memory(x)`, where it has one, runs before
-anything is planned, so it may choose leaner caches under kv="auto"); without one the full velocity is computed and
-gathered, which is exact but saves nothing.
+anything is planned, so it may choose leaner caches where the default would not fit); without one the full
+velocity is computed and gathered, which is exact but saves nothing.
 """
 
 from __future__ import annotations
@@ -439,7 +439,7 @@ def hsa_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Cond, 
     layout = denoiser.token_layout(x)
     call = velocity_active or (denoiser.hsa_velocity(cond, kv=config.kv) if config.cache else None)
     if hasattr(call, "fit_memory"):
-        call.fit_memory(x)  # before anything is planned or allocated: may choose a leaner kv under kv="auto"
+        call.fit_memory(x)  # before anything is planned or allocated: may choose leaner caches (changes the price)
     inactive_cost = getattr(call, "inactive_cost", 0.0)
     sigmas = grid.sigmas.to(x.device)
     full_steps = len(sigmas) - 1
