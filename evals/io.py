@@ -44,21 +44,66 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def run_info() -> dict:
-    """Where and how a result was measured: machine, versions, git sha (when run from a checkout), command."""
+def source_state() -> dict:
+    """The code a result comes from: git_sha (full), dirty (uncommitted or untracked changes) and, when dirty,
+    diff_sha256 (a hash of `git diff HEAD` and the untracked files, so two dirty rows can be told apart).
+
+    All three are None outside a git checkout (a regular install: its version names the code).
+    """
+    import hashlib
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> bytes | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, timeout=20, cwd=here)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    diff, untracked = git("diff", "HEAD", "--binary"), git("ls-files", "--others", "--exclude-standard", "-z")
+    if not sha or diff is None or untracked is None:
+        return {"git_sha": None, "dirty": None, "diff_sha256": None}
+    root = Path(git("rev-parse", "--show-toplevel").decode().strip())
+    names = sorted(n for n in untracked.decode().split("\0") if n)
+    if not diff and not names:
+        return {"git_sha": sha.decode().strip(), "dirty": False, "diff_sha256": None}
+    h = hashlib.sha256(diff)
+    for name in names:
+        h.update(name.encode() + b"\0")
+        if (root / name).is_file():
+            h.update((root / name).read_bytes())
+    return {"git_sha": sha.decode().strip(), "dirty": True, "diff_sha256": h.hexdigest()}
+
+
+def require_clean(allow_dirty: bool = False) -> dict:
+    """Check before a run that its rows can name committed code; return source_state().
+
+    Raises ValueError when the checkout has uncommitted or untracked changes and allow_dirty is False: a row
+    recorded from such a tree names a sha whose code did not make it.
+    """
+    state = source_state()
+    if state["dirty"] and not allow_dirty:
+        raise ValueError("the accel checkout has uncommitted or untracked changes (git status): commit them so the "
+                         "results name the code that made them, or pass --allow-dirty to record them marked dirty")
+    return state
+
+
+def run_info(state: dict | None = None) -> dict:
+    """Where and how a result was measured: machine, versions, the code (source_state(): git sha, dirty flag and
+    diff hash when run from a checkout), command. Pass the state taken before the run (require_clean) so that edits
+    made while it ran do not relabel it."""
     import importlib.metadata as md
     import platform
-    import subprocess
     import sys
 
     import torch
 
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
+    state = source_state() if state is None else state
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
     return {"machine": f"{platform.machine()} {platform.system()}", "device": device,
             "python": platform.python_version(), "torch": torch.__version__, "diffusers": md.version("diffusers"),
-            "accel": md.version("accel"), "git_sha": sha, "command": " ".join(["accel", *sys.argv[1:]])}
+            "transformers": md.version("transformers"), "accel": md.version("accel"), **state,
+            "command": " ".join(["accel", *sys.argv[1:]])}
