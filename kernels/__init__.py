@@ -19,18 +19,23 @@ per-instance hooks.
 
 from __future__ import annotations
 
-from accel.kernels._triton import HAS_TRITON
-from accel.kernels.confidence import confidence_argmax
-from accel.kernels.dispatch import kernels_disabled
-from accel.kernels.euler import euler_update
-from accel.kernels.fused import (
-    FusedKernelsConfig, FusedKernelsHandle, apply_fused_kernels, supports_fused_kernels,
-)
-from accel.kernels.gated_residual import gated_residual
-from accel.kernels.modulated_norm import modulated_layer_norm
-from accel.kernels.qk_norm_rope import qk_norm_across_heads_rope, qk_norm_rope
-from accel.kernels.resample import resample_euler_update
-from accel.kernels.sde import sde_update
+if __name__ != "accel.kernels":  # a bare `import kernels` from the repository root: accel/_rootpath.py
+    from accel._rootpath import load_installed
+
+    load_installed(__name__)
+else:
+    from accel.kernels._triton import HAS_TRITON
+    from accel.kernels.confidence import confidence_argmax
+    from accel.kernels.dispatch import kernels_disabled
+    from accel.kernels.euler import euler_update
+    from accel.kernels.fused import (
+        FusedKernelsConfig, FusedKernelsHandle, apply_fused_kernels, supports_fused_kernels,
+    )
+    from accel.kernels.gated_residual import gated_residual
+    from accel.kernels.modulated_norm import modulated_layer_norm
+    from accel.kernels.qk_norm_rope import qk_norm_across_heads_rope, qk_norm_rope
+    from accel.kernels.resample import resample_euler_update
+    from accel.kernels.sde import sde_update
 
 IMPLEMENTED: tuple[str, ...] = (
     "modulated_layer_norm",

@@ -13,4 +13,9 @@ def _register_fused_kernels() -> None:
     register_fused_installer(ShapesTransformer2DModel, install_fused_kernels)
 
 
-_register_fused_kernels()
+if __name__ != "accel.pipelines":  # a bare `import pipelines` from the repository root: accel/_rootpath.py
+    from accel._rootpath import load_installed
+
+    load_installed(__name__)
+else:
+    _register_fused_kernels()
