@@ -46,10 +46,14 @@ def _confidence_argmax_kernel(
         z = tl.where(row_ok[:, None], z.to(tl.float32) * inv_temperature, 0.0)
         tile_max, tile_arg = tl.max(z, axis=1, return_indices=True, return_indices_tie_break_left=True)
         m_new = tl.maximum(m, tile_max)
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
+        # While a row has seen only -inf, exp(-inf - -inf) would be NaN (a first tile masked out by top-k or a
+        # restricted vocabulary): subtract 0 instead, so s stays 0 and later finite tiles start it afresh.
+        shift = tl.where(m_new == -float("inf"), 0.0, m_new)
+        s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift[:, None]), axis=1)
         best = tl.where(tile_max > m, start + tile_arg.to(tl.int64), best)  # strict: ties keep the first index
         m = m_new
-    tl.store(conf_ptr + rows, 1.0 / s, mask=row_ok)
+    # All -inf rows (s = 0) and NaN rows give NaN, as softmax does (not 1 / 0 = inf).
+    tl.store(conf_ptr + rows, 1.0 / tl.where(s > 0, s, float("nan")), mask=row_ok)
     tl.store(index_ptr + rows, best, mask=row_ok)
 
 

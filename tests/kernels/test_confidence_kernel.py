@@ -46,3 +46,25 @@ def test_bad_inputs_raise(device):
         confidence_argmax(torch.zeros(2, 5, device=device), temperature=0.0)
     with pytest.raises(ValueError, match=r"logits must be \(..., V\)"):
         confidence_argmax(torch.zeros(2, 0, device=device))
+
+
+def test_rows_whose_first_tile_is_all_minus_inf(device, rng):
+    # Callers that filter logits first (top-k, a restricted vocabulary) give rows whose first vocabulary tile is all
+    # -inf: the online softmax must not compute exp(-inf - -inf) there. Two full tiles of the launcher's mode.
+    from accel.kernels import confidence
+    from accel.kernels._triton import interpreting
+
+    tile = confidence.INTERPRETER_TILE if interpreting() else confidence.GPU_TILE
+    v = 2 * tile
+    logits = torch.full((4, v), -float("inf"))
+    logits[0, tile:] = torch.randn(tile, generator=rng)                      # finite only in the second tile
+    logits[1, v - 1] = 5.0                                                   # only the very last entry is finite
+    top = torch.randperm(tile, generator=rng)[:50] + tile                    # top-k: 50 survivors, second tile
+    logits[2, top] = 3 * torch.randn(50, generator=rng)
+    # row 3 stays all -inf: NaN conf, as documented
+    conf, index = confidence_argmax_fwd(logits.to(device), temperature=0.7)
+    ref_conf, ref_index = confidence_argmax_reference(logits, temperature=0.7)
+    assert torch.isfinite(conf[:3]).all() and torch.isnan(conf[3])
+    assert conf[1] == 1.0 and index[1] == v - 1
+    assert torch.equal(index[:3].cpu(), ref_index[:3])
+    torch.testing.assert_close(conf.cpu(), ref_conf, atol=1e-6, rtol=1e-5, equal_nan=True)
