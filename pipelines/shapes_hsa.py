@@ -14,14 +14,11 @@ and the block's own norm, modulation (at the current sigma) and K/V projections 
 HSAConfig.refresh_every-th partial step (the steps between keep them as refreshed). This costs the inactive
 tokens' K/V projections (about a sixth of a token's block compute) and removes most of the staleness: a skipped
 token's latent moves with its cached Euler update, and its embedding moves with it. kv="stale" keeps the K/V as
-last computed (the paper's cache). On the built-in video model at runtime 0.5 the refresh lifts SSIM against the
-full-step output from 0.85 to 0.96, and the extrapolation adds about 0.6 dB PSNR (README). The image DiT defaults
-to "stale" (kv="auto"): there the refresh
-measured worse at the same budget, its convolutional stem and head being most of the compute. With the refresh the
-text tokens skip partial steps as well: their K/V are made from their block inputs at the last full step,
-modulated at the current sigma (on the video model the 16 text tokens were an eighth of every partial step's rows;
-caching them saves about 0.04 of the runtime at budget 0.5 for 0.1-0.3 dB; with "stale" K/V the same caching lost
-0.6 dB, so there the text is recomputed).
+last computed (the paper's cache). The image DiT defaults to "stale" (kv="auto"): there the refresh measured
+worse at the same budget, its convolutional stem and head being most of the compute. With the refresh the text
+tokens skip partial steps as well: their K/V are made from their block inputs at the last full step, modulated at
+the current sigma; with "stale" K/V the text is recomputed at every step, which measured better there. The
+measurements: docs/hsa.md.
 
 What this saves is the blocks' share of the model's compute: the built-in DiT's convolutional stem and head run at
 full resolution every step (their receptive fields span many tokens), so its wall-time floor is well above the

@@ -1,72 +1,38 @@
 """Heterogeneous step allocation (HSA): every latent token carries its own sigma.
 
-Chu & Patel, "Not All Tokens Need 40 Steps" (arXiv 2605.06892). The paper's code is not public; this follows the
-reconstruction in the project notes (papers-search-and-hsa.md section 1), with microsoft/RAS's mechanics.
+Chu & Patel, "Not All Tokens Need 40 Steps" (arXiv 2605.06892); the paper's code is not public, so this follows
+the reconstruction in the project notes (papers-search-and-hsa.md section 1), with microsoft/RAS's mechanics.
+Usage, recorded results and what was tried: docs/hsa.md.
 
-State per token i: its latent x_i at its own sigma s_i, and the velocity v_i last computed for it. A token can be
-moved to any sigma in one operation, the *cached Euler update* x_i + (sigma - s_i) v_i (for the linear
-interpolant this is the exact jump under the token's cached x0 / eps prediction).
+State per token i: its latent x_i at its own sigma s_i and the velocity v_i last computed for it; the *cached Euler
+update* x_i + (sigma - s_i) v_i moves it to any sigma in one operation (the exact jump under its cached x0 / eps).
 
 Schedule on the pipeline's grid sigma_0 > ... > sigma_T = 0:
 1. Warm-up: the first `warmup` steps are full steps (every token active).
-2. Partial steps: the `k_j` highest-scoring tokens per sample are active. A token's score is its velocity dynamics
-   ||v_i - v_i'|| / (||v_i'|| + delta) over its last two computed velocities ("dynamics"), or its last Euler
-   displacement ||(sigma_next - sigma) v_i|| ("displacement", as RAS). Tokens skipped `max_skips` steps in a row
-   take the active slots first (the starvation bound holds whenever the slots can take them all). Active tokens
-   are brought to the step's sigma with the cached update, get a fresh velocity, and take a normal Euler step;
-   inactive tokens are left where they are.
+2. Partial steps: the `k_j` highest-scoring tokens per sample are active (score: velocity "dynamics"
+   ||v_i - v_i'|| / (||v_i'|| + delta), or the last Euler "displacement" as in RAS); tokens skipped `max_skips`
+   steps in a row take the slots first. Active tokens are brought to the step's sigma with the cached update, get a
+   fresh velocity and take an Euler step; inactive tokens stay where they are.
 3. After the last step every token still behind is brought to sigma = 0 with its cached update.
 
-The active counts come from the runtime budget: `runtime` is the fraction of the full-step token compute
-(steps x tokens) to spend, warm-up included. The partial steps share what the warm-up leaves in proportion to
-sigma_j ** decay: with decay = 0 every partial step gets the same count; decay = 2 (the default with stale K/V)
-spends the budget where the sample still changes (high noise) and little on the last steps, whose inactive tokens
-only finish along their cached velocity. Why this matters: an inactive token's cached K/V are stale by how much its
-hidden states changed since it was last computed, and those change most early on; on the built-in models with stale
-K/V, decay = 2 with one warm-up step is worth +6 to +8 dB PSNR at runtime 0.5 and +4 to +7 dB at 0.25 over equal
-counts with two (benchmarks/steps/hsa-ablation-*.json). With the K/V refresh the staleness matters less and the
-budget is better spread more evenly: the defaults (decay="auto", max_skips="auto") are decay = 1.5 and max_skips = 3
-there (on the video model's development prompt sets, +0.7 dB PSNR and +0.007 SSIM at runtime 0.5 over 2 and 4;
-about even at 0.25), decay = 2 and max_skips = 4 with stale K/V (on the image model 1.5 and 3 lose 1.5 dB at 0.25).
-
-The inactive tokens' K/V (HSAConfig.kv). With kv="stale" (the paper's cache) a skipped token's keys and values stay as
-they were when it was last computed, although its latent has moved since (its cached update brings it to the step's
-sigma); on the built-in video model that staleness is what separates HSA from its own allocation with every token
-computed, and it shows as low-amplitude noise left in the static background (SSIM 0.85 against the full-step clips where
-PSNR is 34 dB). kv="refresh" estimates each block's input for a skipped token as its current embedding plus the block
-residuals cached at its last computation (the residual stream's change since then taken to be the embedding's change),
-and makes its K/V from that through the block's own norm, modulation and projections: the inactive tokens cost their K/V
-projections (about a sixth of a token's block compute, priced into the budget, so fewer tokens are active), and SSIM on
-the video model rises to 0.96-0.97 at the same runtime. The refresh runs on every `refresh_every`-th partial step
-(default 2: the first partial step, the third, ...); in between the inactive tokens' K/V stay as last refreshed or
-computed, and the active tokens' block inputs are still recorded for the next refresh. Refreshing every other step
-halves the price, and the tokens it buys are worth more than the staleness of one step costs: +0.9 to +1.1 dB PSNR at
-runtime 0.5 and +0.6 to +0.8 dB at 0.25 on the video model's development prompt sets, SSIM within 0.01 (refreshing every
-third step gains a little more PSNR and loses SSIM). kv="extrapolate" (BlockInputs) also follows each residual's
-trend: it adds r_l(then) - r_l(before), the change over the token's last two computations, scaled by how far sigma has
-moved since the last one relative to the gap between the two (at most 1). It keeps a second tensor per layer (the
-trend) and costs one multiply-add per layer at refreshing steps; +0.65 and +0.6 dB PSNR at runtime 0.5 on the video
-model's development prompt sets (+0.26 and +0.19 dB at 0.25), SSIM within 0.002
-(benchmarks/steps/hsa-extrapolate-video-16p-seed{5,3}.json). It is the default (kv="auto") for plain patch DiTs (the
-video model, Flux, Wan); kv="refresh" drops the trend tensors (README: cache memory). The built-in image DiT keeps
-"stale": its convolutional stem and head, computed for every token anyway, carry most of its compute, and the
-refresh's price in active tokens cost more there than it gave (README).
-
-Below half the budget, skipping more than about half the tokens per step costs more through the cache than
-skipping grid steps costs in discretisation, so by default (grid_steps="auto") HSA runs on as many steps of the
-pipeline's grid (evenly subsampled, endpoints kept) as the budget pays for with about half the tokens active in
-each: ceil(2 x runtime x steps / (1 + c)), c an inactive token's cost, e.g. 11 of 25 at runtime 0.25 with the
-refresh (13 without); the runtime stays a fraction of the full `steps`-step run. With every token active HSA *is*
-Euler, bit for bit.
+`runtime` is the fraction of the full-step token compute to spend, warm-up included; the partial steps share it in
+proportion to sigma_j ** decay, because a skipped token's cached K/V are stale by how much its hidden states changed
+since it was computed, which is most at high noise. `kv` says how the skipped tokens' K/V are made: "stale" keeps
+them as last computed (the paper's cache); "refresh" remakes them every `refresh_every`-th partial step from an
+estimate of each block's input (current embedding + the block residuals cached at the token's last computation,
+`BlockInputs`), priced into the budget; "extrapolate" also follows the residuals' trend over the token's last two
+computations. `grid_steps="auto"` runs on as many grid steps as the budget pays for with about half the tokens
+active in each (ceil(2 x runtime x steps / (1 + c)), c an inactive token's price), since skipping more than half
+the tokens costs more through the cache than coarser steps do. The defaults (decay, max_skips, kv per model) were
+chosen by measurement: docs/hsa.md. With every token active HSA *is* Euler, bit for bit.
 
 Model calls go through `velocity_active(x, sigma, active) -> v_active`: x is the latent (the pipeline's layout)
 with every token at the common sigma (inactive ones moved there with the cached update), active is (B, k) token
 indices, and the result is (B, k, D) in latent_to_tokens' layout. The adapter's `hsa_velocity(cond, kv)` supplies
-the family's active-token forward (queries of the active tokens against the K/V cache of the others, e.g.
-accel.pipelines.shapes_hsa; its `inactive_cost` prices the refresh, and its `refresh_kv` attribute, where it has
-one, is set before each call to whether that step refreshes; its `fit_memory(x)`, where it has one, runs before
-anything is planned, so it may choose leaner caches where the default would not fit); without one the full
-velocity is computed and gathered, which is exact but saves nothing.
+the family's active-token forward (e.g. accel.pipelines.shapes_hsa; its `inactive_cost` prices the refresh, its
+`refresh_kv` attribute, where it has one, is set before each call to whether that step refreshes, and its
+`fit_memory(x)`, where it has one, runs before anything is planned, so it may choose leaner caches where the
+default would not fit); without one the full velocity is computed and gathered, which is exact but saves nothing.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ The rules are GenEval's (`evaluate` in its evaluation/evaluate_images.py), re-im
 Deliberate deviation: GenEval takes the top-`count` detections by confidence and then checks their colour; with no
 confidence here, a clause picks the objects that satisfy its colour. `strict=True` adds one rule GenEval lacks: no
 object beyond the ones prompted (better as a search reward: a lenient rule is satisfied by extra clutter).
+User docs (the grammar, these rules and the deviation): docs/builtin-models.md.
 """
 
 from __future__ import annotations

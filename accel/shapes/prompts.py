@@ -5,6 +5,7 @@ single_object "a photo of a circle"; two_object "a photo of a circle and a squar
 triangles" (include count n, exclude count n + 1); colors "a photo of a red square"; position "a photo of a circle
 left of a square" (the second object is clause 0; GenEval's order); color_attr "a photo of a red circle and a blue
 triangle".
+The prompts the built-in model and the shapes reward accept, with examples: docs/builtin-models.md.
 """
 
 from __future__ import annotations
