@@ -71,15 +71,36 @@ def test_norm_only_odd_head_dim_and_cross_attention_lengths(dtype, device, rng, 
     assert_matches(k_out, rms_norm_rope_reference(k.float(), norm_k.weight.float(), None, None, 1e-6), dtype)
 
 
-def wan_upstream(x, norm, cos, sin, heads):
-    """WanAttnProcessor's norm + rotary (diffusers 0.42.1 transformer_wan.py), unfused."""
-    h = norm(x).unflatten(2, (heads, -1))
-    x1, x2 = h.unflatten(-1, (-1, 2)).unbind(-1)
-    c, s = cos[None, :, None, 0::2], sin[None, :, None, 1::2]
-    out = torch.empty_like(h)
-    out[..., 0::2] = x1 * c - x2 * s
-    out[..., 1::2] = x1 * s + x2 * c
-    return out.type_as(h).flatten(2)
+def wan_upstream(q, k, norm_q, norm_k, cos, sin, heads):
+    """Wan's own norm + rotary: diffusers' WanAttnProcessor on a WanAttention, (B, L, H * Dh) -> (B, L, H * Dh).
+
+    The attention's q/k projections are the identity (exact in every dtype), its norms carry norm_q / norm_k's
+    weights, and the processor's attention call is intercepted to return the normalised, rotated query and key.
+    cos, sin: (L, Dh) float32 tables, handed over as WanRotaryPosEmbed does, (1, L, 1, Dh).
+    """
+    import diffusers.models.transformers.transformer_wan as wan
+
+    dim = q.shape[-1]
+    attn = wan.WanAttention(dim, heads=heads, dim_head=dim // heads, eps=norm_q.eps).to(q.device, q.dtype)
+    with torch.no_grad():
+        for proj in (attn.to_q, attn.to_k, attn.to_v):
+            proj.weight.copy_(torch.eye(dim))
+            proj.bias.zero_()
+        attn.norm_q.weight.copy_(norm_q.weight)
+        attn.norm_k.weight.copy_(norm_k.weight)
+    seen = []
+
+    def capture(query, key, value, **kwargs):  # (B, L, H, Dh) each
+        seen.append((query.flatten(2), key.flatten(2)))
+        return value
+
+    original, wan.dispatch_attention_fn = wan.dispatch_attention_fn, capture
+    try:
+        for x in (q, k):  # the processor projects q and k from one input: once for each
+            wan.WanAttnProcessor()(attn, x, rotary_emb=(cos[None, :, None], sin[None, :, None]))
+    finally:
+        wan.dispatch_attention_fn = original
+    return seen[0][0], seen[1][1]
 
 
 @pytest.mark.parametrize("b,seq,heads,head_dim", [(1, 19, 3, 128), (2, 10, 2, 64)])
@@ -90,8 +111,9 @@ def test_across_heads_matches_wan(b, seq, heads, head_dim, dtype, device, rng, a
                                                               repeat_interleave_real=True))
     with torch.no_grad():
         q_out, k_out = qk_norm_across_heads_rope(q, k, norm_q.weight, norm_k.weight, cos, sin, eps=1e-6)
-        assert_native(q_out, wan_upstream(q, norm_q, cos.float(), sin.float(), heads))
-        assert_native(k_out, wan_upstream(k, norm_k, cos.float(), sin.float(), heads))
+        upstream_q, upstream_k = wan_upstream(q, k, norm_q, norm_k, cos.float(), sin.float(), heads)
+        assert_native(q_out, upstream_q)
+        assert_native(k_out, upstream_k)
         # Wan hands the tables over as (1, L, 1, Dh); same result.
         q_wan, _ = qk_norm_across_heads_rope(q, k, norm_q.weight, norm_k.weight, cos[None, :, None],
                                              sin[None, :, None], eps=1e-6)
@@ -112,7 +134,7 @@ def test_reference_path_is_upstream_bit_for_bit(device, rng, monkeypatch):
         c, s = (t.to(device) for t in get_1d_rotary_pos_embed(64, torch.arange(9).float(), use_real=True,
                                                               repeat_interleave_real=True))
         w_out, _ = qk_norm_across_heads_rope(flat, flat, norm_w.weight, norm_w.weight, c, s, eps=1e-6)
-        assert torch.equal(w_out, wan_upstream(flat, norm_w, c.float(), s.float(), 2))
+        assert torch.equal(w_out, wan_upstream(flat, flat, norm_w, norm_w, c.float(), s.float(), 2)[0])
 
 
 def test_out_buffers_are_written(device, rng, force_triton):
