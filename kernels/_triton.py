@@ -11,6 +11,7 @@ Two facts shape this file (shared/notes/environment-cpu.md, section 2):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import types
 from typing import Callable
@@ -28,6 +29,10 @@ except ImportError:  # pragma: no cover - exercised in a subprocess test with tr
     tl = types.SimpleNamespace(constexpr=object)
     HAS_TRITON = False
 
+# Launches per kernel in this process, keyed by kernel name without "_" and "_kernel" ("modulated_layer_norm",
+# "rms_norm_rope", ...): one dict increment per launch, so tests can tell a kernel ran from a silent fallback.
+LAUNCHES: collections.Counter[str] = collections.Counter()
+
 
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
@@ -44,6 +49,7 @@ class LazyKernel:
 
     def __init__(self, fn: Callable):
         self.fn = fn
+        self.name = fn.__name__.strip("_").removesuffix("_kernel")  # the key in LAUNCHES
         self._jitted: dict[bool, object] = {}
 
     def __getitem__(self, grid) -> Callable:
@@ -59,6 +65,7 @@ class LazyKernel:
             # FMA contraction, Triton's default so far, stated so that Triton 3.9 does not warn on every compile.
             meta.setdefault("enable_fp_fusion", True)
             guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+            LAUNCHES[self.name] += 1
             with guard:
                 return jitted[grid](*args, **meta)
 
@@ -66,6 +73,20 @@ class LazyKernel:
 
     def __repr__(self) -> str:
         return f"LazyKernel({self.fn.__name__})"
+
+
+@contextlib.contextmanager
+def count_launches():
+    """Kernel launches inside the block, per kernel name: `with count_launches() as n: ...`, then n["euler_update"].
+
+    The Counter is filled when the block exits (0 for kernels that did not run).
+    """
+    before = LAUNCHES.copy()
+    counts: collections.Counter[str] = collections.Counter()
+    try:
+        yield counts
+    finally:
+        counts.update(LAUNCHES - before)
 
 
 def kernel(fn: Callable) -> LazyKernel:

@@ -11,6 +11,7 @@ import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, WanTransformer3DModel
 
 from accel.kernels import FusedKernelsConfig, apply_fused_kernels, supports_fused_kernels
+from accel.kernels._triton import count_launches
 from accel.pipelines.shapes import ShapesTransformer2DModel, build_shapes_pipeline
 
 # Whole tiny model, fused (float32 inside the kernels, one rounding) vs unfused (rounding after each op): max
@@ -92,6 +93,18 @@ CASES = {
 }
 
 
+# The Triton kernel behind each fused path (the keys of handle.counts), as named by count_launches.
+KERNEL = {"modulated_norm": "modulated_layer_norm", "gated_residual": "gated_residual", "qk_norm_rope": "rms_norm_rope"}
+
+
+def _assert_launched(launches, counts):
+    """Each hooked op's kernel ran at least once per hook, and no other kernel ran (a silent fallback to the
+    reference would leave its count at 0, and the model's error at 0 too)."""
+    assert set(launches) == {KERNEL[op] for op in counts}, (launches, counts)
+    for op, hooks in counts.items():
+        assert launches[KERNEL[op]] >= hooks, (op, launches)
+
+
 def _cast(model, inputs, dtype, device):
     # The built-in model's own text pooling is float32 (pipelines/shapes.py), so it only runs in float32.
     if isinstance(model, ShapesTransformer2DModel) and dtype != torch.float32:
@@ -133,15 +146,20 @@ def test_three_runs_on_the_reference_path(case, dtype, device, monkeypatch):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_triton_path_within_tolerance(case, dtype, device, force_triton):
-    build, _ = CASES[case]
+    build, counts = CASES[case]
     model, inputs = _cast(*build(), dtype, device)
-    baseline = _run(model, inputs)
+    with count_launches() as unfused_launches:
+        baseline = _run(model, inputs)
     handle = apply_fused_kernels(model)
-    fused = _run(model, inputs)
+    with count_launches() as launches:
+        fused = _run(model, inputs)
     handle.remove()
+    _assert_launched(launches, counts)
     err = (fused.float() - baseline.float()).abs().max() / baseline.float().abs().max()
     assert err <= MODEL_TOL[dtype], f"relative max error {err:.2e}"
-    assert torch.equal(_run(model, inputs), baseline)
+    with count_launches() as removed_launches:
+        assert torch.equal(_run(model, inputs), baseline)
+    assert not unfused_launches and not removed_launches
 
 
 def test_each_fused_path_can_be_turned_off():
@@ -199,8 +217,10 @@ def test_builtin_block_in_every_dtype(dtype, device, force_triton):
     with torch.no_grad():
         baseline = block(x, c, None)
         handle = apply_fused_kernels_to_block(block)
-        fused = block(x, c, None)
+        with count_launches() as launches:
+            fused = block(x, c, None)
         handle.remove()
+        _assert_launched(launches, handle.counts)
         assert torch.equal(block(x, c, None), baseline)
     err = (fused.float() - baseline.float()).abs().max() / baseline.float().abs().max()
     assert err <= MODEL_TOL[dtype], f"relative max error {err:.2e}"

@@ -5,6 +5,7 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embed
 from diffusers.models.transformers.transformer_flux import FluxPosEmbed
 
+from accel.kernels._triton import count_launches
 from accel.kernels.qk_norm_rope import (
     qk_norm_across_heads_rope, qk_norm_rope, rms_norm_rope_fwd, rms_norm_rope_reference,
 )
@@ -52,11 +53,12 @@ def test_public_function_routes_both_layouts(device, rng, force_triton):
     q = torch.randn(2, 9, 2, 64, generator=rng).to(device)
     norm_q, norm_k = rms_norms(64, torch.float32, rng, device)
     cos, sin = flux_tables(9, 64, device)
-    with torch.no_grad():
+    with torch.no_grad(), count_launches() as launches:
         expected = apply_rotary_emb(norm_q(q), (cos, sin), sequence_dim=1)
         q1, _ = qk_norm_rope(q, q, norm_q.weight, norm_k.weight, cos, sin, eps=1e-6, seq_dim=1)
         q2, _ = qk_norm_rope(q.transpose(1, 2), q.transpose(1, 2), norm_q.weight, norm_k.weight, cos, sin,
                              eps=1e-6, seq_dim=2)
+    assert launches["rms_norm_rope"] >= 2  # the kernel ran, not the reference
     torch.testing.assert_close(q1, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(q2.transpose(1, 2), expected, atol=1e-5, rtol=1e-5)
 
@@ -66,7 +68,9 @@ def test_norm_only_odd_head_dim_and_cross_attention_lengths(dtype, device, rng, 
     q = torch.randn(5, 123, 2, 123, generator=rng).to(device, dtype)
     k = torch.randn(5, 130, 2, 123, generator=rng).to(device, dtype)
     norm_q, norm_k = rms_norms(123, dtype, rng, device)
-    q_out, k_out = qk_norm_rope(q, k, norm_q.weight, norm_k.weight, eps=1e-6)
+    with count_launches() as launches:
+        q_out, k_out = qk_norm_rope(q, k, norm_q.weight, norm_k.weight, eps=1e-6)
+    assert launches["rms_norm_rope"] >= 1  # the kernel ran, not the reference
     assert_matches(q_out, rms_norm_rope_reference(q.float(), norm_q.weight.float(), None, None, 1e-6), dtype)
     assert_matches(k_out, rms_norm_rope_reference(k.float(), norm_k.weight.float(), None, None, 1e-6), dtype)
 
@@ -109,8 +113,10 @@ def test_across_heads_matches_wan(b, seq, heads, head_dim, dtype, device, rng, a
     norm_q, norm_k = rms_norms(heads * head_dim, dtype, rng, device)
     cos, sin = (t.to(device) for t in get_1d_rotary_pos_embed(head_dim, torch.arange(seq).float(), use_real=True,
                                                               repeat_interleave_real=True))
-    with torch.no_grad():
+    with torch.no_grad(), count_launches() as launches:
         q_out, k_out = qk_norm_across_heads_rope(q, k, norm_q.weight, norm_k.weight, cos, sin, eps=1e-6)
+    assert launches["rms_norm_rope"] >= 1  # the kernel ran, not the reference
+    with torch.no_grad():
         upstream_q, upstream_k = wan_upstream(q, k, norm_q, norm_k, cos.float(), sin.float(), heads)
         assert_native(q_out, upstream_q)
         assert_native(k_out, upstream_k)
@@ -142,7 +148,9 @@ def test_out_buffers_are_written(device, rng, force_triton):
     buf_q, buf_k = torch.zeros(1, 10, 2, 64, device=device), torch.zeros(1, 10, 2, 64, device=device)
     cos, sin = flux_tables(6, 64, device)
     w = torch.ones(64, device=device)
-    q_out, k_out = qk_norm_rope(q, q, w, w, cos, sin, eps=1e-6, out=(buf_q[:, 4:], buf_k[:, 4:]))
+    with count_launches() as launches:
+        q_out, k_out = qk_norm_rope(q, q, w, w, cos, sin, eps=1e-6, out=(buf_q[:, 4:], buf_k[:, 4:]))
+    assert launches["rms_norm_rope"] >= 1  # the kernel ran, not the reference
     assert q_out.data_ptr() == buf_q[:, 4:].data_ptr() and buf_q[:, :4].abs().sum() == 0
     torch.testing.assert_close(buf_k[:, 4:], rms_norm_rope_reference(q, w, cos[None, :, None].expand(1, 6, 2, 64),
                                                                      sin[None, :, None].expand(1, 6, 2, 64), 1e-6))

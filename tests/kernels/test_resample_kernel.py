@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from accel.kernels._triton import count_launches
 from accel.kernels.resample import resample_euler_update, resample_euler_update_fwd, resample_euler_update_reference
 
 
@@ -23,8 +24,10 @@ def test_equals_gather_then_euler(device, rng, force_triton):
     sigma, sigma_next = torch.tensor([0.9, 0.8, 0.7, 0.6], device=device), torch.tensor(0.5, device=device)
     a = ancestors.long()
     expected = x[a] + (sigma_next - sigma[a]).view(3, 1, 1, 1) * v[a]
-    torch.testing.assert_close(resample_euler_update(x, v, ancestors, sigma, sigma_next), expected,
-                               atol=1e-6, rtol=1e-6)
+    with count_launches() as launches:
+        out = resample_euler_update(x, v, ancestors, sigma, sigma_next)
+    assert launches == {"resample_euler": 1}  # the kernel ran, not the reference
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(resample_euler_update_reference(x, v, ancestors, sigma, sigma_next), expected,
                                atol=1e-6, rtol=1e-6)
 
