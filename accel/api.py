@@ -10,6 +10,7 @@ still with NFE counted. Options that change the sampling (sampler=, later steps=
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -112,6 +113,7 @@ class AcceleratedPipeline:
         if call.keys() & kwargs.keys():
             raise ValueError(f"argument(s) given twice: {', '.join(sorted(call.keys() & kwargs.keys()))}")
         call.update(kwargs)
+        check_call(call)
         config = self.config if sampler is None else replace(self.config, sampler=sampler)
         hsa = _hsa_option(steps, runtime)
         start = time.perf_counter()
@@ -212,6 +214,9 @@ class AcceleratedPipeline:
                       extra={"search": traces[0].extra.get("strategy", str(strategy)), "budget_per_prompt": nfe,
                              "best_reward": [t.rewards[-1] if t.rewards else None for t in traces],
                              "traces": traces})
+        unspent = [t.extra["unspent"] for t in traces if "unspent" in t.extra]
+        if unspent:  # a strategy that stopped below its budget says why
+            stats.extra["unspent"] = unspent[0] if len(traces) == 1 else f"{len(unspent)} prompts: {unspent[0]}"
         return out, stats
 
     def _run_pipeline(self, call: dict[str, Any]):
@@ -221,6 +226,31 @@ class AcceleratedPipeline:
         finally:
             counter.remove()
         return out, Stats(nfe=counter.count, steps=int(call.get("num_inference_steps") or 0), path="pipeline")
+
+
+def check_guidance(value, name: str = "guidance_scale") -> None:
+    """A guidance scale is a finite number >= 0 (None: the pipeline's default). Values <= 1 turn classifier-free
+    guidance off in diffusers' pipelines; a negative or NaN one would do so silently, an infinite one gives NaNs."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (values <= 1 turn classifier-free guidance off), "
+                         f"got {value!r}")
+
+
+def check_call(call: dict[str, Any]) -> None:
+    """Reject pipeline arguments that diffusers would turn into a deep traceback or a silently wrong result."""
+    prompt = call.get("prompt")
+    if prompt is not None:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not prompts or \
+                any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError(f"prompt must be a non-empty string or a non-empty list of them, got {prompt!r}")
+    for key in ("num_images_per_prompt", "num_videos_per_prompt"):
+        n = call.get(key)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"{key} must be an int >= 1, got {n!r}")
+    check_guidance(call.get("guidance_scale"))
 
 
 def _hsa_option(steps, runtime):

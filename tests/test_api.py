@@ -163,3 +163,29 @@ def test_hsa_steps_option(pipe):
         fast("x", steps="hsa", runtime=11, **kw)
     with pytest.raises(ValueError, match="heun"):
         fast("x", steps="hsa", sampler="heun", **kw)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_images_per_prompt": 0}, "num_images_per_prompt must be an int >= 1"),
+    ({"num_images_per_prompt": 1.5}, "num_images_per_prompt must be an int >= 1"),
+    ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number >= 0"),
+    ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number >= 0"),
+    ({"guidance_scale": -3.0}, "guidance_scale must be a finite number >= 0"),
+    ({"prompt": "  "}, "prompt must be a non-empty string"),
+    ({"prompt": []}, "prompt must be a non-empty string"),
+    ({"prompt": ["a photo of a circle", ""]}, "prompt must be a non-empty string"),
+])
+def test_bad_call_arguments_are_value_errors(pipe, kwargs, message):
+    fast = accelerate_pipeline(pipe)
+    call_kwargs = {"prompt": "a photo of a red circle", "num_inference_steps": 2} | kwargs
+    with pytest.raises(ValueError, match=message):
+        fast(**call_kwargs)
+
+
+def test_search_below_its_budget_says_why(pipe):
+    fast = accelerate_pipeline(pipe)
+    kw = dict(num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+    out = fast("a photo of a red circle", search="bon", reward="shapes", nfe=14, **kw)  # 4 NFE per sample
+    assert out.stats.nfe == 12 and "stopped at 12 of 14 NFE" in out.stats.extra["unspent"]
+    out = fast("a photo of a red circle", search="bon", reward="shapes", nfe=12, **kw)
+    assert "unspent" not in out.stats.extra

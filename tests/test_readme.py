@@ -93,7 +93,8 @@ def test_readme_has_runnable_examples_and_few_skipped():
 @pytest.mark.parametrize("example", readme_examples(), ids=lambda e: e.name)
 def test_readme_example_runs(example, example_runs):
     out = example_runs[example.name]
-    assert out.returncode == 0, f"README.md line {example.line}:\n{example.body}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, \
+        f"README.md line {example.line}:\n{example.body}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
 
 
 def test_readme_is_short_and_its_links_exist():

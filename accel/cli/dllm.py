@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from accel.cli.main import UsageError, _progress, _threads, app, bench_app, console, user_errors
+from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _progress, app, bench_app, check_outputs, console,
+                            record_state, saving, user_errors)
 
 
 def _load_text(model: str, device: Optional[str], trust_remote_code: bool):
@@ -38,7 +39,6 @@ def text(
     device: Optional[str] = typer.Option(None, help="torch device (default: cpu)."),
 ):
     """Decode an answer with a masked-diffusion language model."""
-    _threads()
     from accel.dllm import generate
     from accel.dllm.bench import parse_decoder
 
@@ -68,11 +68,12 @@ def bench_dllm_cmd(
                                                        "is the baseline (default: the recorded sweep)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of accuracy vs speedup (needs matplotlib)."),
+    overwrite: bool = OVERWRITE,
+    allow_dirty: bool = ALLOW_DIRTY,
 ):
     """Tokens/s and exact-match accuracy of each decoder on the built-in task, against the LLaDA baseline."""
-    _threads()
     from accel.dllm.bench import DEFAULT_DECODERS, bench_dllm, parse_decoder, plot_dllm
-    from accel.evals.io import check_writable, run_info, write_json
+    from accel.evals.io import run_info, write_json
 
     with user_errors():
         names = tuple(d.strip() for d in decoders.split(",") if d.strip()) if decoders else DEFAULT_DECODERS
@@ -80,9 +81,8 @@ def bench_dllm_cmd(
             parse_decoder(name)
         if prompts < 1 or not names:
             raise UsageError("--prompts must be >= 1 and --decoders non-empty")
-        for path in (json_out, plot):
-            if path is not None:
-                check_writable(path)
+        check_outputs([json_out, plot], overwrite)
+        state = record_state(json_out, allow_dirty)
         lm, tok = _load_text(model, None, False)
         if not hasattr(tok, "vocab"):
             raise UsageError("bench dllm needs a model trained on the built-in task (accel's MaskedDiffusionLM)")
@@ -90,10 +90,11 @@ def bench_dllm_cmd(
             task = progress.add_task("decoding", total=prompts * len(names))
             rows = bench_dllm(lm, tok, prompts=prompts, seed=seed, gen_length=gen_length, decoders=names,
                               progress=lambda _: progress.advance(task))
-        info = run_info()
+        info = run_info(state)
         rows = [row | info for row in rows]
         if json_out is not None:
-            write_json(json_out, rows)
+            with saving(json_out):
+                write_json(json_out, rows)
         if plot is not None and not plot_dllm(rows, str(plot)):
             console.print("plot skipped: matplotlib is not installed", highlight=False)
     table = Table(title=f"dLLM decoding: {prompts} problems, gen length {gen_length}, seed {seed}")

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import os
 import sys
+
+# Before anything imports torch: two OpenMP threads that spin while another process holds a core run many times
+# slower (measured 25x on a loaded 2-core machine); passive waiting costs nothing on an idle one. A user's own
+# setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -41,10 +46,37 @@ def user_errors():
         fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
-def _threads() -> None:
-    # Two OpenMP threads that spin while another process holds a core run many times slower; passive waiting
-    # costs nothing when the machine is idle.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Images per pipeline call in `accel generate`: a large --num-images is made and written a chunk at a time, so memory
+# stays bounded. The chunks draw their noise from one generator in turn, as a single call would.
+CHUNK = 16
+
+
+def check_outputs(paths, overwrite: bool) -> None:
+    """Before a command runs: each file it will write can be written, and none exists unless --overwrite."""
+    from accel.evals.io import check_writable
+
+    for path in paths:
+        if path is None:
+            continue
+        check_writable(path)
+        if path.exists() and not overwrite:
+            raise UsageError(f"{path} exists; pass --overwrite to replace it")
+
+
+def record_state(json_out: Optional[Path], allow_dirty: bool) -> dict | None:
+    """Before a command that records rows runs: the code it measures is committed (or --allow-dirty)."""
+    from accel.evals.io import require_clean
+
+    return require_clean(allow_dirty) if json_out is not None else None
+
+
+@contextmanager
+def saving(path: Path):
+    """Report a failed write as the user's path in one line (not the temporary file it was written through)."""
+    try:
+        yield
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _load(model: str, device: Optional[str]):
@@ -61,7 +93,10 @@ def _load(model: str, device: Optional[str]):
         return load_pipeline(model, device=device)
     except Exception as e:  # our own checks, and hub / config errors from diffusers: which model, in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot load model {model!r}: {first}") from None
+        from accel.models import BUILTIN
+
+        raise UsageError(f"cannot load model {model!r} (built-in models: {', '.join(BUILTIN)}; or a diffusers "
+                         f"pipeline folder or hub id): {first}") from None
 
 
 def _progress(disable: bool = False) -> Progress:
@@ -78,6 +113,11 @@ def _output_paths(out: Path, n: int) -> list[Path]:
     if n == 1:
         return [out]
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+
+
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace output files that already exist.")
+ALLOW_DIRTY = typer.Option(False, "--allow-dirty", help="Record --json rows from a checkout with uncommitted "
+                           "changes (the rows are marked dirty, with a hash of the diff).")
 
 
 @app.command()
@@ -105,9 +145,9 @@ def generate(
     fused_kernels: bool = typer.Option(False, "--fused-kernels", help="Fused Triton kernels (CUDA; exact twins "
                                        "elsewhere)."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+    overwrite: bool = OVERWRITE,
 ):
     """Generate images (or videos) for a prompt."""
-    _threads()
     with user_errors():
         if not prompt.strip():
             raise UsageError("the prompt is empty")
@@ -123,17 +163,26 @@ def generate(
             raise UsageError("--kv applies to --steps-mode hsa only")
         if steps_mode == "hsa" and search is not None:
             raise UsageError("--steps-mode hsa does not combine with --search")
+        if search is not None and num_images > 1:
+            raise UsageError("--search returns one image per prompt: leave --num-images at 1")
+        from accel.api import check_guidance
+
+        check_guidance(guidance, "--guidance")
+        if search is not None:
+            from accel.search import get_config
+
+            get_config(search)
+        suffix = out.suffix.lower()
+        if suffix not in (".png", ".jpg", ".jpeg", ".gif", ".mp4"):
+            raise UsageError(f"unsupported output type {suffix or '(none)'}; allowed: .png, .jpg, .gif, .mp4")
+        paths = _output_paths(out, num_images)
+        check_outputs(paths, overwrite)
         import torch
 
         from accel.api import accelerate_pipeline
         from accel.config import AccelConfig
-        from accel.evals.io import check_writable
 
         config = AccelConfig(sampler=sampler, fused_kernels=fused_kernels)
-        paths = [check_writable(p) for p in _output_paths(out, num_images)]
-        suffix = out.suffix.lower()
-        if suffix not in (".png", ".jpg", ".jpeg", ".gif", ".mp4"):
-            raise UsageError(f"unsupported output type {suffix or '(none)'}; allowed: .png, .jpg, .gif, .mp4")
         main_process = True
         if _launched_processes() > 1:
             # torchrun / accelerate launch: the processes share one search (its particles are spread over them);
@@ -159,10 +208,6 @@ def generate(
             raise UsageError("this model makes images: use --out with .png, .jpg or .gif")
         call = {"prompt": prompt, "num_inference_steps": steps, "output_type": "np",
                 "generator": torch.Generator(device).manual_seed(seed)}
-        if num_images > 1:
-            key = "num_videos_per_prompt" if "num_videos_per_prompt" in pipe.__signature__.parameters else \
-                "num_images_per_prompt"
-            call[key] = num_images
         for key, value in (("guidance_scale", guidance), ("height", height), ("width", width)):
             if value is not None:
                 call[key] = value
@@ -171,34 +216,51 @@ def generate(
 
             call["steps"] = HSAConfig(runtime=0.5 if runtime is None else runtime, kv=kv or "auto")
         if search is not None:
-            if num_images > 1:
-                raise UsageError("--search returns one image per prompt: leave --num-images at 1")
             if nfe is None:
                 cfg = (guidance if guidance is not None else pipe.__signature__.parameters["guidance_scale"].default)
                 nfe = 4 * steps * (2 if cfg and cfg > 1 else 1)
             call.update(search=search, reward=reward, nfe=nfe, distributed=_launched_processes() > 1)
-        with _progress(disable=not main_process) as progress:
-            task = progress.add_task(f"search {search} (NFE)" if search else "sampling",
-                                     total=nfe if search else steps)
-            pipe.step_callback = lambda i, n: progress.update(task, completed=i + 1, total=n)
-            pipe.search_callback = lambda row: progress.update(
-                task, completed=row["nfe"], total=row["budget"],
-                description=f"search {search}: best reward {row['best']:.3f}, NFE")
-            result = pipe(**call)
+        nfe_spent, seconds = _generate_files(pipe, call, paths, search, main_process)
         if not main_process:
             return
-        frames = getattr(result, "frames", None)
-        outputs = frames if frames is not None else result.images
-        for path, item in zip(paths, outputs):
-            _write_media(path, item)
     stats = pipe.stats
-    spent = f"{stats.nfe} NFE, {stats.seconds:.2f} s"
+    spent = f"{nfe_spent} NFE, {seconds:.2f} s"
+    if search is not None and "unspent" in stats.extra:
+        spent += f"; {stats.extra['unspent']}"
     if "token_fraction" in stats.extra:  # HSA: the budget spent, and what of it went to computed tokens
         extra = stats.extra
         spent += f", {extra['compute_fraction']:.0%} of the full-step compute"
         if extra["compute_fraction"] - extra["token_fraction"] > 0.005:
             spent += f" ({extra['token_fraction']:.0%} on active tokens, the rest refreshing K/V)"
-    console.print(f"wrote {', '.join(map(str, paths))}  ({spent})", highlight=False)
+    names = ", ".join(map(str, paths)) if len(paths) <= 4 else f"{paths[0]} ... {paths[-1]} ({len(paths)} files)"
+    console.print(f"wrote {names}  ({spent})", highlight=False)
+
+
+def _generate_files(pipe, call: dict, paths: list[Path], search: Optional[str], main_process: bool):
+    """Run the pipeline a chunk of CHUNK images at a time, writing each image as it is made; returns (NFE, s)."""
+    key = "num_videos_per_prompt" if "num_videos_per_prompt" in pipe.__signature__.parameters else \
+        "num_images_per_prompt"
+    nfe, seconds = 0, 0.0
+    with _progress(disable=not main_process) as progress:
+        task = progress.add_task(f"search {search} (NFE)" if search else "sampling",
+                                 total=call.get("nfe") if search else call["num_inference_steps"])
+        pipe.step_callback = lambda i, n: progress.update(task, completed=i + 1, total=n)
+        pipe.search_callback = lambda row: progress.update(
+            task, completed=row["nfe"], total=row["budget"],
+            description=f"search {search}: best reward {row['best']:.3f}, NFE")
+        for start in range(0, len(paths), CHUNK):
+            chunk = paths[start:start + CHUNK]
+            if len(paths) > 1:
+                progress.update(task, description=f"sampling images {start + 1}-{start + len(chunk)} of "
+                                                  f"{len(paths)}")
+            result = pipe(**call, **({key: len(chunk)} if len(chunk) > 1 else {}))
+            nfe, seconds = nfe + pipe.stats.nfe, seconds + pipe.stats.seconds
+            if not main_process:
+                continue
+            frames = getattr(result, "frames", None)
+            for path, item in zip(chunk, frames if frames is not None else result.images):
+                _write_media(path, item)
+    return nfe, seconds
 
 
 def _write_media(path: Path, item) -> None:
@@ -217,23 +279,28 @@ def _write_media(path: Path, item) -> None:
     kwargs = {"duration": 125, "loop": 0} if suffix == ".gif" and arr.ndim == 4 else {}
     if suffix == ".mp4":
         kwargs = {"fps": 8, "codec": "libx264", "macro_block_size": 1}
-    write_atomic(path, iio.imwrite("<bytes>", arr, extension=extension, **kwargs))
+    data = iio.imwrite("<bytes>", arr, extension=extension, **kwargs)
+    with saving(path):
+        write_atomic(path, data)
 
 
 def _shapes_eval(command: str, pipeline_class: str, evaluate, model: str, prompts: int, seed: int, steps: int,
                  batch_size: int, json_out: Optional[Path], device: Optional[str], call: dict,
-                 record: dict | None = None) -> dict:
+                 overwrite: bool, allow_dirty: bool, record: dict | None = None) -> dict:
     """Loads a shapes-world model, runs evaluate(pipe, ..., **call) over the prompts with a progress bar, writes
     the JSON (with `record` merged in) and prints the per-tag table; returns the result."""
     import torch
 
-    from accel.evals.io import check_writable, write_json
+    from accel.evals.io import run_info, write_json
 
     with user_errors():
         if prompts < 1 or steps < 1 or batch_size < 1:
             raise UsageError("--prompts, --steps and --batch-size must be >= 1")
-        if json_out is not None:
-            check_writable(json_out)
+        from accel.api import check_guidance
+
+        check_guidance(call.get("guidance_scale"), "--guidance")
+        check_outputs([json_out], overwrite)
+        state = record_state(json_out, allow_dirty)
         pipe = _load(model, device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if type(pipe).__name__ != pipeline_class:
             raise UsageError(f"{command} needs a {pipeline_class}, got {type(pipe).__name__}")
@@ -243,7 +310,9 @@ def _shapes_eval(command: str, pipeline_class: str, evaluate, model: str, prompt
                               progress=lambda k: progress.advance(task, k), **call)
         result.update(model=model, **(record or {}))
         if json_out is not None:
-            write_json(json_out, result)
+            result.update(run_info(state))
+            with saving(json_out):
+                write_json(json_out, result)
     table = Table(title=f"{command}: {result['n']} prompts, seed {seed}, {steps} steps")
     for col in ("tag", "accuracy", "strict"):
         table.add_column(col)
@@ -264,13 +333,14 @@ def eval_shapes(
     batch_size: int = typer.Option(48, help="Images per batch."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
     device: Optional[str] = typer.Option(None, help="torch device."),
+    overwrite: bool = OVERWRITE,
+    allow_dirty: bool = ALLOW_DIRTY,
 ):
     """Exact GenEval-style accuracy of a shapes-world model, per tag."""
-    _threads()
     from accel.evals.shapes import evaluate_shapes
 
     result = _shapes_eval("eval shapes", "ShapesPipeline", evaluate_shapes, model, prompts, seed, steps, batch_size,
-                          json_out, device, {"guidance_scale": guidance})
+                          json_out, device, {"guidance_scale": guidance}, overwrite, allow_dirty)
     console.print(f"{result['nfe']} NFE, {result['seconds']:.1f} s", highlight=False)
 
 
@@ -286,9 +356,10 @@ def eval_shapes_video(
     batch_size: int = typer.Option(16, help="Clips per batch."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
     device: Optional[str] = typer.Option(None, help="torch device."),
+    overwrite: bool = OVERWRITE,
+    allow_dirty: bool = ALLOW_DIRTY,
 ):
     """Exact accuracy of a moving-shapes video model: per-frame detection, persistence, direction of motion."""
-    _threads()
     from accel.evals.shapes import evaluate_shapes_video
 
     with user_errors():
@@ -300,7 +371,7 @@ def eval_shapes_video(
     mode = f"hsa:runtime={call['runtime']}" if call else steps_mode
     result = _shapes_eval("eval shapes-video", "ShapesVideoPipeline", evaluate_shapes_video, model, prompts, seed,
                           steps, batch_size, json_out, device, {"guidance_scale": guidance, "pipeline_kwargs": call},
-                          record={"steps_mode": mode})
+                          overwrite, allow_dirty, record={"steps_mode": mode})
     console.print(f"frame accuracy {result['frame_accuracy']:.3f}; {result['nfe']} NFE, {result['seconds']:.1f} s",
                   highlight=False)
 
@@ -317,10 +388,11 @@ def bench_search_cmd(
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the pipeline's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG plot of accuracy vs budget (needs matplotlib)."),
+    overwrite: bool = OVERWRITE,
+    allow_dirty: bool = ALLOW_DIRTY,
 ):
     """Checker accuracy of each search strategy against its NFE budget (exact reward)."""
-    _threads()
-    from accel.evals.io import check_writable, run_info, write_json
+    from accel.evals.io import run_info, write_json
     from accel.search import bench_search, get_config, plot_search
 
     with user_errors():
@@ -333,9 +405,8 @@ def bench_search_cmd(
             raise UsageError(f"--budgets must be comma-separated numbers, got {budgets!r}") from None
         if prompts < 1 or not names or not levels:
             raise UsageError("--prompts must be >= 1 and --strategies / --budgets non-empty")
-        for path in (json_out, plot):
-            if path is not None:
-                check_writable(path)
+        check_outputs([json_out, plot], overwrite)
+        state = record_state(json_out, allow_dirty)
         pipe = _load(model, None)
         if type(pipe).__name__ != "ShapesPipeline":
             raise UsageError(f"bench search needs a ShapesPipeline, got {type(pipe).__name__}")
@@ -343,10 +414,11 @@ def bench_search_cmd(
             task = progress.add_task("runs", total=prompts * len(names) * len(levels))
             rows = bench_search(pipe, prompts=prompts, seed=seed, strategies=tuple(names), budgets=tuple(levels),
                                 steps=steps, progress=lambda rec: progress.advance(task))
-        info = run_info()
+        info = run_info(state)
         rows = [row | info for row in rows]
         if json_out is not None:
-            write_json(json_out, rows)
+            with saving(json_out):
+                write_json(json_out, rows)
         if plot is not None and not plot_search(rows, str(plot)):
             console.print("plot skipped: matplotlib is not installed", highlight=False)
     table = Table(title=f"search: {prompts} prompts, seed {seed}")
@@ -374,11 +446,12 @@ def bench_steps_cmd(
                                         "its best round."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG plot of quality vs runtime (needs matplotlib)."),
+    overwrite: bool = OVERWRITE,
+    allow_dirty: bool = ALLOW_DIRTY,
 ):
     """Quality (checker accuracy, PSNR / SSIM against the full-step run) of step-saving methods against their
     measured runtime."""
-    _threads()
-    from accel.evals.io import check_writable, run_info, write_json
+    from accel.evals.io import run_info, write_json
     from accel.evals.steps import bench_steps, parse_method, plot_steps, split_methods
 
     with user_errors():
@@ -388,9 +461,8 @@ def bench_steps_cmd(
         if prompts < 1 or steps < 2 or repeats < 1:
             raise UsageError(f"--prompts and --repeats must be >= 1 and --steps >= 2, got {prompts}, {repeats} and "
                              f"{steps}")
-        for path in (json_out, plot):
-            if path is not None:
-                check_writable(path)
+        check_outputs([json_out, plot], overwrite)
+        state = record_state(json_out, allow_dirty)
         pipe = _load({"image": "shapes", "video": "shapes-video"}.get(model, model), None)
         if type(pipe).__name__ not in ("ShapesPipeline", "ShapesVideoPipeline"):
             raise UsageError(f"bench steps needs a ShapesPipeline or ShapesVideoPipeline, got {type(pipe).__name__}")
@@ -398,10 +470,11 @@ def bench_steps_cmd(
             task = progress.add_task("methods", total=None)
             rows = bench_steps(pipe, prompts=prompts, seed=seed, steps=steps, methods=names, repeats=repeats,
                                progress=lambda row: progress.advance(task))
-        info = run_info()
+        info = run_info(state)
         rows = [row | info for row in rows]
         if json_out is not None:
-            write_json(json_out, rows)
+            with saving(json_out):
+                write_json(json_out, rows)
         if plot is not None and not plot_steps(rows, str(plot)):
             console.print("plot skipped: matplotlib is not installed", highlight=False)
     table = Table(title=f"steps: {prompts} prompts, seed {seed}, {steps} full steps")

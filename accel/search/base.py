@@ -284,6 +284,10 @@ class SearchContext:
         self.trace.nfe = counted
         self.trace.seconds = time.perf_counter() - self._start_time
         self.trace.extra.update(extra or {})
+        if self.budget - counted >= self.passes:
+            self.trace.extra.setdefault(
+                "unspent", f"stopped at {counted} of {self.budget} NFE: the strategy plans whole units (samples, "
+                           f"particles or path branches) and one more would exceed the budget")
         logw = None if log_weights is None else log_weights[order]
         return SearchResult(samples[order.to(samples.device)], rewards[order], self.trace, logw)
 

@@ -59,7 +59,7 @@ def test_generate_hsa(model, tmp_path):
 def test_bench_steps_json(model, tmp_path):
     out = tmp_path / "steps.json"
     r = run("bench", "steps", "--model", model, "--prompts", 2, "--steps", 6, "--methods",
-            "uniform:steps=3,hsa:runtime=0.5", "--json", out)
+            "uniform:steps=3,hsa:runtime=0.5", "--json", out, "--allow-dirty")
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())
     assert [row["method"] for row in rows] == ["full", "uniform:steps=3", "hsa:runtime=0.5"]
@@ -88,6 +88,11 @@ def test_same_seed_same_image(model, tmp_path):
     (["generate", "a circle", "--steps-mode", "hsa", "--runtime", "1.5"], "runtime must be"),
     (["generate", "a circle", "--kv", "stale"], "--kv applies to --steps-mode hsa"),
     (["generate", "a circle", "--steps-mode", "hsa", "--kv", "fresh"], "unknown kv"),
+    (["generate", "a circle", "--guidance", "nan"], "--guidance must be a finite number >= 0"),
+    (["generate", "a circle", "--guidance", "-3"], "--guidance must be a finite number >= 0"),
+    (["generate", "a circle", "--guidance", "inf"], "--guidance must be a finite number >= 0"),
+    (["eval", "shapes", "--guidance", "nan"], "--guidance must be a finite number >= 0"),
+    (["generate", "a circle", "--num-images", "0"], "--num-images must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(model, tmp_path, args, message):
     if "--model" not in args:
@@ -100,7 +105,8 @@ def test_bad_input_is_one_line_and_exit_2(model, tmp_path, args, message):
 
 def test_eval_shapes_json(model, tmp_path):
     out = tmp_path / "r.json"
-    r = run("eval", "shapes", "--model", model, "--prompts", 6, "--steps", 2, "--seed", 1, "--json", out)
+    r = run("eval", "shapes", "--model", model, "--prompts", 6, "--steps", 2, "--seed", 1, "--json", out,
+            "--allow-dirty")
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     for key in ("overall", "per_tag", "n", "steps", "seed", "seconds"):
@@ -128,7 +134,7 @@ def test_generate_with_search(model, tmp_path):
 def test_bench_search_json(model, tmp_path):
     out = tmp_path / "b.json"
     r = run("bench", "search", "--model", model, "--prompts", 2, "--seed", 3, "--strategies", "bon,smc",
-            "--budgets", "1,2", "--steps", 2, "--json", out)
+            "--budgets", "1,2", "--steps", 2, "--json", out, "--allow-dirty")
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())
     assert [(row["strategy"], row["budget"]) for row in rows] == [("bon", 1), ("bon", 2), ("smc", 1), ("smc", 2)]
@@ -143,7 +149,7 @@ def test_bench_search_json(model, tmp_path):
 def test_bench_search_strategy_options_label_rows(model, tmp_path):
     out = tmp_path / "b.json"
     r = run("bench", "search", "--model", model, "--prompts", 1, "--strategies", "smc:interpolant=linear",
-            "--budgets", "1", "--steps", 2, "--json", out)
+            "--budgets", "1", "--steps", 2, "--json", out, "--allow-dirty")
     assert r.exit_code == 0, r.output
     (row,) = json.loads(out.read_text())
     assert row["strategy"] == "smc:interpolant=linear" and "interpolant='linear'" in row["config"]
@@ -169,3 +175,99 @@ def test_generate_search_over_two_processes(model, tmp_path):
                         "a photo of two circles", "--model", model, "--out", str(tmp_path / "x.png")],
                        env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "without --search" in r.stdout + r.stderr
+
+
+def test_unknown_model_lists_the_builtin_ones(tmp_path):
+    r = run("generate", "a circle", "--model", "nosuchmodel", "--out", tmp_path / "x.png")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert "built-in models: shapes, shapes-video" in r.output
+
+
+def test_existing_outputs_are_kept_unless_overwrite(model, tmp_path):
+    out, rows = tmp_path / "img.png", tmp_path / "r.json"
+    out.write_bytes(b"mine"), rows.write_text("mine")
+    r = run("generate", "a photo of a circle", "--model", model, "--steps", 1, "--out", out)
+    assert r.exit_code == 2 and "exists; pass --overwrite" in r.output and out.read_bytes() == b"mine"
+    r = run("eval", "shapes", "--model", model, "--prompts", 1, "--steps", 1, "--json", rows, "--allow-dirty")
+    assert r.exit_code == 2 and "exists; pass --overwrite" in r.output and rows.read_text() == "mine"
+    r = run("generate", "a photo of a circle", "--model", model, "--steps", 1, "--out", out, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert iio.imread(out).shape == (32, 32, 3)
+
+
+def test_failed_write_names_the_users_path(model, tmp_path, monkeypatch):
+    import accel.evals.io as io
+
+    def refuse(path, data):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".img.png.x1y2.tmp"))
+
+    monkeypatch.setattr(io, "write_atomic", refuse)
+    r = run("generate", "a photo of a circle", "--model", model, "--steps", 1, "--out", tmp_path / "img.png")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert f"cannot write {tmp_path / 'img.png'}: Permission denied" in r.output and ".tmp" not in r.output
+
+
+def test_many_images_are_made_in_chunks_with_the_same_noise(model, tmp_path, monkeypatch):
+    import accel.cli.main as cli
+
+    args = ("generate", "a photo of two squares", "--model", model, "--steps", 2, "--num-images", 3, "--seed", 5)
+    assert run(*args, "--out", tmp_path / "one.png").exit_code == 0
+    monkeypatch.setattr(cli, "CHUNK", 2)
+    r = run(*args, "--out", tmp_path / "two.png")
+    assert r.exit_code == 0, r.output
+    for i in range(3):  # the same noise; batch size moves float32 matmuls by ~1e-6, so 1 level of 255 at most
+        a, b = (iio.imread(tmp_path / f"{stem}_{i}.png").astype(int) for stem in ("one", "two"))
+        assert np.abs(a - b).max() <= 1
+
+
+def test_rows_are_recorded_from_committed_code_unless_allowed(model, tmp_path, monkeypatch):
+    import accel.evals.io as io
+
+    monkeypatch.setattr(io, "source_state", lambda: {"git_sha": "abc", "dirty": True, "diff_sha256": "d1"})
+    out = tmp_path / "r.json"
+    r = run("eval", "shapes", "--model", model, "--prompts", 1, "--steps", 1, "--json", out)
+    assert r.exit_code == 2 and "--allow-dirty" in r.output and not out.exists()
+    r = run("bench", "search", "--model", model, "--prompts", 1, "--strategies", "bon", "--budgets", "1",
+            "--steps", 2, "--json", out)
+    assert r.exit_code == 2 and "--allow-dirty" in r.output and not out.exists()
+    r = run("eval", "shapes", "--model", model, "--prompts", 1, "--steps", 1, "--json", out, "--allow-dirty")
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())
+    assert (row["git_sha"], row["dirty"], row["diff_sha256"]) == ("abc", True, "d1")
+
+
+def test_search_below_its_budget_says_why(model, tmp_path):
+    r = run("generate", "a photo of a red circle", "--model", model, "--steps", 2, "--search", "bon", "--nfe", 14,
+            "--out", tmp_path / "s.png")
+    assert r.exit_code == 0, r.output
+    assert "stopped at 12 of 14 NFE" in " ".join(r.output.split())
+
+
+def _python(code: str, env: dict) -> str:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_cli_sets_passive_omp_waiting_before_torch_and_keeps_the_users_choice():
+    import os
+
+    code = "import os, sys, accel.cli.main; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert _python(code, env) == "PASSIVE False"
+    assert _python(code, env | {"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE False"
+
+
+def test_help_and_argument_errors_do_not_import_torch():
+    import os
+
+    code = ("import sys\n"
+            "from typer.testing import CliRunner\n"
+            "from accel.cli.main import app\n"
+            "codes = [CliRunner().invoke(app, args).exit_code for args in\n"
+            "         (['--help'], ['generate', '--help'], ['generate', ' '], ['generate', 'x', '--steps', '0'])]\n"
+            "print(codes, 'torch' in sys.modules)")
+    assert _python(code, dict(os.environ)) == "[0, 0, 2, 2] False"

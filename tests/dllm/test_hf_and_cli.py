@@ -86,6 +86,7 @@ def test_bench_dllm_command(tiny_folder, tmp_path):
     out, plot = tmp_path / "d.json", tmp_path / "d.png"
     r = runner.invoke(app, ["bench", "dllm", "--model", tiny_folder, "--prompts", "2", "--gen-length", "32",
                             "--decoders", "llada,fast-dllm:threshold=0.5,window:window=16", "--json", str(out),
+                            "--allow-dirty",
                             "--plot", str(plot)])
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())

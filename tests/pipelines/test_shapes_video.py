@@ -97,17 +97,19 @@ def test_cli_generate_eval_and_bench(pipe, tmp_path):
                             "--out", str(tmp_path / "clip.gif")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["eval", "shapes-video", "--model", str(folder), "--prompts", "2", "--steps", "2",
-                            "--json", str(tmp_path / "eval.json")])
+                            "--json", str(tmp_path / "eval.json"), "--allow-dirty"])
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "eval.json").read_text())
     assert set(result["per_tag"]) == {"one", "two"} and 0 <= result["frame_accuracy"] <= 1
     r = runner.invoke(app, ["bench", "steps", "--model", str(folder), "--prompts", "2", "--steps", "6",
-                            "--methods", "uniform:steps=3,hsa:runtime=0.5", "--json", str(tmp_path / "b.json")])
+                            "--methods", "uniform:steps=3,hsa:runtime=0.5", "--json", str(tmp_path / "b.json"),
+                            "--allow-dirty"])
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "b.json").read_text())
     assert [row["model"] for row in rows] == ["video"] * 3
     r = runner.invoke(app, ["eval", "shapes-video", "--model", str(folder), "--prompts", "2", "--steps", "6",
-                            "--steps-mode", "hsa", "--runtime", "0.6", "--json", str(tmp_path / "hsa.json")])
+                            "--steps-mode", "hsa", "--runtime", "0.6", "--json", str(tmp_path / "hsa.json"),
+                            "--allow-dirty"])
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "hsa.json").read_text())
     assert result["steps_mode"] == "hsa:runtime=0.6" and result["model"] == str(folder)
