@@ -16,7 +16,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -61,6 +60,8 @@ def parse_args(description: str, presets: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seed", type=int, default=0, help="seed for the random inputs")
     parser.add_argument("--json", type=Path, default=None, help="append the rows to this JSON file (a list)")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="record --json rows from a checkout with uncommitted changes (marked dirty)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--preset", choices=presets, action="append", help="shapes to run (default: all)")
     parser.add_argument("--providers", choices=PROVIDERS, nargs="+", default=None,
@@ -100,14 +101,24 @@ def versions() -> dict:
     return out
 
 
-def git_sha() -> str | None:
+def source(json_path: Path | None, allow_dirty: bool) -> dict:
+    """The code the rows come from (git_sha, dirty, diff_sha256); refuses to record a dirty checkout unless asked."""
+    from accel.evals.io import require_clean, source_state
+
+    if json_path is None:
+        return source_state()
     try:
-        root = Path(__file__).resolve().parents[2]
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
-        return sha.stdout.strip() + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
+        return require_clean(allow_dirty)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows to a JSON list file, atomically."""
+    from accel.evals.io import write_json
+
+    existing = json.loads(path.read_text()) if path.exists() else []
+    write_json(path, existing + rows)
 
 
 def time_ms(fn: Callable[[], object], args) -> tuple[float, float, float]:
@@ -141,7 +152,7 @@ def run(op: str, make_cases: Callable[[argparse.Namespace, str], list[Case]], de
         from accel.kernels import dispatch
 
         dispatch.use_triton = lambda *tensors: True
-    info, vers, sha = device_info(args), versions(), git_sha()
+    info, vers, state = device_info(args), versions(), source(args.json, args.allow_dirty)
     command = " ".join([Path(sys.executable).name, *sys.argv])
     rows = []
     for preset in args.presets:
@@ -161,7 +172,7 @@ def run(op: str, make_cases: Callable[[argparse.Namespace, str], list[Case]], de
                     "frac_peak": gbps / info["peak_gbps"] if info["peak_gbps"] else None,
                     "speedup_vs_eager": times["eager"][0] / p50 if "eager" in times else None,
                     "speedup_vs_compile": times["compile"][0] / p50 if "compile" in times else None,
-                    "max_abs_err_vs_eager": err, "device": info["device"], "versions": vers, "git_sha": sha,
+                    "max_abs_err_vs_eager": err, "device": info["device"], "versions": vers, **state,
                     "command": command, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "seed": args.seed,
                     "smoke": args.smoke,
                     "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -171,8 +182,7 @@ def run(op: str, make_cases: Callable[[argparse.Namespace, str], list[Case]], de
                 frac = f"{row['frac_peak']:6.1%}" if row["frac_peak"] else "     -"
                 print(f"{op:24s} {case.name:28s} {provider:8s} {p50:9.4f} ms {gbps:8.1f} GB/s {frac} of peak")
     if args.json:
-        existing = json.loads(args.json.read_text()) if args.json.exists() else []
-        args.json.write_text(json.dumps(existing + rows, indent=1) + "\n")
+        append_rows(args.json, rows)
     return rows
 
 

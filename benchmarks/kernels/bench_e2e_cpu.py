@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -26,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from _bench import git_sha, versions  # noqa: I001  (a sibling module: run this file as a script)
+from _bench import append_rows, source, versions  # noqa: I001  (a sibling module: run this file as a script)
 
 PROMPTS = ["a photo of two red circles", "a photo of a blue square left of a green triangle",
            "a photo of three yellow triangles", "a photo of a green circle above a red square"]
@@ -79,6 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="append the rows to this JSON file (a list)")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="record --json rows from a checkout with uncommitted changes (marked dirty)")
     parser.add_argument("--model", choices=["builtin", "tiny"], default="builtin")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=10, help="pipeline-level pairs")
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    state = source(args.json, args.allow_dirty)
 
     from accel.kernels import status
 
@@ -115,7 +117,7 @@ def main() -> None:
         "model": args.model, "steps": args.steps, "images_per_call": len(PROMPTS), "guidance_scale": 2.0,
         "threads": args.threads, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "kernel_path": status()["path"], "device": f"cpu ({platform.processor() or platform.machine()})",
-        "host": platform.node(), "load_average": os.getloadavg(), "versions": versions(), "git_sha": git_sha(),
+        "host": platform.node(), "load_average": os.getloadavg(), "versions": versions(), **state,
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "seed": args.seed,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -132,8 +134,7 @@ def main() -> None:
               f"{statistics.median(times['fused']):.4f} s; fused / baseline paired median {med:.3f} "
               f"(quartiles {q1:.3f}-{q3:.3f}); outputs identical: {identical}")
     if args.json:
-        existing = json.loads(args.json.read_text()) if args.json.exists() else []
-        args.json.write_text(json.dumps(existing + rows, indent=1) + "\n")
+        append_rows(args.json, rows)
 
 
 if __name__ == "__main__":

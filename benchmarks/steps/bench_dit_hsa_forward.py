@@ -198,6 +198,8 @@ def main(argv=None):
     ap.add_argument("--memory-only", action="store_true",
                     help="report the HSA caches' size per K/V mode and exit (meta tensors: no weights, no compute)")
     ap.add_argument("--json", default=None, help="write the rows here (atomically)")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="record --json rows from a checkout with uncommitted changes (marked dirty)")
     args = ap.parse_args(argv)
     if args.size not in SIZES[args.model]:
         ap.error(f"--size for {args.model} must be one of {', '.join(SIZES[args.model])}")
@@ -210,11 +212,13 @@ def main(argv=None):
     if not all(0 < f < 1 for f in fractions):
         ap.error(f"--fractions takes numbers in (0, 1), got {args.fractions!r}")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.device == "cuda" else "fp32")]
-    from accel.evals.io import check_writable, run_info, write_json
+    from accel.evals.io import check_writable, require_clean, run_info, source_state, write_json
 
+    state = source_state()
     if args.json:
         try:
             check_writable(args.json)
+            state = require_clean(args.allow_dirty)
         except ValueError as e:
             ap.error(str(e))
     if args.text is not None and args.text < 1:
@@ -223,7 +227,7 @@ def main(argv=None):
         dtype = torch.bfloat16  # as the real models run
     rows = bench(args.model, args.size, args.prompts, args.seed, fractions, args.repeats, args.device, dtype,
                  args.kv, args.text, args.memory_only)
-    meta = run_info() | {"command": "python " + " ".join(sys.argv)}
+    meta = run_info(state) | {"command": "python " + " ".join(sys.argv)}
     for r in rows:
         r.update(meta)
         if args.memory_only:
