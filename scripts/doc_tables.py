@@ -2,11 +2,12 @@
 
 A generated table sits in a markdown file between
 
-    <!-- table: KIND FILE [FILE ...] -->
+    <!-- table: KIND FILE [FILE ...] [OPTION=VALUE ...] -->
     ...
     <!-- /table -->
 
-with KIND one of TABLES (eval, search, steps, dllm, memory) and FILE paths relative to the repository root. The block
+with KIND one of TABLES (eval, search, steps, dllm, forward, memory), FILE paths relative to the repository root and
+OPTION one of the builder's keyword arguments (steps: methods=NAME|NAME|... keeps those rows in that order). The block
 is the table and a line naming the rows' files, git sha, dirty flag and command, so a quoted number always traces to
 a row and the code that made it. `python scripts/doc_tables.py README.md docs/*.md` rewrites the blocks;
 `--check` only reports stale ones (exit 1; tests/test_doc_tables.py runs it on every doc).
@@ -53,9 +54,18 @@ def search_table(files: list[str]) -> list[str]:
                   [[s, *(f"{acc[s, b]:.3f}" if (s, b) in acc else "-" for b in budgets)] for s in strategies])
 
 
-def steps_table(files: list[str]) -> list[str]:
-    """One row per method of `accel bench steps`: measured runtime, checker accuracy, PSNR / SSIM to full steps."""
+def steps_table(files: list[str], methods: str | None = None) -> list[str]:
+    """One row per method of `accel bench steps`: measured runtime, checker accuracy, PSNR / SSIM to full steps.
+
+    methods: "|"-separated method names (a name may hold commas) to keep, in that order; default every row.
+    """
     rows = [r for f in files for r in _rows(f)]
+    if methods is not None:
+        by_name = {r["method"]: r for r in rows}
+        missing = [m for m in methods.split("|") if m not in by_name]
+        if missing:
+            raise ValueError(f"methods not in {', '.join(files)}: {', '.join(missing)}")
+        rows = [by_name[m] for m in methods.split("|")]
     return _table(["method", "runtime (measured)", "accuracy", "PSNR dB", "SSIM"],
                   [[r["method"], f"{r['runtime']:.2f}", f"{r['accuracy']:.3f}",
                     "-" if r["method"] == "full" else f"{r['psnr']:.1f}", f"{r['ssim']:.3f}"] for r in rows])
@@ -69,6 +79,22 @@ def dllm_table(files: list[str]) -> list[str]:
                     f"{r['nfe']:.0f}", f"{r['positions']:,.0f}"] for r in rows])
 
 
+def forward_table(files: list[str]) -> list[str]:
+    """One row per file of bench_dit_hsa_forward.py: the full forward's wall time and the speedup at each fraction."""
+    runs = [_rows(f) for f in files]
+    fractions = sorted({r["active_fraction"] for rows in runs for r in rows if r["active_fraction"] < 1}, reverse=True)
+    table = []
+    for rows in runs:
+        full = next(r for r in rows if r["active_fraction"] == 1)
+        speedup = {r["active_fraction"]: r["speedup"] for r in rows}
+        table.append([f"{full['model']} {full['size']}, {full['params'] / 1e6:.0f}M params, {full['dtype']}",
+                      f"`kv={full['kv']}`", f"{full['tokens']} + {full['text_tokens']}",
+                      f"{full['seconds'] * 1e3:.0f} ms",
+                      *(f"{speedup[a]:.2f}x" if a in speedup else "-" for a in fractions)])
+    return _table(["transformer", "K/V", "tokens (image + text)", "every token",
+                   *(f"{a:.0%} active" for a in fractions)], table)
+
+
 def memory_table(files: list[str]) -> list[str]:
     """HSA's cache size per forward for real model sizes (bench_dit_hsa_forward.py --memory-only)."""
     modes = ("extrapolate", "extrapolate_fp8", "refresh", "refresh_fp8", "stale")
@@ -80,7 +106,8 @@ def memory_table(files: list[str]) -> list[str]:
 
 
 TABLES = {"eval": eval_table, "search": search_table, "steps": steps_table, "dllm": dllm_table,
-          "memory": memory_table}
+          "forward": forward_table, "memory": memory_table}
+OPTIONS = {"steps": {"methods"}}  # the keyword arguments each builder takes from a block's spec
 
 
 def provenance(files: list[str]) -> str:
@@ -97,12 +124,19 @@ def provenance(files: list[str]) -> str:
 
 
 def render(spec: str) -> str:
-    kind, *files = spec.split()
+    """The block for one spec "KIND FILE [FILE ...] [OPTION=VALUE ...]": the table, a blank line, the provenance."""
+    kind, *words = spec.split()
     if kind not in TABLES:
         raise ValueError(f"unknown table kind {kind!r}; allowed: {', '.join(TABLES)}")
+    options = dict(w.split("=", 1) for w in words if re.match(r"\w+=", w))
+    files = [w for w in words if not re.match(r"\w+=", w)]
     if not files:
         raise ValueError(f"table {kind!r} needs at least one results file")
-    return "\n".join(TABLES[kind](files)) + "\n\n" + provenance(files) + "\n"
+    unknown = set(options) - OPTIONS.get(kind, set())
+    if unknown:
+        raise ValueError(f"table {kind!r} takes no option {', '.join(sorted(unknown))}; allowed: "
+                         f"{', '.join(sorted(OPTIONS.get(kind, ()))) or 'none'}")
+    return "\n".join(TABLES[kind](files, **options)) + "\n\n" + provenance(files) + "\n"
 
 
 def update(text: str) -> tuple[str, list[str]]:

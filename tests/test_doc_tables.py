@@ -46,3 +46,39 @@ def test_a_changed_row_makes_its_block_stale_and_update_fixes_it(tmp_path, monke
 def test_unknown_kind_is_an_error():
     with pytest.raises(ValueError, match="allowed: eval, search"):
         doc_tables.render("bogus x.json")
+
+
+def _write(tmp_path, name, rows):
+    (tmp_path / name).write_text(json.dumps(rows))
+    return name
+
+
+def test_steps_methods_option_keeps_those_rows_in_that_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(doc_tables, "ROOT", tmp_path)
+    rows = [{"method": m, "runtime": rt, "accuracy": 0.5, "psnr": p, "ssim": s, "git_sha": "abcdef12", "dirty": False,
+             "command": "accel bench steps"}
+            for m, rt, p, s in [("full", 1.0, 100.0, 1.0), ("uniform:steps=13", 0.49, 30.56, 0.9187),
+                                ("hsa:runtime=0.5,kv=refresh", 0.52, 36.31, 0.974)]]
+    f = _write(tmp_path, "steps.json", rows)
+    out = doc_tables.render(f"steps {f} methods=hsa:runtime=0.5,kv=refresh|full").splitlines()
+    assert out[2:4] == ["| hsa:runtime=0.5,kv=refresh | 0.52 | 0.500 | 36.3 | 0.974 |",
+                        "| full | 1.00 | 0.500 | - | 1.000 |"]
+    assert out[4] == "" and out[5].startswith("Rows: steps.json; recorded at abcdef1 (clean)")
+    with pytest.raises(ValueError, match="methods not in steps.json: nope"):
+        doc_tables.render(f"steps {f} methods=full|nope")
+    with pytest.raises(ValueError, match="takes no option methods"):
+        doc_tables.render(f"dllm {f} methods=full")
+
+
+def test_forward_table_one_row_per_file_with_the_speedup_per_fraction(tmp_path, monkeypatch):
+    monkeypatch.setattr(doc_tables, "ROOT", tmp_path)
+    base = {"model": "flux", "size": "small", "params": 36_497_472, "dtype": "float32", "tokens": 1024,
+            "text_tokens": 64, "git_sha": "8ad85da"}
+    files = [_write(tmp_path, f"{kv}.json", [base | {"kv": kv, "active_fraction": a, "seconds": 0.4 / s, "speedup": s}
+                                              for a, s in [(1.0, 1.0), (0.5, sp), (0.25, 2 * sp)]])
+             for kv, sp in [("extrapolate", 1.5), ("stale", 1.25)]]
+    out = doc_tables.render("forward " + " ".join(files)).splitlines()
+    assert out[0] == "| transformer | K/V | tokens (image + text) | every token | 50% active | 25% active |"
+    assert out[2] == "| flux small, 36M params, float32 | `kv=extrapolate` | 1024 + 64 | 400 ms | 1.50x | 3.00x |"
+    assert out[3].endswith("| `kv=stale` | 1024 + 64 | 400 ms | 1.25x | 2.50x |")
+    assert "8ad85da (dirty: not recorded)" in out[-1]
