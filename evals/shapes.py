@@ -22,11 +22,13 @@ def image_generators(seed: int, start: int, n: int) -> list[torch.Generator]:
 
 
 def evaluate_shapes(pipe, prompts: int = 240, seed: int = 0, steps: int = 25, guidance_scale: float | None = None,
-                    batch_size: int = 48, progress: Callable[[int], None] | None = None) -> dict:
+                    batch_size: int = 48, progress: Callable[[int], None] | None = None,
+                    state: dict | None = None) -> dict:
     """Checker accuracy of `pipe` (a ShapesPipeline, plain or accelerated) on a seeded prompt set.
 
     Returns a dict with overall / per_tag accuracy (GenEval rules), the strict variants (no extra objects),
-    n, steps, seed, seconds, nfe.
+    n, steps, seed, seconds, nfe, and run_info(state) (`state`: the code's state taken before the run, e.g. by
+    accel.evals.io.require_clean; None reads it at the end).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -62,17 +64,19 @@ def evaluate_shapes(pipe, prompts: int = 240, seed: int = 0, steps: int = 25, gu
         "accuracy_images": float(correct.mean()),
         "n": len(metas), "steps": steps, "seed": seed, "seconds": round(seconds, 2), "nfe": nfe,
         "guidance_scale": guidance_scale if guidance_scale is not None else "pipeline default",
-    } | run_info()
+    } | run_info(state)
 
 
 def evaluate_shapes_video(pipe, prompts: int = 48, seed: int = 0, steps: int = 25,
                           guidance_scale: float | None = None, batch_size: int = 16,
-                          progress: Callable[[int], None] | None = None, pipeline_kwargs: dict | None = None) -> dict:
+                          progress: Callable[[int], None] | None = None, pipeline_kwargs: dict | None = None,
+                          state: dict | None = None) -> dict:
     """Video checker accuracy (accel.shapes.video.check_video) of a ShapesVideoPipeline on a seeded prompt set.
 
     Returns overall / per_tag accuracy (the tags averaged, as GenEval), the strict variants (no extra objects),
     frame_accuracy (frames where every prompted object is detected), n, steps, seed, seconds, nfe.
-    `pipeline_kwargs` are extra options for the accelerated pipeline's call, e.g. {"steps": "hsa", "runtime": 0.5}.
+    `pipeline_kwargs` are extra options for the accelerated pipeline's call, e.g. {"steps": "hsa", "runtime": 0.5};
+    `state` is as in evaluate_shapes.
     """
     from accel.api import accelerate_pipeline
     from accel.shapes.video import VIDEO_TAGS, check_video, video_prompt_set
@@ -104,4 +108,4 @@ def evaluate_shapes_video(pipe, prompts: int = 48, seed: int = 0, steps: int = 2
         "frame_accuracy": float(np.mean([r.frame_accuracy for _, r, _ in results])),
         "n": len(metas), "steps": steps, "seed": seed, "seconds": round(seconds, 2), "nfe": nfe,
         "guidance_scale": guidance_scale if guidance_scale is not None else "pipeline default",
-    } | run_info()
+    } | run_info(state)

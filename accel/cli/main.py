@@ -291,7 +291,7 @@ def _shapes_eval(command: str, pipeline_class: str, evaluate, model: str, prompt
     the JSON (with `record` merged in) and prints the per-tag table; returns the result."""
     import torch
 
-    from accel.evals.io import run_info, write_json
+    from accel.evals.io import write_json
 
     with user_errors():
         if prompts < 1 or steps < 1 or batch_size < 1:
@@ -307,10 +307,9 @@ def _shapes_eval(command: str, pipeline_class: str, evaluate, model: str, prompt
         with _progress() as progress:
             task = progress.add_task("prompts", total=prompts)
             result = evaluate(pipe, prompts=prompts, seed=seed, steps=steps, batch_size=batch_size,
-                              progress=lambda k: progress.advance(task, k), **call)
+                              progress=lambda k: progress.advance(task, k), state=state, **call)
         result.update(model=model, **(record or {}))
         if json_out is not None:
-            result.update(run_info(state))
             with saving(json_out):
                 write_json(json_out, result)
     table = Table(title=f"{command}: {result['n']} prompts, seed {seed}, {steps} steps")

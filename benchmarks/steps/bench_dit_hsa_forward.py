@@ -212,9 +212,9 @@ def main(argv=None):
     if not all(0 < f < 1 for f in fractions):
         ap.error(f"--fractions takes numbers in (0, 1), got {args.fractions!r}")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if args.device == "cuda" else "fp32")]
-    from accel.evals.io import check_writable, require_clean, run_info, source_state, write_json
+    from accel.evals.io import check_writable, require_clean, run_info, write_json
 
-    state = source_state()
+    state = None  # without --json, run_info reads the code's state after the run
     if args.json:
         try:
             check_writable(args.json)
