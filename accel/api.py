@@ -98,7 +98,8 @@ class AcceleratedPipeline:
 
     def __call__(self, *args, sampler: str | None = None, steps=None, runtime: float | int | None = None,
                  search=None, reward=None, nfe: int | None = None, distributed=False, **kwargs):
-        """Call as the pipeline. accel options: sampler ("euler" | "heun"); steps ("uniform", the default, or
+        """Call as the pipeline. accel options: sampler ("euler" | "heun"; "fewstep" on a distilled student, with
+        num_inference_steps one of its trained step counts, accel.schedulers.fewstep); steps ("uniform", the default, or
         "hsa" / an HSAConfig: heterogeneous per-token steps, accel.schedulers.hsa) with runtime (the fraction of
         the full-step run's token compute in (0, 1], or an int: a budget in full steps); search (a strategy name or
         config from
@@ -120,9 +121,16 @@ class AcceleratedPipeline:
         if search is not None or reward is not None or nfe is not None:
             if sampler is not None or hsa is not None:
                 raise ValueError("sampler= and steps= do not apply to search: its strategy config picks the sampler")
+            if config.sampler == "fewstep":
+                raise ValueError("search runs the flow sampler of its strategy config, not a student's few steps")
             out, stats = self._run_search(call, search, reward, nfe, distributed)
         elif distributed is not False:
             raise ValueError("distributed= applies to search only (search=, reward=, nfe=)")
+        elif config.sampler == "fewstep":
+            if hsa is not None:
+                raise ValueError("sampler='fewstep' runs a distilled student's own steps; it does not combine with "
+                                 "steps='hsa'")
+            out, stats = self._run_fewstep(call)
         elif hsa is not None:
             if sampler not in (None, "euler"):
                 raise ValueError(f"steps='hsa' is an Euler method; it does not combine with sampler={sampler!r}")
@@ -160,6 +168,37 @@ class AcceleratedPipeline:
         x = sample(adapter, prepared.x, prepared.grid, prepared.cond, step=get_step(config.sampler), callback=callback)
         out = adapter.decode(x, prepared)
         return out, Stats(nfe=adapter.nfe, steps=prepared.grid.num_steps, sampler=config.sampler, path="accel")
+
+    @torch.no_grad()
+    def _run_fewstep(self, call: dict[str, Any]):
+        from accel.schedulers.fewstep import fewstep_sample, find_student
+
+        spec = find_student(self.pipe)
+        if spec is None:
+            raise ValueError("sampler='fewstep' needs a distilled student (a pipeline folder with student.json, as "
+                             "`accel distill` writes); this pipeline is not one")
+        call = {k: v for k, v in spec.call_defaults.items() if k not in call} | call
+        nfe = call.get("num_inference_steps") or max(spec.nfes)
+        grid = spec.grid(nfe)  # ValueError naming the trained step counts
+        generator = call.get("generator")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError("sampler='fewstep' takes one torch.Generator (it also draws the re-noising noise)")
+        try:
+            self.adapter.check_supported(call)
+        except UnsupportedCall as e:
+            raise ValueError(f"sampler='fewstep' needs accel's sampling path, which this call cannot take: {e}") \
+                from None
+        adapter = self.adapter
+        adapter.nfe = 0
+        prepared = adapter.prepare(**(call | {"num_inference_steps": nfe}))
+        if prepared.cond.passes != 1:
+            raise ValueError("a distilled student runs without classifier-free guidance (the teacher's is baked in): "
+                             f"leave guidance at the student's setting {spec.call_defaults or ''}".rstrip())
+        callback = None if self.step_callback is None else (lambda i, _x: self.step_callback(i, nfe))
+        x = fewstep_sample(adapter, prepared.x, grid, prepared.cond, spec.rule, generator, callback)
+        out = adapter.decode(x, prepared)
+        return out, Stats(nfe=adapter.nfe, steps=nfe, sampler="fewstep", path="accel",
+                          extra={"student": spec.method, "rule": spec.rule})
 
     @torch.no_grad()
     def _run_hsa(self, call: dict[str, Any], hsa):

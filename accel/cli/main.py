@@ -124,14 +124,16 @@ ALLOW_DIRTY = typer.Option(False, "--allow-dirty", help="Record --json rows from
 def generate(
     prompt: str = typer.Argument(..., help="Text prompt."),
     model: str = typer.Option("shapes", help="Built-in model name, diffusers folder, or hub id."),
-    steps: int = typer.Option(25, help="Number of sampling steps."),
+    steps: Optional[int] = typer.Option(None, help="Number of sampling steps (default 25; for a distilled student "
+                                        "the most it was trained for)."),
     seed: int = typer.Option(0, help="Random seed."),
     out: Path = typer.Option(Path("out.png"), help="Output file (.png; .gif or .mp4 for video models)."),
     num_images: int = typer.Option(1, help="Images to generate (files get _0, _1, ... suffixes)."),
     guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: the pipeline's)."),
     height: Optional[int] = typer.Option(None, help="Image height (default: the model's)."),
     width: Optional[int] = typer.Option(None, help="Image width (default: the model's)."),
-    sampler: str = typer.Option("euler", help="Flow ODE sampler: euler or heun."),
+    sampler: Optional[str] = typer.Option(None, help="Sampler: euler or heun (flow ODE), fewstep (a distilled "
+                                          "student's steps; the default for a student)."),
     steps_mode: str = typer.Option("uniform", help="uniform (every token every step) or hsa (heterogeneous "
                                    "per-token steps within --runtime)."),
     runtime: Optional[float] = typer.Option(None, help="For --steps-mode hsa: fraction of the full-step token "
@@ -151,7 +153,7 @@ def generate(
     with user_errors():
         if not prompt.strip():
             raise UsageError("the prompt is empty")
-        if steps < 1:
+        if steps is not None and steps < 1:
             raise UsageError(f"--steps must be >= 1, got {steps}")
         if num_images < 1:
             raise UsageError(f"--num-images must be >= 1, got {num_images}")
@@ -182,7 +184,8 @@ def generate(
         from accel.api import accelerate_pipeline
         from accel.config import AccelConfig
 
-        config = AccelConfig(sampler=sampler, fused_kernels=fused_kernels)
+        if sampler is not None:
+            AccelConfig(sampler=sampler)  # an unknown name fails before the model loads
         main_process = True
         if _launched_processes() > 1:
             # torchrun / accelerate launch: the processes share one search (its particles are spread over them);
@@ -200,7 +203,21 @@ def generate(
             main_process = dist.get_rank() == 0
             device = device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        pipe = accelerate_pipeline(_load(model, device), config)
+        from accel.schedulers.fewstep import find_student
+
+        base = _load(model, device)
+        student = find_student(base)
+        if sampler == "fewstep" and student is None:
+            raise UsageError(f"--sampler fewstep needs a distilled student; {model} is not one (no student.json)")
+        if student is not None and sampler not in (None, "fewstep"):
+            raise UsageError(f"{model} is a distilled student: it samples with --sampler fewstep only")
+        if student is not None and (search is not None or steps_mode != "uniform"):
+            raise UsageError(f"{model} is a distilled student: --search and --steps-mode hsa need a teacher model")
+        if student is not None and steps is not None and steps not in student.nfes:
+            raise UsageError(f"{model} was trained for --steps {' or '.join(map(str, student.nfes))}, not {steps}")
+        sampler = sampler or ("fewstep" if student is not None else "euler")
+        steps = steps or (max(student.nfes) if student is not None else 25)
+        pipe = accelerate_pipeline(base, AccelConfig(sampler=sampler, fused_kernels=fused_kernels))
         is_video = "num_frames" in pipe.__signature__.parameters
         if is_video and suffix not in (".gif", ".mp4"):
             raise UsageError(f"this model makes videos: use --out with .gif or .mp4, not {suffix}")

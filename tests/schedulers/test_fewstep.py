@@ -1,0 +1,116 @@
+"""The few-step student sampler: its grids, update rules, the wrapper's sampler="fewstep" and the CLI on a student."""
+
+import json
+
+import imageio.v3 as iio
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from accel.api import accelerate_pipeline
+from accel.cli.main import app
+from accel.pipelines.shapes import build_shapes_pipeline
+from accel.schedulers.fewstep import TIMESTEPS, StudentSpec, fewstep_grid, fewstep_sample
+
+SPEC = StudentSpec(shift=3.0, call_defaults={"guidance_scale": 1.0})
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1, seed=0)
+    torch.manual_seed(2)
+    with torch.no_grad():  # the zero-initialised output layers would make every sample the same
+        for param in p.transformer.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return p
+
+
+@pytest.fixture
+def student(pipe):
+    pipe.accel_student = SPEC
+    yield accelerate_pipeline(pipe)
+    del pipe.accel_student
+
+
+def test_grids_are_the_papers_warped_lists():
+    # Self Forcing / Salt with shift 5: [1000, 750, 500, 250] -> sigma 1, 0.9375, 0.8333, 0.625.
+    sigmas = fewstep_grid(TIMESTEPS[4], shift=5.0).sigmas
+    assert torch.allclose(sigmas, torch.tensor([1.0, 0.9375, 5 * 0.5 / 3, 5 * 0.25 / 2, 0.0]))
+    assert torch.equal(fewstep_grid(TIMESTEPS[2]).sigmas, torch.tensor([1.0, 0.5, 0.0]))
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        fewstep_grid([500, 750])
+    with pytest.raises(ValueError, match="entries"):
+        StudentSpec(timesteps={4: (1000, 500)})
+
+
+def test_rules_against_a_hand_computed_run(pipe):
+    adapter = accelerate_pipeline(pipe).adapter
+    prepared = adapter.prepare(prompt="a photo of a red circle", guidance_scale=1.0, num_inference_steps=2,
+                               generator=torch.Generator().manual_seed(0))
+    grid = fewstep_grid(TIMESTEPS[2], shift=3.0)
+    x, cond, (s0, s1, _) = prepared.x, prepared.cond, grid.sigmas
+    with torch.no_grad():
+        adapter.nfe = 0
+        euler = fewstep_sample(adapter, x, grid, cond, rule="euler")
+        assert adapter.nfe == 2  # one forward per step: no guidance
+        v0 = adapter.velocity(x, s0, cond)
+        x1 = x + (s1 - s0) * v0
+        assert torch.allclose(euler, x1 - s1 * adapter.velocity(x1, s1, cond), atol=1e-6)
+        renoised = fewstep_sample(adapter, x, grid, cond, generator=torch.Generator().manual_seed(7))
+        eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+        x1 = (1 - s1) * (x - s0 * v0) + s1 * eps
+        assert torch.allclose(renoised, x1 - s1 * adapter.velocity(x1, s1, cond), atol=1e-6)
+        assert not torch.allclose(renoised, euler, atol=1e-3)
+
+
+def test_wrapper_samples_a_student_in_its_steps(student):
+    kw = dict(prompt="a photo of a blue square", output_type="np")
+    a = student(**kw, sampler="fewstep", num_inference_steps=4, generator=torch.Generator().manual_seed(1))
+    assert student.stats.nfe == 4 and student.stats.sampler == "fewstep"
+    b = student(**kw, sampler="fewstep", num_inference_steps=4, generator=torch.Generator().manual_seed(1))
+    c = student(**kw, sampler="fewstep", num_inference_steps=2, generator=torch.Generator().manual_seed(1))
+    assert student.stats.nfe == 2
+    assert (a.images == b.images).all() and not (a.images == c.images).all()
+    student(prompt=["a photo of a circle", "a photo of a square"], sampler="fewstep", num_inference_steps=2)
+    assert student.stats.nfe == 4
+
+
+def test_student_bad_input(pipe, student):
+    with pytest.raises(ValueError, match="trained for 2, 4 steps, not 3"):
+        student(prompt="a photo of a circle", sampler="fewstep", num_inference_steps=3)
+    with pytest.raises(ValueError, match="without classifier-free guidance"):
+        student(prompt="a photo of a circle", sampler="fewstep", guidance_scale=4.0)
+    with pytest.raises(ValueError, match="steps='hsa'"):
+        student(prompt="a photo of a circle", sampler="fewstep", steps="hsa")
+    del pipe.accel_student
+    with pytest.raises(ValueError, match="needs a distilled student"):
+        accelerate_pipeline(pipe)(prompt="a photo of a circle", sampler="fewstep")
+    pipe.accel_student = SPEC
+
+
+def test_spec_round_trips_through_the_folder(tmp_path):
+    SPEC.save(tmp_path)
+    assert StudentSpec.load(tmp_path) == SPEC
+    data = json.loads((tmp_path / "student.json").read_text()) | {"nfe_typo": 4}
+    (tmp_path / "student.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="unknown field"):
+        StudentSpec.load(tmp_path)
+
+
+def test_cli_generates_with_a_student_folder(pipe, tmp_path):
+    folder = tmp_path / "student"
+    pipe.save_pretrained(folder)
+    SPEC.save(folder)
+    runner = CliRunner()
+    r = runner.invoke(app, ["generate", "a photo of a red circle", "--model", str(folder), "--out",
+                            str(tmp_path / "a.png")])
+    assert r.exit_code == 0, r.output
+    assert "4 NFE" in " ".join(r.output.split()) and iio.imread(tmp_path / "a.png").shape == (32, 32, 3)
+    r = runner.invoke(app, ["generate", "a photo of a red circle", "--model", str(folder), "--steps", "3",
+                            "--out", str(tmp_path / "b.png")])
+    assert r.exit_code == 2 and "trained for --steps 2 or 4" in " ".join(r.output.split())
+    plain = tmp_path / "plain"
+    pipe.save_pretrained(plain)
+    r = runner.invoke(app, ["generate", "a photo of a red circle", "--model", str(plain), "--sampler", "fewstep",
+                            "--out", str(tmp_path / "c.png")])
+    assert r.exit_code == 2 and "needs a distilled student" in " ".join(r.output.split())
