@@ -119,11 +119,10 @@ class AcceleratedPipeline:
         hsa = _hsa_option(steps, runtime)
         start = time.perf_counter()
         if search is not None or reward is not None or nfe is not None:
-            if sampler is not None or hsa is not None:
-                raise ValueError("sampler= and steps= do not apply to search: its strategy config picks the sampler")
-            if config.sampler == "fewstep":
-                raise ValueError("search runs the flow sampler of its strategy config, not a student's few steps")
-            out, stats = self._run_search(call, search, reward, nfe, distributed)
+            if sampler not in (None, "fewstep") or hsa is not None:
+                raise ValueError("sampler= and steps= do not apply to search: its strategy config picks the sampler "
+                                 "(sampler='fewstep' searches over a distilled student's samples)")
+            out, stats = self._run_search(call, search, reward, nfe, distributed, sampler)
         elif distributed is not False:
             raise ValueError("distributed= applies to search only (search=, reward=, nfe=)")
         elif config.sampler == "fewstep":
@@ -169,17 +168,33 @@ class AcceleratedPipeline:
         out = adapter.decode(x, prepared)
         return out, Stats(nfe=adapter.nfe, steps=prepared.grid.num_steps, sampler=config.sampler, path="accel")
 
-    @torch.no_grad()
-    def _run_fewstep(self, call: dict[str, Any]):
-        from accel.schedulers.fewstep import fewstep_sample, find_student
+    def _student_call(self, call: dict[str, Any]):
+        """(StudentSpec, step count) for a call on a distilled student; fills in the call arguments the student was
+        trained with (call_defaults) where the caller left them out. ValueError if the pipeline is no student."""
+        from accel.schedulers.fewstep import find_student
 
         spec = find_student(self.pipe)
         if spec is None:
             raise ValueError("sampler='fewstep' needs a distilled student (a pipeline folder with student.json, as "
                              "`accel distill` writes); this pipeline is not one")
-        call = {k: v for k, v in spec.call_defaults.items() if k not in call} | call
+        for key, value in spec.call_defaults.items():
+            call.setdefault(key, value)
         nfe = call.get("num_inference_steps") or max(spec.nfes)
-        grid = spec.grid(nfe)  # ValueError naming the trained step counts
+        spec.grid(nfe)  # ValueError naming the trained step counts
+        call["num_inference_steps"] = nfe
+        return spec, nfe
+
+    @staticmethod
+    def _check_student_cond(prepared, spec) -> None:
+        if prepared.cond.passes != 1:
+            raise ValueError("a distilled student runs without classifier-free guidance (the teacher's is baked in): "
+                             f"leave guidance at the student's setting {spec.call_defaults or ''}".rstrip())
+
+    @torch.no_grad()
+    def _run_fewstep(self, call: dict[str, Any]):
+        from accel.schedulers.fewstep import fewstep_sample
+
+        spec, nfe = self._student_call(call)
         generator = call.get("generator")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError("sampler='fewstep' takes one torch.Generator (it also draws the re-noising noise)")
@@ -190,12 +205,10 @@ class AcceleratedPipeline:
                 from None
         adapter = self.adapter
         adapter.nfe = 0
-        prepared = adapter.prepare(**(call | {"num_inference_steps": nfe}))
-        if prepared.cond.passes != 1:
-            raise ValueError("a distilled student runs without classifier-free guidance (the teacher's is baked in): "
-                             f"leave guidance at the student's setting {spec.call_defaults or ''}".rstrip())
+        prepared = adapter.prepare(**call)
+        self._check_student_cond(prepared, spec)
         callback = None if self.step_callback is None else (lambda i, _x: self.step_callback(i, nfe))
-        x = fewstep_sample(adapter, prepared.x, grid, prepared.cond, spec.rule, generator, callback)
+        x = fewstep_sample(adapter, prepared.x, spec.grid(nfe), prepared.cond, spec.rule, generator, callback)
         out = adapter.decode(x, prepared)
         return out, Stats(nfe=adapter.nfe, steps=nfe, sampler="fewstep", path="accel",
                           extra={"student": spec.method, "rule": spec.rule})
@@ -220,7 +233,7 @@ class AcceleratedPipeline:
                                  "compute_fraction": hsa_stats.compute_fraction, "active_tokens": hsa_stats.active})
 
     @torch.no_grad()
-    def _run_search(self, call: dict[str, Any], strategy, reward, nfe: int | None, distributed):
+    def _run_search(self, call: dict[str, Any], strategy, reward, nfe: int | None, distributed, sampler=None):
         from accel.rewards import get_reward
         from accel.search import search
 
@@ -237,11 +250,15 @@ class AcceleratedPipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
         if not prompts:
             raise ValueError("search needs prompt= (a string or a list of strings)")
+        student = self._student_call(call) if self.config.sampler == "fewstep" or sampler == "fewstep" else None
         self.adapter.check_supported(call)
         samples, traces = [], []
         for i, p in enumerate(prompts):
             # The strategy draws every particle's noise from `generator`; prepare's own draw is not used.
             prepared = self.adapter.prepare(**(call | {"prompt": p, "generator": torch.Generator()}))
+            if student is not None:  # the strategy's samplers run on the student's grid, without CFG
+                prepared = replace(prepared, grid=student[0].grid(student[1]))
+                self._check_student_cond(prepared, student[0])
             callback = None if self.search_callback is None else (
                 lambda row, i=i: self.search_callback(row | {"prompt_index": i, "prompts": len(prompts)}))
             result = search(self.adapter, prepared, p, reward, strategy, nfe, generator, distributed=distributed,

@@ -114,3 +114,23 @@ def test_cli_generates_with_a_student_folder(pipe, tmp_path):
     r = runner.invoke(app, ["generate", "a photo of a red circle", "--model", str(plain), "--sampler", "fewstep",
                             "--out", str(tmp_path / "c.png")])
     assert r.exit_code == 2 and "needs a distilled student" in " ".join(r.output.split())
+
+
+def test_search_runs_on_the_students_grid(pipe):
+    # With the flow ODE (best-of-N's default) on the student's grid, one particle is the student's Euler-rule sample
+    # from the same start noise; the budget buys budget // 4 samples of a 4-step student (no CFG).
+    from dataclasses import replace
+
+    pipe.accel_student = replace(SPEC, rule="euler")
+    try:
+        student = accelerate_pipeline(pipe)
+        kw = dict(prompt="a photo of a red circle", sampler="fewstep", num_inference_steps=4, output_type="np")
+        plain = student(**kw, generator=torch.Generator().manual_seed(5)).images
+        one = student(**kw, search="bon", reward="shapes", nfe=4, generator=torch.Generator().manual_seed(5))
+        assert student.stats.nfe == 4 and abs(one.images - plain).max() < 1e-5
+        student(**kw, search="bon", reward="shapes", nfe=12, generator=torch.Generator().manual_seed(5))
+        assert student.stats.nfe == 12 and student.stats.extra["traces"][0].extra["n"] == 3
+        with pytest.raises(ValueError, match="without classifier-free guidance"):
+            student(**kw, guidance_scale=3.0, search="bon", reward="shapes", nfe=8)
+    finally:
+        del pipe.accel_student
