@@ -6,17 +6,32 @@ import json
 from pathlib import Path
 
 BUILTIN = {"shapes": "shapes-t2i", "shapes-video": "shapes-t2v"}
+# Distilled few-step students of the built-in models (accel distill; scripts/train_fewstep.py): name -> (teacher,
+# folder in accel.assets). Listed by builtin_students only where the folder has been trained and shipped.
+STUDENTS = {"shapes-4step": ("shapes", "shapes-t2i-4step"), "shapes-4step-dmd": ("shapes", "shapes-t2i-4step-dmd"),
+            "shapes-video-4step": ("shapes-video", "shapes-t2v-4step")}
+
+
+def _assets() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("accel.assets")))
+
+
+def builtin_students(teacher: str) -> list[str]:
+    """Names of the shipped students of a built-in teacher ("shapes", "shapes-video")."""
+    return [name for name, (t, folder) in STUDENTS.items()
+            if t == teacher and (_assets() / folder / "model_index.json").is_file()]
 
 
 def builtin_model_path(name: str = "shapes") -> Path:
     """Folder of a built-in model (a diffusers pipeline folder shipped in accel.assets)."""
-    if name not in BUILTIN:
-        raise ValueError(f"unknown built-in model {name!r}; allowed: {', '.join(BUILTIN)}")
-    from importlib.resources import files
-
-    path = Path(str(files("accel.assets"))) / BUILTIN[name]
+    if name not in BUILTIN and name not in STUDENTS:
+        raise ValueError(f"unknown built-in model {name!r}; allowed: {', '.join([*BUILTIN, *STUDENTS])}")
+    path = _assets() / (BUILTIN[name] if name in BUILTIN else STUDENTS[name][1])
     if not (path / "model_index.json").is_file():
-        script = "train_shapes_video.py" if name == "shapes-video" else "train_shapes.py"
+        script = ("train_fewstep.py" if name in STUDENTS else
+                  "train_shapes_video.py" if name == "shapes-video" else "train_shapes.py")
         raise FileNotFoundError(f"built-in model {name!r} is missing at {path}; reinstall accel or train it with "
                                 f"scripts/{script}")
     return path
@@ -29,7 +44,7 @@ def load_pipeline(model: str = "shapes", device: str | None = None, dtype=None):
     """
     import torch
 
-    if model in BUILTIN:
+    if model in BUILTIN or model in STUDENTS:
         model = str(builtin_model_path(model))
     index = Path(model) / "model_index.json"
     if Path(model).exists() and not index.is_file():

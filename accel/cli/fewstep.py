@@ -1,0 +1,78 @@
+"""`accel bench fewstep`: distilled few-step students against their teacher on a built-in model.
+
+Registered on the main app by accel.cli.main (imported at its end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _load, _progress, bench_app, check_outputs, console,
+                            record_state, saving, user_errors)
+
+
+@bench_app.command("fewstep")
+def bench_fewstep_cmd(
+    model: str = typer.Option("image", help="The teacher: image or video (the built-in models), or a "
+                              "ShapesPipeline / ShapesVideoPipeline folder."),
+    students: Optional[str] = typer.Option(None, help="Comma-separated student folders (as `accel distill` "
+                                           "writes them) or built-in student names; default: the teacher's built-in "
+                                           "students."),
+    prompts: int = typer.Option(24, help="Number of prompts (the tags in turn)."),
+    seed: int = typer.Option(0, help="Picks the prompt set and the sampling seeds."),
+    steps: int = typer.Option(25, help="The teacher's full steps (with CFG) every method is compared with."),
+    euler_steps: str = typer.Option("2,4,8", help="Comma-separated teacher Euler step counts to compare."),
+    repeats: int = typer.Option(1, help="Timing rounds: each runs every method once; a method's time is its best."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG plot of accuracy vs NFE (needs matplotlib)."),
+    overwrite: bool = OVERWRITE,
+    allow_dirty: bool = ALLOW_DIRTY,
+):
+    """Checker accuracy, PSNR / SSIM against the teacher's samples, NFE and wall time of few-step students, the
+    teacher at its full steps and at fewer Euler steps; students also report their semigroup defect."""
+    from accel.evals.fewstep import bench_fewstep, plot_fewstep
+    from accel.evals.io import run_info, write_json
+    from accel.models import builtin_students
+
+    with user_errors():
+        try:
+            euler = tuple(int(v) for v in euler_steps.split(",") if v.strip())
+        except ValueError:
+            raise UsageError(f"--euler-steps must be comma-separated integers, got {euler_steps!r}") from None
+        if prompts < 1 or steps < 2 or repeats < 1 or any(n < 1 for n in euler):
+            raise UsageError(f"--prompts, --repeats and --euler-steps must be >= 1 and --steps >= 2, got {prompts}, "
+                             f"{repeats}, {euler_steps} and {steps}")
+        teacher_name = {"image": "shapes", "video": "shapes-video"}.get(model, model)
+        names = [s.strip() for s in students.split(",") if s.strip()] if students else builtin_students(teacher_name)
+        if not names:
+            raise UsageError(f"no students of {model}: pass --students with folders that `accel distill` wrote")
+        check_outputs([json_out, plot], overwrite)
+        state = record_state(json_out, allow_dirty)
+        teacher = _load(teacher_name, None)
+        if type(teacher).__name__ not in ("ShapesPipeline", "ShapesVideoPipeline"):
+            raise UsageError(f"bench fewstep needs a ShapesPipeline or ShapesVideoPipeline teacher, got "
+                             f"{type(teacher).__name__}")
+        loaded = {Path(n).name: _load(n, None) for n in names}
+        with _progress() as progress:
+            task = progress.add_task("methods", total=None)
+            rows = bench_fewstep(teacher, loaded, prompts=prompts, seed=seed, steps=steps, euler_steps=euler,
+                                 repeats=repeats, progress=lambda row: progress.advance(task))
+        info = run_info(state)
+        rows = [row | info for row in rows]
+        if json_out is not None:
+            with saving(json_out):
+                write_json(json_out, rows)
+        if plot is not None and not plot_fewstep(rows, str(plot)):
+            console.print("plot skipped: matplotlib is not installed", highlight=False)
+    table = Table(title=f"fewstep: {prompts} prompts, seed {seed}, teacher {steps} steps")
+    for col in ("method", "nfe", "accuracy", "psnr", "ssim", "runtime", "defect"):
+        table.add_column(col)
+    for r in rows:
+        defect = r.get("semigroup_defect")
+        table.add_row(r["label"], f"{r['nfe']:.0f}", f"{r['accuracy']:.3f}", f"{r['psnr']:.1f}", f"{r['ssim']:.3f}",
+                      f"{r['runtime']:.3f}", "" if defect is None else f"{defect:.4f}")
+    Console().print(table)

@@ -1,0 +1,85 @@
+"""accel bench fewstep: rows per method with NFE and quality against the teacher, and the semigroup defect."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from accel.cli.main import app
+from accel.core import Cond, Prepared, TimeGrid
+from accel.evals.fewstep import _dense_timesteps, bench_fewstep, semigroup_defect
+from accel.pipelines.shapes import build_shapes_pipeline
+from accel.schedulers.fewstep import StudentSpec
+from toys import GaussianFlow
+
+SPEC = StudentSpec(shift=2.0, call_defaults={"guidance_scale": 1.0})
+
+
+class PointMass(GaussianFlow):
+    """Data at one point c: every flow path is straight, so Euler jumps are exact and compose exactly."""
+
+    def _velocity(self, x, sigma, cond):
+        return (x - 0.3) / sigma
+
+
+def prepared(n=3, d=8):
+    return Prepared(torch.randn(n, d, generator=torch.Generator().manual_seed(0)), Cond(n, 1), TimeGrid.linear(2))
+
+
+def test_semigroup_defect_is_zero_for_straight_paths_only():
+    gen = torch.Generator().manual_seed(1)
+    assert semigroup_defect(PointMass(), prepared(), SPEC, 4, gen) < 1e-10
+    assert semigroup_defect(GaussianFlow(), prepared(), SPEC, 4, gen) > 1e-4
+    assert _dense_timesteps((1000, 750, 500, 250)) == [1000, 875, 750, 625, 500, 375, 250, 125]
+    assert _dense_timesteps((1000, 500)) == [1000, 750, 500, 250]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fewstep")
+    pipe = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1, seed=0)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for param in pipe.transformer.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    pipe.save_pretrained(root / "teacher")
+    with torch.no_grad():  # a "student": the teacher's weights moved a little, with its spec
+        for param in pipe.transformer.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    pipe.save_pretrained(root / "student")
+    SPEC.save(root / "student")
+    return root
+
+
+def test_rows_per_method_with_nfe(folders):
+    from accel.models import load_pipeline
+
+    teacher, student = load_pipeline(str(folders / "teacher")), load_pipeline(str(folders / "student"))
+    rows = bench_fewstep(teacher, {"sc": student}, prompts=6, seed=0, steps=4, euler_steps=(2,), batch_size=4)
+    by = {r["label"]: r for r in rows}
+    assert list(by) == ["teacher", "euler:steps=2", "sc:nfe=2", "sc:nfe=4"]
+    assert by["teacher"]["nfe"] == 8 and by["euler:steps=2"]["nfe"] == 4  # CFG: 2 NFE a step
+    assert by["sc:nfe=2"]["nfe"] == 2 and by["sc:nfe=4"]["nfe"] == 4
+    assert by["teacher"]["psnr"] == 100.0 and by["sc:nfe=4"]["psnr"] < 100
+    assert by["sc:nfe=4"]["method"] == "sc-dmd" and by["sc:nfe=4"]["semigroup_defect"] > 0
+    assert "semigroup_defect" not in by["teacher"] and by["sc:nfe=4"]["timesteps"] == [1000, 750, 500, 250]
+    again = bench_fewstep(teacher, {"sc": student}, prompts=6, seed=0, steps=4, euler_steps=(2,), batch_size=4)
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
+    assert [r["psnr"] for r in again] == [r["psnr"] for r in rows]
+
+
+def test_cli_writes_rows_and_rejects_bad_input(folders, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "rows.json"
+    args = ["bench", "fewstep", "--model", str(folders / "teacher"), "--students", str(folders / "student"),
+            "--prompts", "2", "--steps", "2", "--euler-steps", "1"]
+    r = runner.invoke(app, args + ["--json", str(out), "--allow-dirty"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())
+    assert [row["label"] for row in rows] == ["teacher", "euler:steps=1", "student:nfe=2", "student:nfe=4"]
+    assert all("git_sha" in row and "command" in row for row in rows)
+    r = runner.invoke(app, args[:-2] + ["--euler-steps", "two"])
+    assert r.exit_code == 2 and "comma-separated integers" in r.output
+    r = runner.invoke(app, args[:4] + ["--students", str(folders / "teacher")])
+    assert r.exit_code == 2 and "not a distilled student" in r.output
