@@ -56,18 +56,24 @@ def search_table(files: list[str]) -> list[str]:
 
 def steps_table(files: list[str], methods: str | None = None) -> list[str]:
     """One row per method of `accel bench steps`: measured runtime, checker accuracy, PSNR / SSIM to full steps.
+    With several files (runs on other prompt sets), a first column gives each row's seed.
 
-    methods: "|"-separated method names (a name may hold commas) to keep, in that order; default every row.
+    methods: "|"-separated method names (a name may hold commas) to keep, in that order, from each file; default
+    every row.
     """
-    rows = [r for f in files for r in _rows(f)]
-    if methods is not None:
-        by_name = {r["method"]: r for r in rows}
-        missing = [m for m in methods.split("|") if m not in by_name]
-        if missing:
-            raise ValueError(f"methods not in {', '.join(files)}: {', '.join(missing)}")
-        rows = [by_name[m] for m in methods.split("|")]
-    return _table(["method", "runtime (measured)", "accuracy", "PSNR dB", "SSIM"],
-                  [[r["method"], f"{r['runtime']:.2f}", f"{r['accuracy']:.3f}",
+    rows = []
+    for f in files:
+        run = _rows(f)
+        if methods is not None:
+            by_name = {r["method"]: r for r in run}
+            missing = [m for m in methods.split("|") if m not in by_name]
+            if missing:
+                raise ValueError(f"methods not in {f}: {', '.join(missing)}")
+            run = [by_name[m] for m in methods.split("|")]
+        rows += run
+    seed = len(files) > 1
+    return _table(["seed"] * seed + ["method", "runtime (measured)", "accuracy", "PSNR dB", "SSIM"],
+                  [[str(r["seed"])] * seed + [r["method"], f"{r['runtime']:.2f}", f"{r['accuracy']:.3f}",
                     "-" if r["method"] == "full" else f"{r['psnr']:.1f}", f"{r['ssim']:.3f}"] for r in rows])
 
 

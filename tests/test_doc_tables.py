@@ -70,6 +70,21 @@ def test_steps_methods_option_keeps_those_rows_in_that_order(tmp_path, monkeypat
         doc_tables.render(f"dllm {f} methods=full")
 
 
+def test_steps_table_over_several_runs_gives_each_rows_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(doc_tables, "ROOT", tmp_path)
+    files = []
+    for seed, rt in ((0, 0.53), (1, 0.51)):
+        rows = [{"method": m, "runtime": r, "accuracy": 0.5, "psnr": 30.0 + seed, "ssim": 0.9, "seed": seed,
+                 "git_sha": "abcdef12", "dirty": False, "command": f"accel bench steps --seed {seed}"}
+                for m, r in (("full", 1.0), ("uniform:steps=13", rt), ("hsa:runtime=0.5", 0.6))]
+        files.append(_write(tmp_path, f"s{seed}.json", rows))
+    out = doc_tables.render(f"steps {' '.join(files)} methods=uniform:steps=13").splitlines()
+    assert out[0].startswith("| seed | method |")
+    assert out[2:4] == ["| 0 | uniform:steps=13 | 0.53 | 0.500 | 30.0 | 0.900 |",
+                        "| 1 | uniform:steps=13 | 0.51 | 0.500 | 31.0 | 0.900 |"]
+    assert "--seed 0" in out[5] and "--seed 1" in out[5]
+
+
 def test_forward_table_one_row_per_file_with_the_speedup_per_fraction(tmp_path, monkeypatch):
     monkeypatch.setattr(doc_tables, "ROOT", tmp_path)
     base = {"model": "flux", "size": "small", "params": 36_497_472, "dtype": "float32", "tokens": 1024,
