@@ -73,7 +73,7 @@ def steps_table(files: list[str], methods: str | None = None) -> list[str]:
         rows += run
     seed = len(files) > 1
     return _table(["seed"] * seed + ["method", "runtime (measured)", "accuracy", "PSNR dB", "SSIM"],
-                  [[str(r["seed"])] * seed + [r["method"], f"{r['runtime']:.2f}", f"{r['accuracy']:.3f}",
+                  [([str(r["seed"])] if seed else []) + [r["method"], f"{r['runtime']:.2f}", f"{r['accuracy']:.3f}",
                     "-" if r["method"] == "full" else f"{r['psnr']:.1f}", f"{r['ssim']:.3f}"] for r in rows])
 
 
