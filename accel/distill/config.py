@@ -1,0 +1,162 @@
+"""DistillConfig: every option of a few-step distillation run, validated at the boundary."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from accel.config import check_choice
+from accel.schedulers.fewstep import FEWSTEP_RULES, TIMESTEPS
+
+METHODS = ("dmd", "sc-dmd")
+# Salt's default SC weight (lambda_SC); plain DMD has no SC term.
+SC_WEIGHT = {"dmd": 0.0, "sc-dmd": 0.2}
+# Call arguments the trainer sets itself; call_args may not override them.
+RESERVED_CALL_ARGS = frozenset({"prompt", "generator", "latents", "guidance_scale", "num_inference_steps",
+                                "output_type", "return_dict", "num_images_per_prompt", "num_videos_per_prompt"})
+# Fields that may change when a run resumes from its checkpoint (everything else must match).
+RESUMABLE_FIELDS = frozenset({"steps", "checkpoint_every"})
+
+
+def _positive(name: str, value, integer: bool = False, zero: bool = False) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) if integer else isinstance(value, (int, float))
+    if not ok or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        kind = "an int" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} {'>= 0' if zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Options of `distill` (DMD2, Yin et al. 2024; Salt's SC-DMD, Ge et al. 2026; Self Forcing's ODE init).
+
+    method: "dmd" (4-point training grid: the inference steps) or "sc-dmd" (Salt: the 8-point training grid and
+        the self-consistency term with weight sc_weight, default 0.2).
+    steps: DMD iterations (each trains the critic; every critic_per_generator-th also the generator), after
+        ode_init_steps of ODE-pair regression.
+    nfe: the step counts the student is trained for (timesteps of accel.schedulers.fewstep.TIMESTEPS).
+    guidance: the teacher's CFG weight w in the standard convention v_u + w (v_c - v_u), i.e. the pipeline's
+        guidance_scale (None: the pipeline's default). salt_guidance: the same in Salt's / Self Forcing's
+        convention x_c + g (x_c - x_u), i.e. w = g + 1 (their g = 3 is w = 4); give one of the two.
+    shift: the time shift warping the step lists and the DMD timesteps (None: the teacher scheduler's).
+    rule: the student's update between grid points in rollouts ("renoise", the papers', or "euler").
+    lr_generator, lr_critic, betas, weight_decay, max_grad_norm: AdamW (betas (0, 0.999) as the papers) and
+        gradient clipping; ema_decay / ema_start: EMA of the generator, a copy of it before ema_start.
+    ode_substeps: teacher Euler steps per training-grid interval for the ODE-pair targets.
+    lora_rank: train LoRA adapters of this rank on the attention projections (peft) instead of every weight.
+    dmd_t_min / dmd_t_max: the clamp of the warped DMD timestep (Self Forcing's 0.02 / 0.98).
+    call_args: extra pipeline call arguments for every role (height, width, num_frames, ...).
+    """
+
+    method: str = "sc-dmd"
+    steps: int = 1000
+    batch_size: int = 8
+    nfe: tuple[int, ...] = (4, 2)
+    guidance: float | None = None
+    salt_guidance: float | None = None
+    shift: float | None = None
+    rule: str = "renoise"
+    sc_weight: float | None = None
+    critic_per_generator: int = 5
+    lr_generator: float = 2e-6
+    lr_critic: float = 4e-7
+    betas: tuple[float, float] = (0.0, 0.999)
+    weight_decay: float = 0.01
+    max_grad_norm: float = 10.0
+    ema_decay: float = 0.99
+    ema_start: int = 200
+    ode_init_steps: int = 0
+    ode_substeps: int = 4
+    lora_rank: int | None = None
+    dmd_t_min: float = 0.02
+    dmd_t_max: float = 0.98
+    checkpoint_every: int = 100
+    seed: int = 0
+    call_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_choice("method", self.method, METHODS)
+        check_choice("rule", self.rule, FEWSTEP_RULES)
+        for name in ("steps", "batch_size", "critic_per_generator", "ode_substeps", "checkpoint_every"):
+            _positive(name, getattr(self, name), integer=True)
+        for name in ("ode_init_steps", "ema_start", "seed"):
+            _positive(name, getattr(self, name), integer=True, zero=True)
+        for name in ("lr_generator", "lr_critic", "max_grad_norm"):
+            _positive(name, getattr(self, name))
+        _positive("weight_decay", self.weight_decay, zero=True)
+        self._check_grid()
+        self._check_guidance()
+        if self.sc_weight is not None:
+            _positive("sc_weight", self.sc_weight, zero=True)
+            if self.method == "dmd" and self.sc_weight > 0:
+                raise ValueError("sc_weight > 0 needs method='sc-dmd' (plain DMD has no self-consistency term)")
+        if self.lora_rank is not None:
+            _positive("lora_rank", self.lora_rank, integer=True)
+        if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not (0 <= self.ema_decay < 1):
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not (0 < self.dmd_t_min < self.dmd_t_max < 1):
+            raise ValueError(f"need 0 < dmd_t_min < dmd_t_max < 1, got {self.dmd_t_min}, {self.dmd_t_max}")
+        if not isinstance(self.call_args, dict) or set(self.call_args) & RESERVED_CALL_ARGS:
+            raise ValueError(f"call_args must be a dict without {', '.join(sorted(RESERVED_CALL_ARGS))} (the trainer "
+                             f"sets those), got {self.call_args!r}")
+
+    def _check_grid(self) -> None:
+        nfe = tuple(self.nfe)
+        if not nfe or any(n not in TIMESTEPS for n in nfe) or len(set(nfe)) != len(nfe):
+            raise ValueError(f"nfe must be distinct step counts among {', '.join(map(str, TIMESTEPS))}, got {nfe!r}")
+        if self.shift is not None:
+            _positive("shift", self.shift)
+
+    def _check_guidance(self) -> None:
+        if self.guidance is not None and self.salt_guidance is not None:
+            raise ValueError("give guidance (standard CFG weight w) or salt_guidance (Salt's g = w - 1), not both")
+        for name in ("guidance", "salt_guidance"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive(name, value, zero=True)
+
+    # -- resolved values ------------------------------------------------------------------------------------------
+
+    @property
+    def cfg_weight(self) -> float | None:
+        """The teacher's guidance in the standard convention (w = g + 1 for Salt's g); None: the pipeline's."""
+        return self.salt_guidance + 1.0 if self.salt_guidance is not None else self.guidance
+
+    @property
+    def sc(self) -> float:
+        return SC_WEIGHT[self.method] if self.sc_weight is None else float(self.sc_weight)
+
+    @property
+    def train_timesteps(self) -> tuple[int, ...]:
+        """The rollout grid (timesteps before the warp): Salt's 8 points for sc-dmd; the union of the inference
+        lists (4 points for nfe 4, 2) for dmd."""
+        if self.method == "sc-dmd":
+            return tuple(sorted(set(TIMESTEPS[8]) | set(self.inference_boundaries[:-1]), reverse=True))
+        return tuple(sorted({t for n in self.nfe for t in TIMESTEPS[n]}, reverse=True))
+
+    @property
+    def inference_boundaries(self) -> tuple[int, ...]:
+        """The inference grids' points plus 0: where Salt's SC endpoint t_e may land."""
+        return tuple(sorted({t for n in self.nfe for t in TIMESTEPS[n]} | {0}, reverse=True))
+
+    def resolved(self, guidance: float, shift: float) -> DistillConfig:
+        """This config with guidance (standard w) and shift filled in and sc_weight made explicit."""
+        return replace(self, guidance=float(guidance), salt_guidance=None, shift=float(shift), sc_weight=self.sc)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["nfe"], d["betas"] = list(self.nfe), list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
+        known = {f.name for f in fields(cls)}
+        if unknown := set(data) - known:
+            raise ValueError(f"unknown DistillConfig field(s) {', '.join(sorted(unknown))}")
+        data = dict(data)
+        for name in ("nfe", "betas"):
+            if name in data:
+                data[name] = tuple(data[name])
+        return cls(**data)

@@ -1,0 +1,304 @@
+"""The distillation loop: DMD2's two-time-scale updates over backward-simulated rollouts, Salt's SC term, Self
+Forcing's ODE-pair init, EMA, exact checkpoints.
+
+One iteration (after `ode_init_steps` ODE-pair iterations): every critic_per_generator-th iteration first updates
+the generator (L_DMD + sc_weight * L_SC on a fresh rollout), then every iteration updates the fake score on a
+fresh, detached rollout (Self Forcing's order). Random draws come from three seeded sources that checkpoints keep:
+a torch.Generator (noise, DMD timesteps), a numpy Generator (prompts), a python Random (exit index, SC timesteps;
+broadcast from rank 0).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from accel.core.flow import interpolate, velocity_to_x0
+from accel.core.grid import TimeGrid
+from accel.distill import checkpoint
+from accel.distill.config import RESUMABLE_FIELDS, DistillConfig
+from accel.distill.grids import dmd_sigmas, sc_times, to_sigma
+from accel.distill.losses import critic_loss, dmd_loss, ode_loss, sc_endpoints, sc_loss
+from accel.distill.parallel import Processes
+from accel.distill.prompts import PromptSource, as_source
+from accel.distill.roles import build_roles, default_guidance, fingerprint, scheduler_shift
+from accel.distill.rollout import noise_like, rollout
+
+FORMAT = 1
+Progress = Callable[[int, int, dict], None]
+
+
+class DistillDiverged(RuntimeError):
+    """A non-finite loss or gradient: training stops before the update, the last checkpoint stays good."""
+
+
+class Distiller:
+    """Few-step distillation of one teacher pipeline (DMD2, Yin et al. 2024; SC-DMD, Ge et al. 2026, "Salt").
+
+    The teacher pipeline is frozen in place; the student and the fake score are copies of its transformer (see
+    accel.distill.roles). `fit()` trains to config.ode_init_steps + config.steps iterations, checkpointing to
+    checkpoint_dir every config.checkpoint_every iterations and at the end.
+    """
+
+    def __init__(self, teacher_pipe, config: DistillConfig, prompts=None, checkpoint_dir: str | Path | None = None,
+                 teacher_name: str = "", processes: Processes | None = None):
+        self.processes = processes or Processes()
+        if self.processes.world > 1:
+            teacher_pipe.to(self.processes.device)
+        guidance = config.cfg_weight if config.cfg_weight is not None else default_guidance(teacher_pipe)
+        self.roles = build_roles(teacher_pipe, guidance, config.call_args, config.lora_rank)
+        shift = config.shift if config.shift is not None else scheduler_shift(
+            self.roles.teacher, {**self.roles.student_call, **config.call_args})
+        self.config = c = config.resolved(guidance, shift)
+        self.prompts: PromptSource = as_source(prompts, teacher_pipe)
+        self.teacher_name = teacher_name or str(getattr(teacher_pipe.config, "_name_or_path", "") or "")
+        self.teacher_id = fingerprint(teacher_pipe.transformer)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.train_t = c.train_timesteps
+        self.sigmas = torch.tensor([to_sigma(t, shift) for t in self.train_t], dtype=torch.float32)
+        self.params = {role: {n: p for n, p in self._module(role).named_parameters() if p.requires_grad}
+                       for role in ("student", "critic")}
+        self.optimizers = {
+            role: torch.optim.AdamW(list(self.params[role].values()), lr=lr, betas=c.betas,
+                                    weight_decay=c.weight_decay)
+            for role, lr in (("student", c.lr_generator), ("critic", c.lr_critic))}
+        self.ema = copy.deepcopy(self._module("student")).eval().requires_grad_(False)
+        self.ema_params = dict(self.ema.named_parameters())
+        rank = self.processes.rank
+        self.generator = torch.Generator().manual_seed(c.seed + 1_000_003 * rank)
+        self.prompt_rng = np.random.default_rng([c.seed, rank])
+        self.choices = random.Random(c.seed)
+        self.step, self.seconds, self.log, self.saved_step = 0, 0.0, [], None
+
+    def _module(self, role: str) -> torch.nn.Module:
+        return getattr(self.roles, role).pipe.transformer
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.ode_init_steps + self.config.steps
+
+    # -- one iteration -------------------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, Any]:
+        """One iteration; returns its losses (None where a loss was not computed)."""
+        c = self.config
+        entry: dict[str, Any] = {"phase": "dmd", "dmd": None, "sc": None, "critic": None, "ode": None}
+        if self.step < c.ode_init_steps:
+            entry.update(phase="ode", ode=self._ode_step())
+            return entry
+        if (self.step - c.ode_init_steps) % c.critic_per_generator == 0:
+            entry.update(self._generator_step())
+        entry["critic"] = self._critic_step()
+        return entry
+
+    def _batch(self):
+        """Prompts, start noise x and the student's (CFG-free) conditioning for one rollout."""
+        c = self.config
+        prompts = self.prompts.sample(self.prompt_rng, c.batch_size)
+        with torch.no_grad():
+            p = self.roles.student.prepare(prompt=prompts, generator=self.generator, num_inference_steps=1,
+                                           **self.roles.student_call, **c.call_args)
+        return prompts, p.x, p.cond
+
+    def _teacher_cond(self, prompts: list[str], x: torch.Tensor):
+        """The teacher's conditioning with CFG (the run's guidance); x only fixes the latent shape."""
+        with torch.no_grad():
+            return self.roles.teacher.prepare(prompt=prompts, latents=x, guidance_scale=self.config.guidance,
+                                              num_inference_steps=1, **self.config.call_args).cond
+
+    def _exit_index(self) -> int:
+        return self.processes.shared(self.choices.randrange(len(self.train_t)))
+
+    def _generator_step(self) -> dict[str, float | None]:
+        c = self.config
+        prompts, x, cond = self._batch()
+        e = self._exit_index()
+        out = rollout(self.roles.student, x, cond, self.sigmas, e, c.rule, self.generator, grad=True)
+        dmd = self._dmd_loss(out.x0, prompts, cond)
+        sc = self._sc_loss(out, cond, e) if c.sc_weight > 0 else None
+        self._update("student", dmd if sc is None else dmd + c.sc_weight * sc, "generator")
+        self._ema_update()
+        return {"dmd": dmd.item(), "sc": None if sc is None else sc.item()}
+
+    def _dmd_loss(self, x0: torch.Tensor, prompts: list[str], cond) -> torch.Tensor:
+        """DMD on the generator's sample x0: teacher (CFG) and fake-score x0 predictions at a random noise level."""
+        c = self.config
+        with torch.no_grad():
+            sigma = dmd_sigmas(x0.shape[0], c.shift, c.dmd_t_min, c.dmd_t_max, self.generator).to(x0.device)
+            x_t = interpolate(x0.detach(), noise_like(x0, self.generator), sigma)
+            real = velocity_to_x0(x_t, self.roles.teacher.velocity(x_t, sigma, self._teacher_cond(prompts, x0)),
+                                  sigma)
+            fake = velocity_to_x0(x_t, self.roles.critic.velocity(x_t, sigma, cond), sigma)
+        return dmd_loss(x0, real, fake)
+
+    def _sc_loss(self, out, cond, e: int) -> torch.Tensor | None:
+        """Salt's self-consistency term at the rollout's exit (None at the grid's last step)."""
+        c = self.config
+        times = self.processes.shared(sc_times(self.train_t, c.inference_boundaries, e, self.choices))
+        if times is None:
+            return None
+        t_e, t_m = times
+
+        def velocity(x, sigma):
+            return self.roles.student.velocity(x, torch.tensor(sigma, dtype=torch.float32), cond)
+
+        x_e1, x_e2 = sc_endpoints(out.x_s, out.v, out.sigma_s, to_sigma(t_m, c.shift), to_sigma(t_e, c.shift),
+                                  velocity)
+        return sc_loss(x_e1, x_e2, out.sigma_s)
+
+    def _critic_step(self) -> float:
+        """Flow matching of the fake score on a detached generator sample."""
+        c = self.config
+        _, x, cond = self._batch()
+        e = self._exit_index()
+        x0 = rollout(self.roles.student, x, cond, self.sigmas, e, c.rule, self.generator, grad=False).x0
+        sigma = dmd_sigmas(x0.shape[0], c.shift, c.dmd_t_min, c.dmd_t_max, self.generator).to(x0.device)
+        eps = noise_like(x0, self.generator)
+        v = self.roles.critic.velocity(interpolate(x0, eps, sigma), sigma, cond)
+        loss = critic_loss(v, x0, eps)
+        self._update("critic", loss, "critic")
+        return loss.item()
+
+    def _ode_step(self) -> float:
+        """ODE-pair regression: the student's x0 at a point of the teacher's CFG trajectory (from the same noise,
+        ode_substeps Euler steps per training-grid interval) against the trajectory's end."""
+        from accel.schedulers.flow import euler_step, sample
+
+        c = self.config
+        prompts, x, cond = self._batch()
+        m = c.ode_substeps
+        knots = torch.cat([self.sigmas, torch.zeros(1)])
+        fine = torch.cat([torch.linspace(float(a), float(b), m + 1)[:-1] for a, b in zip(knots[:-1], knots[1:])])
+        states = [x]
+        with torch.no_grad():
+            x0_teacher = sample(self.roles.teacher, x, TimeGrid(torch.cat([fine, torch.zeros(1)])),
+                                self._teacher_cond(prompts, x), euler_step,
+                                lambda i, xi: states.append(xi) if (i + 1) % m == 0 else None)
+        i = self._exit_index()
+        v = self.roles.student.velocity(states[i], self.sigmas[i], cond)
+        loss = ode_loss(states[i], v, self.sigmas[i], x0_teacher)
+        self._update("student", loss, "ODE-pair")
+        self._ema_update()
+        return loss.item()
+
+    def _update(self, role: str, loss: torch.Tensor, what: str) -> None:
+        """Backward, average over processes, clip, step; DistillDiverged before the step if anything is not
+        finite (so the weights stay those of the last good step)."""
+        if not torch.isfinite(loss):
+            raise DistillDiverged(f"the {what} loss is {loss.item()} at step {self.step + 1}")
+        params = list(self.params[role].values())
+        optimizer = self.optimizers[role]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.processes.average_gradients(params)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if not torch.isfinite(norm):
+            raise DistillDiverged(f"the {what} gradient norm is {norm.item()} at step {self.step + 1}")
+        optimizer.step()
+
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        """EMA of the student's trainable weights; a copy of them before ema_start."""
+        c = self.config
+        names = list(self.params["student"])
+        ema = [self.ema_params[n] for n in names]
+        live = [self.params["student"][n].detach() for n in names]
+        if self.step < c.ema_start:
+            torch._foreach_copy_(ema, live)
+        else:
+            torch._foreach_lerp_(ema, live, 1 - c.ema_decay)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    def fit(self, progress: Progress | None = None) -> None:
+        """Train to total_steps, checkpointing as configured; DistillDiverged names the last good checkpoint."""
+        total = self.total_steps
+        while self.step < total:
+            start = time.perf_counter()
+            try:
+                entry = self.train_step()
+            except DistillDiverged as e:
+                where = (f"step {self.saved_step} in {self.checkpoint_dir}" if self.saved_step is not None
+                         else "none was written yet")
+                raise DistillDiverged(f"{e}; training stopped (the last good checkpoint: {where}); lower the "
+                                      "learning rates or the guidance") from None
+            self.seconds += time.perf_counter() - start
+            self.step += 1
+            entry = {"step": self.step, **entry, "seconds": round(self.seconds, 3)}
+            self.log.append(entry)
+            if progress is not None:
+                progress(self.step, total, entry)
+            if self.checkpoint_dir is not None and (self.step % self.config.checkpoint_every == 0
+                                                    or self.step == total):
+                self.save_checkpoint()
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Everything the next iteration depends on (main process writes; every process waits)."""
+        if self.checkpoint_dir is None:
+            raise ValueError("this Distiller has no checkpoint_dir")
+        path = None
+        if self.processes.is_main:
+            tensors, state = self._state()
+            path = checkpoint.save(self.checkpoint_dir, self.step, tensors, state)
+            checkpoint.write_log(self.checkpoint_dir, self.log)
+        self.saved_step = self.step
+        self.processes.barrier()
+        return path
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors: dict[str, torch.Tensor] = {}
+        for role in ("student", "critic"):
+            tensors.update({f"{role}.{n}": p.detach() for n, p in self.params[role].items()})
+        tensors.update({f"ema.{n}": self.ema_params[n] for n in self.params["student"]})
+        meta = {}
+        for role, opt in self.optimizers.items():
+            flat, meta[role] = checkpoint.optimizer_to_flat(opt, f"opt.{role}")
+            tensors.update(flat)
+        rng, rng_meta = checkpoint.rng_to_flat(self.generator, self.choices, self.prompt_rng)
+        tensors.update(rng)
+        state = {"format": FORMAT, "step": self.step, "seconds": self.seconds, "config": self.config.to_dict(),
+                 "teacher": self.teacher_id, "prompts": self.prompts.name, "world": self.processes.world,
+                 "optimizers": meta, "rng": rng_meta, "log": self.log}
+        return tensors, state
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue exactly where the checkpoint at path left off; ValueError if it belongs to another run."""
+        tensors, state = checkpoint.load(path)
+        self._check_compatible(state, path)
+        for role in ("student", "critic"):
+            for n, p in self.params[role].items():
+                p.data.copy_(tensors[f"{role}.{n}"])
+        for n in self.params["student"]:
+            self.ema_params[n].data.copy_(tensors[f"ema.{n}"])
+        for role, opt in self.optimizers.items():
+            checkpoint.optimizer_from_flat(opt, tensors, state["optimizers"][role], f"opt.{role}")
+        checkpoint.rng_from_flat(tensors, state["rng"], self.generator, self.choices, self.prompt_rng)
+        self.step, self.seconds, self.log = state["step"], state["seconds"], list(state["log"])
+        self.saved_step = self.step
+
+    def _check_compatible(self, state: dict, path) -> None:
+        if state.get("format") != FORMAT:
+            raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this accel reads {FORMAT}")
+        if state["teacher"] != self.teacher_id:
+            raise ValueError(f"{path} was trained from another teacher (fingerprint {state['teacher']}, this "
+                             f"teacher's is {self.teacher_id}); use another output folder or --no-resume --overwrite")
+        now = self.config.to_dict()
+        saved = state["config"]
+        differ = sorted(k for k in set(now) | set(saved) if k not in RESUMABLE_FIELDS and now.get(k) != saved.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in differ)
+            raise ValueError(f"{path} is a checkpoint of another configuration ({detail}); only "
+                             f"{', '.join(sorted(RESUMABLE_FIELDS))} may change on resume")
+        for key, now_value in (("prompts", self.prompts.name), ("world", self.processes.world)):
+            if state[key] != now_value:
+                raise ValueError(f"{path} was trained with {key} {state[key]!r}, this run has {now_value!r}")
+        if self.step != 0:
+            raise ValueError("load_checkpoint needs a fresh Distiller")
