@@ -530,6 +530,7 @@ def info():
 
 # Commands defined in their own modules register on `app` / `bench_app` when imported (after those exist).
 from accel.cli import dllm as _dllm  # noqa: E402,F401
+from accel.cli import distill as _distill  # noqa: E402,F401
 from accel.cli import fewstep as _fewstep  # noqa: E402,F401
 
 

@@ -2,6 +2,7 @@
 on tiny Flux / Wan / shapes teachers, bit-exact resume, the saved student sampling through the wrapper, bad input."""
 
 import copy
+import json
 import random
 import sys
 from pathlib import Path
@@ -168,3 +169,28 @@ def test_bad_input_and_divergence(tmp_path):
                                                   batch_size=2, critic_per_generator=1), checkpoint_dir=tmp_path / "c")
     with pytest.raises(DistillDiverged, match="last good checkpoint"):
         d.fit()
+
+
+def test_cli_distils_resumes_and_rejects_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from accel.cli.main import app
+
+    teacher = tmp_path / "teacher"
+    shapes_teacher().save_pretrained(teacher)
+    runner = CliRunner()
+    args = ["distill", "--model", str(teacher), "--out", str(tmp_path / "s"), "--batch-size", "2",
+            "--critic-per-generator", "2", "--checkpoint-every", "2"]
+    r = runner.invoke(app, args + ["--steps", "2"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, args + ["--steps", "4"])  # resumes from step 2 and trains on to 4
+    assert r.exit_code == 0, r.output
+    log = (tmp_path / "s" / "checkpoints" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1, 2, 3, 4]
+    r = runner.invoke(app, ["generate", "a photo of a red circle", "--model", str(tmp_path / "s"), "--out",
+                            str(tmp_path / "a.png")])
+    assert r.exit_code == 0, r.output
+    for bad, message in ((["--method", "sc"], "allowed: dmd, sc-dmd"), (["--nfe", "four"], "comma-separated"),
+                         (["--nfe", "3"], "nfe must be"), (["--prompts-file", "nope.txt"], "does not exist")):
+        r = runner.invoke(app, args + bad)
+        assert r.exit_code == 2 and message in " ".join(r.output.split()), (bad, r.output)

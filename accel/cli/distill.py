@@ -1,0 +1,67 @@
+"""`accel distill`: train a few-step student of a teacher pipeline (DMD2 / Salt's SC-DMD, accel.distill).
+
+Registered on the main app by accel.cli.main (imported at its end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from accel.cli.main import OVERWRITE, UsageError, _load, _progress, app, console, user_errors
+
+
+@app.command()
+def distill(
+    model: str = typer.Option("shapes", help="The teacher: a built-in name or a diffusers pipeline folder."),
+    out: Path = typer.Option(..., help="Folder for the student pipeline (checkpoints go to OUT/checkpoints)."),
+    method: str = typer.Option("sc-dmd", help="sc-dmd (Salt: self-consistency term, 8-point grid) or dmd."),
+    steps: int = typer.Option(1000, help="DMD iterations (the critic every one, the generator every "
+                                         "--critic-per-generator-th)."),
+    batch_size: int = typer.Option(8, help="Samples per iteration."),
+    nfe: str = typer.Option("4,2", help="Comma-separated step counts the student is trained for (1, 2, 4, 8)."),
+    guidance: Optional[float] = typer.Option(None, help="The teacher's CFG weight w (default: the pipeline's)."),
+    lr_generator: float = typer.Option(2e-6, help="Student learning rate."),
+    lr_critic: float = typer.Option(4e-7, help="Fake-score learning rate."),
+    critic_per_generator: int = typer.Option(5, help="Critic updates per generator update."),
+    prompts_file: Optional[Path] = typer.Option(None, help="Training prompts, one per line (default: the built-in "
+                                                "models' grammar)."),
+    seed: int = typer.Option(0, help="Seed of every random draw of the run."),
+    checkpoint_every: int = typer.Option(100, help="Iterations between checkpoints."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoints if there is one."),
+    overwrite: bool = OVERWRITE,
+):
+    """Distil a teacher into a few-step student (data-free: prompts only), resumable; sample the result with
+    `accel generate --model OUT`."""
+    from accel.distill import DistillConfig, DistillDiverged
+    from accel.distill import distill as run
+
+    with user_errors():
+        try:
+            nfes = tuple(int(v) for v in nfe.split(",") if v.strip())
+        except ValueError:
+            raise UsageError(f"--nfe must be comma-separated integers, got {nfe!r}") from None
+        config = DistillConfig(method=method, steps=steps, batch_size=batch_size, nfe=nfes, guidance=guidance,
+                               lr_generator=lr_generator, lr_critic=lr_critic,
+                               critic_per_generator=critic_per_generator, seed=seed,
+                               checkpoint_every=checkpoint_every)
+        if prompts_file is not None and not prompts_file.is_file():
+            raise UsageError(f"--prompts-file {prompts_file} does not exist")
+        teacher = _load(model, None)
+        with _progress() as progress:
+            task = progress.add_task("distill", total=config.ode_init_steps + config.steps)
+
+            def advance(step: int, total: int, losses: dict) -> None:
+                critic = losses.get("critic")
+                text = "distill" if critic is None else f"distill (critic {critic:.3f})"
+                progress.update(task, completed=step, total=total, description=text)
+
+            try:
+                folder = run(teacher, config, prompts=None if prompts_file is None else str(prompts_file),
+                             out_dir=out, resume=resume, overwrite=overwrite, teacher_name=model, progress=advance)
+            except DistillDiverged as e:
+                console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+    console.print(f"student written to {folder}; sample it with: accel generate \"<prompt>\" --model {folder}",
+                  highlight=False, soft_wrap=True)
