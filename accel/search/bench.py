@@ -41,7 +41,10 @@ def _geneval(flags: list[tuple[str, bool]]) -> tuple[float, dict[str, float]]:
 def run_one(pipe, meta: dict, index: int, seed: int, config: SearchConfig, budget: float, steps: int | None,
             guidance_scale: float | None, reward: Reward, chunk_size: int) -> dict:
     """One prompt, one strategy, one budget: the chosen image checked (lenient and strict), NFE, seconds."""
+    from dataclasses import replace
+
     from accel.pipelines.registry import adapter_for
+    from accel.schedulers.fewstep import find_student
 
     denoiser = adapter_for(pipe)
     call = {"prompt": meta["prompt"], "output_type": "pt", "generator": torch.Generator().manual_seed(0)}
@@ -49,7 +52,16 @@ def run_one(pipe, meta: dict, index: int, seed: int, config: SearchConfig, budge
         call["num_inference_steps"] = steps
     if guidance_scale is not None:
         call["guidance_scale"] = guidance_scale
+    student = find_student(pipe)
+    if student is not None:  # search over a distilled student's samples: its grid, its call (no CFG)
+        call = student.call_defaults | call
+        call["num_inference_steps"] = steps or max(student.nfes)
     prepared = denoiser.prepare(**call)
+    if student is not None:
+        prepared = replace(prepared, grid=student.grid(call["num_inference_steps"]))
+        if prepared.cond.passes != 1:
+            raise ValueError("a distilled student searches without classifier-free guidance: leave guidance_scale "
+                             "at the student's setting")
     plain = prepared.grid.num_steps * prepared.cond.passes
     nfe = int(round(budget * plain))
     start = time.perf_counter()
@@ -75,7 +87,9 @@ def bench_search(pipe, prompts: int | list[dict] = 24, seed: int = 0,
     """Accuracy of each strategy at each budget on a seeded shapes prompt set.
 
     Args:
-        pipe: a ShapesPipeline (plain; the adapter is found by family).
+        pipe: a ShapesPipeline (plain; the adapter is found by family), or a distilled student of one (a folder
+            with student.json: the strategies then run on its grid without CFG, so a budget of 1 is one student
+            sample, e.g. 4 NFE; compare rows at equal `nfe` with the teacher's).
         prompts: a number of prompts (accel.shapes.prompt_set(n, seed): the six tags in turn) or metadata dicts.
         strategies: shortcuts (with options, e.g. "smc:interpolant=linear"; the row's label) or configs.
         budgets: multiples of one plain sample's NFE (>= 1).

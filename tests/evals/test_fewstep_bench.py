@@ -83,3 +83,14 @@ def test_cli_writes_rows_and_rejects_bad_input(folders, tmp_path):
     assert r.exit_code == 2 and "comma-separated integers" in r.output
     r = runner.invoke(app, args[:4] + ["--students", str(folders / "teacher")])
     assert r.exit_code == 2 and "not a distilled student" in r.output
+
+
+def test_search_bench_on_a_student_counts_its_nfe(folders):
+    from accel.models import load_pipeline
+    from accel.search import bench_search
+
+    student = load_pipeline(str(folders / "student"))
+    rows = bench_search(student, prompts=2, seed=0, strategies=("bon",), budgets=(1, 3))
+    assert [r["plain_nfe"] for r in rows] == [4, 4] and [r["nfe"] for r in rows] == [4.0, 12.0]
+    rows = bench_search(student, prompts=2, seed=0, strategies=("bon",), budgets=(1,), steps=2)
+    assert rows[0]["nfe"] == 2.0
