@@ -54,11 +54,9 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
 
 def rng_to_flat(generator: torch.Generator, choices: random.Random, prompts: np.random.Generator
                 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Every random state a run draws from: its torch.Generator (noise), torch's global RNG (and CUDA's), the
-    python Random of its shared choices, the numpy Generator of its prompts."""
-    tensors = {"rng.generator": generator.get_state(), "rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    """The random states a run draws from: its torch.Generator (noise), the python Random of its shared choices,
+    the numpy Generator of its prompts."""
+    tensors = {"rng.generator": generator.get_state()}
     version, internal, gauss = choices.getstate()
     return tensors, {"random": [version, list(internal), gauss], "numpy": prompts.bit_generator.state}
 
@@ -66,11 +64,6 @@ def rng_to_flat(generator: torch.Generator, choices: random.Random, prompts: np.
 def rng_from_flat(tensors: dict[str, torch.Tensor], meta: dict, generator: torch.Generator, choices: random.Random,
                   prompts: np.random.Generator) -> None:
     generator.set_state(tensors["rng.generator"])
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
-                                       key=lambda k: int(k.rsplit(".", 1)[1]))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
     version, internal, gauss = meta["random"]
     choices.setstate((version, tuple(internal), gauss))
     prompts.bit_generator.state = meta["numpy"]

@@ -27,7 +27,7 @@ from accel.distill.grids import dmd_sigmas, sc_times, to_sigma
 from accel.distill.losses import critic_loss, dmd_loss, ode_loss, sc_endpoints, sc_loss
 from accel.distill.parallel import Processes
 from accel.distill.prompts import PromptSource, as_source
-from accel.distill.roles import build_roles, default_guidance, fingerprint, scheduler_shift
+from accel.distill.roles import build_roles, check_teacher, default_guidance, fingerprint, scheduler_shift
 from accel.distill.rollout import noise_like, rollout
 
 FORMAT = 1
@@ -48,6 +48,7 @@ class Distiller:
 
     def __init__(self, teacher_pipe, config: DistillConfig, prompts=None, checkpoint_dir: str | Path | None = None,
                  teacher_name: str = "", processes: Processes | None = None):
+        check_teacher(teacher_pipe)
         self.processes = processes or Processes()
         if self.processes.world > 1:
             teacher_pipe.to(self.processes.device)
@@ -57,7 +58,8 @@ class Distiller:
             self.roles.teacher, {**self.roles.student_call, **config.call_args})
         self.config = c = config.resolved(guidance, shift)
         self.prompts: PromptSource = as_source(prompts, teacher_pipe)
-        self.teacher_name = teacher_name or str(getattr(teacher_pipe.config, "_name_or_path", "") or "")
+        self.teacher_name = (teacher_name or str(getattr(teacher_pipe.config, "_name_or_path", "") or "")
+                             or type(teacher_pipe).__name__)
         self.teacher_id = fingerprint(teacher_pipe.transformer)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.train_t = c.train_timesteps
@@ -74,6 +76,9 @@ class Distiller:
         self.generator = torch.Generator().manual_seed(c.seed + 1_000_003 * rank)
         self.prompt_rng = np.random.default_rng([c.seed, rank])
         self.choices = random.Random(c.seed)
+        # torch's global RNG (dropout, if a model has any) during the run's iterations: the run's own stream,
+        # so the caller's global state is neither used nor changed.
+        self.torch_rng = torch.Generator().manual_seed(c.seed + 1_000_003 * rank + 1).get_state()
         self.step, self.seconds, self.log, self.saved_step = 0, 0.0, [], None
 
     def _module(self, role: str) -> torch.nn.Module:
@@ -152,7 +157,7 @@ class Distiller:
                                   velocity)
         return sc_loss(x_e1, x_e2, out.sigma_s)
 
-    def _critic_step(self) -> float:
+    def _critic_loss(self) -> torch.Tensor:
         """Flow matching of the fake score on a detached generator sample."""
         c = self.config
         _, x, cond = self._batch()
@@ -161,9 +166,24 @@ class Distiller:
         sigma = dmd_sigmas(x0.shape[0], c.shift, c.dmd_t_min, c.dmd_t_max, self.generator).to(x0.device)
         eps = noise_like(x0, self.generator)
         v = self.roles.critic.velocity(interpolate(x0, eps, sigma), sigma, cond)
-        loss = critic_loss(v, x0, eps)
+        return critic_loss(v, x0, eps)
+
+    def _critic_step(self) -> float:
+        loss = self._critic_loss()
         self._update("critic", loss, "critic")
         return loss.item()
+
+    @torch.no_grad()
+    def critic_probe(self, seed: int = 0, batches: int = 4) -> float:
+        """The fake score's loss on `batches` rollouts drawn from a fixed seed, the run's random states untouched:
+        a steadier view of its progress than the per-iteration losses (which vary with the drawn noise levels)."""
+        saved = self.generator, self.prompt_rng, self.choices
+        self.generator = torch.Generator().manual_seed(seed)
+        self.prompt_rng, self.choices = np.random.default_rng(seed), random.Random(seed)
+        try:
+            return float(np.mean([self._critic_loss().item() for _ in range(batches)]))
+        finally:
+            self.generator, self.prompt_rng, self.choices = saved
 
     def _ode_step(self) -> float:
         """ODE-pair regression: the student's x0 at a point of the teacher's CFG trajectory (from the same noise,
@@ -222,7 +242,10 @@ class Distiller:
         while self.step < total:
             start = time.perf_counter()
             try:
-                entry = self.train_step()
+                with torch.random.fork_rng(devices=[]):
+                    torch.set_rng_state(self.torch_rng)
+                    entry = self.train_step()
+                    self.torch_rng = torch.get_rng_state()
             except DistillDiverged as e:
                 where = (f"step {self.saved_step} in {self.checkpoint_dir}" if self.saved_step is not None
                          else "none was written yet")
@@ -263,7 +286,7 @@ class Distiller:
             flat, meta[role] = checkpoint.optimizer_to_flat(opt, f"opt.{role}")
             tensors.update(flat)
         rng, rng_meta = checkpoint.rng_to_flat(self.generator, self.choices, self.prompt_rng)
-        tensors.update(rng)
+        tensors.update(rng, **{"rng.torch": self.torch_rng})
         state = {"format": FORMAT, "step": self.step, "seconds": self.seconds, "config": self.config.to_dict(),
                  "teacher": self.teacher_id, "prompts": self.prompts.name, "world": self.processes.world,
                  "optimizers": meta, "rng": rng_meta, "log": self.log}
@@ -281,6 +304,7 @@ class Distiller:
         for role, opt in self.optimizers.items():
             checkpoint.optimizer_from_flat(opt, tensors, state["optimizers"][role], f"opt.{role}")
         checkpoint.rng_from_flat(tensors, state["rng"], self.generator, self.choices, self.prompt_rng)
+        self.torch_rng = tensors["rng.torch"]
         self.step, self.seconds, self.log = state["step"], state["seconds"], list(state["log"])
         self.saved_step = self.step
 

@@ -1,0 +1,133 @@
+"""The trainer on a tiny shapes pipeline: exact resume, the saved student, NaN stops, bad input."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from accel.api import accelerate_pipeline
+from accel.distill import DistillConfig, DistillDiverged, Distiller, distill
+from accel.distill import checkpoint
+from accel.models import load_pipeline
+from accel.pipelines.shapes import build_shapes_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines.tiny import build_wan  # noqa: E402
+
+# 2 ODE-pair iterations, then DMD with a generator update every 2nd iteration; EMA from iteration 3.
+CONFIG = DistillConfig(steps=4, batch_size=2, critic_per_generator=2, lr_generator=1e-3, lr_critic=1e-3,
+                       ema_start=3, ema_decay=0.5, ode_init_steps=2, ode_substeps=2, checkpoint_every=100,
+                       call_args={"height": 16, "width": 16})
+
+
+def tiny_shapes(seed: int = 0):
+    p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1,
+                              sample_size=16, seed=seed)
+    torch.manual_seed(seed + 2)
+    with torch.no_grad():  # the zero-initialised output layers would make every sample the same
+        for param in p.transformer.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return p
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return tiny_shapes()
+
+
+def last_checkpoint(folder):
+    return checkpoint.load(checkpoint.latest(folder))
+
+
+def test_resume_is_bit_exact(teacher, tmp_path):
+    steps = CONFIG.ode_init_steps + CONFIG.steps
+    distill(teacher, CONFIG, out_dir=tmp_path / "straight")
+    half = DistillConfig(**{**CONFIG.__dict__, "steps": CONFIG.steps // 2 + 1})  # stops mid-DMD, odd step
+    distill(teacher, half, out_dir=tmp_path / "resumed")
+    first, _ = last_checkpoint(tmp_path / "resumed" / "checkpoints")
+    distill(teacher, CONFIG, out_dir=tmp_path / "resumed", overwrite=True)  # resumes from step 5
+    a, state_a = last_checkpoint(tmp_path / "straight" / "checkpoints")
+    b, state_b = last_checkpoint(tmp_path / "resumed" / "checkpoints")
+    assert state_a["step"] == state_b["step"] == steps
+    assert set(a) == set(b) and any(k.startswith("opt.critic") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the run moved after the resume (the last iteration updates the critic only) and away from the teacher
+    assert not torch.equal(a["critic.conv_out.weight"], first["critic.conv_out.weight"])
+    assert torch.equal(a["student.conv_out.weight"], first["student.conv_out.weight"])
+    assert not torch.equal(a["student.conv_out.weight"], teacher.transformer.conv_out.weight)
+    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in state_a["log"]]
+    assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in state_b["log"]]
+    assert [e["phase"] for e in strip] == ["ode", "ode", "dmd", "dmd", "dmd", "dmd"]
+    assert [e["dmd"] is not None for e in strip[2:]] == [True, False, True, False]
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "checkpoints" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == list(range(1, steps + 1))
+
+
+def test_saved_student_samples_with_fewstep(teacher, tmp_path):
+    out = distill(teacher, CONFIG, out_dir=tmp_path / "student")
+    spec = json.loads((out / "student.json").read_text())
+    assert spec["call_defaults"] == {"guidance_scale": 1.0} and spec["teacher_guidance"] == 2.0
+    assert spec["method"] == "sc-dmd" and set(spec["timesteps"]) == {"4", "2"} and spec["shift"] == 1.0
+    tensors, _ = last_checkpoint(out / "checkpoints")
+    saved = load_file(str(next((out / "transformer").glob("*.safetensors"))))
+    assert torch.equal(saved["conv_out.weight"], tensors["ema.conv_out.weight"])  # the EMA weights are shipped
+    pipe = accelerate_pipeline(load_pipeline(str(out)))
+    kw = dict(prompt="a photo of a red circle", output_type="np", generator=torch.Generator().manual_seed(0))
+    image = pipe(**kw, sampler="fewstep", num_inference_steps=4).images
+    assert pipe.stats.nfe == 4 and image.shape == (1, 16, 16, 3)
+    pipe(**{**kw, "generator": torch.Generator().manual_seed(0)}, sampler="fewstep", num_inference_steps=2)
+    assert pipe.stats.nfe == 2
+    with pytest.raises(ValueError, match="trained for 2, 4 steps"):
+        pipe(**kw, sampler="fewstep", num_inference_steps=3)
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(teacher, tmp_path):
+    config = DistillConfig(**{**CONFIG.__dict__, "checkpoint_every": 2, "ode_init_steps": 0})
+    d = Distiller(teacher, config, checkpoint_dir=tmp_path)
+
+    def poison(step, total, entry):  # from step 3 on the fake score returns NaN
+        if step == 2:
+            d.roles.critic.pipe.transformer.register_forward_hook(
+                lambda m, i, o: type(o)(sample=torch.full_like(o.sample, float("nan"))))
+
+    with pytest.raises(DistillDiverged, match="critic loss is nan at step 3.*checkpoint: step 2"):
+        d.fit(poison)
+    tensors, state = last_checkpoint(tmp_path)
+    assert state["step"] == 2 and all(torch.isfinite(t.float()).all() for t in tensors.values())
+    fresh = Distiller(teacher, config, checkpoint_dir=tmp_path)
+    fresh.load_checkpoint(checkpoint.latest(tmp_path))
+    fresh.fit()  # the good checkpoint carries on
+    assert fresh.step == 4
+
+
+def test_bad_input(teacher, tmp_path):
+    distill(teacher, DistillConfig(**{**CONFIG.__dict__, "steps": 1, "ode_init_steps": 0}), out_dir=tmp_path)
+    with pytest.raises(ValueError, match="batch_size: 2 there, 3 now"):
+        distill(teacher, DistillConfig(**{**CONFIG.__dict__, "steps": 2, "ode_init_steps": 0, "batch_size": 3}),
+                out_dir=tmp_path, overwrite=True)
+    with pytest.raises(ValueError, match="another teacher"):
+        distill(tiny_shapes(seed=1), DistillConfig(**{**CONFIG.__dict__, "steps": 2, "ode_init_steps": 0}),
+                out_dir=tmp_path, overwrite=True)
+    with pytest.raises(ValueError, match="has a checkpoint"):
+        distill(teacher, CONFIG, out_dir=tmp_path, resume=False)
+    with pytest.raises(ValueError, match="prompt file"):
+        distill(teacher, CONFIG, prompts=tmp_path / "missing.txt", out_dir=tmp_path / "other")
+    with pytest.raises(ValueError, match="two experts"):
+        Distiller(build_wan(boundary_ratio=0.5), CONFIG, prompts=["a cat"])
+    with pytest.raises(ValueError, match="no built-in prompt grammar"):
+        Distiller(build_wan(), CONFIG)
+    with pytest.raises(ValueError, match="unsupported pipeline"):
+        Distiller(object(), CONFIG)
+    with pytest.raises(ValueError, match="allowed arguments"):
+        Distiller(teacher, DistillConfig(call_args={"heigth": 16}))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is not None, reason="peft is installed")
+def test_lora_without_peft_says_how_to_install(teacher):
+    with pytest.raises(ValueError, match="pip install peft"):
+        Distiller(teacher, DistillConfig(**{**CONFIG.__dict__, "lora_rank": 4}))
