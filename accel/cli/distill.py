@@ -21,12 +21,24 @@ def distill(
                                          "--critic-per-generator-th)."),
     batch_size: int = typer.Option(8, help="Samples per iteration."),
     nfe: str = typer.Option("4,2", help="Comma-separated step counts the student is trained for (1, 2, 4, 8)."),
-    guidance: Optional[float] = typer.Option(None, help="The teacher's CFG weight w (default: the pipeline's)."),
+    guidance: Optional[float] = typer.Option(None, help="The teacher's CFG weight w, the pipeline's guidance_scale "
+                                             "(default: the pipeline's)."),
+    salt_guidance: Optional[float] = typer.Option(None, help="The same in Salt's / Self Forcing's convention g = w - 1 "
+                                                  "(their g = 3 is w = 4); instead of --guidance."),
+    shift: Optional[float] = typer.Option(None, help="Time shift of the step lists (default: the teacher "
+                                          "scheduler's)."),
     lr_generator: float = typer.Option(2e-6, help="Student learning rate."),
     lr_critic: float = typer.Option(4e-7, help="Fake-score learning rate."),
     critic_per_generator: int = typer.Option(5, help="Critic updates per generator update."),
     prompts_file: Optional[Path] = typer.Option(None, help="Training prompts, one per line (default: the built-in "
                                                 "models' grammar)."),
+    ode_init_steps: int = typer.Option(0, help="ODE-pair regression iterations before DMD (Self Forcing's init)."),
+    ema_decay: float = typer.Option(0.99, help="EMA decay of the student's weights (the EMA is saved)."),
+    ema_start: int = typer.Option(200, help="Iteration from which the EMA averages (a copy before)."),
+    lora_rank: Optional[int] = typer.Option(None, help="Train LoRA adapters of this rank (needs peft) instead of "
+                                            "every weight."),
+    height: Optional[int] = typer.Option(None, help="Training image height (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Training image width (default: the model's)."),
     seed: int = typer.Option(0, help="Seed of every random draw of the run."),
     checkpoint_every: int = typer.Option(100, help="Iterations between checkpoints."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoints if there is one."),
@@ -42,10 +54,12 @@ def distill(
             nfes = tuple(int(v) for v in nfe.split(",") if v.strip())
         except ValueError:
             raise UsageError(f"--nfe must be comma-separated integers, got {nfe!r}") from None
+        size = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
         config = DistillConfig(method=method, steps=steps, batch_size=batch_size, nfe=nfes, guidance=guidance,
-                               lr_generator=lr_generator, lr_critic=lr_critic,
-                               critic_per_generator=critic_per_generator, seed=seed,
-                               checkpoint_every=checkpoint_every)
+                               salt_guidance=salt_guidance, shift=shift, lr_generator=lr_generator,
+                               lr_critic=lr_critic, critic_per_generator=critic_per_generator,
+                               ode_init_steps=ode_init_steps, ema_decay=ema_decay, ema_start=ema_start,
+                               lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every, call_args=size)
         if prompts_file is not None and not prompts_file.is_file():
             raise UsageError(f"--prompts-file {prompts_file} does not exist")
         teacher = _load(model, None)

@@ -31,22 +31,6 @@ def shapes_teacher(seed=0):
     return p
 
 
-@torch.no_grad()
-def held_out_critic_loss(d) -> float:
-    """The fake score's flow-matching loss on one fixed batch: the student's samples at fixed noise levels."""
-    from accel.core.flow import interpolate
-    from accel.distill.losses import critic_loss
-    from accel.distill.rollout import rollout
-
-    g = torch.Generator().manual_seed(123)
-    p = d.roles.student.prepare(prompt=["a red car", "a cat", "a blue tree", "a cat"], generator=g,
-                                num_inference_steps=1, **d.roles.student_call, **d.config.call_args)
-    x0 = rollout(d.roles.student, p.x, p.cond, d.sigmas, 0, "renoise", g, grad=False).x0
-    sigma = torch.tensor([0.2, 0.4, 0.6, 0.8])
-    eps = torch.randn(x0.shape, generator=g)
-    return float(critic_loss(d.roles.critic.velocity(interpolate(x0, eps, sigma), sigma, p.cond), x0, eps))
-
-
 def test_dmd_direction_and_its_gradient():
     x = torch.tensor([[1.0, 3.0], [0.0, 0.0]], requires_grad=True)
     real, fake = torch.tensor([[0.0, 1.0], [0.0, 0.0]]), torch.tensor([[2.0, 2.0], [1.0, 1.0]])
@@ -95,8 +79,9 @@ def replay(d, fn):
 def test_distillation_of_a_tiny_flux_and_wan(family, tmp_path, monkeypatch):
     pipe, call = ((build_flux(), dict(height=32, width=32, max_sequence_length=16)) if family == "flux" else
                   (build_wan(), dict(height=32, width=32, num_frames=5, max_sequence_length=16)))
-    config = DistillConfig(method="dmd", steps=10, checkpoint_every=10, call_args=call, **FAST)
+    config = DistillConfig(method="sc-dmd", steps=30, checkpoint_every=30, call_args=call, **FAST)
     d = Distiller(pipe, config, prompts=["a red car", "a cat", "a blue tree"], checkpoint_dir=tmp_path / "ckpt")
+    probe = d.critic_probe()
     # The critic's update lowers its flow-matching loss on the batch it saw
     before, after = replay(d, d._critic_step)
     assert after < before
@@ -115,9 +100,13 @@ def test_distillation_of_a_tiny_flux_and_wan(family, tmp_path, monkeypatch):
     assert float(((x0_b - x0_a).double() * delta).sum()) < 0
     monkeypatch.undo()
     d.fit()
-    assert len(d.log) == 10 and all(torch.isfinite(torch.tensor([e["critic"] for e in d.log])))
-    assert sum(e["dmd"] is not None for e in d.log) == 5  # the generator every 2nd iteration
-    assert (tmp_path / "ckpt" / "step-00000010" / "tensors.safetensors").is_file()
+    assert len(d.log) == 30 and all(torch.isfinite(torch.tensor([e["critic"] for e in d.log])))
+    assert sum(e["dmd"] is not None for e in d.log) == 15  # the generator every 2nd iteration
+    assert any(e["sc"] for e in d.log)  # Salt's term was active (and finite) on some generator updates
+    # Over the run the fake score fits the student's samples better (a fixed held-out probe: the per-iteration
+    # losses vary too much with the drawn noise levels to compare)
+    assert d.critic_probe() < 0.97 * probe
+    assert (tmp_path / "ckpt" / "step-00000030" / "tensors.safetensors").is_file()
     # Flux's guidance is a model input (the student keeps the teacher's value); Wan's is CFG (turned off)
     assert d.roles.student_call == ({"guidance_scale": 3.5} if family == "flux" else {"guidance_scale": 1.0})
 
@@ -191,6 +180,7 @@ def test_cli_distils_resumes_and_rejects_bad_input(tmp_path):
                             str(tmp_path / "a.png")])
     assert r.exit_code == 0, r.output
     for bad, message in ((["--method", "sc"], "allowed: dmd, sc-dmd"), (["--nfe", "four"], "comma-separated"),
-                         (["--nfe", "3"], "nfe must be"), (["--prompts-file", "nope.txt"], "does not exist")):
+                         (["--nfe", "3"], "nfe must be"), (["--prompts-file", "nope.txt"], "does not exist"),
+                         (["--guidance", "4", "--salt-guidance", "3"], "not both")):
         r = runner.invoke(app, args + bad)
         assert r.exit_code == 2 and message in " ".join(r.output.split()), (bad, r.output)
