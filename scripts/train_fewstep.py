@@ -1,0 +1,112 @@
+"""Train the shipped few-step students of the built-in models with accel.distill (data-free: the shapes grammars).
+
+Runs (each resumable; one checkpoint folder per run under --work):
+- image-sc-dmd: SC-DMD student of the image model (assets/shapes-t2i), trained for 4 and 2 NFE at once
+  -> assets/shapes-t2i-4step;
+- image-dmd: plain DMD on the same budget, for the SC ablation -> assets/shapes-t2i-4step-dmd;
+- video-sc-dmd: SC-DMD student of the video model (assets/shapes-t2v), 4 NFE -> assets/shapes-t2v-4step.
+
+A CPU session can stop at any time: --minutes ends this invocation (after a checkpoint), a checkpoint is also
+written every --checkpoint-minutes, and the same command resumes bit for bit. The student folder is written when
+the run reaches --steps.
+
+    OMP_WAIT_POLICY=PASSIVE python scripts/train_fewstep.py --run image-sc-dmd --steps 3000 --minutes 55
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from accel.distill import DistillConfig, Distiller, export_student
+from accel.distill import checkpoint as ckpt
+from accel.evals.io import write_json
+from accel.models import load_pipeline
+
+# run -> (teacher, method, step counts, student folder)
+RUNS = {
+    "image-sc-dmd": ("shapes", "sc-dmd", (4, 2), "assets/shapes-t2i-4step"),
+    "image-dmd": ("shapes", "dmd", (4, 2), "assets/shapes-t2i-4step-dmd"),
+    "video-sc-dmd": ("shapes-video", "sc-dmd", (4,), "assets/shapes-t2v-4step"),
+}
+
+
+class OutOfTime(Exception):
+    """This invocation's --minutes are spent."""
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", choices=sorted(RUNS), required=True)
+    ap.add_argument("--teacher", default=None, help="teacher pipeline (default: the run's built-in model)")
+    ap.add_argument("--out", default=None, help="student folder (default: the run's assets/ folder)")
+    ap.add_argument("--work", default="runs/fewstep", help="checkpoints go to WORK/RUN")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr-generator", type=float, default=5e-5)
+    ap.add_argument("--lr-critic", type=float, default=1e-4)
+    ap.add_argument("--critic-per-generator", type=int, default=5)
+    ap.add_argument("--ode-init-steps", type=int, default=0)
+    ap.add_argument("--ema-decay", type=float, default=0.99)
+    ap.add_argument("--ema-start", type=int, default=200)
+    ap.add_argument("--minutes", type=float, default=0, help="stop this invocation after this long (0: no limit)")
+    ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def config_for(args: argparse.Namespace) -> DistillConfig:
+    _, method, nfe, _ = RUNS[args.run]
+    return DistillConfig(method=method, steps=args.steps, batch_size=args.batch_size, nfe=nfe,
+                         lr_generator=args.lr_generator, lr_critic=args.lr_critic,
+                         critic_per_generator=args.critic_per_generator, ode_init_steps=args.ode_init_steps,
+                         ema_decay=args.ema_decay, ema_start=args.ema_start, seed=args.seed,
+                         checkpoint_every=10**9)  # checkpoints by wall clock (below) and at the end
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    teacher, _, _, default_out = RUNS[args.run]
+    teacher = args.teacher or teacher
+    work, out = Path(args.work) / args.run, Path(args.out or default_out)
+    d = Distiller(load_pipeline(teacher), config_for(args), checkpoint_dir=work, teacher_name=teacher)
+    if (found := ckpt.latest(work)) is not None:
+        d.load_checkpoint(found)
+        print(f"resumed {args.run} at step {d.step}/{d.total_steps}", flush=True)
+    start = last_save = time.time()
+
+    def on_step(step: int, total: int, entry: dict) -> None:
+        nonlocal last_save
+        if step % 25 == 0 or step == total:
+            losses = " ".join(f"{k} {v:.4f}" for k, v in entry.items() if k in ("dmd", "sc", "critic", "ode")
+                              and v is not None)
+            print(f"step {step}/{total} {losses} {entry['seconds'] / 60:.1f} min", flush=True)
+        if time.time() - last_save > 60 * args.checkpoint_minutes and step < total:
+            d.save_checkpoint()
+            last_save = time.time()
+        if args.minutes and time.time() - start > 60 * args.minutes and step < total:
+            raise OutOfTime
+
+    try:
+        d.fit(on_step)
+    except OutOfTime:
+        d.save_checkpoint()
+        print(f"out of time at step {d.step}/{d.total_steps}; run the same command to resume", flush=True)
+        return
+    export_student(d, out)
+    write_json(out / "training.json", {
+        "command": "python " + " ".join(sys.argv), "run": args.run, "teacher": teacher, "steps": d.step,
+        "minutes": round(d.seconds / 60, 1), "machine": f"{platform.machine()} {platform.processor()} "
+        f"threads={args.threads}", "torch": torch.__version__, "checkpoints": str(work)})
+    print(f"student written to {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""scripts/train_fewstep.py: stops on its time budget after a checkpoint, resumes, writes a loadable student."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from accel import accelerate_pipeline, load_pipeline
+from accel.distill import checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import train_fewstep  # noqa: E402
+
+from accel.pipelines.shapes import build_shapes_pipeline  # noqa: E402
+
+
+def tiny_shapes():
+    p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1,
+                              sample_size=16)
+    torch.manual_seed(2)
+    with torch.no_grad():  # the zero-initialised output layers would make every sample the same
+        for param in p.transformer.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return p
+
+
+def test_script_stops_resumes_and_writes_the_student(tmp_path):
+    teacher = tmp_path / "teacher"
+    tiny_shapes().save_pretrained(teacher)
+    args = ["--run", "image-sc-dmd", "--teacher", str(teacher), "--out", str(tmp_path / "student"), "--work",
+            str(tmp_path / "work"), "--steps", "3", "--batch-size", "2", "--critic-per-generator", "2",
+            "--threads", "1"]
+    train_fewstep.main(args + ["--minutes", "1e-9"])  # out of time after the first iteration
+    work = tmp_path / "work" / "image-sc-dmd"
+    assert checkpoint.load(checkpoint.latest(work))[1]["step"] == 1
+    assert not (tmp_path / "student").exists()
+    train_fewstep.main(args)  # resumes at step 1 and finishes
+    log = [json.loads(line)["step"] for line in (work / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3]
+    info = json.loads((tmp_path / "student" / "training.json").read_text())
+    assert info["steps"] == 3 and info["run"] == "image-sc-dmd"
+    pipe = accelerate_pipeline(load_pipeline(str(tmp_path / "student")))
+    pipe("a photo of a circle", sampler="fewstep", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert pipe.stats.nfe == 2
