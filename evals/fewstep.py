@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from accel.schedulers.fewstep import StudentSpec, fewstep_grid, find_student
+from accel.schedulers.fewstep import StudentSpec, fewstep_grid, fewstep_update, find_student
 
 
 @torch.no_grad()
@@ -37,9 +37,7 @@ def semigroup_defect(adapter, prepared, spec: StudentSpec, nfe: int, generator: 
         composed = x_m.float() - (m - e) * adapter.velocity(x_m, m, cond).float()
         defects.append(((direct - composed) ** 2).mean().item())
         if i + 1 < nfe:  # the student's own re-noising rule to the next grid point
-            x0 = x.float() - s * v.float()
-            eps = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
-            x = ((1 - e) * x0 + e * eps).to(x.dtype)
+            x = fewstep_update(x, v, s, e, "renoise", generator)
     return float(np.mean(defects))
 
 

@@ -123,14 +123,19 @@ def fewstep_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Co
     sigmas = grid.sigmas.to(x.device)
     for i in range(grid.num_steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        v = denoiser.velocity(x, sigma, cond)
-        if rule == "euler" or float(sigma_next) == 0.0:
-            x = (x.float() + (sigma_next - sigma) * v.float()).to(x.dtype)
-        else:
-            x0 = x.float() - sigma * v.float()
-            device = x.device if generator is None else generator.device
-            eps = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=device).to(x.device)
-            x = ((1 - sigma_next) * x0 + sigma_next * eps).to(x.dtype)
+        x = fewstep_update(x, denoiser.velocity(x, sigma, cond), sigma, sigma_next, rule, generator)
         if callback is not None:
             callback(i, x)
     return x
+
+
+def fewstep_update(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, rule: str = "renoise",
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """One move of a student between grid points, in float32, cast back to x's dtype: Euler, or (rule "renoise")
+    its x0 = x - sigma v re-noised to sigma_next with fresh noise from generator (Euler onto sigma_next = 0)."""
+    if rule == "euler" or float(sigma_next) == 0.0:
+        return (x.float() + (sigma_next - sigma) * v.float()).to(x.dtype)
+    x0 = x.float() - sigma * v.float()
+    device = x.device if generator is None else generator.device
+    eps = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=device).to(x.device)
+    return ((1 - sigma_next) * x0 + sigma_next * eps).to(x.dtype)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from accel.core.denoiser import Cond, Denoiser
+from accel.schedulers.fewstep import fewstep_update
 
 
 @dataclass
@@ -34,12 +35,8 @@ def noise_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def student_step(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, rule: str,
                  generator: torch.Generator) -> torch.Tensor:
-    """One move between grid points, as fewstep_sample: Euler, or x0 re-noised to sigma_next with fresh noise."""
-    if rule == "euler":
-        return (x.float() + (sigma_next - sigma) * v.float()).to(x.dtype)
-    x0 = x.float() - sigma * v.float()
-    eps = noise_like(x, generator).float()
-    return ((1 - sigma_next) * x0 + sigma_next * eps).to(x.dtype)
+    """One move between grid points: the sampler's own update (accel.schedulers.fewstep.fewstep_update)."""
+    return fewstep_update(x, v, sigma, sigma_next, rule, generator)
 
 
 def rollout(student: Denoiser, x: torch.Tensor, cond: Cond, sigmas: torch.Tensor, exit_index: int, rule: str,
