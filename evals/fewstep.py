@@ -160,15 +160,10 @@ def _row(label, method, n, images, teacher, nfe, seconds, teacher_seconds, metas
 def plot_fewstep(rows: list[dict], path: str) -> bool:
     """Accuracy against NFE per sample, one curve per method (teacher Euler steps, each student), as a PNG.
     Returns False, with a warning, when matplotlib is not installed."""
-    import warnings
+    from accel.evals.plots import pyplot, save
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        warnings.warn("plot skipped: matplotlib is not installed (pip install matplotlib)", stacklevel=2)
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6, 4.5))
     curves: dict[str, list] = {}
@@ -182,7 +177,5 @@ def plot_fewstep(rows: list[dict], path: str) -> bool:
     ax.set_ylabel("accuracy (exact checker)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return True

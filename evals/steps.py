@@ -339,13 +339,10 @@ def curve_name(method: str) -> str:
 def plot_steps(rows: list[dict], path: str) -> bool:
     """Quality (accuracy, PSNR, SSIM) against measured runtime, one curve per method variant (curve_name), as a PNG.
     Returns False, with a warning, when matplotlib is not installed."""
-    try:
-        import matplotlib
+    from accel.evals.plots import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        warnings.warn("plot skipped: matplotlib is not installed (pip install matplotlib)", stacklevel=2)
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     full = [r for r in rows if r["method"] == "full"]
@@ -362,7 +359,5 @@ def plot_steps(rows: list[dict], path: str) -> bool:
         ax.set_title(key)
         ax.grid(alpha=0.3)
     axes[2].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return True

@@ -532,6 +532,7 @@ def info():
 from accel.cli import dllm as _dllm  # noqa: E402,F401
 from accel.cli import distill as _distill  # noqa: E402,F401
 from accel.cli import fewstep as _fewstep  # noqa: E402,F401
+from accel.cli import report as _report  # noqa: E402,F401
 
 
 def main() -> None:

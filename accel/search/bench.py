@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import platform
 import time
-import warnings
 from collections import defaultdict
 from typing import Callable
 
@@ -140,13 +139,10 @@ def plot_search(rows: list[dict], path: str) -> bool:
 
     Returns False, with a warning saying so, when matplotlib is not installed (it is optional).
     """
-    try:
-        import matplotlib
+    from accel.evals.plots import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        warnings.warn("plot skipped: matplotlib is not installed (pip install matplotlib)", stacklevel=2)
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for key, ax in zip(("accuracy", "accuracy_strict"), axes):
@@ -159,7 +155,5 @@ def plot_search(rows: list[dict], path: str) -> bool:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("checker accuracy")
     axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return True

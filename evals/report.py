@@ -1,0 +1,258 @@
+"""Markdown tables and plots from recorded result rows (`accel eval`, every `accel bench`, the benchmark scripts).
+
+Two users: `accel report FILE... --out report.md` renders any set of results files, with the machine, versions,
+git sha and command of every row; and the docs, whose quoted tables are generated blocks
+
+    <!-- table: KIND FILE [FILE ...] [OPTION=VALUE ...] -->
+    ...
+    <!-- /table -->
+
+that `python scripts/doc_tables.py README.md docs/*.md` regenerates (`update`), so a quoted number always traces to
+a row and the code that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+BLOCK = re.compile(r"(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+VERSIONS = ("torch", "diffusers", "transformers", "triton", "python", "accel")
+
+
+def load_rows(path: str | Path, root: str | Path = ".") -> list[dict]:
+    """The rows of one results file (a JSON list of rows, or one row), path relative to root unless absolute."""
+    full = Path(root) / path
+    try:
+        data = json.loads(full.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such results file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a JSON results file ({e})") from None
+    rows = data if isinstance(data, list) else [data]
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path} holds no result rows (a JSON object, or a list of objects, is expected)")
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def eval_table(runs: list[list[dict]]) -> list[str]:
+    """One row per results file of `accel eval shapes` / `shapes-video`: seed, overall, per tag."""
+    results = [rows[0] for rows in runs]
+    tags = [t for t in TAGS if t in results[0]["per_tag"]] or list(results[0]["per_tag"])
+    return _table(["seed", "overall", *tags], [[str(r["seed"]), f"**{r['overall']:.3f}**",
+                                                 *(f"{r['per_tag'][t]:.3f}" for t in tags)] for r in results])
+
+
+def search_table(runs: list[list[dict]]) -> list[str]:
+    """Checker accuracy of each strategy (rows) at each budget (columns) from `accel bench search`."""
+    rows = [r for run in runs for r in run]
+    budgets = sorted({r["budget"] for r in rows})
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    acc = {(r["strategy"], r["budget"]): r["accuracy"] for r in rows}
+    return _table(["strategy", *(f"{b:g}x" for b in budgets)],
+                  [[s, *(f"{acc[s, b]:.3f}" if (s, b) in acc else "-" for b in budgets)] for s in strategies])
+
+
+def steps_table(runs: list[list[dict]], methods: str | None = None) -> list[str]:
+    """One row per method of `accel bench steps`: measured runtime, checker accuracy, PSNR / SSIM to full steps.
+    With several files (runs on other prompt sets), a first column gives each row's seed.
+
+    methods: "|"-separated method names (a name may hold commas) to keep, in that order, from each file; default
+    every row.
+    """
+    rows = []
+    for run in runs:
+        if methods is not None:
+            by_name = {r["method"]: r for r in run}
+            missing = [m for m in methods.split("|") if m not in by_name]
+            if missing:
+                raise ValueError(f"methods not in {run[0].get('_file', 'the rows')}: {', '.join(missing)}")
+            run = [by_name[m] for m in methods.split("|")]
+        rows += run
+    seed = len(runs) > 1
+    return _table(["seed"] * seed + ["method", "runtime (measured)", "accuracy", "PSNR dB", "SSIM"],
+                  [([str(r["seed"])] if seed else []) + [r["method"], f"{r['runtime']:.2f}", f"{r['accuracy']:.3f}",
+                    "-" if r["method"] == "full" else f"{r['psnr']:.1f}", f"{r['ssim']:.3f}"] for r in rows])
+
+
+def fewstep_table(runs: list[list[dict]]) -> list[str]:
+    """One row per method of `accel bench fewstep`: NFE per sample, accuracy, PSNR / SSIM to the teacher, runtime,
+    and the students' semigroup defect."""
+    rows = [r for run in runs for r in run]
+    defect = [r.get("semigroup_defect") for r in rows]
+    return _table(["method", "NFE", "accuracy", "PSNR dB", "SSIM", "runtime (measured)", "semigroup defect"],
+                  [[r["label"], f"{r['nfe']:.0f}", f"{r['accuracy']:.3f}", f"{r['psnr']:.1f}", f"{r['ssim']:.3f}",
+                    f"{r['runtime']:.3f}", "-" if d is None else f"{d:.4f}"] for r, d in zip(rows, defect)])
+
+
+def dllm_table(runs: list[list[dict]]) -> list[str]:
+    """One row per decoder of `accel bench dllm`: tokens/s, speedup over the first (baseline), exact match, cost."""
+    rows = [r for run in runs for r in run]
+    return _table(["decoder", "tokens/s", "speedup", "exact match", "NFE", "token-forwards"],
+                  [[r["decoder"], f"{r['tokens_per_s']:,.0f}", f"{r['speedup']:.1f}x", f"{r['accuracy']:.3f}",
+                    f"{r['nfe']:.0f}", f"{r['positions']:,.0f}"] for r in rows])
+
+
+def forward_table(runs: list[list[dict]]) -> list[str]:
+    """One row per file of bench_dit_hsa_forward.py: the full forward's wall time and the speedup at each fraction."""
+    fractions = sorted({r["active_fraction"] for rows in runs for r in rows if r["active_fraction"] < 1}, reverse=True)
+    table = []
+    for rows in runs:
+        full = next(r for r in rows if r["active_fraction"] == 1)
+        speedup = {r["active_fraction"]: r["speedup"] for r in rows}
+        table.append([f"{full['model']} {full['size']}, {full['params'] / 1e6:.0f}M params, {full['dtype']}",
+                      f"`kv={full['kv']}`", f"{full['tokens']} + {full['text_tokens']}",
+                      f"{full['seconds'] * 1e3:.0f} ms",
+                      *(f"{speedup[a]:.2f}x" if a in speedup else "-" for a in fractions)])
+    return _table(["transformer", "K/V", "tokens (image + text)", "every token",
+                   *(f"{a:.0%} active" for a in fractions)], table)
+
+
+def memory_table(runs: list[list[dict]]) -> list[str]:
+    """HSA's cache size per forward for real model sizes (bench_dit_hsa_forward.py --memory-only)."""
+    modes = ("extrapolate", "extrapolate_fp8", "refresh", "refresh_fp8", "stale")
+    rows = [r for run in runs for r in run]
+    return _table(["per forward", "image tokens", "dtype", "`kv=extrapolate` (default)", "the same, fp8 block inputs",
+                   "`kv=refresh`", "`kv=refresh`, fp8 inputs", "`kv=stale`"],
+                  [[r["size"], f"{r['tokens']:,}", r["dtype"],
+                    *(f"{r[f'cache_bytes_{m}'] / 2**30:.1f} GiB" for m in modes)] for r in rows])
+
+
+def kernels_table(runs: list[list[dict]]) -> list[str]:
+    """One row per (op, provider) of the kernel benchmarks: median seconds, and fused over baseline as the median of
+    paired (interleaved) ratios with its quartiles."""
+    rows = [r for run in runs for r in run]
+    return _table(["op", "provider", "kernel path", "median s", "fused / baseline (paired median, q1-q3)",
+                   "outputs identical"],
+                  [[r["op"], r["provider"], r.get("kernel_path", "-"), f"{r['s_median']:.4f}",
+                    f"{r['fused_over_baseline_paired_median']:.3f} ({r['fused_over_baseline_paired_q1']:.3f}-"
+                    f"{r['fused_over_baseline_paired_q3']:.3f})" if "fused_over_baseline_paired_median" in r else "-",
+                    str(r.get("outputs_identical", "-"))] for r in rows])
+
+
+TABLES = {"eval": eval_table, "search": search_table, "steps": steps_table, "fewstep": fewstep_table,
+          "dllm": dllm_table, "forward": forward_table, "memory": memory_table, "kernels": kernels_table}
+OPTIONS = {"steps": {"methods"}}  # the keyword arguments each builder takes from a block's spec
+
+# How a results file's kind is recognised: the first kind whose keys its first row has.
+SIGNATURES = [("eval", {"overall", "per_tag"}), ("search", {"strategy", "budget", "accuracy"}),
+              ("fewstep", {"label", "nfe", "accuracy", "runtime"}), ("steps", {"method", "runtime", "psnr"}),
+              ("dllm", {"decoder", "tokens_per_s"}), ("forward", {"active_fraction", "speedup"}),
+              ("memory", {"cache_bytes_stale", "size"}), ("kernels", {"op", "provider", "s_median"})]
+
+
+def kind_of(rows: list[dict], path: str | Path = "rows") -> str:
+    """The table kind of a results file, from the keys of its rows."""
+    keys = set(rows[0])
+    for kind, signature in SIGNATURES:
+        if signature <= keys:
+            return kind
+    raise ValueError(f"{path}: not a results file accel knows (rows of: {', '.join(TABLES)})")
+
+
+def provenance(files: list[str], runs: list[list[dict]]) -> str:
+    """One line: the rows' files, and per distinct (sha, dirty, command) what made them."""
+    made = []
+    for rows in runs:
+        for r in rows:
+            dirty = r.get("dirty")
+            state = "dirty: not recorded" if dirty is None else ("dirty" if dirty else "clean")
+            sha = (r.get("git_sha") or "no sha")[:7]
+            made.append(f"{sha} ({state}): `{r.get('command', '?')}`")
+    made = list(dict.fromkeys(made))
+    return "Rows: " + ", ".join(files) + "; recorded at " + "; ".join(made) + "."
+
+
+def machines(runs: list[list[dict]]) -> list[str]:
+    """One line per distinct machine and set of versions the rows were recorded on."""
+    seen = []
+    for rows in runs:
+        for r in rows:
+            versions = r.get("versions") if isinstance(r.get("versions"), dict) else r
+            parts = [str(r[k]) for k in ("machine", "device") if r.get(k)]
+            parts += [f"{k} {versions[k]}" for k in VERSIONS if versions.get(k)]
+            seen.append(", ".join(parts) or "machine and versions not recorded")
+    return list(dict.fromkeys(seen))
+
+
+def render(spec: str, root: str | Path = ".") -> str:
+    """The block for one spec "KIND FILE [FILE ...] [OPTION=VALUE ...]": the table, a blank line, the provenance."""
+    kind, *words = spec.split()
+    if kind not in TABLES:
+        raise ValueError(f"unknown table kind {kind!r}; allowed: {', '.join(TABLES)}")
+    options = dict(w.split("=", 1) for w in words if re.match(r"\w+=", w))
+    files = [w for w in words if not re.match(r"\w+=", w)]
+    if not files:
+        raise ValueError(f"table {kind!r} needs at least one results file")
+    unknown = set(options) - OPTIONS.get(kind, set())
+    if unknown:
+        raise ValueError(f"table {kind!r} takes no option {', '.join(sorted(unknown))}; allowed: "
+                         f"{', '.join(sorted(OPTIONS.get(kind, ()))) or 'none'}")
+    runs = [[r | {"_file": f} for r in load_rows(f, root)] for f in files]
+    return "\n".join(TABLES[kind](runs, **options)) + "\n\n" + provenance(files, runs) + "\n"
+
+
+def update(text: str, root: str | Path = ".") -> tuple[str, list[str]]:
+    """The text with every table block regenerated, and the specs of the blocks that changed."""
+    stale = []
+
+    def fill(m: re.Match) -> str:
+        body = render(m["spec"], root)
+        if body != m["body"]:
+            stale.append(m["spec"])
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(fill, text), stale
+
+
+def _plot(kind: str, rows: list[dict], path: str) -> bool:
+    """The plot the kind's own benchmark command draws, or False when it has none (or matplotlib is missing)."""
+    if kind == "search":
+        from accel.search import plot_search as plot
+    elif kind == "steps":
+        from accel.evals.steps import plot_steps as plot
+    elif kind == "fewstep":
+        from accel.evals.fewstep import plot_fewstep as plot
+    elif kind == "dllm":
+        from accel.dllm.bench import plot_dllm as plot
+    else:
+        return False
+    return plot(rows, path)
+
+
+def report(files: list[str], out: str | Path, plots: bool = True, overwrite: bool = False) -> list[Path]:
+    """Write a markdown report of the results files to `out`: per kind of rows (in the order first given) a table
+    over its files, the plot its benchmark draws (a PNG next to `out`) and the machines, versions, git shas and
+    commands that made the rows. Returns the paths written. Nothing is overwritten unless asked."""
+    from accel.evals.io import check_writable, write_atomic
+
+    if not files:
+        raise ValueError("report needs at least one results file")
+    out = Path(out)
+    groups: dict[str, list[tuple[str, list[dict]]]] = {}
+    for f in files:
+        rows = load_rows(f)
+        groups.setdefault(kind_of(rows, f), []).append((str(f), rows))
+    pngs = {kind: out.with_name(f"{out.stem}-{kind}.png") for kind in groups} if plots else {}
+    for path in [out, *pngs.values()]:
+        check_writable(path)
+        if path.exists() and not overwrite:
+            raise ValueError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    lines, written = ["# accel report", ""], []
+    for kind, items in groups.items():
+        names, runs = [n for n, _ in items], [rows for _, rows in items]
+        lines += [f"## {kind}", "", *TABLES[kind](runs), ""]
+        steps_seeds = kind == "steps" and len(runs) > 1  # a steps plot compares methods within one prompt set
+        if kind in pngs and not steps_seeds and _plot(kind, [r for rows in runs for r in rows], str(pngs[kind])):
+            lines += [f"![{kind}]({pngs[kind].name})", ""]
+            written.append(pngs[kind])
+        lines += [provenance(names, runs), "", "Machines and versions:", *(f"- {m}" for m in machines(runs)), ""]
+    write_atomic(out, "\n".join(lines).encode())
+    return [out, *written]

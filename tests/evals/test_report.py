@@ -1,0 +1,81 @@
+"""`accel report`: recorded rows rendered as markdown tables, plots and provenance; bad files refused clearly."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from accel.cli.main import app
+from accel.evals.report import kind_of, render, report
+
+RUN = {"git_sha": "abcdef1234", "dirty": False, "machine": "x86_64 Linux", "device": "cpu, 2 threads",
+       "torch": "2.13.0+cpu", "diffusers": "0.42.1", "python": "3.11.7"}
+
+
+def _search_rows(strategies, budgets, seed=1):
+    return [RUN | {"strategy": s, "budget": float(b), "nfe": 50.0 * b, "accuracy": 0.5 + 0.01 * i * b,
+                   "accuracy_strict": 0.5, "seed": seed, "command": f"accel bench search --strategies {s}"}
+            for i, s in enumerate(strategies) for b in budgets]
+
+
+def _write(path, rows):
+    path.write_text(json.dumps(rows))
+    return str(path)
+
+
+def test_search_parts_make_one_table_with_every_command(tmp_path):
+    a = _write(tmp_path / "a.json", _search_rows(["bon", "rbf"], (1, 4)))
+    b = _write(tmp_path / "b.json", _search_rows(["smc"], (1, 2, 4)))
+    out = tmp_path / "r.md"
+    written = report([a, b], out, plots=False)
+    text = out.read_text()
+    assert written == [out]
+    assert "| strategy | 1x | 2x | 4x |" in text
+    assert "| bon | 0.500 | - | 0.500 |" in text and "| rbf | 0.510 | - | 0.540 |" in text
+    assert "| smc | 0.500 | - | 0.500 |" not in text and "| smc | 0.500 | 0.500 | 0.500 |" in text
+    assert "abcdef1 (clean): `accel bench search --strategies bon`" in text
+    assert "`accel bench search --strategies smc`" in text
+    assert "- x86_64 Linux, cpu, 2 threads, torch 2.13.0+cpu, diffusers 0.42.1, python 3.11.7" in text
+
+
+def test_kinds_are_told_apart_and_unknown_files_refused(tmp_path):
+    assert kind_of(_search_rows(["bon"], (1,))) == "search"
+    fewstep = RUN | {"label": "sc-dmd:4", "method": "sc-dmd", "nfe": 4, "accuracy": 0.6, "psnr": 20.0, "ssim": 0.8,
+                     "runtime": 0.1, "semigroup_defect": 0.0123}
+    assert kind_of([fewstep]) == "fewstep"
+    steps = RUN | {"method": "full", "runtime": 1.0, "accuracy": 0.5, "psnr": 100.0, "ssim": 1.0}
+    assert kind_of([steps]) == "steps"
+    with pytest.raises(ValueError, match="not a results file accel knows"):
+        kind_of([{"foo": 1}], "x.json")
+    f = _write(tmp_path / "f.json", [fewstep | {"command": "accel bench fewstep"}])
+    table = render(f"fewstep {f}")
+    assert "| sc-dmd:4 | 4 | 0.600 | 20.0 | 0.800 | 0.100 | 0.0123 |" in table
+
+
+def test_plots_written_next_to_the_report_and_nothing_overwritten(tmp_path):
+    pytest.importorskip("matplotlib")
+    a = _write(tmp_path / "a.json", _search_rows(["bon", "rbf"], (1, 4)))
+    out = tmp_path / "r.md"
+    assert report([a], out) == [out, tmp_path / "r-search.png"]
+    assert (tmp_path / "r-search.png").stat().st_size > 1000 and "![search](r-search.png)" in out.read_text()
+    with pytest.raises(ValueError, match="exists"):
+        report([a], out)
+    report([a], out, overwrite=True)
+
+
+def test_cli_writes_the_report_and_refuses_bad_files_in_one_line(tmp_path):
+    runner = CliRunner()
+    a = _write(tmp_path / "a.json", _search_rows(["bon"], (1, 2)))
+    out = tmp_path / "r.md"
+    r = runner.invoke(app, ["report", a, "--out", str(out), "--no-plots"])
+    assert r.exit_code == 0, r.output
+    assert "| bon | 0.500 | 0.500 |" in out.read_text()
+    r = runner.invoke(app, ["report", a, "--out", str(out)])
+    assert r.exit_code == 2 and "exists" in r.output
+    bad = tmp_path / "notes.md"
+    bad.write_text("# not json")
+    r = runner.invoke(app, ["report", str(bad), "--out", str(tmp_path / "x.md")])
+    assert r.exit_code == 2 and "is not a JSON results file" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.md")])
+    assert r.exit_code == 2 and "no such results file" in r.output
+    assert not (tmp_path / "x.md").exists()
