@@ -13,6 +13,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "FluxPipeline": ("accel.pipelines.flux", "FluxDenoiser"),
     "StableDiffusion3Pipeline": ("accel.pipelines.sd3", "SD3Denoiser"),
     "WanPipeline": ("accel.pipelines.wan", "WanDenoiser"),
+    "NucleusMoEImagePipeline": ("accel.pipelines.nucleus", "NucleusDenoiser"),
 }
 
 
