@@ -192,7 +192,7 @@ class AcceleratedPipeline:
 
     @torch.no_grad()
     def _run_fewstep(self, call: dict[str, Any]):
-        from accel.schedulers.fewstep import fewstep_sample
+        from accel.schedulers.fewstep import fewstep_sample, fewstep_stream
 
         spec, nfe = self._student_call(call)
         generator = call.get("generator")
@@ -208,10 +208,16 @@ class AcceleratedPipeline:
         prepared = adapter.prepare(**call)
         self._check_student_cond(prepared, spec)
         callback = None if self.step_callback is None else (lambda i, _x: self.step_callback(i, nfe))
-        x = fewstep_sample(adapter, prepared.x, spec.grid(nfe), prepared.cond, spec.rule, generator, callback)
+        chunked = adapter.chunked(prepared.cond, prepared.x)
+        if chunked is None:
+            x = fewstep_sample(adapter, prepared.x, spec.grid(nfe), prepared.cond, spec.rule, generator, callback)
+        else:  # an autoregressive student: chunk by chunk against its K/V cache
+            step = None if callback is None else (lambda k, i, xk: callback(i, xk))
+            x = chunked.join(list(fewstep_stream(chunked, prepared.x, spec.grid(nfe), spec.rule, generator, step)))
         out = adapter.decode(x, prepared)
         return out, Stats(nfe=adapter.nfe, steps=nfe, sampler="fewstep", path="accel",
-                          extra={"student": spec.method, "rule": spec.rule})
+                          extra={"student": spec.method, "rule": spec.rule,
+                                 **({} if chunked is None else {"chunks": chunked.num_chunks})})
 
     @torch.no_grad()
     def _run_hsa(self, call: dict[str, Any], hsa):

@@ -301,6 +301,15 @@ class ShapesVideoDenoiser(ShapesDenoiser):
     def hsa_velocity(self, cond: Cond, kv: str = "auto"):
         return VideoActiveTokens(self, cond, kv)
 
+    def chunked(self, cond: Cond, x):
+        from accel.pipelines.shapes_causal import CausalShapesVideoTransformer3DModel, CausalStream
+
+        if not isinstance(self.transformer, CausalShapesVideoTransformer3DModel):
+            return None
+        if cond.passes != 1:
+            raise ValueError("a causal student runs without classifier-free guidance: leave guidance_scale at 1")
+        return CausalStream(self, cond, x)
+
 
 class VideoActiveTokens(ActiveTokens):
     """ActiveTokens for the video DiT: partial steps embed, run and project only the active tokens (and the text

@@ -129,6 +129,26 @@ def fewstep_sample(denoiser: Denoiser, x: torch.Tensor, grid: TimeGrid, cond: Co
     return x
 
 
+def fewstep_stream(chunked, x: torch.Tensor, grid: TimeGrid, rule: str = "renoise",
+                   generator: torch.Generator | None = None, callback=None):
+    """Run a chunk-causal student over grid one chunk at a time (Self Forcing's sampler): each chunk from its part
+    of the noise x through every step against the cache of the chunks before it, then committed (run on its clean
+    result at sigma 0 to write its K/V) unless it is the last. Yields the finished chunks in order; `chunked` is
+    what a causal adapter's `chunked(cond, x)` returns. callback(chunk, step, x_chunk) after each step."""
+    check_choice("rule", rule, FEWSTEP_RULES)
+    sigmas = grid.sigmas.to(x.device)
+    for k in range(chunked.num_chunks):
+        xk = chunked.chunk(x, k)
+        for i in range(grid.num_steps):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            xk = fewstep_update(xk, chunked.velocity(k, xk, sigma), sigma, sigma_next, rule, generator)
+            if callback is not None:
+                callback(k, i, xk)
+        if k < chunked.num_chunks - 1:
+            chunked.commit(k, xk)
+        yield xk
+
+
 def fewstep_update(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, rule: str = "renoise",
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """One move of a student between grid points, in float32, cast back to x's dtype: Euler, or (rule "renoise")

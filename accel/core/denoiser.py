@@ -131,6 +131,11 @@ class Denoiser(ABC):
         return sorted(k for k, v in call.items()
                       if k not in self.call_args and k in params and v is not params[k].default)
 
+    def chunked(self, cond: Cond, x: torch.Tensor):
+        """For a chunk-causal model (an autoregressive few-step student): the object accel.schedulers.fewstep.
+        fewstep_stream runs chunk by chunk (num_chunks, chunk, join, velocity, commit); None for every other model."""
+        return None
+
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         """Guided velocity v = eps - x0 at sigma for the batch x, counted in NFE."""
         if x.shape[0] != cond.batch:
