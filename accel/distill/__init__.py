@@ -6,13 +6,14 @@
 The student samples with accel.schedulers.fewstep (`pipe(..., sampler="fewstep", num_inference_steps=4)`).
 Modules: config (DistillConfig), grids (time grids, Salt's SC timestep rules), losses, rollout (backward
 simulation), roles (teacher / student / fake score adapters, LoRA), trainer (the loop), checkpoint (exact resume),
-prompts (data-free prompt sources), parallel (accelerate processes), run (distill, export_student).
+prompts (data-free prompt sources), parallel (accelerate processes), run (distill, export_student), causal
+(autoregressive students: Salt's cache-distribution-aware recipe).
 """
 
-from accel.distill.config import METHODS, DistillConfig
+from accel.distill.config import METHODS, ARConfig, DistillConfig
 from accel.distill.prompts import PromptSource, file_prompts, list_prompts, shapes_image_prompts, shapes_video_prompts
 from accel.distill.run import distill, export_student
 from accel.distill.trainer import DistillDiverged, Distiller
 
-__all__ = ["METHODS", "DistillConfig", "DistillDiverged", "Distiller", "PromptSource", "distill", "export_student",
-           "file_prompts", "list_prompts", "shapes_image_prompts", "shapes_video_prompts"]
+__all__ = ["METHODS", "ARConfig", "DistillConfig", "DistillDiverged", "Distiller", "PromptSource", "distill",
+           "export_student", "file_prompts", "list_prompts", "shapes_image_prompts", "shapes_video_prompts"]

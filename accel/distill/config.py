@@ -26,6 +26,58 @@ def _positive(name: str, value, integer: bool = False, zero: bool = False) -> No
         raise ValueError(f"{name} must be {kind} {'>= 0' if zero else '> 0'}, got {value!r}")
 
 
+# Salt's mixed-step rollouts for autoregressive students: step count -> probability (its configs' scfm_step_probs).
+MIXED_STEPS = {8: 0.4, 4: 0.4, 2: 0.2}
+# Cache-conditioned alignment: a low-step rollout -> the denser reference rollout it is aligned to. Salt's released
+# code aligns only 2-step rollouts (to 4 steps; its 4 -> 8 branch is disabled); the paper's text also names 4 -> 8.
+ALIGN_PAIRS = {"released": {2: 4}, "paper": {2: 4, 4: 8}}
+
+
+@dataclass(frozen=True)
+class ARConfig:
+    """Salt's cache-distribution-aware training of an autoregressive (chunk-causal) student.
+
+    chunk_frames: token frames per chunk of the causal student (accel.pipelines.shapes_causal).
+    mixed_steps: {step count: probability} of each rollout's schedule (TIMESTEPS lists); SC only on 8-step ones.
+    align: "released" (2 -> 4) or "paper" (2 -> 4 and 4 -> 8) reference pairs, or "off".
+    align_weight, align_margin: the token-relation (per-frame Gram matrix of teacher features) loss's weight and
+        margin delta; align_start: the iteration it starts at; align_block: the teacher block whose output
+        features are compared (negative counts from the end); align_t_max: the re-noising timestep is drawn in
+        [0, align_t_max) of 1000 and shift-warped.
+    """
+
+    chunk_frames: int = 1
+    mixed_steps: dict[int, float] = field(default_factory=lambda: dict(MIXED_STEPS))
+    align: str = "released"
+    align_weight: float = 0.1
+    align_margin: float = 0.1
+    align_start: int = 700
+    align_block: int = -1
+    align_t_max: int = 200
+
+    def __post_init__(self):
+        _positive("chunk_frames", self.chunk_frames, integer=True)
+        steps = {int(k): float(v) for k, v in dict(self.mixed_steps).items()}
+        if not steps or any(k not in TIMESTEPS for k in steps) or any(v < 0 for v in steps.values()) \
+                or not math.isclose(sum(steps.values()), 1.0, abs_tol=1e-6):
+            raise ValueError(f"mixed_steps must map step counts among {', '.join(map(str, TIMESTEPS))} to "
+                             f"probabilities summing to 1, got {self.mixed_steps!r}")
+        object.__setattr__(self, "mixed_steps", steps)
+        check_choice("align", self.align, (*ALIGN_PAIRS, "off"))
+        _positive("align_weight", self.align_weight, zero=True)
+        _positive("align_margin", self.align_margin, zero=True)
+        _positive("align_start", self.align_start, integer=True, zero=True)
+        _positive("align_t_max", self.align_t_max, integer=True)
+        if self.align_t_max > 1000:
+            raise ValueError(f"align_t_max must be in (0, 1000], got {self.align_t_max}")
+        if not isinstance(self.align_block, int):
+            raise ValueError(f"align_block must be an int block index, got {self.align_block!r}")
+
+    @property
+    def align_pairs(self) -> dict[int, int]:
+        return {} if self.align == "off" else ALIGN_PAIRS[self.align]
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Options of `distill` (DMD2, Yin et al. 2024; Salt's SC-DMD, Ge et al. 2026; Self Forcing's ODE init).
@@ -46,6 +98,8 @@ class DistillConfig:
     lora_rank: train LoRA adapters of this rank on the attention projections (peft) instead of every weight.
     dmd_t_min / dmd_t_max: the clamp of the warped DMD timestep (Self Forcing's 0.02 / 0.98).
     call_args: extra pipeline call arguments for every role (height, width, num_frames, ...).
+    ar: train an autoregressive (chunk-causal) student with Salt's cache-distribution-aware recipe (ARConfig);
+        None: a student of the teacher's own (bidirectional) architecture.
     """
 
     method: str = "sc-dmd"
@@ -73,6 +127,7 @@ class DistillConfig:
     checkpoint_every: int = 100
     seed: int = 0
     call_args: dict[str, Any] = field(default_factory=dict)
+    ar: ARConfig | None = None
 
     def __post_init__(self):
         check_choice("method", self.method, METHODS)
@@ -98,6 +153,14 @@ class DistillConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not (0 < self.dmd_t_min < self.dmd_t_max < 1):
             raise ValueError(f"need 0 < dmd_t_min < dmd_t_max < 1, got {self.dmd_t_min}, {self.dmd_t_max}")
+        if self.ar is not None:
+            if not isinstance(self.ar, ARConfig):
+                raise ValueError(f"ar must be an ARConfig or None, got {type(self.ar).__name__}")
+            if self.ode_init_steps:
+                raise ValueError("ode_init_steps is not supported with an autoregressive student (ar): Salt starts "
+                                 "from a causal ODE-init checkpoint, which accel does not train yet")
+            if self.method == "sc-dmd" and 8 not in self.ar.mixed_steps:
+                raise ValueError("sc-dmd with ar needs 8-step rollouts in ar.mixed_steps (SC runs only on those)")
         if not isinstance(self.call_args, dict) or set(self.call_args) & RESERVED_CALL_ARGS:
             raise ValueError(f"call_args must be a dict without {', '.join(sorted(RESERVED_CALL_ARGS))} (the trainer "
                              f"sets those), got {self.call_args!r}")
@@ -148,6 +211,8 @@ class DistillConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["nfe"], d["betas"] = list(self.nfe), list(self.betas)
+        if self.ar is not None:
+            d["ar"]["mixed_steps"] = {str(k): v for k, v in self.ar.mixed_steps.items()}
         return d
 
     @classmethod
@@ -159,4 +224,6 @@ class DistillConfig:
         for name in ("nfe", "betas"):
             if name in data:
                 data[name] = tuple(data[name])
+        if data.get("ar") is not None:
+            data["ar"] = ARConfig(**data["ar"])
         return cls(**data)

@@ -21,7 +21,7 @@ import torch
 
 from accel.core.flow import interpolate, velocity_to_x0
 from accel.core.grid import TimeGrid
-from accel.distill import checkpoint
+from accel.distill import causal, checkpoint
 from accel.distill.config import RESUMABLE_FIELDS, DistillConfig
 from accel.distill.grids import dmd_sigmas, sc_times, to_sigma
 from accel.distill.losses import critic_loss, dmd_loss, ode_loss, sc_endpoints, sc_loss
@@ -54,6 +54,10 @@ class Distiller:
             teacher_pipe.to(self.processes.device)
         guidance = config.cfg_weight if config.cfg_weight is not None else default_guidance(teacher_pipe)
         self.roles = build_roles(teacher_pipe, guidance, config.call_args, config.lora_rank)
+        if config.ar is not None:  # an autoregressive student: a chunk-causal copy (accel.distill.causal)
+            if config.lora_rank is not None:
+                raise ValueError("lora_rank is not supported with an autoregressive student (ar)")
+            self.roles = causal.causal_roles(self.roles, config.ar)
         shift = config.shift if config.shift is not None else scheduler_shift(
             self.roles.teacher, {**self.roles.student_call, **config.call_args})
         self.config = c = config.resolved(guidance, shift)
@@ -94,6 +98,8 @@ class Distiller:
         """One iteration; returns its losses (None where a loss was not computed)."""
         c = self.config
         entry: dict[str, Any] = {"phase": "dmd", "dmd": None, "sc": None, "critic": None, "ode": None}
+        if c.ar is not None:
+            entry.update(align=None, rollout_steps=None)
         if self.step < c.ode_init_steps:
             entry.update(phase="ode", ode=self._ode_step())
             return entry
@@ -122,6 +128,8 @@ class Distiller:
 
     def _generator_step(self) -> dict[str, float | None]:
         c = self.config
+        if c.ar is not None:
+            return causal.generator_step(self)
         prompts, x, cond = self._batch()
         e = self._exit_index()
         out = rollout(self.roles.student, x, cond, self.sigmas, e, c.rule, self.generator, grad=True)
@@ -160,9 +168,12 @@ class Distiller:
     def _critic_loss(self) -> torch.Tensor:
         """Flow matching of the fake score on a detached generator sample."""
         c = self.config
-        _, x, cond = self._batch()
-        e = self._exit_index()
-        x0 = rollout(self.roles.student, x, cond, self.sigmas, e, c.rule, self.generator, grad=False).x0
+        if c.ar is not None:
+            x0, cond = causal.critic_loss_sample(self)
+        else:
+            _, x, cond = self._batch()
+            e = self._exit_index()
+            x0 = rollout(self.roles.student, x, cond, self.sigmas, e, c.rule, self.generator, grad=False).x0
         sigma = dmd_sigmas(x0.shape[0], c.shift, c.dmd_t_min, c.dmd_t_max, self.generator).to(x0.device)
         eps = noise_like(x0, self.generator)
         v = self.roles.critic.velocity(interpolate(x0, eps, sigma), sigma, cond)
