@@ -4,7 +4,10 @@ Runs (each resumable; one checkpoint folder per run under --work):
 - image-sc-dmd: SC-DMD student of the image model (assets/shapes-t2i), trained for 4 and 2 NFE at once
   -> assets/shapes-t2i-4step;
 - image-dmd: plain DMD on the same budget, for the SC ablation -> assets/shapes-t2i-4step-dmd;
-- video-sc-dmd: SC-DMD student of the video model (assets/shapes-t2v), 4 NFE -> assets/shapes-t2v-4step.
+- video-sc-dmd: SC-DMD student of the video model (assets/shapes-t2v), 4 NFE -> assets/shapes-t2v-4step;
+- video-ar: autoregressive (chunk-causal, one token frame = 2 frames per chunk) student of the video model with
+  Salt's cache-distribution-aware recipe (mixed 8/4/2-step rollouts, SC, 2 -> 4 alignment), 4 and 2 NFE
+  -> assets/shapes-t2v-4step-ar.
 
 A CPU session can stop at any time: --minutes ends this invocation (after a checkpoint), a checkpoint is also
 written every --checkpoint-minutes, and the same command resumes bit for bit. The student folder is written when
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from accel.distill import DistillConfig, Distiller, export_student
+from accel.distill import ARConfig, DistillConfig, Distiller, export_student
 from accel.distill import checkpoint as ckpt
 from accel.evals.io import write_json
 from accel.models import load_pipeline
@@ -33,6 +36,7 @@ RUNS = {
     "image-sc-dmd": ("shapes", "sc-dmd", (4, 2), "assets/shapes-t2i-4step"),
     "image-dmd": ("shapes", "dmd", (4, 2), "assets/shapes-t2i-4step-dmd"),
     "video-sc-dmd": ("shapes-video", "sc-dmd", (4,), "assets/shapes-t2v-4step"),
+    "video-ar": ("shapes-video", "sc-dmd", (4, 2), "assets/shapes-t2v-4step-ar"),
 }
 
 
@@ -63,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
 
 def config_for(args: argparse.Namespace) -> DistillConfig:
     _, method, nfe, _ = RUNS[args.run]
-    return DistillConfig(method=method, steps=args.steps, batch_size=args.batch_size, nfe=nfe,
+    ar = ARConfig(chunk_frames=1) if args.run == "video-ar" else None
+    return DistillConfig(method=method, ar=ar, steps=args.steps, batch_size=args.batch_size, nfe=nfe,
                          lr_generator=args.lr_generator, lr_critic=args.lr_critic,
                          critic_per_generator=args.critic_per_generator, ode_init_steps=args.ode_init_steps,
                          ema_decay=args.ema_decay, ema_start=args.ema_start, seed=args.seed,
@@ -85,7 +90,7 @@ def main(argv=None) -> None:
     def on_step(step: int, total: int, entry: dict) -> None:
         nonlocal last_save
         if step % 25 == 0 or step == total:
-            losses = " ".join(f"{k} {v:.4f}" for k, v in entry.items() if k in ("dmd", "sc", "critic", "ode")
+            losses = " ".join(f"{k} {v:.4f}" for k, v in entry.items() if k in ("dmd", "sc", "align", "critic", "ode")
                               and v is not None)
             print(f"step {step}/{total} {losses} {entry['seconds'] / 60:.1f} min", flush=True)
         if time.time() - last_save > 60 * args.checkpoint_minutes and step < total:

@@ -39,6 +39,11 @@ def distill(
                                             "every weight."),
     height: Optional[int] = typer.Option(None, help="Training image height (default: the model's)."),
     width: Optional[int] = typer.Option(None, help="Training image width (default: the model's)."),
+    ar_chunk_frames: int = typer.Option(0, help="Train an autoregressive (chunk-causal) student of the built-in "
+                                        "video model with chunks of this many token frames and Salt's "
+                                        "cache-distribution-aware recipe; 0: a bidirectional student."),
+    ar_align: str = typer.Option("released", help="With --ar-chunk-frames: the token-relation alignment pairs, "
+                                 "released (2 -> 4 steps, Salt's code), paper (also 4 -> 8) or off."),
     seed: int = typer.Option(0, help="Seed of every random draw of the run."),
     checkpoint_every: int = typer.Option(100, help="Iterations between checkpoints."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoints if there is one."),
@@ -46,7 +51,7 @@ def distill(
 ):
     """Distil a teacher into a few-step student (data-free: prompts only), resumable; sample the result with
     `accel generate --model OUT`."""
-    from accel.distill import DistillConfig, DistillDiverged
+    from accel.distill import ARConfig, DistillConfig, DistillDiverged
     from accel.distill import distill as run
 
     with user_errors():
@@ -55,11 +60,15 @@ def distill(
         except ValueError:
             raise UsageError(f"--nfe must be comma-separated integers, got {nfe!r}") from None
         size = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
+        if ar_chunk_frames < 0:
+            raise UsageError(f"--ar-chunk-frames must be >= 0 (0: a bidirectional student), got {ar_chunk_frames}")
+        ar = ARConfig(chunk_frames=ar_chunk_frames, align=ar_align) if ar_chunk_frames else None
         config = DistillConfig(method=method, steps=steps, batch_size=batch_size, nfe=nfes, guidance=guidance,
                                salt_guidance=salt_guidance, shift=shift, lr_generator=lr_generator,
                                lr_critic=lr_critic, critic_per_generator=critic_per_generator,
                                ode_init_steps=ode_init_steps, ema_decay=ema_decay, ema_start=ema_start,
-                               lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every, call_args=size)
+                               lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every, call_args=size,
+                               ar=ar)
         if prompts_file is not None and not prompts_file.is_file():
             raise UsageError(f"--prompts-file {prompts_file} does not exist")
         teacher = _load(model, None)

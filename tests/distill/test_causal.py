@@ -113,3 +113,22 @@ def test_ar_needs_the_builtin_video_model():
                                   sample_size=16)
     with pytest.raises(ValueError, match="autoregressive students are implemented for the built-in video model"):
         Distiller(image, DistillConfig(steps=1, batch_size=1, ar=ARConfig(), call_args={"height": 16, "width": 16}))
+
+
+def test_cli_trains_an_autoregressive_student(teacher, tmp_path):
+    from typer.testing import CliRunner
+
+    from accel.cli.main import app
+
+    folder = tmp_path / "teacher"
+    teacher.save_pretrained(folder)
+    runner = CliRunner()
+    args = ["distill", "--model", str(folder), "--out", str(tmp_path / "ar"), "--batch-size", "1", "--steps", "2",
+            "--critic-per-generator", "1", "--ar-chunk-frames", "2"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert load_pipeline(str(tmp_path / "ar")).transformer.config.chunk_frames == 2
+    for bad, message in ((["--ar-align", "sometimes"], "allowed: released, paper, off"),
+                         (["--ar-chunk-frames", "-1"], "must be >= 0")):
+        r = runner.invoke(app, args[:-2] + ["--ar-chunk-frames", "2"] * ("--ar-chunk-frames" not in bad) + bad)
+        assert r.exit_code == 2 and message in " ".join(r.output.split()), (bad, r.output)

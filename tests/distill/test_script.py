@@ -43,3 +43,11 @@ def test_script_stops_resumes_and_writes_the_student(tmp_path):
     pipe = accelerate_pipeline(load_pipeline(str(tmp_path / "student")))
     pipe("a photo of a circle", sampler="fewstep", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert pipe.stats.nfe == 2
+
+
+def test_the_autoregressive_run_trains_a_causal_student_with_salts_recipe():
+    config = train_fewstep.config_for(train_fewstep.parser().parse_args(["--run", "video-ar"]))
+    assert config.method == "sc-dmd" and config.nfe == (4, 2)
+    assert config.ar.chunk_frames == 1 and config.ar.mixed_steps == {8: 0.4, 4: 0.4, 2: 0.2}
+    assert config.ar.align_pairs == {2: 4}
+    assert train_fewstep.config_for(train_fewstep.parser().parse_args(["--run", "video-sc-dmd"])).ar is None
