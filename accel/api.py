@@ -66,7 +66,7 @@ class AcceleratedPipeline:
         self.search_callback = None
         base = inspect.signature(pipe.__call__)
         params = [p for p in base.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        for name in ("sampler", "steps", "runtime", "search", "reward", "nfe"):
+        for name in ("sampler", "steps", "runtime", "search", "reward", "nfe", "refine", "agent", "editor"):
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None))
         self.__signature__ = base.replace(parameters=params)
 
@@ -97,7 +97,8 @@ class AcceleratedPipeline:
         return f"AcceleratedPipeline({type(self.pipe).__name__}, {self.config})"
 
     def __call__(self, *args, sampler: str | None = None, steps=None, runtime: float | int | None = None,
-                 search=None, reward=None, nfe: int | None = None, distributed=False, **kwargs):
+                 search=None, reward=None, nfe: int | None = None, distributed=False, refine=None, agent=None,
+                 editor=None, **kwargs):
         """Call as the pipeline. accel options: sampler ("euler" | "heun"; "fewstep" on a distilled student, with
         num_inference_steps one of its trained step counts, accel.schedulers.fewstep); steps ("uniform", the default, or
         "hsa" / an HSAConfig: heterogeneous per-token steps, accel.schedulers.hsa) with runtime (the fraction of
@@ -106,7 +107,11 @@ class AcceleratedPipeline:
         accel.search, e.g. "bon", "smc", "rbf") with reward (a name from accel.rewards, e.g. "shapes", or a Reward)
         and nfe (the budget per prompt, in NFE); distributed (True or a process group: spread each search's
         particles over the torch.distributed processes, which must all make the same call; see accel.search.search).
-        `search_callback` (an attribute) receives each search trace row, e.g. for a progress bar."""
+        `search_callback` (an attribute) receives each search trace row, e.g. for a progress bar.
+        refine ("raise", "raise:key=value..." or an accel.search.raise_.RAISEConfig: RAISE) with nfe, agent (analyzer,
+        rewriter, verifier; default on the built-in shapes model: the offline ShapesAgent with the exact checker as
+        its verifier), reward (the fitness; default "shapes" there) and editor (an external edit pipeline;
+        default: SDEdit with this pipeline)."""
         names = self._positional_names()
         if len(args) > len(names):
             raise ValueError(f"{type(self.pipe).__name__} takes at most {len(names)} positional arguments")
@@ -118,7 +123,12 @@ class AcceleratedPipeline:
         config = self.config if sampler is None else replace(self.config, sampler=sampler)
         hsa = _hsa_option(steps, runtime)
         start = time.perf_counter()
-        if search is not None or reward is not None or nfe is not None:
+        if refine is not None or agent is not None or editor is not None:
+            if refine is None or search is not None or sampler is not None or hsa is not None or distributed:
+                raise ValueError("agent= and editor= go with refine=; refine= does not combine with search=, "
+                                 "sampler=, steps= or distributed=")
+            out, stats = self._run_refine(call, refine, reward, nfe, agent, editor)
+        elif search is not None or reward is not None or nfe is not None:
             if sampler not in (None, "fewstep") or hsa is not None:
                 raise ValueError("sampler= and steps= do not apply to search: its strategy config picks the sampler "
                                  "(sampler='fewstep' searches over a distilled student's samples)")
@@ -281,6 +291,56 @@ class AcceleratedPipeline:
             stats.extra["unspent"] = unspent[0] if len(traces) == 1 else f"{len(unspent)} prompts: {unspent[0]}"
         return out, stats
 
+    @torch.no_grad()
+    def _run_refine(self, call: dict[str, Any], refine, reward, nfe: int | None, agent, editor):
+        from accel.rewards import get_reward
+        from accel.search.raise_ import RefineInterrupted
+        from accel.search.raise_ import refine as run_refine
+
+        shapes = self.adapter.family == "shapes"
+        if nfe is None or (not shapes and (reward is None or agent is None)):
+            raise ValueError("refine needs nfe=<budget>, and outside the built-in shapes model also reward= and "
+                             "agent= (e.g. accel.search.raise_vlm.VLMAgent)")
+        if agent is None:
+            from accel.search.raise_agents import ShapesAgent
+
+            agent = ShapesAgent()  # the exact checker as its verifier (an oracle; see its docstring)
+        reward = get_reward(reward or "shapes") if isinstance(reward, str) or reward is None else reward
+        if not isinstance(call.get("prompt"), str) or call.get("num_images_per_prompt", 1) not in (1, None):
+            raise ValueError("refine takes one prompt (a string) and returns one image: leave num_images_per_prompt "
+                             "at 1")
+        generator = call.pop("generator", None)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError("refine takes one torch.Generator (the source of all its randomness)")
+        generator = generator or torch.Generator().manual_seed(torch.seed() % 2**63)
+        self.adapter.check_supported(call)
+        self.adapter.nfe = 0
+        callback = self.search_callback
+        try:
+            result = run_refine(self.adapter, call, reward, refine, nfe, agent, editor, generator,
+                                callback=callback)
+        except RefineInterrupted as e:  # the best image so far, in the pipeline's output type, on the error
+            e.output, self.stats = self._refine_output(call, e.result)
+            raise
+        return self._refine_output(call, result)
+
+    def _refine_output(self, call: dict[str, Any], result):
+        """The pipeline's own output object for RAISE's best image, and its Stats."""
+        prepared = self.adapter.prepare(**(call | {"generator": torch.Generator()}))
+        if result.latent is not None:
+            out = self.adapter.decode(result.latent.to(prepared.x.device), prepared)
+        else:  # an external editor's image: pixels only
+            out = _pixels_output(result.best, prepared.options)
+        trace = result.trace
+        stats = Stats(nfe=trace.nfe, steps=prepared.grid.num_steps, path="accel",
+                      extra={"refine": "raise", "budget_per_prompt": trace.budget,
+                             "best_reward": float(result.fitness[0]), "traces": [trace],
+                             **{k: trace.extra[k] for k in ("rounds", "stop", "agent_calls", "verifier_calls",
+                                                            "editor_nfe") if k in trace.extra}})
+        if not isinstance(out, tuple):
+            out.stats = stats
+        return out, stats
+
     def _run_pipeline(self, call: dict[str, Any]):
         counter = _ForwardCounter(self.adapter.denoising_modules())
         try:
@@ -288,6 +348,26 @@ class AcceleratedPipeline:
         finally:
             counter.remove()
         return out, Stats(nfe=counter.count, steps=int(call.get("num_inference_steps") or 0), path="pipeline")
+
+
+def _pixels_output(images: torch.Tensor, options: dict[str, Any]):
+    """(B, 3, H, W) pixels in [0, 1] as a diffusers image output of the requested output_type."""
+    from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
+    kind = options.get("output_type", "pil")
+    if kind == "pt":
+        images_out = images
+    else:
+        arr = images.permute(0, 2, 3, 1).float().cpu().numpy()
+        if kind == "pil":
+            from PIL import Image
+
+            images_out = [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
+        else:
+            images_out = arr
+    if not options.get("return_dict", True):
+        return (images_out,)
+    return ImagePipelineOutput(images=images_out)
 
 
 def check_guidance(value, name: str = "guidance_scale") -> None:

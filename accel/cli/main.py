@@ -143,7 +143,14 @@ def generate(
                                      "the paper's cache)."),
     search: Optional[str] = typer.Option(None, help="Search strategy: bon, sop, smc, epf, svdd, rbf, beam."),
     reward: str = typer.Option("shapes", help="Reward for --search (shapes, shapes-lenient)."),
-    nfe: Optional[int] = typer.Option(None, help="NFE budget per prompt for --search (default: 4 x steps x 2)."),
+    nfe: Optional[int] = typer.Option(None, help="NFE budget per prompt for --search (default: 4 x steps x 2) or "
+                                      "--refine (default: 16 x steps x 2)."),
+    refine: Optional[str] = typer.Option(None, help="Refinement: raise (RAISE rounds of rewritten prompts and edits; "
+                                         "options as raise:population=4:k_max=3)."),
+    agent: str = typer.Option("shapes", help="RAISE's agent: shapes (offline; the exact checker verifies), "
+                              "shapes-verifier (offline; the learned verifier), or an OpenAI-compatible endpoint "
+                              "URL (Ollama, vLLM) with --agent-model."),
+    agent_model: Optional[str] = typer.Option(None, help="Model name at the --agent endpoint."),
     fused_kernels: bool = typer.Option(False, "--fused-kernels", help="Fused Triton kernels (CUDA; exact twins "
                                        "elsewhere)."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
@@ -167,6 +174,16 @@ def generate(
             raise UsageError("--steps-mode hsa does not combine with --search")
         if search is not None and num_images > 1:
             raise UsageError("--search returns one image per prompt: leave --num-images at 1")
+        if refine is not None and (search is not None or steps_mode == "hsa" or num_images > 1):
+            raise UsageError("--refine returns one image and does not combine with --search, --steps-mode hsa or "
+                             "--num-images")
+        if refine is not None:
+            from accel.search.raise_ import RAISEConfig
+            from accel.search.registry import get_config
+
+            if not isinstance(get_config(refine), RAISEConfig):
+                raise UsageError(f"--refine takes raise (with options), got {refine!r}")
+            raise_agent = _raise_agent(agent, agent_model)
         from accel.api import check_guidance
 
         check_guidance(guidance, "--guidance")
@@ -211,8 +228,9 @@ def generate(
             raise UsageError(f"--sampler fewstep needs a distilled student; {model} is not one (no student.json)")
         if student is not None and sampler not in (None, "fewstep"):
             raise UsageError(f"{model} is a distilled student: it samples with --sampler fewstep only")
-        if student is not None and (search is not None or steps_mode != "uniform"):
-            raise UsageError(f"{model} is a distilled student: --search and --steps-mode hsa need a teacher model")
+        if student is not None and (search is not None or refine is not None or steps_mode != "uniform"):
+            raise UsageError(f"{model} is a distilled student: --search, --refine and --steps-mode hsa need a "
+                             "teacher model")
         if student is not None and steps is not None and steps not in student.nfes:
             raise UsageError(f"{model} was trained for --steps {' or '.join(map(str, student.nfes))}, not {steps}")
         sampler = sampler or ("fewstep" if student is not None else "euler")
@@ -237,13 +255,24 @@ def generate(
                 cfg = (guidance if guidance is not None else pipe.__signature__.parameters["guidance_scale"].default)
                 nfe = 4 * steps * (2 if cfg and cfg > 1 else 1)
             call.update(search=search, reward=reward, nfe=nfe, distributed=_launched_processes() > 1)
-        nfe_spent, seconds = _generate_files(pipe, call, paths, search, main_process)
+        if refine is not None:
+            if _launched_processes() > 1:
+                raise UsageError("--refine runs in one process")
+            if nfe is None:
+                cfg = (guidance if guidance is not None else pipe.__signature__.parameters["guidance_scale"].default)
+                nfe = 16 * steps * (2 if cfg and cfg > 1 else 1)
+            call.update(refine=refine, reward=reward, nfe=nfe, agent=raise_agent)
+        nfe_spent, seconds = _generate_files(pipe, call, paths, search or refine, main_process)
         if not main_process:
             return
     stats = pipe.stats
     spent = f"{nfe_spent} NFE, {seconds:.2f} s"
     if search is not None and "unspent" in stats.extra:
         spent += f"; {stats.extra['unspent']}"
+    if refine is not None:
+        extra = stats.extra
+        spent += (f"; {extra['rounds']} rounds ({extra['stop']}), {extra['agent_calls']} agent and "
+                  f"{extra['verifier_calls']} verifier calls")
     if "token_fraction" in stats.extra:  # HSA: the budget spent, and what of it went to computed tokens
         extra = stats.extra
         spent += f", {extra['compute_fraction']:.0%} of the full-step compute"
@@ -251,6 +280,27 @@ def generate(
             spent += f" ({extra['token_fraction']:.0%} on active tokens, the rest refreshing K/V)"
     names = ", ".join(map(str, paths)) if len(paths) <= 4 else f"{paths[0]} ... {paths[-1]} ({len(paths)} files)"
     console.print(f"wrote {names}  ({spent})", highlight=False)
+
+
+def _raise_agent(agent: str, model: Optional[str]):
+    """RAISE's agent from --agent / --agent-model."""
+    if agent.startswith(("http://", "https://")):
+        if not model:
+            raise UsageError("--agent <endpoint URL> needs --agent-model (the model's name at that endpoint)")
+        from accel.search.raise_vlm import OpenAIChat, VLMAgent
+
+        return VLMAgent(OpenAIChat(agent, model))
+    if model is not None:
+        raise UsageError("--agent-model applies to an --agent endpoint URL only")
+    from accel.search.raise_agents import ShapesAgent
+
+    if agent == "shapes":
+        return ShapesAgent()
+    if agent == "shapes-verifier":
+        from accel.rewards.verifier import ShapesVerifier
+
+        return ShapesAgent(verifier=ShapesVerifier.from_pretrained())
+    raise UsageError(f"unknown --agent {agent!r}; allowed: shapes, shapes-verifier, or an endpoint URL")
 
 
 def _generate_files(pipe, call: dict, paths: list[Path], search: Optional[str], main_process: bool):
@@ -270,7 +320,7 @@ def _generate_files(pipe, call: dict, paths: list[Path], search: Optional[str], 
             if len(paths) > 1:
                 progress.update(task, description=f"sampling images {start + 1}-{start + len(chunk)} of "
                                                   f"{len(paths)}")
-            result = pipe(**call, **({key: len(chunk)} if len(chunk) > 1 else {}))
+            result = _call_keeping_best(pipe, call | ({key: len(chunk)} if len(chunk) > 1 else {}), chunk)
             nfe, seconds = nfe + pipe.stats.nfe, seconds + pipe.stats.seconds
             if not main_process:
                 continue
@@ -278,6 +328,22 @@ def _generate_files(pipe, call: dict, paths: list[Path], search: Optional[str], 
             for path, item in zip(chunk, frames if frames is not None else result.images):
                 _write_media(path, item)
     return nfe, seconds
+
+
+def _call_keeping_best(pipe, call: dict, paths: list[Path]):
+    """pipe(**call); a refinement stopped by an error writes its best image so far before reporting the error."""
+    if "refine" not in call:
+        return pipe(**call)
+    from accel.search.raise_ import RefineInterrupted
+
+    try:
+        return pipe(**call)
+    except RefineInterrupted as e:
+        images = getattr(e, "output", None)
+        if images is not None:
+            _write_media(paths[0], images.images[0])
+            raise UsageError(f"{e.__cause__ or e} (wrote the best image so far to {paths[0]})") from None
+        raise
 
 
 def _write_media(path: Path, item) -> None:
@@ -533,6 +599,7 @@ from accel.cli import dllm as _dllm  # noqa: E402,F401
 from accel.cli import distill as _distill  # noqa: E402,F401
 from accel.cli import fewstep as _fewstep  # noqa: E402,F401
 from accel.cli import report as _report  # noqa: E402,F401
+from accel.cli import vbench as _vbench  # noqa: E402,F401
 
 
 def main() -> None:

@@ -14,11 +14,13 @@ from accel.search.base import SearchContext, SearchResult, Shards
 from accel.search.beam import BeamConfig, run_beam
 from accel.search.bon import BestOfNConfig, run_best_of_n
 from accel.search.paths import SearchOverPathsConfig, run_search_over_paths
+from accel.search.raise_ import RAISEConfig
 from accel.search.rbf import RBFConfig, run_rbf
 from accel.search.smc import EPFConfig, SMCConfig, run_epf, run_smc
 from accel.search.svdd import SVDDConfig, run_svdd
 
-SearchConfig = Union[BestOfNConfig, SearchOverPathsConfig, SMCConfig, EPFConfig, SVDDConfig, RBFConfig, BeamConfig]
+SearchConfig = Union[BestOfNConfig, SearchOverPathsConfig, SMCConfig, EPFConfig, SVDDConfig, RBFConfig, BeamConfig,
+                     RAISEConfig]
 
 STRATEGIES: dict[str, tuple[type, Callable[[SearchContext, SearchConfig], SearchResult]]] = {
     "bon": (BestOfNConfig, run_best_of_n),
@@ -30,6 +32,10 @@ STRATEGIES: dict[str, tuple[type, Callable[[SearchContext, SearchConfig], Search
     "beam": (BeamConfig, run_beam),
 }
 
+# Refiners rewrite the prompt between rounds, so they need the pipeline call, an agent and maybe an editor: they run
+# through accel.search.raise_.refine (pipe(..., refine=...)), not search(). Their shortcuts parse like the strategies'.
+REFINERS: dict[str, type] = {"raise": RAISEConfig}
+
 
 def get_config(strategy: str | SearchConfig) -> SearchConfig:
     """A strategy's config from its shortcut, or the config itself.
@@ -38,17 +44,17 @@ def get_config(strategy: str | SearchConfig) -> SearchConfig:
     strategy's config or of its SDEConfig sampler: "rbf:chains=8", "smc:interpolant=linear",
     "epf:particles=8:diffusion_norm=1.5". Values are parsed as int, float, bool or string.
     """
+    classes = {name: entry[0] for name, entry in STRATEGIES.items()} | REFINERS
     if isinstance(strategy, str):
         name, *overrides = strategy.split(":")
-        if name not in STRATEGIES:
-            raise ValueError(f"unknown search strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
-        cls = STRATEGIES[name][0]
+        if name not in classes:
+            raise ValueError(f"unknown search strategy {name!r}; allowed: {', '.join(classes)}")
+        cls = classes[name]
         return _override(cls(), overrides) if overrides else cls()
-    for cls, _ in STRATEGIES.values():
-        if isinstance(strategy, cls):
-            return strategy
-    raise ValueError(f"unknown search config {type(strategy).__name__}; allowed: a name ({', '.join(STRATEGIES)}) "
-                     f"or one of {', '.join(c.__name__ for c, _ in STRATEGIES.values())}")
+    if isinstance(strategy, tuple(classes.values())):
+        return strategy
+    raise ValueError(f"unknown search config {type(strategy).__name__}; allowed: a name ({', '.join(classes)}) "
+                     f"or one of {', '.join(c.__name__ for c in classes.values())}")
 
 
 def _parse_value(text: str):
@@ -112,6 +118,9 @@ def search(denoiser: Denoiser, prepared: Prepared, prompt: str, reward: Reward, 
         ValueError: unknown strategy, budget below one sample, a reward output of the wrong shape or not finite.
     """
     config = get_config(strategy)
+    if isinstance(config, tuple(REFINERS.values())):
+        raise ValueError(f"{config.name} rewrites the prompt between rounds: run it with pipe(prompt, "
+                         f"refine={config.name!r}, ...) or accel.search.raise_.refine(...), not search()")
     shards = None
     if distributed is not False and distributed is not None:
         shards = Shards(None if distributed is True else distributed)

@@ -1,0 +1,197 @@
+"""Yes/no verification of shapes-world images: the requirement grammar, the exact oracle, the learned verifier.
+
+A shapes prompt decomposes into atomic *requirements*, each with a yes/no question in a small fixed grammar
+("is there a red circle?", "are there exactly three triangles?", "is there a circle left of a square?", "are there
+exactly two objects?"). A *verifier* answers such a question about an image with P(yes): the role
+NVILA-Lite-Verifier plays for RAISE (Jiang et al., arXiv 2603.00483) and a VLM judge plays elsewhere.
+
+Two verifiers speak this grammar:
+- `ExactVerifier`: the programmatic checker of accel.shapes answering each question exactly (probabilities 0 or 1).
+  It is an *oracle*: a search scored by it and judged by the same checker is a perfect selector, which is not how
+  search runs at a user's site. Use it for CI and as the reference.
+- `ShapesVerifier`: a small learned image + text model (a CNN image encoder, a word-embedding text encoder, FiLM
+  fusion) trained by scripts/train_verifier.py on renders and model samples labelled by the checker. It is
+  imperfect the way real verifiers are; its disagreement with the checker is measured per tag.
+`VerifierReward` turns either into a Reward (`reward="shapes-verifier"`): P(yes) for the whole prompt, or the
+product over the prompt's requirements.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+
+from accel.rewards.base import check_pixels, to_uint8
+from accel.shapes import COLORS, RELATIONS, SHAPES, check, detect
+
+# image (3, H, W) float in [0, 1], question -> P(yes) in [0, 1]
+Verifier = Callable[[torch.Tensor, str], float]
+
+_WORD = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+_NUMBER = {w: n for n, w in _WORD.items()}
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One atomic requirement of a prompt.
+
+    text: what is required ("a red circle"); question: the yes/no question that checks it; prompt: a grammar
+    prompt asking for this requirement alone (an emphasis / edit prompt, e.g. "a photo of a red circle");
+    clause: the GenEval metadata that the exact checker answers the question with ({"objects": n} for the count
+    of all objects).
+    """
+
+    text: str
+    question: str
+    prompt: str
+    clause: dict
+
+
+def _obj_text(req: dict) -> str:
+    color = f"{req['color']} " if "color" in req else ""
+    return f"{'an' if (color or req['class'])[0] in 'aeiou' else 'a'} {color}{req['class']}"
+
+
+def requirements(metadata: dict, strict: bool = True) -> list[Requirement]:
+    """The atomic requirements of a shapes prompt's GenEval metadata (accel.shapes.make_metadata's format).
+
+    One per object clause (a position clause asks for the relation), one for a count (include n + exclude n + 1
+    read together: "exactly n"), and with `strict` one for the total number of objects (the checker's strict rule).
+
+    Raises:
+        ValueError: the metadata has no include clause (nothing to verify).
+    """
+    include = metadata.get("include") or []
+    if not include:
+        raise ValueError(f"no requirements in the metadata of {metadata.get('prompt')!r}: it has no include clause")
+    out = []
+    for req in include:
+        if "position" in req:
+            rel, target = req["position"]
+            other = _obj_text(include[target])
+            text = f"{_obj_text(req)} {rel} {other}"
+            clause = {"include": [include[target], req]}
+            out.append(Requirement(text, f"is there {text}?", f"a photo of {text}", clause))
+        elif req["count"] > 1:
+            n, shape = _WORD[req["count"]], req["class"]
+            excl = [e for e in metadata.get("exclude", []) if e["class"] == shape]
+            clause = {"include": [req], "exclude": excl}
+            exact = "exactly " if excl else ""
+            out.append(Requirement(f"{exact}{n} {shape}s", f"are there {exact}{n} {shape}s?",
+                                   f"a photo of {n} {shape}s", clause))
+        else:
+            text = _obj_text(req)
+            out.append(Requirement(text, f"is there {text}?", f"a photo of {text}", {"include": [req]}))
+    if strict:
+        total = sum(r["count"] for r in include)
+        text = f"exactly {_WORD[total]} object{'s' if total > 1 else ''}"
+        out.append(Requirement(text, f"{'are' if total > 1 else 'is'} there {text}?",
+                               metadata.get("prompt", ""), {"objects": total}))
+    return out
+
+
+_SHAPE = "|".join(SHAPES)
+_COLOR = "|".join(COLORS)
+_Q_OBJECT = re.compile(rf"is there an? (?:({_COLOR}) )?({_SHAPE})\?")
+_Q_RELATION = re.compile(rf"is there an? ({_SHAPE}) ({'|'.join(RELATIONS)}) an? ({_SHAPE})\?")
+_Q_COUNT = re.compile(rf"are there (exactly )?({'|'.join(_WORD.values())}) ({_SHAPE})s\?")
+_Q_OBJECTS = re.compile(rf"(?:are|is) there exactly ({'|'.join(_WORD.values())}) objects?\?")
+
+
+def question_clause(question: str) -> dict:
+    """The checker metadata a grammar question asks about (the inverse of `requirements`); a shapes prompt
+    ("a photo of ...") asks whether the whole prompt holds, strictly.
+
+    Raises:
+        ValueError: the question is not in the grammar.
+    """
+    from accel.rewards.shapes import parse_shapes_prompt
+
+    q = " ".join(question.lower().split())
+    if m := _Q_RELATION.fullmatch(q):
+        a, rel, b = m.groups()
+        return {"include": [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [rel, 0]}]}
+    if m := _Q_OBJECT.fullmatch(q):
+        color, shape = m.groups()
+        return {"include": [{"class": shape, "count": 1, **({"color": color} if color else {})}]}
+    if m := _Q_COUNT.fullmatch(q):
+        exact, n, shape = m.groups()
+        n = _NUMBER[n]
+        return {"include": [{"class": shape, "count": n}],
+                "exclude": [{"class": shape, "count": n + 1}] if exact else []}
+    if m := _Q_OBJECTS.fullmatch(q):
+        return {"objects": _NUMBER[m.group(1)]}
+    if q.startswith("a photo of"):
+        return parse_shapes_prompt(q) | {"strict": True}
+    raise ValueError(f"{question!r} is not a shapes verification question; they read like 'is there a red circle?', "
+                     "'are there exactly three triangles?', 'is there a circle left of a square?', 'are there "
+                     "exactly two objects?', or a shapes prompt")
+
+
+def exact_answer(image: np.ndarray, clause: dict) -> bool:
+    """The checker's answer for one (H, W, 3) uint8 image and one clause of `question_clause`."""
+    if "objects" in clause:
+        return len(detect(image)) == clause["objects"]
+    return check(image, clause, strict=bool(clause.get("strict"))).correct
+
+
+class ExactVerifier:
+    """The exact oracle: the shapes checker answers each question (P(yes) is 0 or 1).
+
+    Not a learned verifier: with it, a search's reward and its judge are the same program. Use it in CI and as
+    the reference the learned one is measured against.
+    """
+
+    oracle = True
+
+    def __call__(self, image: torch.Tensor, question: str) -> float:
+        return float(self.probabilities(image[None], [question])[0])
+
+    def probabilities(self, images: torch.Tensor, questions: list[str]) -> torch.Tensor:
+        """P(yes) (B,) for images (B, 3, H, W) in [0, 1] and one question each."""
+        check_pixels(images, type(self).__name__)
+        arr = to_uint8(images).numpy()
+        return torch.tensor([float(exact_answer(a, question_clause(q))) for a, q in zip(arr, questions)])
+
+
+class VerifierReward:
+    """A Reward from a yes/no verifier of the shapes grammar.
+
+    Args:
+        verifier: anything with `probabilities(images (B, 3, H, W), questions) -> (B,)` (ShapesVerifier,
+            ExactVerifier).
+        mode: "prompt": P(yes) asked of the whole prompt; "product": the product of P(yes) over the prompt's
+            requirements (accel.rewards.verifier.requirements, strict).
+        metadata: prompt -> GenEval metadata for prompts outside the grammar (others are parsed).
+
+    score(samples (B, 3, H, W) in [0, 1], prompts) -> (B,) float32 in [0, 1].
+    """
+
+    reads: Literal["pixels", "latents"] = "pixels"
+
+    def __init__(self, verifier, mode: str = "product", metadata: dict[str, dict] | None = None):
+        if mode not in ("prompt", "product"):
+            raise ValueError(f"unknown verifier reward mode {mode!r}; allowed: prompt, product")
+        self.verifier, self.mode = verifier, mode
+        self.metadata = dict(metadata or {})
+
+    def questions(self, prompt: str) -> list[str]:
+        if self.mode == "prompt":
+            return [prompt]
+        from accel.rewards.shapes import parse_shapes_prompt
+
+        meta = self.metadata.get(prompt) or parse_shapes_prompt(prompt)
+        return [r.question for r in requirements(meta)]
+
+    def score(self, samples: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        check_pixels(samples, type(self).__name__)
+        asks = [self.questions(p) for p in prompts]
+        index = torch.tensor([i for i, qs in enumerate(asks) for _ in qs])
+        flat = [q for qs in asks for q in qs]
+        probs = self.verifier.probabilities(samples[index], flat).float().cpu()
+        out = torch.ones(len(prompts))
+        return out.index_reduce_(0, index, probs, "prod")

@@ -1,0 +1,49 @@
+"""`accel generate --refine raise`: the image written, the calls reported, bad input in one line."""
+
+import imageio.v3 as iio
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from accel.cli.main import app
+from accel.pipelines.shapes import build_shapes_pipeline
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-shapes")
+    p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1)
+    with torch.no_grad():
+        for param in p.transformer.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    p.save_pretrained(path)
+    return str(path)
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_generate_refine_raise(model, tmp_path):
+    out = tmp_path / "r.png"
+    r = run("generate", "a photo of a red circle and a blue square", "--model", model, "--steps", 2, "--refine",
+            "raise:population=2:originals=1:edits=1", "--nfe", 24, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert iio.imread(out).shape == (32, 32, 3)
+    assert "rounds" in r.output and "verifier calls" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--refine", "bon"), "--refine takes raise"),
+    (("--refine", "raise", "--search", "bon"), "does not combine"),
+    (("--refine", "raise", "--agent", "nope"), "unknown --agent"),
+    (("--refine", "raise", "--agent", "http://127.0.0.1:9"), "needs --agent-model"),
+    (("--refine", "raise:edit_strength=1.5"), "edit_strength"),
+    (("--refine", "raise", "--nfe", 3), "below one RAISE round"),
+])
+def test_bad_refine_input(model, tmp_path, args, message):
+    r = run("generate", "a photo of a red circle", "--model", model, "--steps", 2, "--out", tmp_path / "x.png",
+            *args)
+    assert r.exit_code == 2 and message in r.output, r.output
