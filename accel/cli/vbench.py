@@ -1,0 +1,98 @@
+"""`accel eval vbench`: VBench's prompt suite, file naming and scores for a video pipeline, with accel's options.
+
+Registered on the main app by accel.cli.main (imported at its end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _load, _progress, eval_app, console, record_state,
+                            saving, user_errors)
+
+
+@eval_app.command("vbench")
+def eval_vbench(
+    dimensions: str = typer.Option(..., help="Comma-separated VBench dimensions (subject_consistency, "
+                                   "background_consistency, temporal_flickering, ...)."),
+    out: Path = typer.Option(..., help="Output folder: videos/<prompt>-<k>.mp4, run.json, results.json."),
+    model: str = typer.Option("shapes-video", help="A video pipeline: built-in name, diffusers folder, or hub id."),
+    info: Optional[Path] = typer.Option(None, help="VBench's info file (VBench_full_info.json format); default: "
+                                        "the installed vbench package's."),
+    samples: int = typer.Option(5, help="Videos per prompt (VBench: 5)."),
+    seed: int = typer.Option(0, help="Base seed: video k of prompt p uses sha256(f'{seed}|{k}|{p}')."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default 25; a student's most)."),
+    sampler: Optional[str] = typer.Option(None, help="euler, heun, or fewstep (a distilled student)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: the pipeline's)."),
+    height: Optional[int] = typer.Option(None, help="Frame height (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Frame width (default: the model's)."),
+    num_frames: Optional[int] = typer.Option(None, help="Frames per video (default: the model's)."),
+    steps_mode: str = typer.Option("uniform", help="uniform or hsa (heterogeneous per-token steps)."),
+    runtime: Optional[float] = typer.Option(None, help="For --steps-mode hsa: fraction of the token compute."),
+    kv: Optional[str] = typer.Option(None, help="For --steps-mode hsa: auto, extrapolate, refresh or stale."),
+    fused_kernels: bool = typer.Option(False, "--fused-kernels", help="Fused Triton kernels (CUDA)."),
+    fps: int = typer.Option(8, help="Frame rate of the written mp4 files (VBench's sampling script: 8)."),
+    batch_size: int = typer.Option(5, help="Videos per pipeline call."),
+    scorer: str = typer.Option("auto", help="auto (the vbench package where its weights are local, else native), "
+                               "native, or vbench."),
+    weights: Optional[Path] = typer.Option(None, help="Folder holding dino-vitb16/ and/or clip-vit-base-patch32/ "
+                                           "(transformers, safetensors) for the native consistency scores."),
+    dino: Optional[Path] = typer.Option(None, help="DINO ViT-B/16 folder for subject_consistency."),
+    clip: Optional[Path] = typer.Option(None, help="CLIP ViT-B/32 folder for background_consistency."),
+    device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+    overwrite: bool = OVERWRITE,
+    allow_dirty: bool = ALLOW_DIRTY,
+):
+    """VBench dimensions and Quality / Semantic / Total of a video model, with any accel option."""
+    from accel.evals.vbench import ScoringWeights, VideoSettings, evaluate_vbench, parse_dimensions
+
+    with user_errors():
+        dims = parse_dimensions(dimensions)
+        if samples < 1:
+            raise UsageError(f"--samples must be >= 1, got {samples}")
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+        settings = VideoSettings(model=model, seed=seed, steps=steps, sampler=sampler, guidance_scale=guidance,
+                                 height=height, width=width, num_frames=num_frames, steps_mode=steps_mode,
+                                 runtime=runtime, kv=kv, fused_kernels=fused_kernels, fps=fps)
+        scoring = ScoringWeights.find(weights, dino, clip)
+        state = record_state(out, allow_dirty)
+        import torch
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        pipe = _load(model, device)
+        with _progress() as progress, saving(out):
+            tasks = {}
+
+            def advance(stage: str, total: int, n: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=total)
+                progress.advance(tasks[stage], n)
+
+            result = evaluate_vbench(settings, dims, out, info=info, samples=samples, weights=scoring, scorer=scorer,
+                                     batch_size=batch_size, device=device, overwrite=overwrite, pipe=pipe,
+                                     progress=advance, state=state)
+    _print(result)
+
+
+def _print(result: dict) -> None:
+    table = Table(title=f"VBench: {result['model']}, {result['samples']} samples per prompt "
+                        f"({result['videos_generated']} videos made, {result['videos_reused']} reused)")
+    for col in ("dimension", "score", "normalized", "method"):
+        table.add_column(col)
+    normalized = result["aggregate"]["normalized"]
+    for name, r in result["dimensions"].items():
+        score = "-" if r["score"] is None else f"{r['score']:.4f}"
+        norm = f"{normalized[name]:.4f}" if name in normalized else "-"
+        table.add_row(name, score, norm, r["method"] if r["score"] is not None else f"skipped: {r['how']}")
+    agg = result["aggregate"]
+    label = " (partial)" if agg["partial"] else ""
+    for key in ("quality", "semantic", "total"):
+        value = "-" if agg[key] is None else f"{agg[key]:.4f}"
+        table.add_row(f"{key}{label}", value, "", "", style="bold")
+    Console().print(table)
+    console.print(f"wrote {Path(result['out']) / 'results.json'}", highlight=False)
