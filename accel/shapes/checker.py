@@ -4,21 +4,25 @@ GenEval (Ghosh et al., 2023) scores an image against prompt metadata with an obj
 classifier. Here the world is known, so the detector is programmatic: pixels are classified by chromaticity into the
 palette, each colour's connected components are objects, and each object's shape follows from its geometry
 (triangles put most of their mass in the lower half of their box; squares fill their box; circles fill ~79%).
-The rules are GenEval's (`evaluate` in its evaluation/evaluate_images.py), re-implemented:
+The rules are GenEval's (`evaluate` in its evaluation/evaluate_images.py), written once here for every detector
+(`check_detections`; accel.evals.geneval feeds it Mask2Former, OWLv2 or this module's detections):
 - include {class, count}: at least `count` objects of that class;
 - include with `color`: at least `count` of them have that colour;
 - include with `position` [relation, i]: the matched objects stand in that relation to every object matched by
   clause i, with GenEval's margin (POSITION_THRESHOLD = 0.1 of the boxes' sizes);
 - exclude {class, count}: fewer than `count` objects of that class (counting prompts exclude count + 1).
-Deliberate deviation: GenEval takes the top-`count` detections by confidence and then checks their colour; with no
-confidence here, a clause picks the objects that satisfy its colour. `strict=True` adds one rule GenEval lacks: no
-object beyond the ones prompted (better as a search reward: a lenient rule is satisfied by extra clutter).
+GenEval checks colour and position on the top-`count` detections by confidence only. Detections with scores are
+ranked that way here too (the verdicts then equal GenEval's: docs/evals.md says how that was checked); this
+module's detector has no confidence, so for its unscored detections a clause picks the objects that satisfy it
+(a deliberate deviation). `strict=True` adds one rule GenEval lacks: no object beyond the ones prompted (better as a
+search reward: a lenient rule is satisfied by extra clutter).
 User docs (the grammar, these rules and the deviation): docs/builtin-models.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -37,12 +41,34 @@ _MIN_AREA = 10 / 32**2  # components smaller than this fraction of the image are
 _PALETTE_CHROMA = np.stack([np.asarray(c, np.float32) / max(c) for c in PALETTE.values()])  # (C, 3)
 
 
+# GenEval's colour names, in the order its failure reasons list them.
+GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+
+
 @dataclass(frozen=True)
 class Detection:
-    shape: str  # "circle" | "square" | "triangle" | "unknown"
-    color: str
+    """One detected object, from any detector.
+
+    `label` is the class name the metadata uses ("circle", "dog"); `color` is None where the detector does not know
+    it (the rules then ask a colour classifier); `score` is the detector's confidence, None for exact detectors;
+    `mask` an optional (H, W) bool instance mask (GenEval classifies colour on the masked crop).
+    """
+
+    label: str
+    color: str | None
     box: tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels
-    area: int
+    area: int = 0
+    score: float | None = None
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def shape(self) -> str:
+        """The shapes world's name for the label: "circle" | "square" | "triangle" | "unknown"."""
+        return self.label
+
+
+# colors(detections, class name) -> one colour name per detection (GenEval classifies per class: its prompts name it)
+ColorFn = Callable[[Sequence[Detection], str], list[str]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +76,7 @@ class Clause:
     kind: str  # "include" | "exclude" | "extra"
     text: str
     passed: bool
+    reason: str = ""  # why it failed, in GenEval's wording ("expected dog>=2, found 1")
 
 
 @dataclass
@@ -57,6 +84,11 @@ class CheckResult:
     correct: bool
     clauses: list[Clause] = field(default_factory=list)
     count_error: int = 0  # sum over include clauses of |found - expected| (class only, colour ignored)
+
+    @property
+    def reason(self) -> str:
+        """GenEval's `reason` field: the failed clauses' reasons, one a line ("" when correct)."""
+        return "\n".join(c.reason for c in self.clauses if not c.passed)
 
     @property
     def score(self) -> float:
@@ -171,33 +203,80 @@ def check(image: np.ndarray, metadata: dict, strict: bool = False) -> CheckResul
     return check_detections(detect(image), metadata, strict=strict)
 
 
-def check_detections(dets: list[Detection], metadata: dict, strict: bool = False) -> CheckResult:
-    result = CheckResult(correct=True)
+def _given_colors(dets: Sequence[Detection], classname: str) -> list[str]:
+    if any(d.color is None for d in dets):
+        raise ValueError(f"detections of {classname!r} carry no colour: pass colors= (a colour classifier)")
+    return [d.color for d in dets]
+
+
+def check_detections(dets: Sequence[Detection], metadata: dict, strict: bool = False,
+                     colors: ColorFn | None = None) -> CheckResult:
+    """GenEval's rules over one image's detections (see the module docstring).
+
+    Args:
+        dets: the image's detections. With scores, each class's are ranked by falling confidence (a stable sort:
+            GenEval's own order survives) and a clause checks colour and position on its top `count` only, as
+            GenEval does; without scores (exact detectors), a clause picks the objects that satisfy it.
+        metadata: GenEval's format: {"include": [{class, count, [color], [position]}], ["exclude": [...]]}.
+        strict: also require no objects beyond the prompted ones (not a GenEval rule).
+        colors: colour classifier for detections whose colour is None (asked per clause, for the objects it
+            checks, as GenEval classifies only those).
+    """
+    scored = {d.score is not None for d in dets}
+    if len(scored) > 1:
+        raise ValueError("detections must all have scores or none")
+    ranked = scored == {True}
     by_class: dict[str, list[Detection]] = {}
-    for d in dets:
-        by_class.setdefault(d.shape, []).append(d)
+    for d in sorted(dets, key=lambda d: -d.score) if ranked else dets:
+        by_class.setdefault(d.label, []).append(d)
+    result = CheckResult(correct=True)
     matched: list[list[Detection] | None] = []
     for req in metadata.get("include", []):
         objs = by_class.get(req["class"], [])
         result.count_error += abs(len(objs) - req["count"])
-        if "color" in req:
-            objs = [o for o in objs if o.color == req["color"]]
-        ok = len(objs) >= req["count"]
-        if ok and "position" in req:
-            rel, target = req["position"]
-            targets = matched[target] if target < len(matched) else None
-            # Keep the candidates that stand in the relation to every target object; GenEval requires it of the
-            # `count` objects it picked, and we pick the ones that satisfy it.
-            objs = [o for o in objs if targets and all(rel in relative_position(o.box, t.box) for t in targets)]
-            ok = len(objs) >= req["count"]
-        matched.append(objs[: req["count"]] if ok else None)
-        result.clauses.append(Clause("include", _describe(req), ok))
+        clause = _include(objs[: req["count"]] if ranked else objs, req, matched, colors or _given_colors)
+        matched.append(clause[1])
+        result.clauses.append(Clause("include", _describe(req), clause[1] is not None, clause[0]))
     for req in metadata.get("exclude", []):
-        ok = len(by_class.get(req["class"], [])) < req["count"]
-        result.clauses.append(Clause("exclude", f"fewer than {req['count']} {req['class']}", ok))
+        found = len(by_class.get(req["class"], []))
+        reason = "" if found < req["count"] else f"expected {req['class']}<{req['count']}, found {found}"
+        result.clauses.append(Clause("exclude", f"fewer than {req['count']} {req['class']}", not reason, reason))
     if strict:
         expected = sum(req["count"] for req in metadata.get("include", []))
+        text = f"exactly {expected} objects (found {len(dets)})"
         ok = len(dets) == expected
-        result.clauses.append(Clause("extra", f"exactly {expected} objects (found {len(dets)})", ok))
+        result.clauses.append(Clause("extra", text, ok, "" if ok else f"expected {text}"))
     result.correct = all(c.passed for c in result.clauses)
     return result
+
+
+def _include(objs: list[Detection], req: dict, matched: list, colors: ColorFn) -> tuple[str, list | None]:
+    """One include clause over its candidates (the top `count` when ranked, else all): (reason, the `count`
+    objects matched) when it holds, (reason, None) when it fails. Reasons are GenEval's words."""
+    name, count = req["class"], req["count"]
+    if len(objs) < count:
+        return f"expected {name}>={count}, found {len(objs)}", None
+    if "color" in req:
+        found = colors(objs, name)
+        objs = [o for o, c in zip(objs, found) if c == req["color"]]
+        if len(objs) < count:
+            known = [c for c in GENEVAL_COLORS if c in found] + sorted(set(found) - set(GENEVAL_COLORS))
+            return (f"expected {req['color']} {name}>={count}, found {found.count(req['color'])} {req['color']}; "
+                    f"and " + ", ".join(f"{found.count(c)} {c}" for c in known)), None
+    if "position" in req:
+        rel, target = req["position"]
+        targets = matched[target] if target < len(matched) else None
+        if targets is None:
+            return f"no target for {name} to be {rel}", None
+        # GenEval requires the relation of the `count` objects it ranked first; unranked, keep those that hold it.
+        keep, first_miss = [], None
+        for o in objs:
+            rels = [relative_position(o.box, t.box) for t in targets]
+            if all(rel in r for r in rels):
+                keep.append(o)
+            elif first_miss is None:
+                first_miss = next(r for r in rels if rel not in r)
+        if len(keep) < count:
+            return f"expected {name} {rel} target, found {' and '.join(sorted(first_miss))} target", None
+        objs = keep
+    return "", objs[:count]
