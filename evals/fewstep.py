@@ -87,6 +87,7 @@ def bench_fewstep(teacher, students: dict[str, object], prompts: int = 24, seed:
     batches = [metas[i:i + batch_size] for i in range(0, len(metas), batch_size)]
     wrapped = {id(p): accelerate_pipeline(p) for p in [teacher, *students.values()]}
     todo = _methods(students, steps, list(euler_steps))
+    chunk = next((chunk_length(p) for p in students.values() if chunk_length(p)), None) if video else None
 
     def start_noise(i: int, chunk: list[dict]) -> torch.Tensor:
         """The start latents the teacher's run draws for this batch (per-image generators), so every method
@@ -125,19 +126,40 @@ def bench_fewstep(teacher, students: dict[str, object], prompts: int = 24, seed:
         images, nfe = outputs[label]
         row = _row(label, method, n, images, outputs["teacher"][0], nfe / len(metas), best[label], best["teacher"],
                    metas, video, _geneval, psnr, ssim)
+        if chunk is not None:  # seams: frame-to-frame change at the AR students' chunk boundaries vs inside
+            row |= seams(images, chunk)
         if pipe is not None:
             adapter = wrapped[id(pipe)].adapter
             spec = find_student(pipe)
             call = {"prompt": [m["prompt"] for m in metas[:batch_size]], "num_inference_steps": n,
                     "generator": torch.Generator().manual_seed(seed)} | spec.call_defaults
-            row["semigroup_defect"] = semigroup_defect(adapter, adapter.prepare(**call), spec, n,
-                                                       torch.Generator().manual_seed(seed + 1))
+            prepared = adapter.prepare(**call)
+            # the defect is measured on the student's whole-sample map; a streaming (AR) student has none
+            row["semigroup_defect"] = None if chunk_length(pipe) else semigroup_defect(
+                adapter, prepared, spec, n, torch.Generator().manual_seed(seed + 1))
             row["timesteps"] = list(spec.timesteps[n])
         row |= {"prompts": len(metas), "seed": seed, "teacher_steps": steps, "repeats": repeats}
         rows.append(row)
         if progress:
             progress(row)
     return rows
+
+
+def chunk_length(pipe) -> int | None:
+    """Frames per chunk of an autoregressive (chunk-causal) student; None for any other pipeline."""
+    config = getattr(getattr(pipe, "transformer", None), "config", None)
+    frames = getattr(config, "chunk_frames", None) if config is not None else None
+    return None if frames is None else frames * config.patch_frames
+
+
+def seams(clips: torch.Tensor, chunk: int) -> dict:
+    """Mean absolute frame-to-frame change of clips (N, F, H, W, C) across chunk boundaries (frame chunk*k - 1 to
+    chunk*k) and inside chunks, and their ratio: about 1 when chunks join without a seam."""
+    diff = (clips[:, 1:] - clips[:, :-1]).abs().mean(dim=(0, 2, 3, 4))  # (F - 1,): frame t -> t + 1
+    at = torch.tensor([(t + 1) % chunk == 0 for t in range(diff.numel())])
+    boundary, inner = float(diff[at].mean()), float(diff[~at].mean())
+    return {"chunk_frames": chunk, "boundary_change": boundary, "inner_change": inner,
+            "seam_ratio": boundary / inner if inner > 0 else float("nan")}
 
 
 def _row(label, method, n, images, teacher, nfe, seconds, teacher_seconds, metas, video, geneval, psnr, ssim):

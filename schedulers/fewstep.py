@@ -47,7 +47,8 @@ def fewstep_grid(timesteps, shift: float = 1.0) -> TimeGrid:
 @dataclass(frozen=True)
 class StudentSpec:
     """What a distilled student was trained for: its step lists by NFE (timesteps in [0, 1000]), the shift that
-    warps them, the update rule, and where it came from (method "dmd" / "sc-dmd", teacher, the teacher's CFG scale
+    warps them, the update rule, and where it came from (method "dmd" / "sc-dmd", or "ar" for an
+    autoregressive student trained with Salt's recipe; teacher, the teacher's CFG scale
     that distillation baked in). Saved as student.json in the student's pipeline folder."""
 
     timesteps: dict[int, tuple[int, ...]] = field(default_factory=lambda: {4: TIMESTEPS[4], 2: TIMESTEPS[2]})

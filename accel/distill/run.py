@@ -24,7 +24,8 @@ def export_student(distiller: Distiller, out_dir: str | Path, ema: bool = True) 
     out_dir = Path(out_dir)
     with_transformer(distiller.roles.teacher.pipe, module).save_pretrained(out_dir, safe_serialization=True)
     StudentSpec(timesteps={n: TIMESTEPS[n] for n in sorted(c.nfe, reverse=True)}, shift=c.shift, rule=c.rule,
-                method=c.method, teacher=distiller.teacher_name, teacher_guidance=c.guidance,
+                method="ar" if c.ar is not None else c.method, teacher=distiller.teacher_name,
+                teacher_guidance=c.guidance,
                 call_defaults=dict(distiller.roles.student_call)).save(out_dir)
     write_json(out_dir / "distill.json", {
         "config": c.to_dict(), "teacher": distiller.teacher_name, "teacher_fingerprint": distiller.teacher_id,

@@ -94,3 +94,39 @@ def test_search_bench_on_a_student_counts_its_nfe(folders):
     assert [r["plain_nfe"] for r in rows] == [4, 4] and [r["nfe"] for r in rows] == [4.0, 12.0]
     rows = bench_search(student, prompts=2, seed=0, strategies=("bon",), budgets=(1,), steps=2)
     assert rows[0]["nfe"] == 2.0
+
+
+def test_seams_compare_boundary_and_inner_frame_changes():
+    from accel.evals.fewstep import seams
+
+    clips = torch.zeros(1, 6, 2, 2, 3)
+    for t in range(6):
+        clips[:, t] = 0.1 * t + (0.5 if t >= 3 else 0.0)  # a jump between frames 2 and 3: chunks of 3 frames
+    out = seams(clips, 3)
+    assert out["boundary_change"] == pytest.approx(0.6) and out["inner_change"] == pytest.approx(0.1)
+    assert out["seam_ratio"] == pytest.approx(6.0)
+    assert seams(clips, 2)["seam_ratio"] < seams(clips, 3)["seam_ratio"]
+
+
+def test_video_rows_of_an_autoregressive_student(tmp_path):
+    from accel.models import load_pipeline
+    from accel.pipelines.shapes_causal import CausalShapesVideoTransformer3DModel
+    from accel.pipelines.shapes_video import ShapesVideoPipeline, build_shapes_video_pipeline
+
+    teacher = build_shapes_video_pipeline(width=32, num_layers=1, text_hidden=32, text_layers=1, patch_frames=2)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for param in teacher.transformer.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    causal = CausalShapesVideoTransformer3DModel.from_bidirectional(teacher.transformer, chunk_frames=1)
+    ShapesVideoPipeline(**{**teacher.components, "transformer": causal}).save_pretrained(tmp_path / "ar")
+    StudentSpec(timesteps={2: (1000, 500)}, shift=2.0, method="ar",
+                call_defaults={"guidance_scale": 1.0}).save(tmp_path / "ar")
+    rows = bench_fewstep(teacher, {"ar": load_pipeline(str(tmp_path / "ar"))}, prompts=2, seed=0, steps=2,
+                         euler_steps=(), batch_size=2)
+    by = {r["label"]: r for r in rows}
+    assert list(by) == ["teacher", "ar:nfe=2"] and by["ar:nfe=2"]["method"] == "ar"
+    assert by["ar:nfe=2"]["nfe"] == pytest.approx(2 + 3 / 4)  # 4 chunks: 2 steps each and 3 commits
+    assert by["ar:nfe=2"]["semigroup_defect"] is None
+    for row in rows:  # every video row gets the seam measure at the student's chunk boundaries (2 frames)
+        assert row["chunk_frames"] == 2 and row["seam_ratio"] > 0 and row["model"] == "video"
