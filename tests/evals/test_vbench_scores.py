@@ -104,20 +104,19 @@ def test_transforms_sizes_and_constant_frames():
 # ---------------------------------------------------------------------------------------------------------------------
 # Tiny DINO and CLIP models (random weights, built from configs, offline)
 
-@pytest.fixture(scope="module")
-def dino_folder(tmp_path_factory):
+def save_tiny_dino(path):
+    """A transformers ViT as DINO's (16-pixel patches at 224), 32 wide and one layer deep, random weights."""
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(0)
     config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
                        image_size=224, patch_size=16)
-    path = tmp_path_factory.mktemp("dino")
     ViTModel(config, add_pooling_layer=False).eval().save_pretrained(path)
     return path
 
 
-@pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory):
+def save_tiny_clip(path):
+    """A full transformers CLIP as openai/clip-vit-base-patch32 ships (32-pixel patches), tiny and random."""
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
@@ -127,9 +126,18 @@ def clip_folder(tmp_path_factory):
                         vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
                                        "num_attention_heads": 2, "image_size": 224, "patch_size": 32},
                         projection_dim=16)
-    path = tmp_path_factory.mktemp("clip")
-    CLIPModel(config).eval().save_pretrained(path)  # a full CLIP folder, as openai/clip-vit-base-patch32 ships
+    CLIPModel(config).eval().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def dino_folder(tmp_path_factory):
+    return save_tiny_dino(tmp_path_factory.mktemp("dino"))
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def video(seed=0, t=3, h=224, w=224):
