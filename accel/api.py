@@ -66,7 +66,8 @@ class AcceleratedPipeline:
         self.search_callback = None
         base = inspect.signature(pipe.__call__)
         params = [p for p in base.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        for name in ("sampler", "steps", "runtime", "search", "reward", "nfe", "refine", "agent", "editor"):
+        for name in ("sampler", "steps", "runtime", "search", "reward", "nfe", "refine", "agent", "editor",
+                     "capacity"):
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None))
         self.__signature__ = base.replace(parameters=params)
 
@@ -98,7 +99,7 @@ class AcceleratedPipeline:
 
     def __call__(self, *args, sampler: str | None = None, steps=None, runtime: float | int | None = None,
                  search=None, reward=None, nfe: int | None = None, distributed=False, refine=None, agent=None,
-                 editor=None, **kwargs):
+                 editor=None, capacity=None, **kwargs):
         """Call as the pipeline. accel options: sampler ("euler" | "heun"; "fewstep" on a distilled student, with
         num_inference_steps one of its trained step counts, accel.schedulers.fewstep); steps ("uniform", the default, or
         "hsa" / an HSAConfig: heterogeneous per-token steps, accel.schedulers.hsa) with runtime (the fraction of
@@ -111,7 +112,14 @@ class AcceleratedPipeline:
         refine ("raise", "raise:key=value..." or an accel.search.raise_.RAISEConfig: RAISE) with nfe, agent (analyzer,
         rewriter, verifier; default on the built-in shapes model: the offline ShapesAgent with the exact checker as
         its verifier), reward (the fitness; default "shapes" there) and editor (an external edit pipeline;
-        default: SDEdit with this pipeline)."""
+        default: SDEdit with this pipeline).
+        capacity (mixture-of-experts transformers, accel.moe): a factor on every MoE layer's trained capacity, a list
+        with one factor per MoE layer, a callable of sigma, or "auto"; combines with every option above, and
+        .stats.extra reports the expert_flops_fraction it spent."""
+        if capacity is not None:  # the expert-choice engine at this capacity, for this call only
+            options = dict(sampler=sampler, steps=steps, runtime=runtime, search=search, reward=reward, nfe=nfe,
+                           distributed=distributed, refine=refine, agent=agent, editor=editor)
+            return self._call_at_capacity(capacity, args, kwargs, options)
         names = self._positional_names()
         if len(args) > len(names):
             raise ValueError(f"{type(self.pipe).__name__} takes at most {len(names)} positional arguments")
@@ -150,6 +158,17 @@ class AcceleratedPipeline:
         self.stats = stats
         if not isinstance(out, tuple):
             out.stats = stats
+        return out
+
+    def _call_at_capacity(self, capacity, args: tuple, kwargs: dict[str, Any], options: dict[str, Any]):
+        """One call with the expert-choice engine at `capacity` (accel.moe.elastic_capacity: applied and removed
+        again, or switched and switched back where the model already has it); its expert FLOPs go into
+        .stats.extra."""
+        from accel.moe import elastic_capacity
+
+        with elastic_capacity(self.adapter.transformer, capacity) as engine:
+            out = self(*args, **options, **kwargs)
+            self.stats.extra.update(engine.summary())
         return out
 
     def _run(self, call: dict[str, Any], config: AccelConfig):

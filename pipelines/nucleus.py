@@ -25,6 +25,7 @@ from diffusers.utils.torch_utils import get_module_execution_device
 
 from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout
 from accel.core.grid import TimeGrid
+from accel.moe.engine import check_capacity_factors
 
 
 def batch_size(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> int:
@@ -62,6 +63,7 @@ class NucleusDenoiser(Denoiser):
 
     def __init__(self, pipe):
         super().__init__(pipe)
+        check_capacity_factors(pipe.transformer)  # a per-layer list for another depth: a clear error, now
         self._grid_hw: tuple[int, int] | None = None  # token rows/cols of the last prepare() (see token_layout)
         self._text_keys: dict[int, tuple] = {}  # text K/V cache keys seen since its last reset (see _check_text_key)
 

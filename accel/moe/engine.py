@@ -248,6 +248,9 @@ def apply_expert_choice(model: nn.Module, config: ExpertChoiceConfig | None = No
 def elastic_capacity(model: nn.Module, capacity: CapacityOption) -> Iterator[ExpertChoiceHandle]:
     """The engine at `capacity` for the duration of the block, with fresh stats: applied and removed again, or,
     where the model already has it, switched to `capacity` and switched back."""
+    if not moe_layers(model):
+        raise ValueError(f"capacity= applies to mixture-of-experts transformers (diffusers' "
+                         f"NucleusMoEImageTransformer2DModel with MoE blocks); {type(model).__name__} is dense")
     handle = engine_of(model)
     if handle is None:
         handle = apply_expert_choice(model, ExpertChoiceConfig(capacity=capacity))
