@@ -18,7 +18,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="accel: faster, better diffusion sampling.")
@@ -102,6 +103,25 @@ def _load(model: str, device: Optional[str]):
 def _progress(disable: bool = False) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True, disable=disable)
+
+
+def _eval_progress(progress: Progress, description: str = "prompts"):
+    """A callback progress(done, total) for the evals: the bar (prompts done, elapsed, ETA) starts at the first
+    call, so that prompts a resumed run skips do not count as speed."""
+    task = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            task = progress.add_task(description, total=total, completed=done)
+        else:
+            progress.update(task, completed=done, total=total)
+    return update
+
+
+def _eval_bar(disable: bool = False) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True, disable=disable)
 
 
 def _launched_processes() -> int:
@@ -369,13 +389,16 @@ def _write_media(path: Path, item) -> None:
 
 def _shapes_eval(command: str, pipeline_class: str, evaluate, model: str, prompts: int, seed: int, steps: int,
                  batch_size: int, json_out: Optional[Path], device: Optional[str], call: dict,
-                 overwrite: bool, allow_dirty: bool, record: dict | None = None) -> dict:
+                 overwrite: bool, allow_dirty: bool, record: dict | None = None) -> dict | None:
     """Loads a shapes-world model, runs evaluate(pipe, ..., **call) over the prompts with a progress bar, writes
-    the JSON (with `record` merged in) and prints the per-tag table; returns the result."""
+    the JSON (with `record` merged in) and prints the per-tag table; returns the result (None on the processes
+    other than the first when torchrun / accelerate launch started several: call["shard"])."""
     import torch
 
     from accel.evals.io import write_json
 
+    shard = call.get("shard")
+    main_process = shard is None or shard.main
     with user_errors():
         if prompts < 1 or steps < 1 or batch_size < 1:
             raise UsageError("--prompts, --steps and --batch-size must be >= 1")
@@ -384,13 +407,16 @@ def _shapes_eval(command: str, pipeline_class: str, evaluate, model: str, prompt
         check_guidance(call.get("guidance_scale"), "--guidance")
         check_outputs([json_out], overwrite)
         state = record_state(json_out, allow_dirty)
+        if shard is not None and shard.world > 1 and torch.cuda.is_available():
+            device = device or f"cuda:{torch.cuda.current_device()}"
         pipe = _load(model, device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if type(pipe).__name__ != pipeline_class:
             raise UsageError(f"{command} needs a {pipeline_class}, got {type(pipe).__name__}")
-        with _progress() as progress:
-            task = progress.add_task("prompts", total=prompts)
+        with _eval_bar(disable=not main_process) as progress:
             result = evaluate(pipe, prompts=prompts, seed=seed, steps=steps, batch_size=batch_size,
-                              progress=lambda k: progress.advance(task, k), state=state, **call)
+                              progress=_eval_progress(progress), state=state, **call)
+        if not main_process:
+            return None
         result.update(model=model, **(record or {}))
         if json_out is not None:
             with saving(json_out):
@@ -414,16 +440,24 @@ def eval_shapes(
     guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: the pipeline's)."),
     batch_size: int = typer.Option(48, help="Images per batch."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON to this file."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Keep the run's finished prompts in this folder: the "
+                                       "same command resumes a killed run there (settings must match)."),
     device: Optional[str] = typer.Option(None, help="torch device."),
     overwrite: bool = OVERWRITE,
     allow_dirty: bool = ALLOW_DIRTY,
 ):
-    """Exact GenEval-style accuracy of a shapes-world model, per tag."""
+    """Exact GenEval-style accuracy of a shapes-world model, per tag. Under torchrun / accelerate launch the prompts
+    are shared out over the processes (same result as one process)."""
     from accel.evals.shapes import evaluate_shapes
+    from accel.evals.shard import Shard
 
+    with user_errors():
+        shard = Shard.from_env()
     result = _shapes_eval("eval shapes", "ShapesPipeline", evaluate_shapes, model, prompts, seed, steps, batch_size,
-                          json_out, device, {"guidance_scale": guidance}, overwrite, allow_dirty)
-    console.print(f"{result['nfe']} NFE, {result['seconds']:.1f} s", highlight=False)
+                          json_out, device, {"guidance_scale": guidance, "out": out, "overwrite": overwrite,
+                                             "shard": shard}, overwrite, allow_dirty)
+    if result is not None:
+        console.print(f"{result['nfe']} NFE, {result['seconds']:.1f} s", highlight=False)
 
 
 @eval_app.command("shapes-video")
@@ -597,6 +631,7 @@ def info():
 # Commands defined in their own modules register on `app` / `bench_app` when imported (after those exist).
 from accel.cli import dllm as _dllm  # noqa: E402,F401
 from accel.cli import distill as _distill  # noqa: E402,F401
+from accel.cli import evals as _evals  # noqa: E402,F401
 from accel.cli import fewstep as _fewstep  # noqa: E402,F401
 from accel.cli import report as _report  # noqa: E402,F401
 from accel.cli import vbench as _vbench  # noqa: E402,F401

@@ -1,0 +1,198 @@
+"""`accel eval geneval`: GenEval's folder layout, results and summary for any pipeline, with accel's options.
+
+Registered on the main app by accel.cli.main (imported at its end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _eval_bar, _eval_progress, _load, console, eval_app,
+                            record_state, saving, user_errors)
+
+
+def _call_options(pipe, steps, guidance, height, width, steps_mode, runtime, kv, search, reward, nfe) -> dict:
+    """The pipeline call's arguments for the accel options (validated as `accel generate` does)."""
+    from accel.api import check_guidance
+    from accel.schedulers.fewstep import find_student
+
+    check_guidance(guidance, "--guidance")
+    student = find_student(pipe)
+    if student is not None and (search is not None or steps_mode != "uniform"):
+        raise UsageError("a distilled student samples with its own steps: --search and --steps-mode hsa need a "
+                         "teacher model")
+    if student is not None and steps is not None and steps not in student.nfes:
+        raise UsageError(f"this student was trained for --steps {' or '.join(map(str, student.nfes))}, not {steps}")
+    call = {}
+    steps = steps or (max(student.nfes) if student is not None else None)
+    for key, value in (("num_inference_steps", steps), ("guidance_scale", guidance), ("height", height),
+                       ("width", width)):
+        if value is not None:
+            call[key] = value
+    if steps_mode == "hsa":
+        from accel.schedulers.hsa import HSAConfig
+
+        call["steps"] = HSAConfig(runtime=0.5 if runtime is None else runtime, kv=kv or "auto")
+    if search is not None:
+        if nfe is None:
+            cfg = guidance if guidance is not None else pipe.__signature__.parameters["guidance_scale"].default
+            nfe = 4 * (steps or 25) * (2 if cfg and cfg > 1 else 1)
+        call.update(search=search, reward=reward, nfe=nfe)
+    return call
+
+
+@eval_app.command("geneval")
+def eval_geneval(
+    metadata: Path = typer.Option(..., help="GenEval's evaluation_metadata.jsonl (or any file in its format)."),
+    out: Path = typer.Option(..., help="Output folder: GenEval's layout (<index>/metadata.jsonl, "
+                             "<index>/samples/<k>.png, <index>/grid.png), results.jsonl, summary.json."),
+    model: str = typer.Option("shapes", help="Built-in model name, diffusers pipeline folder, or hub id."),
+    images_per_prompt: int = typer.Option(4, help="Samples per prompt (GenEval: 4)."),
+    seed: int = typer.Option(0, help="Sample k of prompt i draws noise seed seed * 1000003 + i + k * 2**32."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the pipeline's; a student's most)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale (default: the pipeline's)."),
+    height: Optional[int] = typer.Option(None, help="Image height (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Image width (default: the model's)."),
+    sampler: Optional[str] = typer.Option(None, help="euler or heun (flow ODE); fewstep for a distilled student "
+                                          "(its default)."),
+    steps_mode: str = typer.Option("uniform", help="uniform or hsa (heterogeneous per-token steps)."),
+    runtime: Optional[float] = typer.Option(None, help="For --steps-mode hsa: fraction of the token compute."),
+    kv: Optional[str] = typer.Option(None, help="For --steps-mode hsa: auto, extrapolate, refresh or stale."),
+    search: Optional[str] = typer.Option(None, help="Search strategy per sample: bon, sop, smc, epf, svdd, rbf, "
+                                         "beam."),
+    reward: str = typer.Option("shapes", help="Reward for --search."),
+    nfe: Optional[int] = typer.Option(None, help="NFE budget per sample for --search (default: 4 x steps x 2)."),
+    fused_kernels: bool = typer.Option(False, "--fused-kernels", help="Fused Triton kernels (CUDA)."),
+    batch_size: int = typer.Option(1, help="Prompts per pipeline call (each with --images-per-prompt samples)."),
+    detector: Optional[str] = typer.Option(None, help="shapes (exact; the default for a shapes model), "
+                                           "mask2former, owlv2, or none (generate only)."),
+    detector_model: Optional[Path] = typer.Option(None, help="The Mask2Former / OWLv2 transformers folder."),
+    clip_model: Optional[Path] = typer.Option(None, help="CLIP folder for GenEval's colour classification "
+                                              "(GenEval: ViT-L/14, openai/clip-vit-large-patch14)."),
+    threshold: float = typer.Option(0.3, help="Detection confidence to keep (GenEval: 0.3)."),
+    counting_threshold: float = typer.Option(0.9, help="... for counting prompts (GenEval: 0.9)."),
+    max_objects: int = typer.Option(16, help="Most detections kept per class (GenEval: 16)."),
+    max_overlap: float = typer.Option(1.0, help="Drop a detection overlapping a more confident one of its class "
+                                      "by this IoU (GenEval: 1, off)."),
+    grid: bool = typer.Option(True, "--grid/--no-grid", help="Write each prompt's grid.png (GenEval's script "
+                              "does by default)."),
+    device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
+    overwrite: bool = OVERWRITE,
+    allow_dirty: bool = ALLOW_DIRTY,
+):
+    """GenEval: generate its folder layout with any accel option and score it with GenEval's rules (per-tag
+    accuracy, overall = the tags' mean). Under torchrun / accelerate launch the prompts are shared out over the
+    processes; a killed run resumes with the same command."""
+    from accel.evals.geneval import GenEvalRun, Thresholds, evaluate_geneval, load_metadata, summary_text
+    from accel.evals.io import write_json
+    from accel.evals.shard import Shard
+
+    with user_errors():
+        if images_per_prompt < 1:
+            raise UsageError(f"--images-per-prompt must be >= 1, got {images_per_prompt}")
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+        if steps is not None and steps < 1:
+            raise UsageError(f"--steps must be >= 1, got {steps}")
+        if steps_mode not in ("uniform", "hsa"):
+            raise UsageError(f"--steps-mode must be uniform or hsa, got {steps_mode!r}")
+        if (runtime is not None or kv is not None) and steps_mode != "hsa":
+            raise UsageError("--runtime and --kv apply to --steps-mode hsa only")
+        if steps_mode == "hsa" and search is not None:
+            raise UsageError("--steps-mode hsa does not combine with --search")
+        if search is not None:
+            from accel.search import get_config
+
+            get_config(search)
+        from accel.config import AccelConfig
+
+        if sampler is not None:
+            AccelConfig(sampler=sampler)
+        metas = load_metadata(metadata)
+        run = GenEvalRun(images_per_prompt, seed, batch_size, grid,
+                         Thresholds(threshold, counting_threshold, max_objects, max_overlap))
+        shard = Shard.from_env()
+        import torch
+
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{torch.cuda.current_device()}" if shard.world > 1 else "cuda"
+        device = device or "cpu"
+        scorer = _load_scorer(detector, detector_model, clip_model, metas, model, device)
+        state = record_state(out, allow_dirty)
+        pipe = _load(model, device)
+        if scorer[0] is None and detector is None and type(pipe).__name__ != "ShapesPipeline":
+            raise UsageError("pass --detector mask2former or owlv2 with --detector-model (and --clip-model for "
+                             "colour prompts), or --detector none to generate only")
+        if scorer[0] is None and detector is None:
+            from accel.evals.detectors import ShapesDetector
+
+            scorer = (ShapesDetector(), None)
+        from accel.api import accelerate_pipeline
+        from accel.schedulers.fewstep import find_student
+
+        student = find_student(pipe)
+        if student is not None and sampler not in (None, "fewstep"):
+            raise UsageError(f"{model} is a distilled student: it samples with --sampler fewstep only")
+        if student is None and sampler == "fewstep":
+            raise UsageError(f"--sampler fewstep needs a distilled student; {model} is not one")
+        apipe = accelerate_pipeline(pipe, AccelConfig(sampler=sampler or ("fewstep" if student else "euler"),
+                                                      fused_kernels=fused_kernels))
+        call = _call_options(apipe, steps, guidance, height, width, steps_mode, runtime, kv, search, reward, nfe)
+        settings = {"model": model, "sampler": sampler, "fused_kernels": fused_kernels,
+                    "detector_model": None if detector_model is None else str(detector_model.resolve()),
+                    "clip_model": None if clip_model is None else str(clip_model.resolve())}
+        with _eval_bar(disable=not shard.main) as progress, saving(out):
+            summary = evaluate_geneval(apipe, metas, out, run, call, detector=scorer[0], colors=scorer[1],
+                                       settings=settings, overwrite=overwrite, shard=shard,
+                                       progress=_eval_progress(progress))
+        if summary is None:
+            return
+        from accel.evals.io import run_info
+
+        record = summary | {"model": model, "metadata": str(metadata), "detector": scorer[0] and scorer[0].name,
+                            "settings": settings, "call": {k: repr(v) for k, v in call.items()}} | run_info(state)
+        with saving(out / "summary.json"):
+            write_json(out / "summary.json", record)
+    if "per_tag" in summary:
+        Console().print(summary_text(summary), highlight=False)
+        console.print(f"wrote {out / 'results.jsonl'} and {out / 'summary.json'}; {summary['nfe']} NFE, "
+                      f"{summary['seconds']:.1f} s", highlight=False)
+    else:
+        console.print(f"wrote {len(metas)} prompts' samples to {out} (not scored: --detector none); "
+                      f"{summary['nfe']} NFE", highlight=False)
+
+
+def _load_scorer(detector: Optional[str], detector_model: Optional[Path], clip_model: Optional[Path], metas,
+                 model: str, device: str):
+    """(detector, colour classifier) from the options; (None, None) when nothing scores or the default applies."""
+    import diffusers
+    import transformers
+
+    from accel.evals.detectors import DETECTORS, ClipColors, load_detector
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.disable_progress_bar()
+        lib.utils.logging.set_verbosity_error()
+    if detector == "none":
+        if detector_model is not None or clip_model is not None:
+            raise UsageError("--detector none scores nothing: drop --detector-model / --clip-model")
+        return None, None
+    if detector is None:
+        if detector_model is not None:
+            raise UsageError("--detector-model needs --detector mask2former or owlv2")
+        return None, None
+    if detector not in DETECTORS:
+        raise UsageError(f"unknown --detector {detector!r}; allowed: {', '.join(DETECTORS)}, none")
+    colored = detector != "shapes" and any("color" in c for m in metas for c in m["include"])
+    if colored and clip_model is None:
+        raise UsageError("the metadata has colour prompts: pass --clip-model (GenEval's CLIP colour classifier)")
+    try:
+        return load_detector(detector, detector_model, device), ClipColors(clip_model, device) if colored else None
+    except (ValueError, UsageError):
+        raise
+    except Exception as e:  # a folder that passes the checks but does not load: which one, in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot load the {detector} detector or the CLIP colour classifier: {first}") from None
