@@ -270,10 +270,10 @@ class _Raise:
         edits = rewrite.edits or [rewrite.prompt]
         top, comprehensive, others = edits[0], (edits[1:2] or [rewrite.prompt])[0], edits[2:]
         picked = [top, comprehensive]
-        if others:  # one random planned edit other than the top-1 (the paper's first edit candidate)
+        if others:  # one random planned edit other than the top-1 (the paper's third edit)
             k = int(torch.randint(len(others), (1,), generator=self.ctx.generator))
-            picked.insert(0, others[k])
-        picked = picked[len(picked) - cfg.edits:] if cfg.edits else []  # fewer edits: keep top-1, comprehensive
+            picked.append(others[k])
+        picked = picked[:cfg.edits]  # fewer edits: the top-1 first, then the comprehensive one
         return [("edit", e) for e in picked] + [("rewrite", rewrite.prompt)] * (cfg.population - len(picked))
 
     def _cost(self, kind: str) -> int:

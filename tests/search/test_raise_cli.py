@@ -47,3 +47,27 @@ def test_bad_refine_input(model, tmp_path, args, message):
     r = run("generate", "a photo of a red circle", "--model", model, "--steps", 2, "--out", tmp_path / "x.png",
             *args)
     assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_generate_refine_with_an_endpoint_agent(model, tmp_path):
+    from test_raise_vlm import Endpoint
+
+    out = tmp_path / "e.png"
+    with Endpoint() as ep:
+        r = run("generate", "a photo of a red circle and a blue square", "--model", model, "--steps", 2,
+                "--refine", "raise:population=2:originals=1:edits=1", "--nfe", 24, "--agent", ep.url,
+                "--agent-model", "fake-vlm", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert iio.imread(out).shape == (32, 32, 3) and len(ep.requests) >= 4
+
+
+def test_generate_refine_keeps_its_best_when_the_agent_fails(model, tmp_path):
+    from test_raise_vlm import Endpoint
+
+    out = tmp_path / "f.png"
+    with Endpoint(["good", "good", "good", ("status", 400)]) as ep:
+        r = run("generate", "a photo of a red circle and a blue square", "--model", model, "--steps", 2,
+                "--refine", "raise:population=2:originals=1:edits=1", "--nfe", 24, "--agent", ep.url,
+                "--agent-model", "fake-vlm", "--out", out)
+    assert r.exit_code == 2 and "HTTP 400" in r.output and "best image so far" in r.output, r.output
+    assert iio.imread(out).shape == (32, 32, 3)
