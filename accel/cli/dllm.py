@@ -15,11 +15,11 @@ from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _progress, app, 
                             record_state, saving, user_errors)
 
 
-def _load_text(model: str, device: Optional[str], trust_remote_code: bool):
+def _load_text(model: str, device: Optional[str], trust_remote_code: bool, mask_id: Optional[int] = None):
     from accel.dllm.models import load_text_model
 
     try:
-        return load_text_model(model, device=device, trust_remote_code=trust_remote_code)
+        return load_text_model(model, device=device, trust_remote_code=trust_remote_code, mask_id=mask_id)
     except (ValueError, FileNotFoundError):
         raise
     except Exception as e:  # hub / config errors from transformers: which model, in one line
@@ -37,8 +37,12 @@ def text(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a checkpoint's own code "
                                            "(LLaDA, Dream). Off by default."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cpu)."),
+    mask_id: Optional[int] = typer.Option(None, help="Mask token id (default: the checkpoint's config, else its "
+                                          "tokenizer's mask token)."),
+    eos_stop: bool = typer.Option(False, "--eos-stop", help="Stop at the tokenizer's end-of-sequence token "
+                                  "(later masks are filled with it)."),
 ):
-    """Decode an answer with a masked-diffusion language model."""
+    """Decode an answer with a masked-diffusion language model (built-in, LLaDA or Dream folder, ...)."""
     from accel.dllm import generate
     from accel.dllm.bench import parse_decoder
 
@@ -50,8 +54,14 @@ def text(
             from accel.dllm.task import parse_prompt
 
             parse_prompt(prompt)  # the built-in model's format, said plainly
-        lm, tok = _load_text(model, device, trust_remote_code)
-        out = generate(lm, tok.prompt_ids(prompt), config, gen_length, delimiter_id=tok.index.get("\n"))
+        lm, tok = _load_text(model, device, trust_remote_code, mask_id)
+        if tok is None:
+            raise UsageError(f"{model} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
+        eos = getattr(tok, "eos_id", None) if eos_stop else None
+        if eos_stop and eos is None:
+            raise UsageError("--eos-stop: the tokenizer has no end-of-sequence token")
+        out = generate(lm, tok.prompt_ids(prompt), config, gen_length, delimiter_id=tok.index.get("\n"),
+                       eos_id=eos)
     console.print(tok.decode(out.tokens), highlight=False, markup=False)
     s = out.stats
     console.print(f"[dim]{config.name}: {s.nfe} forwards, {s.positions} token-forwards, {s.seconds:.2f} s, "
@@ -60,7 +70,7 @@ def text(
 
 @bench_app.command("dllm")
 def bench_dllm_cmd(
-    model: str = typer.Option("counting", help="Built-in text model or accel model folder."),
+    model: str = typer.Option("counting", help="Built-in text model, accel model folder, LLaDA / Dream folder."),
     prompts: int = typer.Option(24, help="Number of problems (the rules in turn)."),
     seed: int = typer.Option(0, help="Picks the problem set."),
     gen_length: int = typer.Option(256, help="Answer tokens."),
@@ -68,6 +78,7 @@ def bench_dllm_cmd(
                                                        "is the baseline (default: the recorded sweep)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of accuracy vs speedup (needs matplotlib)."),
+    mask_id: Optional[int] = typer.Option(None, help="Mask token id (default: the checkpoint's own)."),
     overwrite: bool = OVERWRITE,
     allow_dirty: bool = ALLOW_DIRTY,
 ):
@@ -83,9 +94,9 @@ def bench_dllm_cmd(
             raise UsageError("--prompts must be >= 1 and --decoders non-empty")
         check_outputs([json_out, plot], overwrite)
         state = record_state(json_out, allow_dirty)
-        lm, tok = _load_text(model, None, False)
-        if not hasattr(tok, "vocab"):
-            raise UsageError("bench dllm needs a model trained on the built-in task (accel's MaskedDiffusionLM)")
+        lm, tok = _load_text(model, None, False, mask_id)
+        if tok is None:
+            raise UsageError(f"{model} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
         with _progress() as progress:
             task = progress.add_task("decoding", total=prompts * len(names))
             rows = bench_dllm(lm, tok, prompts=prompts, seed=seed, gen_length=gen_length, decoders=names,

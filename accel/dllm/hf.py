@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 DEFAULT_MASK_IDS = {"llada": 126336}
+MASK_TEXTS = ("<|mdm_mask|>", "<|mask|>", "[MASK]", "<mask>")
 
 
 @dataclass
@@ -58,6 +59,18 @@ class HFTokenizer:
         self.tokenizer = tokenizer
         self.index = {t: i for t, i in tokenizer.get_vocab().items()}
 
+    @property
+    def mask_id(self) -> int | None:
+        """The tokenizer's mask token, else a known mask text in its vocabulary (LLaDA's <|mdm_mask|>), else
+        None."""
+        if self.tokenizer.mask_token_id is not None:
+            return int(self.tokenizer.mask_token_id)
+        return next((self.index[t] for t in MASK_TEXTS if t in self.index), None)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
+
     def prompt_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
 
@@ -81,22 +94,28 @@ def load_hf_dllm(path: str, kind: str = "llada", trust_remote_code: bool = False
         kwargs["dtype"] = dtype
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = None
-    for auto in (AutoModelForMaskedLM, AutoModel):
+    # AutoModel only for remote code (LLaDA's and Dream's own classes): for a transformers architecture it would
+    # give a headless model (hidden states, not logits).
+    for auto in (AutoModelForMaskedLM, AutoModel) if trust_remote_code else (AutoModelForMaskedLM,):
         try:
             model = auto.from_pretrained(path, **kwargs)
             break
         except ValueError:  # this auto class does not map the config
             continue
     if model is None:
-        raise ValueError(f"{path}: no masked-LM or remote-code model class for {type(config).__name__}")
+        arch = getattr(config, "architectures", None) or [type(config).__name__]
+        raise ValueError(f"{path} is a {', '.join(arch)} checkpoint, not a masked-diffusion LM: accel decodes "
+                         "LLaDA and Dream checkpoints (native), its own MaskedDiffusionLM folders and transformers "
+                         "masked LMs")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    mask_id = mask_id if mask_id is not None else tokenizer.mask_token_id
+    tokenizer = HFTokenizer(tokenizer)
+    mask_id = mask_id if mask_id is not None else tokenizer.mask_id
     mask_id = mask_id if mask_id is not None else DEFAULT_MASK_IDS.get(kind)
     if mask_id is None:
-        raise ValueError("the tokenizer has no mask token: pass mask_id=")
+        raise ValueError("the tokenizer has no mask token: pass mask_id= (--mask-id)")
     max_len = (getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", None)
                or 4096)
     adapter = HFMaskedDiffusionLM(model.eval(), mask_id, max_len, shift_logits=kind == "dream")
     if device is not None:
         adapter.to(device)
-    return adapter, HFTokenizer(tokenizer)
+    return adapter, tokenizer

@@ -21,15 +21,26 @@ def builtin_text_model_path(name: str = "counting") -> Path:
 
 
 def load_text_model(model: str = "counting", device: str | None = None, trust_remote_code: bool = False,
-                    kind: str = "llada"):
-    """(model, tokenizer): a built-in name, a folder of accel's MaskedDiffusionLM, or a LLaDA / Dream checkpoint
-    (folder or hub id; see accel.dllm.hf)."""
+                    kind: str = "llada", mask_id: int | None = None, dtype=None):
+    """(model, tokenizer) from a built-in name, a folder of accel's MaskedDiffusionLM, an official LLaDA or
+    Dream checkpoint folder (loaded natively, no remote code: accel.dllm.native; every decoder and cache runs),
+    or another transformers masked LM (folder or hub id, full forwards only: accel.dllm.hf).
+
+    mask_id: override the mask token (default: the config's, else the tokenizer's). dtype: of the native weights
+    (default: as stored).
+    """
     path = builtin_text_model_path(model) if model in BUILTIN_TEXT else Path(model)
     config = path / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("_class_name") == "MaskedDiffusionLM":
+    raw = json.loads(config.read_text()) if config.is_file() else None
+    if raw is not None and raw.get("_class_name") == "MaskedDiffusionLM":
         from accel.pipelines.mdlm import CharTokenizer, MaskedDiffusionLM
 
         return MaskedDiffusionLM.from_pretrained(path, device=device or "cpu"), CharTokenizer.load(path)
+    if raw is not None:
+        from accel.dllm.native import architecture, load_native
+
+        if architecture(raw) is not None:
+            return load_native(path, device=device, dtype=dtype, mask_id=mask_id)
     from accel.dllm.hf import load_hf_dllm
 
-    return load_hf_dllm(str(model), kind=kind, trust_remote_code=trust_remote_code, device=device)
+    return load_hf_dllm(str(model), kind=kind, trust_remote_code=trust_remote_code, device=device, mask_id=mask_id)
