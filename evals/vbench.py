@@ -58,10 +58,12 @@ SUFFIX = "-24.mp4"  # the longest suffix a prompt's file name gets at the defaul
 
 @dataclass(frozen=True)
 class SuiteEntry:
-    """One entry of VBench's info file: a prompt and the dimensions it serves."""
+    """One entry of VBench's info file: a prompt, the dimensions it serves, and their auxiliary info (e.g.
+    appearance_style's {"appearance_style": "oil painting"})."""
 
     prompt: str
     dimensions: tuple[str, ...]
+    auxiliary: dict | None = None
 
 
 def parse_dimensions(dimensions: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -107,10 +109,15 @@ def load_suite(path: str | Path) -> list[SuiteEntry]:
         unknown = [d for d in dims if d not in DIMENSIONS]
         if unknown:
             raise ValueError(f"{where} names unknown dimension(s) {', '.join(unknown)}")
-        if "auxiliary_info" in entry and not isinstance(entry["auxiliary_info"], (dict, type(None))):
+        auxiliary = entry.get("auxiliary_info")
+        if auxiliary is not None and not isinstance(auxiliary, dict):
             raise ValueError(f"{where} has an 'auxiliary_info' that is not an object")
+        if "appearance_style" in dims and not isinstance(
+                ((auxiliary or {}).get("appearance_style") or {}).get("appearance_style"), str):
+            raise ValueError(f"{where} serves appearance_style but has no "
+                             "auxiliary_info.appearance_style.appearance_style text")
         check_prompt_name(entry["prompt_en"])
-        suite.append(SuiteEntry(entry["prompt_en"], tuple(dims)))
+        suite.append(SuiteEntry(entry["prompt_en"], tuple(dims), auxiliary))
     return suite
 
 
@@ -304,7 +311,7 @@ NEEDS = {"motion_smoothness": "AMT-S frame interpolation", "dynamic_degree": "RA
          "aesthetic_quality": "CLIP ViT-L/14 with LAION's aesthetic head", "imaging_quality": "MUSIQ (pyiqa)",
          "object_class": "GRiT (detectron2)", "multiple_objects": "GRiT (detectron2)", "color": "GRiT (detectron2)",
          "spatial_relationship": "GRiT (detectron2)", "scene": "Tag2Text", "human_action": "UMT-L/16",
-         "appearance_style": "CLIP ViT-B/32 image-text scores", "temporal_style": "ViCLIP",
+         "temporal_style": "ViCLIP",
          "overall_consistency": "ViCLIP"}
 
 
@@ -356,7 +363,9 @@ def plan_scoring(dimensions: list[str], scorer: str, weights: ScoringWeights) ->
         model_key = scores.NATIVE_MODELS.get(d)
         native_reason = (f"accel has no native scorer (VBench uses {NEEDS[d]})" if d not in scores.NATIVE else
                          f"needs local {scores.WEIGHT_FOLDERS[model_key]} weights (--weights DIR or --{model_key})"
-                         if model_key and getattr(weights, model_key) is None else None)
+                         if model_key and getattr(weights, model_key) is None else
+                         "needs a full CLIP folder (text tower and tokenizer), not a vision-only one"
+                         if d == "appearance_style" and not scores.is_full_clip(weights.clip) else None)
         if scorer in ("auto", "vbench") and package_reason is None:
             plan[d] = {"method": "vbench package", "how": f"vbench package at {package}"}
         elif scorer in ("auto", "native") and native_reason is None:
@@ -377,6 +386,8 @@ def _native_how(dimension: str, weights: ScoringWeights) -> str:
     config = (scores.check_dino_folder(folder) if key == "dino" else scores.check_clip_folder(folder))
     size = "ViT-B as VBench's" if scores.reference_architecture(config) else \
         f"NOT VBench's ViT-B (hidden {config.get('hidden_size')}, {config.get('num_hidden_layers')} layers)"
+    if dimension == "appearance_style":
+        return f"CLIP image-text logit / 100 per frame from {folder} ({size}), against the entry's style text"
     model = "DINO [CLS]" if key == "dino" else "CLIP image embedding"
     return f"{model} features from {folder} ({size}); VBench's first- and previous-frame cosine rule"
 
@@ -410,7 +421,8 @@ def evaluate_vbench(settings: VideoSettings, dimensions: str | list[str], out: s
                          "install the vbench package")
     suite = load_suite(info)
     per_dim = prompts_for(suite, dims)
-    plan = plan_scoring(dims, scorer, weights or ScoringWeights())
+    weights = weights or ScoringWeights()
+    plan = plan_scoring(dims, scorer, weights)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not an output folder")
@@ -440,8 +452,7 @@ def evaluate_vbench(settings: VideoSettings, dimensions: str | list[str], out: s
     nfe, gen_seconds = generate_videos(apipe, call, jobs, videos, settings.fps, batch_size, tick("videos", len(jobs)))
 
     start = time.perf_counter()
-    results = _score(dims, plan, per_dim, samples, videos, info, out, device or "cpu", weights or ScoringWeights(),
-                     tick)
+    results = _score(dims, plan, suite, per_dim, samples, videos, info, out, device or "cpu", weights, tick)
     computed = {d: r["score"] for d, r in results.items() if r["score"] is not None}
     row = {
         "benchmark": "vbench", "model": settings.model, "dimensions": results, "aggregate": aggregate(computed),
@@ -462,7 +473,7 @@ def dimension_videos(suite_prompts: list[str], samples: int, videos: Path) -> li
     return [str(videos / video_name(p, k)) for p in suite_prompts for k in range(samples)]
 
 
-def _score(dims, plan, per_dim, samples, videos, info, out, device, weights, tick) -> dict[str, dict]:
+def _score(dims, plan, suite, per_dim, samples, videos, info, out, device, weights, tick) -> dict[str, dict]:
     """Run each dimension's planned scorer; the vbench package's dimensions go to it in one call."""
     results = {d: {"score": None, **plan[d], "videos": 0, "per_video": []} for d in dims}
     package_dims = [d for d in dims if plan[d]["method"] == "vbench package"]
@@ -485,6 +496,8 @@ def _score(dims, plan, per_dim, samples, videos, info, out, device, weights, tic
         advance = tick(f"scoring {d}", len(files))
         if d == "temporal_flickering":
             s = scores.temporal_flickering(files, advance)
+        elif d == "appearance_style":
+            s = scores.appearance_style(_style_entries(suite, samples, videos), weights.clip, device, advance)
         else:
             folder = getattr(weights, scores.NATIVE_MODELS[d])
             features = (scores.dino_features if d == "subject_consistency" else scores.clip_features)(folder, device)
@@ -496,3 +509,9 @@ def _score(dims, plan, per_dim, samples, videos, info, out, device, weights, tic
 def _as_result(s: scores.DimensionScore, videos: Path) -> dict:
     per_video = [{"video": Path(path).name, "score": value} for path, value in s.videos]
     return {"score": s.score, "videos": len(s.videos), "per_video": per_video}
+
+
+def _style_entries(suite: list[SuiteEntry], samples: int, videos: Path) -> list[tuple[list[str], str]]:
+    """appearance_style's (video files, style text) per entry, in file order."""
+    return [(dimension_videos([e.prompt], samples, videos), e.auxiliary["appearance_style"]["appearance_style"])
+            for e in suite if "appearance_style" in e.dimensions]

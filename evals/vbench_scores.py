@@ -9,6 +9,9 @@ Native dimensions follow VBench's code (github.com/Vchitect/VBench, vbench/*.py)
   to the first frame; the dimension is the mean over all such frames of all videos.
 - background_consistency: the same rule over CLIP ViT-B/32 image embeddings (shorter side to 224, bicubic, no
   antialias, centre crop 224; CLIP's mean / std).
+- appearance_style: per frame, CLIP ViT-B/32's image-text logit / 100 (the cosine of the frame's and the style
+  text's embeddings times exp(logit_scale) / 100) against the entry's auxiliary_info style; frames resized with
+  Pillow's bicubic (VBench's clip_transform_Image on PIL images); the dimension is the mean over all frames.
 
 The models load with transformers from local folders (safetensors only, no remote code). Videos are read back from
 the mp4 files, as VBench reads them, so the codec's effect on the frames is part of the score.
@@ -30,9 +33,9 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-NATIVE = ("temporal_flickering", "subject_consistency", "background_consistency")
+NATIVE = ("temporal_flickering", "subject_consistency", "background_consistency", "appearance_style")
 # The model each native dimension needs, as a key of ScoringWeights, and the hub folder name `--weights DIR` holds.
-NATIVE_MODELS = {"subject_consistency": "dino", "background_consistency": "clip"}
+NATIVE_MODELS = {"subject_consistency": "dino", "background_consistency": "clip", "appearance_style": "clip"}
 WEIGHT_FOLDERS = {"dino": "dino-vitb16", "clip": "clip-vit-base-patch32"}
 # Files the vbench package loads for each dimension in its local mode (vbench/utils.py init_submodules, under
 # $VBENCH_CACHE_DIR or ~/.cache/vbench); where one is missing the package would download it, which we never ask of it.
@@ -181,6 +184,27 @@ def clip_pixels(frames: np.ndarray) -> torch.Tensor:
     return _normalize(x / 255.0, CLIP_MEAN, CLIP_STD)
 
 
+def clip_pixels_pil(frames: np.ndarray) -> torch.Tensor:
+    """VBench's clip_transform_Image(224) on PIL frames (appearance_style): Pillow's bicubic resize of the shorter
+    side to 224 (Pillow filters when it shrinks; the tensor path does not), centre crop 224, /255, CLIP's mean /
+    std. (T, 3, 224, 224) float32."""
+    from PIL import Image
+
+    out = []
+    for frame in frames:
+        img = Image.fromarray(frame)
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = 224, int(224 * long / short)
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        if size != (w, h):
+            img = img.resize(size, Image.BICUBIC)
+        left, top = int(round((size[0] - 224) / 2.0)), int(round((size[1] - 224) / 2.0))
+        img = img.crop((left, top, left + 224, top + 224))
+        out.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255))
+    return _normalize(torch.stack(out), CLIP_MEAN, CLIP_STD)
+
+
 def _dino_position_embeddings(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """DINO's own interpolate_pos_encoding (facebookresearch/dino vision_transformer.py), bound to one loaded
     model's ViTEmbeddings: bicubic with scale factors (n + 0.1) / sqrt(N), which samples the grid slightly
@@ -227,6 +251,14 @@ def check_clip_folder(folder: str | Path) -> dict:
         raise ValueError(f"{folder} is not a {what} folder: model_type {config.get('model_type')!r}, patch size "
                          f"{vision.get('patch_size')}")
     return vision
+
+
+def is_full_clip(folder: str | Path) -> bool:
+    """A CLIP folder with its text tower and tokenizer (appearance_style scores frames against text)."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()
+    return config.get("model_type") == "clip" and tokenizer
 
 
 def reference_architecture(config: dict) -> bool:
@@ -294,6 +326,33 @@ def clip_features(folder: str | Path, device: str = "cpu") -> Callable[[np.ndarr
     return features
 
 
+@torch.no_grad()
+def appearance_style(entries: list[tuple[list[str], str]], folder: str | Path, device: str = "cpu",
+                     progress: Callable[[int], None] | None = None) -> DimensionScore:
+    """VBench's appearance_style over (video files, style text) entries with a full CLIP folder: per frame the
+    image-text logit / 100; a video's score is the mean over its frames, the dimension the mean over all frames."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    check_clip_folder(folder)
+    if not is_full_clip(folder):
+        raise ValueError(f"{folder} has no CLIP text tower and tokenizer: appearance_style needs a full CLIP folder")
+    model, info = CLIPModel.from_pretrained(folder, use_safetensors=True, output_loading_info=True)
+    _check_loaded(folder, info, "CLIP ViT-B/32")
+    model = model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    total, count, per_video = 0.0, 0, []
+    for videos, style in entries:
+        ids = tokenizer([style], return_tensors="pt", truncation=True, max_length=77).input_ids.to(device)
+        for path in videos:
+            pixels = clip_pixels_pil(read_video(path)).to(device)
+            sims = (model(input_ids=ids, pixel_values=pixels).logits_per_text[0].float().cpu() / 100).tolist()
+            total, count = total + sum(sims), count + len(sims)
+            per_video.append((path, float(np.mean(sims))))
+            if progress:
+                progress(1)
+    return DimensionScore(total / count, per_video)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The vbench package
 
@@ -320,7 +379,7 @@ def run_vbench_package(videos: Path, info: Path, dimensions: list[str], out: Pat
                        device: str) -> dict[str, DimensionScore]:
     """Score `dimensions` with the vbench package on the videos folder, in its standard mode and local mode (its
     weights already in its cache), writing its files under `out`; returns its scores as DimensionScores."""
-    from vbench import VBench  # noqa: the optional package; present where this is called
+    from vbench import VBench  # the optional package, found by vbench_package() before this is called
 
     out.mkdir(parents=True, exist_ok=True)
     VBench(device, str(info), str(out)).evaluate(videos_path=str(videos), name="accel", dimension_list=dimensions,

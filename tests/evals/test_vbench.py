@@ -2,7 +2,6 @@
 refusal, native scoring end to end on a tiny video pipeline, the vbench-package bridge, and the CLI's errors."""
 
 import json
-import shutil
 import sys
 
 import numpy as np
@@ -23,6 +22,8 @@ INFO = [
     {"prompt_en": "a blue square", "dimension": ["temporal_flickering", "background_consistency"]},
     {"prompt_en": "two green triangles", "dimension": ["background_consistency", "scene"],
      "auxiliary_info": {"scene": {"scene": {"scene": "triangles"}}}},
+    {"prompt_en": "a red circle, oil painting", "dimension": ["appearance_style"],
+     "auxiliary_info": {"appearance_style": {"appearance_style": "oil painting"}}},
 ]
 
 
@@ -75,10 +76,12 @@ def frames(path):
 def test_info_file_and_dimensions_are_checked(info_file, tmp_path):
     suite = load_suite(info_file)
     assert [e.prompt for e in suite] == [e["prompt_en"] for e in INFO] and suite[2].dimensions[1] == "scene"
-    bad = {"expected a non-empty JSON list": {"prompt_en": "x", "dimension": []}, "no 'prompt_en'": [{"dimension": ["scene"]}],
+    bad = {"expected a non-empty JSON list": {"prompt_en": "x", "dimension": []},
+           "no 'prompt_en'": [{"dimension": ["scene"]}],
            "no 'dimension' list": [{"prompt_en": "x", "dimension": "scene"}],
            "unknown dimension": [{"prompt_en": "x", "dimension": ["sharpness"]}],
-           "cannot name a file": [{"prompt_en": "a/b", "dimension": ["scene"]}]}
+           "cannot name a file": [{"prompt_en": "a/b", "dimension": ["scene"]}],
+           "no auxiliary_info.appearance_style": [{"prompt_en": "x", "dimension": ["appearance_style"]}]}
     for message, content in bad.items():
         path = tmp_path / "bad.json"
         path.write_text(json.dumps(content))
@@ -99,7 +102,7 @@ def test_plan_names_how_each_dimension_is_scored(weights):
     assert plan["subject_consistency"]["method"] == "skipped" and "--dino" in plan["subject_consistency"]["how"]
     assert "Tag2Text" in plan["scene"]["how"]
     found = ScoringWeights.find(weights)
-    plan = plan_scoring(["subject_consistency", "background_consistency"], "native", found)
+    plan = plan_scoring(["subject_consistency", "background_consistency", "appearance_style"], "native", found)
     assert all(p["method"] == "native" and "NOT VBench's ViT-B" in p["how"] for p in plan.values())
     with pytest.raises(ValueError, match="not a DINO ViT-B/16"):
         ScoringWeights(dino=str(weights / "clip-vit-base-patch32"))
@@ -223,15 +226,16 @@ def test_vbench_package_is_called_where_its_weights_are_local(pipe, model_folder
 
 def test_cli_scores_and_reports(model_folder, info_file, weights, tmp_path):
     out = tmp_path / "cli"
-    r = CliRunner().invoke(app, ["eval", "vbench", "--model", model_folder, "--dimensions",
-                                 "temporal_flickering,subject_consistency", "--out", str(out), "--info",
-                                 str(info_file), "--samples", "1", "--steps", "2", "--weights", str(weights),
+    dims = "temporal_flickering,subject_consistency,appearance_style"
+    r = CliRunner().invoke(app, ["eval", "vbench", "--model", model_folder, "--dimensions", dims, "--out", str(out),
+                                 "--info", str(info_file), "--samples", "1", "--steps", "2", "--weights", str(weights),
                                  "--allow-dirty"])
     assert r.exit_code == 0, r.output
     row = json.loads((out / "results.json").read_text())
-    assert [d["method"] for d in row["dimensions"].values()] == ["native", "native"]
-    assert row["aggregate"]["partial"] and row["command"].startswith("accel")
-    assert "quality (partial)" in r.output
+    assert [d["method"] for d in row["dimensions"].values()] == ["native"] * 3
+    agg = row["aggregate"]
+    assert agg["partial"] and agg["semantic_dimensions"] == ["appearance_style"] and agg["total"] is not None
+    assert row["command"].startswith("accel") and "total (partial)" in r.output
 
 
 @pytest.mark.parametrize("args, message", [

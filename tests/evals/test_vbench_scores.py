@@ -3,6 +3,7 @@ its preprocessing against analytic cases, the DINO / CLIP feature paths against 
 directly, DINO's own position-embedding interpolation, weights-folder checks, and the aggregate scores."""
 
 import json
+import string
 
 import numpy as np
 import pytest
@@ -115,18 +116,32 @@ def save_tiny_dino(path):
     return path
 
 
+def tiny_clip_tokenizer():
+    """CLIP's byte-pair tokenizer over single characters (plain and word-final), no merges: bos 0, eos = pad 1."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for c in string.ascii_lowercase + string.digits + string.punctuation:
+            vocab.setdefault(c + suffix, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
 def save_tiny_clip(path):
-    """A full transformers CLIP as openai/clip-vit-base-patch32 ships (32-pixel patches), tiny and random."""
+    """A full transformers CLIP with its tokenizer, as openai/clip-vit-base-patch32 ships (32-pixel patches), tiny
+    and random."""
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
-    config = CLIPConfig(text_config={"vocab_size": 99, "hidden_size": 32, "intermediate_size": 37,
+    config = CLIPConfig(text_config={"vocab_size": 160, "hidden_size": 32, "intermediate_size": 37,
                                      "num_hidden_layers": 1, "num_attention_heads": 2,
-                                     "max_position_embeddings": 16},
+                                     "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
+                                     "pad_token_id": 1},
                         vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
                                        "num_attention_heads": 2, "image_size": 224, "patch_size": 32},
                         projection_dim=16)
     CLIPModel(config).eval().save_pretrained(path)
+    tiny_clip_tokenizer().save_pretrained(path)
     return path
 
 
@@ -202,6 +217,39 @@ def test_clip_features_are_the_projected_image_embeddings(clip_folder):
     pooled = model.vision_model(pixel_values=vs.clip_pixels(frames)).pooler_output
     direct = torch.nn.functional.normalize(model.visual_projection(pooled), dim=-1)
     assert ours.shape == (4, 16) and torch.allclose(ours, direct, atol=1e-6)
+
+
+def test_pil_transform_filters_when_it_shrinks():
+    """appearance_style's frames go through Pillow (VBench's clip_transform_Image): shrinking a fine checkerboard
+    averages it to grey, where the tensor path (no antialias) samples it."""
+    flat = vs.clip_pixels_pil(np.full((1, 64, 96, 3), 200, np.uint8))
+    expected = (200 / 255 - torch.tensor(vs.CLIP_MEAN)) / torch.tensor(vs.CLIP_STD)
+    assert flat.shape == (1, 3, 224, 224) and torch.allclose(flat.mean(dim=(0, 2, 3)), expected, atol=1e-5)
+    board = ((np.indices((1000, 1000)).sum(0) % 2) * 255).astype(np.uint8)
+    board = np.repeat(board[None, :, :, None], 3, axis=-1)
+    grey = (0.5 - torch.tensor(vs.CLIP_MEAN).view(3, 1, 1)) / torch.tensor(vs.CLIP_STD).view(3, 1, 1)
+    assert (vs.clip_pixels_pil(board)[0] - grey).abs().mean() < 0.1
+    assert (vs.clip_pixels(board)[0] - grey).abs().mean() > 0.5
+
+
+@torch.no_grad()
+def test_appearance_style_is_the_image_text_logit_over_100(clip_folder, tmp_path):
+    from transformers import CLIPModel
+
+    a = write_gif(tmp_path / "a-0.gif", video(1, t=3, h=48, w=64))
+    b = write_gif(tmp_path / "b-0.gif", video(2, t=2, h=48, w=64))
+    result = vs.appearance_style([([a], "oil painting"), ([b], "van gogh style")], clip_folder)
+    model = CLIPModel.from_pretrained(clip_folder).eval()
+    tokenizer = tiny_clip_tokenizer()
+    per_frame = []
+    for path, style in ((a, "oil painting"), (b, "van gogh style")):
+        text = model.text_model(input_ids=tokenizer([style], return_tensors="pt").input_ids).pooler_output
+        text = torch.nn.functional.normalize(model.text_projection(text), dim=-1)
+        image = model.vision_model(pixel_values=vs.clip_pixels_pil(vs.read_video(path))).pooler_output
+        image = torch.nn.functional.normalize(model.visual_projection(image), dim=-1)
+        per_frame.append((image @ text.T)[:, 0] * model.logit_scale.exp() / 100)
+    assert [s for _, s in result.videos] == pytest.approx([float(f.mean()) for f in per_frame], abs=1e-6)
+    assert result.score == pytest.approx(float(torch.cat(per_frame).mean()), abs=1e-6)  # frames, not videos
 
 
 def test_weights_folders_are_checked(dino_folder, clip_folder, tmp_path):
