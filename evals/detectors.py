@@ -68,16 +68,17 @@ def _check_folder(path, model_types: tuple[str, ...], what: str) -> Path:
     """ValueError in one line unless path is a local transformers folder of one of model_types, with safetensors."""
     path = Path(path)
     config = path / "config.json"
+    a = "an" if what[0] in "AEIOU" else "a"
     if not path.is_dir():
         raise ValueError(f"{what} folder {path} does not exist")
     if not config.is_file():
-        raise ValueError(f"{path} is not a {what} folder (no config.json)")
+        raise ValueError(f"{path} is not {a} {what} folder (no config.json)")
     try:
         model_type = json.loads(config.read_text()).get("model_type")
     except (json.JSONDecodeError, AttributeError):
-        raise ValueError(f"{path} is not a {what} folder (config.json is not a JSON object)") from None
+        raise ValueError(f"{path} is not {a} {what} folder (config.json is not a JSON object)") from None
     if model_type not in model_types:
-        raise ValueError(f"{path} is not a {what} folder: its config.json says model_type {model_type!r}, not "
+        raise ValueError(f"{path} is not {a} {what} folder: its config.json says model_type {model_type!r}, not "
                          f"{' or '.join(map(repr, model_types))}")
     if not any(path.glob("*.safetensors")):
         raise ValueError(f"{path} holds no .safetensors weights (accel loads safetensors only)")
