@@ -41,8 +41,9 @@ positions of a sample against its batch-1 decoding).
 Models whose logits at i predict token i + 1 (Dream: `model.logits_shift == 1`) are read one position back: a
 forward that must predict positions `pos` computes `pos` and `pos - 1`.
 
-EOS early stop (`eos_id=`): once a sample commits the end-of-sequence token at answer index e, its masked
-positions after e are filled with it and never computed again (Window-Diffusion's adaptive length).
+EOS early stop (`eos_id=`): once a sample commits the end-of-sequence token at answer index e, every position
+after e becomes that token (masks there are never computed again; tokens committed after e in the same step are
+overwritten): Window-Diffusion's adaptive length.
 """
 
 from __future__ import annotations
@@ -250,15 +251,14 @@ class _State:
         return prob, token, _score(logits, prob, self.confidence)
 
     def commit(self, row: int, index: torch.Tensor, token: torch.Tensor) -> None:
-        """Write tokens of sample `row` at answer indices (0..gen_length-1); with eos_id, fill the masks after
-        the sample's first committed EOS with it."""
+        """Write tokens of sample `row` at answer indices (0..gen_length-1); with eos_id, the answer ends at its
+        first committed EOS: every position after it becomes EOS (masks are never computed again)."""
         self.x[row, self.p + index] = token
         self.stats.orders[row].append(index.tolist())
         if self.eos_id is not None and bool((token == self.eos_id).any()):
             answer = self.x[row, self.p:]
             first = int(torch.nonzero((answer == self.eos_id))[0])
-            tail = answer[first + 1:]
-            tail[tail == self.model.mask_id] = self.eos_id
+            answer[first + 1:] = self.eos_id
 
 
 def _score(logits: torch.Tensor, prob: torch.Tensor, kind: str) -> torch.Tensor:
