@@ -28,6 +28,7 @@ import numpy as np
 
 from accel.evals import vbench_scores as scores
 from accel.evals.io import run_info, write_atomic, write_json
+from accel.evals.shard import Shard, run_chunks
 
 # VBench's 16 dimensions, its normalisation range and weight per dimension and its two groups (scripts/constant.py,
 # where the keys are spelled with spaces).
@@ -219,25 +220,38 @@ class VideoSettings:
         check_guidance(self.guidance_scale, "guidance_scale")
 
 
-def _check_run_file(out: Path, settings: dict, overwrite: bool) -> None:
-    """Refuse a folder whose videos were made with other settings (name the first that differs), unless overwrite;
-    then the old videos are removed."""
-    path = out / RUN_FILE
-    if not path.is_file():
-        return
-    try:
-        saved = json.loads(path.read_text()).get("settings", {})
-    except (json.JSONDecodeError, AttributeError):
-        saved = {"(run.json)": "unreadable"}
-    differ = [k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
-    if not differ:
-        return
-    if not overwrite:
-        k = differ[0]
-        raise ValueError(f"{out} holds videos made with {k}={saved.get(k)!r}, this run has {k}={settings.get(k)!r}; "
-                         "use another output folder, or pass overwrite (--overwrite) to discard them")
-    for video in (out / VIDEOS).glob("*.mp4"):
-        video.unlink()
+def _check_folder(out: Path, settings: dict, overwrite: bool) -> bool:
+    """Raise ValueError if `out` cannot take this run: its videos were made with other settings (named) or its
+    results exist, unless overwrite. Returns whether the videos there must be discarded first."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not an output folder")
+    discard = False
+    if (out / RUN_FILE).is_file():
+        try:
+            saved = json.loads((out / RUN_FILE).read_text()).get("settings", {})
+        except (json.JSONDecodeError, AttributeError):
+            saved = {"(run.json)": "unreadable"}
+        differ = [k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
+        if differ and not overwrite:
+            k = differ[0]
+            raise ValueError(f"{out} holds videos made with {k}={saved.get(k)!r}, this run has "
+                             f"{k}={settings.get(k)!r}; use another output folder, or pass overwrite (--overwrite) "
+                             "to discard them")
+        discard = bool(differ)
+    if (out / RESULTS_FILE).exists() and not overwrite:
+        raise ValueError(f"{out / RESULTS_FILE} exists; pass overwrite (--overwrite) to replace it (matching videos "
+                         "are reused)")
+    return discard
+
+
+def _prepare_folder(out: Path, settings: dict, discard: bool, state: dict | None) -> None:
+    """The main process, once every process has checked the folder: drop other settings' videos and the partial
+    files a killed write left (VBench takes the videos' suffix from the first file it lists), record run.json."""
+    videos = out / VIDEOS
+    videos.mkdir(parents=True, exist_ok=True)
+    for stale in [*videos.glob(".*.tmp"), *(videos.glob("*.mp4") if discard else [])]:
+        stale.unlink()
+    write_json(out / RUN_FILE, {"settings": settings, "source": state})
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: int) -> None:
@@ -399,7 +413,7 @@ def evaluate_vbench(settings: VideoSettings, dimensions: str | list[str], out: s
                     info: str | Path | None = None, samples: int = 5, weights: ScoringWeights | None = None,
                     scorer: str = "auto", batch_size: int = 5, device: str | None = None, overwrite: bool = False,
                     pipe=None, progress: Callable[[str, int, int], None] | None = None,
-                    state: dict | None = None) -> dict:
+                    state: dict | None = None, shard: Shard = Shard()) -> dict | None:
     """Generate VBench's videos for `dimensions` into out/videos and score them; returns the results row, also
     written to out/results.json (and the computed dimensions in VBench's own results format to
     out/vbench_eval_results.json).
@@ -408,7 +422,10 @@ def evaluate_vbench(settings: VideoSettings, dimensions: str | list[str], out: s
     installed vbench package's VBench_full_info.json); samples: videos per prompt (VBench: 5); weights: local model
     folders for the native scorers; scorer: "auto" | "native" | "vbench" (plan_scoring); pipe: the pipeline already
     loaded from settings.model (else loaded here); progress(stage, total, advance): "videos" then "scoring";
-    state: the code's state taken before the run (accel.evals.io.require_clean). Bad input raises ValueError.
+    state: the code's state taken before the run (accel.evals.io.require_clean); shard: this process's share of
+    the videos under torchrun / accelerate launch (Shard.from_env(); the videos are cut into fixed chunks of
+    batch_size, so any number of processes makes the same files); the main process scores and returns the row, the
+    others None. Bad input raises ValueError.
     """
     dims = parse_dimensions(dimensions)
     if samples < 1:
@@ -424,42 +441,50 @@ def evaluate_vbench(settings: VideoSettings, dimensions: str | list[str], out: s
     weights = weights or ScoringWeights()
     plan = plan_scoring(dims, scorer, weights)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file, not an output folder")
     if pipe is None:
         from accel.models import load_pipeline
 
         pipe = load_pipeline(settings.model, device=device)
     apipe, call, resolved = _accelerated(pipe, settings)
     run_settings = asdict(settings) | resolved
-    _check_run_file(out, run_settings, overwrite)
-    if (out / RESULTS_FILE).exists() and not overwrite:
-        raise ValueError(f"{out / RESULTS_FILE} exists; pass overwrite (--overwrite) to replace it (matching videos "
-                         "are reused)")
+    discard = _check_folder(out, run_settings, overwrite)
+    shard.barrier()
+    if shard.main:
+        _prepare_folder(out, run_settings, discard, state)
+    shard.barrier()
+
     videos = out / VIDEOS
-    videos.mkdir(parents=True, exist_ok=True)
-    for stale in videos.glob(".*.tmp"):  # a killed atomic write; VBench would take its suffix for the videos'
-        stale.unlink()
-    write_json(out / RUN_FILE, {"settings": run_settings, "source": state})
-
     prompts = list(dict.fromkeys(p for d in dims for p in per_dim[d]))
-    seeds = {video_name(p, k): video_seed(settings.seed, p, k) for p in prompts for k in range(samples)}
-    jobs = [(p, k, seeds[video_name(p, k)]) for p in prompts for k in range(samples)
-            if not (videos / video_name(p, k)).is_file()]
-    tick = (lambda stage, total: (lambda n: progress(stage, total, n))) if progress else (lambda stage, total: None)
-    if progress:
-        progress("videos", len(jobs), 0)
-    nfe, gen_seconds = generate_videos(apipe, call, jobs, videos, settings.fps, batch_size, tick("videos", len(jobs)))
+    items = [(p, k, video_seed(settings.seed, p, k)) for p in prompts for k in range(samples)]
 
+    def work(indices: range) -> dict:  # one pipeline call for the chunk's videos not yet on disk
+        todo = [items[i] for i in indices if not (videos / video_name(*items[i][:2])).is_file()]
+        nfe, _ = generate_videos(apipe, call, todo, videos, settings.fps, batch_size) if todo else (0, 0.0)
+        return {"nfe": nfe, "generated": len(todo)}
+
+    done = [0]
+
+    def advance(now: int, total: int) -> None:
+        if progress:
+            progress("videos", total, now - done[0])
+        done[0] = now
+
+    records = run_chunks(len(items), batch_size, work, shard, None, advance)
+    if not shard.main:
+        return None
+    generated = sum(r["generated"] for r in records)
+    tick = (lambda stage, total: (lambda n: progress(stage, total, n))) if progress else (lambda stage, total: None)
     start = time.perf_counter()
     results = _score(dims, plan, suite, per_dim, samples, videos, info, out, device or "cpu", weights, tick)
     computed = {d: r["score"] for d, r in results.items() if r["score"] is not None}
     row = {
         "benchmark": "vbench", "model": settings.model, "dimensions": results, "aggregate": aggregate(computed),
         "samples": samples, "info_file": str(info), "info_sha256": hashlib.sha256(info.read_bytes()).hexdigest(),
-        "settings": run_settings, "out": str(out), "videos_generated": len(jobs),
-        "videos_reused": len(seeds) - len(jobs), "nfe": nfe, "seconds_generation": round(gen_seconds, 2),
-        "seconds_scoring": round(time.perf_counter() - start, 2), "seeds": seeds,
+        "settings": run_settings, "out": str(out), "processes": shard.world, "videos_generated": generated,
+        "videos_reused": len(items) - generated, "nfe": sum(r["nfe"] for r in records),
+        "seconds_generation": round(sum(r["seconds"] for r in records), 2),
+        "seconds_scoring": round(time.perf_counter() - start, 2),
+        "seeds": {video_name(p, k): seed for p, k, seed in items},
     } | run_info(state)
     write_json(out / VBENCH_RESULTS_FILE, {d: [r["score"], [{"video_path": str(videos / v["video"]),
                                                              "video_results": v["score"]} for v in r["per_video"]]]

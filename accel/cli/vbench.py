@@ -47,7 +47,8 @@ def eval_vbench(
     overwrite: bool = OVERWRITE,
     allow_dirty: bool = ALLOW_DIRTY,
 ):
-    """VBench dimensions and Quality / Semantic / Total of a video model, with any accel option."""
+    """VBench dimensions and Quality / Semantic / Total of a video model, with any accel option. Under torchrun /
+    accelerate launch the videos are shared out over the processes; a killed run resumes with the same command."""
     from accel.evals.vbench import ScoringWeights, VideoSettings, evaluate_vbench, parse_dimensions
 
     with user_errors():
@@ -63,9 +64,14 @@ def eval_vbench(
         state = record_state(out, allow_dirty)
         import torch
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from accel.evals.shard import Shard
+
+        shard = Shard.from_env()  # torchrun / accelerate launch: the videos are shared out, the main one scores
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{torch.cuda.current_device()}" if shard.world > 1 else "cuda"
+        device = device or "cpu"
         pipe = _load(model, device)
-        with _progress() as progress, saving(out):
+        with _progress(disable=not shard.main) as progress, saving(out):
             tasks = {}
 
             def advance(stage: str, total: int, n: int) -> None:
@@ -75,8 +81,9 @@ def eval_vbench(
 
             result = evaluate_vbench(settings, dims, out, info=info, samples=samples, weights=scoring, scorer=scorer,
                                      batch_size=batch_size, device=device, overwrite=overwrite, pipe=pipe,
-                                     progress=advance, state=state)
-    _print(result)
+                                     progress=advance, state=state, shard=shard)
+    if result is not None:
+        _print(result)
 
 
 def _print(result: dict) -> None:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from accel.cli.main import app
 from accel.evals import vbench_scores as vs
+from accel.evals.shard import Shard
 from accel.evals.vbench import (DIMENSIONS, ScoringWeights, VideoSettings, evaluate_vbench, load_suite,
                                 parse_dimensions, plan_scoring, video_name, video_seed)
 from accel.pipelines.shapes_video import build_shapes_video_pipeline
@@ -158,6 +159,31 @@ def test_resume_reuses_matching_videos_and_refuses_others(pipe, model_folder, in
     result = run(pipe, model_folder, info_file, out, steps=3, overwrite=True)  # discards the steps=2 videos
     assert result["videos_generated"] == 4 and result["settings"]["steps"] == 3
     assert len(before) == 6 and len(list((out / "videos").iterdir())) == 4
+
+
+class OneOfTwo(Shard):
+    """Process `rank` of 2 run in this process alone: no group to wait for or gather from (the processes' shares
+    are disjoint, so running them one after the other leaves what running them together does)."""
+
+    def barrier(self):
+        pass
+
+    def gather(self, obj):
+        return [obj]
+
+
+def test_two_processes_share_the_videos(pipe, model_folder, info_file, tmp_path):
+    single = run(pipe, model_folder, info_file, tmp_path / "one", batch_size=3)
+    out = tmp_path / "two"
+    (out / "videos").mkdir(parents=True)  # what the main process prepares before either share starts
+    assert run(pipe, model_folder, info_file, out, batch_size=3, shard=OneOfTwo(1, 2)) is None
+    made_by_1 = sorted(p.name for p in (out / "videos").iterdir())
+    assert made_by_1 == [video_name("a blue square", 1)]  # items 3.. (chunk 1 of 3-video chunks)
+    row = run(pipe, model_folder, info_file, out, batch_size=3, shard=OneOfTwo(0, 2))
+    assert row["videos_generated"] == 3 and row["processes"] == 2
+    assert row["dimensions"]["temporal_flickering"]["score"] == single["dimensions"]["temporal_flickering"]["score"]
+    for name in single["seeds"]:
+        assert np.array_equal(frames(out / "videos" / name), frames(tmp_path / "one" / "videos" / name))
 
 
 def test_bad_arguments_raise_value_errors(pipe, model_folder, info_file, tmp_path):
