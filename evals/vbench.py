@@ -322,7 +322,7 @@ def generate_videos(apipe, call: dict, jobs: list[tuple[str, int, int]], folder:
 
 # What each dimension needs that accel does not compute itself (VBench's models, vbench/utils.py init_submodules).
 NEEDS = {"motion_smoothness": "AMT-S frame interpolation", "dynamic_degree": "RAFT optical flow",
-         "aesthetic_quality": "CLIP ViT-L/14 with LAION's aesthetic head", "imaging_quality": "MUSIQ (pyiqa)",
+         "imaging_quality": "MUSIQ (pyiqa)",
          "object_class": "GRiT (detectron2)", "multiple_objects": "GRiT (detectron2)", "color": "GRiT (detectron2)",
          "spatial_relationship": "GRiT (detectron2)", "scene": "Tag2Text", "human_action": "UMT-L/16",
          "temporal_style": "ViCLIP",
@@ -331,34 +331,44 @@ NEEDS = {"motion_smoothness": "AMT-S frame interpolation", "dynamic_degree": "RA
 
 @dataclass(frozen=True)
 class ScoringWeights:
-    """Local transformers folders for the native model-based dimensions: dino for subject_consistency (VBench uses
-    DINO ViT-B/16: facebook/dino-vitb16), clip for background_consistency (CLIP ViT-B/32:
-    openai/clip-vit-base-patch32). Checked when given: a folder that is not that kind of model is a ValueError."""
+    """Local weights for the native model-based dimensions, as VBench uses them: dino (DINO ViT-B/16,
+    facebook/dino-vitb16) for subject_consistency; clip (CLIP ViT-B/32, openai/clip-vit-base-patch32) for
+    background_consistency and, as a full CLIP with its tokenizer, appearance_style; clip_large (CLIP ViT-L/14,
+    openai/clip-vit-large-patch14) and aesthetic_head (LAION's sa_0_4_vit_l_14_linear as safetensors) for
+    aesthetic_quality. transformers folders, safetensors only; each is checked when given, and one that is not
+    that kind of model is a ValueError."""
 
     dino: str | None = None
     clip: str | None = None
+    clip_large: str | None = None
+    aesthetic_head: str | None = None
 
     def __post_init__(self):
         if self.dino is not None:
             scores.check_dino_folder(self.dino)
         if self.clip is not None:
             scores.check_clip_folder(self.clip)
+        dim = scores.check_clip_folder(self.clip_large, 14)["projection_dim"] if self.clip_large else None
+        if self.aesthetic_head is not None:
+            scores.check_aesthetic_head(self.aesthetic_head, dim)
 
     @classmethod
-    def find(cls, root: str | Path | None = None, dino: str | Path | None = None,
-             clip: str | Path | None = None) -> ScoringWeights:
-        """Explicit folders win; otherwise root/dino-vitb16 and root/clip-vit-base-patch32 where they exist."""
+    def find(cls, root: str | Path | None = None, **given: str | Path | None) -> ScoringWeights:
+        """Weights named in `given` (dino=, clip=, clip_large=, aesthetic_head=) win; the others are taken from
+        root/<WEIGHT_FOLDERS name> where that exists."""
+        unknown = set(given) - set(scores.WEIGHT_FOLDERS)
+        if unknown:
+            raise ValueError(f"unknown weights {', '.join(sorted(unknown))}; allowed: "
+                             f"{', '.join(scores.WEIGHT_FOLDERS)}")
         found = {}
         if root is not None:
-            root = Path(root)
+            root = Path(root).expanduser()
             if not root.is_dir():
                 raise ValueError(f"weights folder {root} does not exist")
-            found = {k: str(root / name) for k, name in scores.WEIGHT_FOLDERS.items() if (root / name).is_dir()}
+            found = {k: str(root / name) for k, name in scores.WEIGHT_FOLDERS.items() if (root / name).exists()}
             if not found:
-                raise ValueError(f"weights folder {root} holds neither of "
-                                 f"{', '.join(scores.WEIGHT_FOLDERS.values())}")
-        return cls(dino=str(dino) if dino is not None else found.get("dino"),
-                   clip=str(clip) if clip is not None else found.get("clip"))
+                raise ValueError(f"weights folder {root} holds none of {', '.join(scores.WEIGHT_FOLDERS.values())}")
+        return cls(**{k: str(given[k]) if given.get(k) is not None else found.get(k) for k in scores.WEIGHT_FOLDERS})
 
 
 def plan_scoring(dimensions: list[str], scorer: str, weights: ScoringWeights) -> dict[str, dict]:
@@ -374,10 +384,10 @@ def plan_scoring(dimensions: list[str], scorer: str, weights: ScoringWeights) ->
         missing = scores.missing_package_weights(d) if package is not None else None
         package_reason = ("the vbench package is not installed" if package is None else
                           f"the vbench package's weights are not local (missing {missing[0]})" if missing else None)
-        model_key = scores.NATIVE_MODELS.get(d)
+        absent = [k for k in scores.NATIVE_MODELS.get(d, ()) if getattr(weights, k) is None]
         native_reason = (f"accel has no native scorer (VBench uses {NEEDS[d]})" if d not in scores.NATIVE else
-                         f"needs local {scores.WEIGHT_FOLDERS[model_key]} weights (--weights DIR or --{model_key})"
-                         if model_key and getattr(weights, model_key) is None else
+                         f"needs local {scores.WEIGHT_FOLDERS[absent[0]]} (--weights DIR or "
+                         f"--{absent[0].replace('_', '-')})" if absent else
                          "needs a full CLIP folder (text tower and tokenizer), not a vision-only one"
                          if d == "appearance_style" and not scores.is_full_clip(weights.clip) else None)
         if scorer in ("auto", "vbench") and package_reason is None:
@@ -395,11 +405,17 @@ def _native_how(dimension: str, weights: ScoringWeights) -> str:
     if dimension == "temporal_flickering":
         return ("VBench's formula on the decoded mp4 frames; over every sample (VBench first keeps the static "
                 "videos with its RAFT static filter, not run here)")
-    key = scores.NATIVE_MODELS[dimension]
+    key = scores.NATIVE_MODELS[dimension][0]
     folder = getattr(weights, key)
-    config = (scores.check_dino_folder(folder) if key == "dino" else scores.check_clip_folder(folder))
-    size = "ViT-B as VBench's" if scores.reference_architecture(config) else \
-        f"NOT VBench's ViT-B (hidden {config.get('hidden_size')}, {config.get('num_hidden_layers')} layers)"
+    config = (scores.check_dino_folder(folder) if key == "dino" else
+              scores.check_clip_folder(folder, 14 if key == "clip_large" else 32))
+    large = key == "clip_large"
+    size = f"ViT-{'L' if large else 'B'} as VBench's" if scores.reference_architecture(config, large) else \
+        f"NOT VBench's ViT-{'L' if large else 'B'} (hidden {config.get('hidden_size')}, " \
+        f"{config.get('num_hidden_layers')} layers)"
+    if dimension == "aesthetic_quality":
+        return (f"LAION aesthetic head {weights.aesthetic_head} on CLIP image embeddings from {folder} ({size}), "
+                "/ 10, mean per video")
     if dimension == "appearance_style":
         return f"CLIP image-text logit / 100 per frame from {folder} ({size}), against the entry's style text"
     model = "DINO [CLS]" if key == "dino" else "CLIP image embedding"
@@ -523,8 +539,10 @@ def _score(dims, plan, suite, per_dim, samples, videos, info, out, device, weigh
             s = scores.temporal_flickering(files, advance)
         elif d == "appearance_style":
             s = scores.appearance_style(_style_entries(suite, samples, videos), weights.clip, device, advance)
+        elif d == "aesthetic_quality":
+            s = scores.aesthetic_quality(files, weights.clip_large, weights.aesthetic_head, device, advance)
         else:
-            folder = getattr(weights, scores.NATIVE_MODELS[d])
+            folder = getattr(weights, scores.NATIVE_MODELS[d][0])
             features = (scores.dino_features if d == "subject_consistency" else scores.clip_features)(folder, device)
             s = scores.consistency(files, features, advance)
         results[d].update(_as_result(s, videos))

@@ -9,6 +9,9 @@ Native dimensions follow VBench's code (github.com/Vchitect/VBench, vbench/*.py)
   to the first frame; the dimension is the mean over all such frames of all videos.
 - background_consistency: the same rule over CLIP ViT-B/32 image embeddings (shorter side to 224, bicubic, no
   antialias, centre crop 224; CLIP's mean / std).
+- aesthetic_quality: per frame, LAION's aesthetic linear head on the L2-normalised CLIP ViT-L/14 image embedding
+  (background_consistency's preprocessing), divided by 10; a video's score is its frames' mean, the dimension the
+  mean over videos. The head (LAION's sa_0_4_vit_l_14_linear, a 768 -> 1 linear layer) is read from safetensors.
 - appearance_style: per frame, CLIP ViT-B/32's image-text logit / 100 (the cosine of the frame's and the style
   text's embeddings times exp(logit_scale) / 100) against the entry's auxiliary_info style; frames resized with
   Pillow's bicubic (VBench's clip_transform_Image on PIL images); the dimension is the mean over all frames.
@@ -33,10 +36,16 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-NATIVE = ("temporal_flickering", "subject_consistency", "background_consistency", "appearance_style")
-# The model each native dimension needs, as a key of ScoringWeights, and the hub folder name `--weights DIR` holds.
-NATIVE_MODELS = {"subject_consistency": "dino", "background_consistency": "clip", "appearance_style": "clip"}
-WEIGHT_FOLDERS = {"dino": "dino-vitb16", "clip": "clip-vit-base-patch32"}
+NATIVE = ("temporal_flickering", "subject_consistency", "background_consistency", "aesthetic_quality",
+          "appearance_style")
+# The models each native dimension needs, as fields of ScoringWeights, and the names `--weights DIR` holds them by
+# (the hub folders' names; LAION's head file converted to safetensors).
+NATIVE_MODELS = {"subject_consistency": ("dino",), "background_consistency": ("clip",),
+                 "aesthetic_quality": ("clip_large", "aesthetic_head"), "appearance_style": ("clip",)}
+WEIGHT_FOLDERS = {"dino": "dino-vitb16", "clip": "clip-vit-base-patch32", "clip_large": "clip-vit-large-patch14",
+                  "aesthetic_head": "sa_0_4_vit_l_14_linear.safetensors"}
+CLIP_NAMES = {32: "CLIP ViT-B/32 (transformers CLIP, e.g. openai/clip-vit-base-patch32)",
+              14: "CLIP ViT-L/14 (transformers CLIP, e.g. openai/clip-vit-large-patch14)"}
 # Files the vbench package loads for each dimension in its local mode (vbench/utils.py init_submodules, under
 # $VBENCH_CACHE_DIR or ~/.cache/vbench); where one is missing the package would download it, which we never ask of it.
 VBENCH_PACKAGE_FILES = {
@@ -240,14 +249,16 @@ def check_dino_folder(folder: str | Path) -> dict:
     return config
 
 
-def check_clip_folder(folder: str | Path) -> dict:
-    """Raise ValueError unless `folder` holds a transformers CLIP (full or vision-only) with 32-pixel patches
-    (openai/clip-vit-base-patch32 is the model VBench uses); returns the vision config."""
+def check_clip_folder(folder: str | Path, patch: int = 32) -> dict:
+    """Raise ValueError unless `folder` holds a transformers CLIP (full or vision-only) with `patch`-pixel patches
+    (VBench uses openai/clip-vit-base-patch32, and ViT-L/14 for aesthetics); returns the vision config with the
+    model's projection_dim."""
     folder = Path(folder)
-    what = "CLIP ViT-B/32 (transformers CLIP, e.g. openai/clip-vit-base-patch32)"
+    what = CLIP_NAMES[patch]
     config = _config(folder, what)
-    vision = config.get("vision_config", {}) if config.get("model_type") == "clip" else config
-    if config.get("model_type") not in ("clip", "clip_vision_model") or vision.get("patch_size") != 32:
+    vision = dict(config.get("vision_config", {})) if config.get("model_type") == "clip" else dict(config)
+    vision["projection_dim"] = config.get("projection_dim", vision.get("projection_dim", 512))
+    if config.get("model_type") not in ("clip", "clip_vision_model") or vision.get("patch_size") != patch:
         raise ValueError(f"{folder} is not a {what} folder: model_type {config.get('model_type')!r}, patch size "
                          f"{vision.get('patch_size')}")
     return vision
@@ -261,9 +272,31 @@ def is_full_clip(folder: str | Path) -> bool:
     return config.get("model_type") == "clip" and tokenizer
 
 
-def reference_architecture(config: dict) -> bool:
-    """ViT-B: 768 wide, 12 layers (the size VBench's DINO and CLIP have; a smaller model scores, but not VBench's)."""
-    return config.get("hidden_size", 768) == 768 and config.get("num_hidden_layers", 12) == 12
+def reference_architecture(config: dict, large: bool = False) -> bool:
+    """ViT-B: 768 wide, 12 layers (VBench's DINO and CLIP); large: ViT-L, 1024 wide, 24 layers (its aesthetic CLIP).
+    A smaller model scores, but not VBench's."""
+    width, depth = (1024, 24) if large else (768, 12)
+    return config.get("hidden_size", width) == width and config.get("num_hidden_layers", depth) == depth
+
+
+def check_aesthetic_head(path: str | Path, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """LAION's aesthetic head from a safetensors file: weight (1, D) and bias (1,), D the CLIP embedding width
+    (768 for ViT-L/14; checked against `dim` when given). Raises ValueError otherwise."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    what = "LAION aesthetic head (safetensors with weight (1, 768) and bias (1,))"
+    try:
+        tensors = load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise ValueError(f"{path} is not a {what}: {e}") from None
+    weight, bias = tensors.get("weight"), tensors.get("bias")
+    if weight is None or bias is None or weight.ndim != 2 or weight.shape[0] != 1 or bias.shape != (1,) or \
+            (dim is not None and weight.shape[1] != dim):
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        raise ValueError(f"{path} is not a {what}: holds {shapes}" + (f", embedding width {dim}" if dim else ""))
+    return weight.float(), bias.float()
 
 
 def _check_loaded(folder, info: dict, what: str) -> None:
@@ -303,19 +336,17 @@ def dino_features(folder: str | Path, device: str = "cpu") -> Callable[[np.ndarr
 
 
 @torch.no_grad()
-def clip_features(folder: str | Path, device: str = "cpu") -> Callable[[np.ndarray], torch.Tensor]:
+def clip_features(folder: str | Path, device: str = "cpu", patch: int = 32) -> Callable[[np.ndarray], torch.Tensor]:
     """A function frames -> L2-normalised CLIP image embeddings (T, D): OpenAI CLIP's encode_image, i.e. the
     projected, post-LayerNorm [CLS] token (transformers' CLIPVisionModelWithProjection.image_embeds)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    vision = check_clip_folder(folder)
     # A full CLIP folder keeps projection_dim beside vision_config, where the vision model's config does not look.
-    top = json.loads((Path(folder) / "config.json").read_text())
-    config = CLIPVisionConfig(**{k: v for k, v in vision.items() if k not in ("model_type", "projection_dim")},
-                              projection_dim=top.get("projection_dim", vision.get("projection_dim", 512)))
+    vision = check_clip_folder(folder, patch)
+    config = CLIPVisionConfig(**{k: v for k, v in vision.items() if k != "model_type"})
     model, info = CLIPVisionModelWithProjection.from_pretrained(folder, config=config, use_safetensors=True,
                                                                 output_loading_info=True)
-    _check_loaded(folder, info, "CLIP ViT-B/32")
+    _check_loaded(folder, info, CLIP_NAMES[patch].split(" (")[0])
     model = model.to(device).eval()
 
     @torch.no_grad()
@@ -324,6 +355,22 @@ def clip_features(folder: str | Path, device: str = "cpu") -> Callable[[np.ndarr
         return F.normalize(embeds.float().cpu(), dim=-1, p=2)
 
     return features
+
+
+@torch.no_grad()
+def aesthetic_quality(videos: list[str], clip_large: str | Path, head: str | Path, device: str = "cpu",
+                      progress: Callable[[int], None] | None = None) -> DimensionScore:
+    """VBench's aesthetic_quality: per video the mean over frames of head(normalised CLIP ViT-L/14 embedding) / 10;
+    the dimension is the mean over videos."""
+    features = clip_features(clip_large, device, patch=14)
+    weight, bias = check_aesthetic_head(head, check_clip_folder(clip_large, 14)["projection_dim"])
+    per_video = []
+    for path in videos:
+        frame_scores = (features(read_video(path)) @ weight.T + bias).squeeze(-1) / 10
+        per_video.append((path, frame_scores.mean().item()))
+        if progress:
+            progress(1)
+    return DimensionScore(float(np.mean([s for _, s in per_video])), per_video)
 
 
 @torch.no_grad()

@@ -39,10 +39,15 @@ def eval_vbench(
     batch_size: int = typer.Option(5, help="Videos per pipeline call."),
     scorer: str = typer.Option("auto", help="auto (the vbench package where its weights are local, else native), "
                                "native, or vbench."),
-    weights: Optional[Path] = typer.Option(None, help="Folder holding dino-vitb16/ and/or clip-vit-base-patch32/ "
-                                           "(transformers, safetensors) for the native consistency scores."),
-    dino: Optional[Path] = typer.Option(None, help="DINO ViT-B/16 folder for subject_consistency."),
-    clip: Optional[Path] = typer.Option(None, help="CLIP ViT-B/32 folder for background_consistency."),
+    weights: Optional[Path] = typer.Option(None, help="Folder holding any of dino-vitb16/, clip-vit-base-patch32/, "
+                                           "clip-vit-large-patch14/ (transformers, safetensors) and "
+                                           "sa_0_4_vit_l_14_linear.safetensors, for the native scores."),
+    dino: Optional[Path] = typer.Option(None, help="DINO ViT-B/16 folder (subject_consistency)."),
+    clip: Optional[Path] = typer.Option(None, help="CLIP ViT-B/32 folder (background_consistency; with its "
+                                        "tokenizer, appearance_style)."),
+    clip_large: Optional[Path] = typer.Option(None, help="CLIP ViT-L/14 folder (aesthetic_quality)."),
+    aesthetic_head: Optional[Path] = typer.Option(None, help="LAION's aesthetic head as safetensors "
+                                                  "(aesthetic_quality)."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
     overwrite: bool = OVERWRITE,
     allow_dirty: bool = ALLOW_DIRTY,
@@ -60,7 +65,8 @@ def eval_vbench(
         settings = VideoSettings(model=model, seed=seed, steps=steps, sampler=sampler, guidance_scale=guidance,
                                  height=height, width=width, num_frames=num_frames, steps_mode=steps_mode,
                                  runtime=runtime, kv=kv, fused_kernels=fused_kernels, fps=fps)
-        scoring = ScoringWeights.find(weights, dino, clip)
+        scoring = ScoringWeights.find(weights, dino=dino, clip=clip, clip_large=clip_large,
+                                      aesthetic_head=aesthetic_head)
         state = record_state(out, allow_dirty)
         import torch
 

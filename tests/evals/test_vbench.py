@@ -15,12 +15,13 @@ from accel.evals.shard import Shard
 from accel.evals.vbench import (DIMENSIONS, ScoringWeights, VideoSettings, evaluate_vbench, load_suite,
                                 parse_dimensions, plan_scoring, video_name, video_seed)
 from accel.pipelines.shapes_video import build_shapes_video_pipeline
-from test_vbench_scores import save_tiny_clip, save_tiny_dino
+from test_vbench_scores import save_tiny_clip, save_tiny_dino, save_tiny_head
 
 # VBench's info format (vbench/VBench_full_info.json): a list of prompts with the dimensions they serve.
 INFO = [
     {"prompt_en": "a red circle moving left", "dimension": ["subject_consistency", "temporal_flickering"]},
-    {"prompt_en": "a blue square", "dimension": ["temporal_flickering", "background_consistency"]},
+    {"prompt_en": "a blue square", "dimension": ["temporal_flickering", "background_consistency",
+                                                 "aesthetic_quality"]},
     {"prompt_en": "two green triangles", "dimension": ["background_consistency", "scene"],
      "auxiliary_info": {"scene": {"scene": {"scene": "triangles"}}}},
     {"prompt_en": "a red circle, oil painting", "dimension": ["appearance_style"],
@@ -58,6 +59,8 @@ def weights(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
     save_tiny_dino(root / "dino-vitb16")
     save_tiny_clip(root / "clip-vit-base-patch32")
+    save_tiny_clip(root / "clip-vit-large-patch14", patch=14)
+    save_tiny_head(root / "sa_0_4_vit_l_14_linear.safetensors")
     return root
 
 
@@ -103,8 +106,11 @@ def test_plan_names_how_each_dimension_is_scored(weights):
     assert plan["subject_consistency"]["method"] == "skipped" and "--dino" in plan["subject_consistency"]["how"]
     assert "Tag2Text" in plan["scene"]["how"]
     found = ScoringWeights.find(weights)
-    plan = plan_scoring(["subject_consistency", "background_consistency", "appearance_style"], "native", found)
-    assert all(p["method"] == "native" and "NOT VBench's ViT-B" in p["how"] for p in plan.values())
+    plan = plan_scoring(["subject_consistency", "background_consistency", "appearance_style", "aesthetic_quality"],
+                        "native", found)
+    assert all(p["method"] == "native" and "NOT VBench's ViT-" in p["how"] for p in plan.values())
+    plan = plan_scoring(["aesthetic_quality"], "native", ScoringWeights(clip_large=found.clip_large))
+    assert "sa_0_4_vit_l_14_linear.safetensors (--weights DIR or --aesthetic-head)" in plan["aesthetic_quality"]["how"]
     with pytest.raises(ValueError, match="not a DINO ViT-B/16"):
         ScoringWeights(dino=str(weights / "clip-vit-base-patch32"))
     with pytest.raises(ValueError, match="allowed: auto, native, vbench"):
@@ -201,9 +207,10 @@ def test_bad_arguments_raise_value_errors(pipe, model_folder, info_file, tmp_pat
 
 def test_native_consistency_end_to_end(pipe, model_folder, info_file, weights, tmp_path):
     result = run(pipe, model_folder, info_file, tmp_path / "c", samples=1, weights=ScoringWeights.find(weights),
-                 dimensions="subject_consistency,background_consistency,scene")
+                 dimensions="subject_consistency,background_consistency,aesthetic_quality,scene")
     dims = result["dimensions"]
     assert dims["subject_consistency"]["method"] == dims["background_consistency"]["method"] == "native"
+    assert dims["aesthetic_quality"]["method"] == "native" and dims["aesthetic_quality"]["videos"] == 1
     assert dims["scene"]["method"] == "skipped" and dims["scene"]["score"] is None
     assert dims["subject_consistency"]["videos"] == 1 and dims["background_consistency"]["videos"] == 2
     for d in ("subject_consistency", "background_consistency"):
@@ -211,7 +218,7 @@ def test_native_consistency_end_to_end(pipe, model_folder, info_file, weights, t
         assert 0 <= dims[d]["score"] <= 1 and dims[d]["score"] == pytest.approx(np.mean(per_video))
     agg = result["aggregate"]
     assert agg["partial"] and agg["semantic"] is None and agg["total"] is None
-    assert agg["quality_dimensions"] == ["subject_consistency", "background_consistency"]
+    assert agg["quality_dimensions"] == ["subject_consistency", "background_consistency", "aesthetic_quality"]
 
 
 def test_vbench_package_is_called_where_its_weights_are_local(pipe, model_folder, info_file, tmp_path, monkeypatch,

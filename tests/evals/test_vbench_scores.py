@@ -127,9 +127,9 @@ def tiny_clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def save_tiny_clip(path):
-    """A full transformers CLIP with its tokenizer, as openai/clip-vit-base-patch32 ships (32-pixel patches), tiny
-    and random."""
+def save_tiny_clip(path, patch=32):
+    """A full transformers CLIP with its tokenizer, as openai/clip-vit-base-patch32 ships (32-pixel patches; 14 as
+    ViT-L/14), tiny and random."""
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
@@ -138,7 +138,7 @@ def save_tiny_clip(path):
                                      "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
                                      "pad_token_id": 1},
                         vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
-                                       "num_attention_heads": 2, "image_size": 224, "patch_size": 32},
+                                       "num_attention_heads": 2, "image_size": 224, "patch_size": patch},
                         projection_dim=16)
     CLIPModel(config).eval().save_pretrained(path)
     tiny_clip_tokenizer().save_pretrained(path)
@@ -250,6 +250,41 @@ def test_appearance_style_is_the_image_text_logit_over_100(clip_folder, tmp_path
         per_frame.append((image @ text.T)[:, 0] * model.logit_scale.exp() / 100)
     assert [s for _, s in result.videos] == pytest.approx([float(f.mean()) for f in per_frame], abs=1e-6)
     assert result.score == pytest.approx(float(torch.cat(per_frame).mean()), abs=1e-6)  # frames, not videos
+
+
+def save_tiny_head(path, dim=16):
+    """LAION's aesthetic head layout (nn.Linear(D, 1): weight (1, D), bias (1,)), random, as safetensors."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(1)
+    save_file({"weight": torch.randn(1, dim, generator=g), "bias": torch.randn(1, generator=g)}, str(path))
+    return path
+
+
+@torch.no_grad()
+def test_aesthetic_quality_is_the_head_over_10_averaged_per_video(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import CLIPModel
+
+    large, head = save_tiny_clip(tmp_path / "large", patch=14), save_tiny_head(tmp_path / "head.safetensors")
+    a = write_gif(tmp_path / "a-0.gif", video(1, t=3, h=48, w=64))
+    b = write_gif(tmp_path / "b-0.gif", video(2, t=2, h=48, w=64))
+    result = vs.aesthetic_quality([a, b], large, head)
+    model, w = CLIPModel.from_pretrained(large).eval(), load_file(head)
+    per_video = []
+    for path in (a, b):
+        image = model.vision_model(pixel_values=vs.clip_pixels(vs.read_video(path))).pooler_output
+        image = torch.nn.functional.normalize(model.visual_projection(image), dim=-1)
+        per_video.append(float(((image @ w["weight"].T + w["bias"]) / 10).mean()))
+    assert [s for _, s in result.videos] == pytest.approx(per_video, abs=1e-6)
+    assert result.score == pytest.approx(np.mean(per_video), abs=1e-6)  # videos, not frames
+    save_tiny_head(tmp_path / "narrow.safetensors", dim=8)
+    with pytest.raises(ValueError, match="not a LAION aesthetic head"):
+        vs.check_aesthetic_head(tmp_path / "narrow.safetensors", 16)
+    with pytest.raises(ValueError, match="not a LAION aesthetic head"):
+        vs.check_aesthetic_head(large / "config.json")
+    with pytest.raises(ValueError, match="not a CLIP ViT-L/14"):
+        vs.check_clip_folder(save_tiny_clip(tmp_path / "b32"), 14)
 
 
 def test_weights_folders_are_checked(dino_folder, clip_folder, tmp_path):
