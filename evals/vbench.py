@@ -472,29 +472,16 @@ def evaluate_vbench(settings: VideoSettings, dimensions: str | list[str], out: s
     videos = out / VIDEOS
     prompts = list(dict.fromkeys(p for d in dims for p in per_dim[d]))
     items = [(p, k, video_seed(settings.seed, p, k)) for p in prompts for k in range(samples)]
-
-    def work(indices: range) -> dict:  # one pipeline call for the chunk's videos not yet on disk
-        todo = [items[i] for i in indices if not (videos / video_name(*items[i][:2])).is_file()]
-        nfe, _ = generate_videos(apipe, call, todo, videos, settings.fps, batch_size) if todo else (0, 0.0)
-        return {"nfe": nfe, "generated": len(todo)}
-
-    done = [0]
-
-    def advance(now: int, total: int) -> None:
-        if progress:
-            progress("videos", total, now - done[0])
-        done[0] = now
-
-    records = run_chunks(len(items), batch_size, work, shard, None, advance)
+    records = _make_videos(apipe, call, items, videos, settings.fps, batch_size, shard, progress)
     if not shard.main:
         return None
-    generated = sum(r["generated"] for r in records)
     tick = (lambda stage, total: (lambda n: progress(stage, total, n))) if progress else (lambda stage, total: None)
     start = time.perf_counter()
     results = _score(dims, plan, suite, per_dim, samples, videos, info, out, device or "cpu", weights, tick)
-    computed = {d: r["score"] for d, r in results.items() if r["score"] is not None}
+    generated = sum(r["generated"] for r in records)
     row = {
-        "benchmark": "vbench", "model": settings.model, "dimensions": results, "aggregate": aggregate(computed),
+        "benchmark": "vbench", "model": settings.model, "dimensions": results,
+        "aggregate": aggregate({d: r["score"] for d, r in results.items() if r["score"] is not None}),
         "samples": samples, "info_file": str(info), "info_sha256": hashlib.sha256(info.read_bytes()).hexdigest(),
         "settings": run_settings, "out": str(out), "processes": shard.world, "videos_generated": generated,
         "videos_reused": len(items) - generated, "nfe": sum(r["nfe"] for r in records),
@@ -507,6 +494,26 @@ def evaluate_vbench(settings: VideoSettings, dimensions: str | list[str], out: s
                                           for d, r in results.items() if r["score"] is not None})
     write_json(out / RESULTS_FILE, row)
     return row
+
+
+def _make_videos(apipe, call: dict, items: list[tuple[str, int, int]], videos: Path, fps: int, batch_size: int,
+                 shard: Shard, progress) -> list[dict]:
+    """This process's share of the (prompt, k, seed) videos, in fixed chunks of batch_size (evals/shard.py), each
+    chunk one pipeline call for its videos not yet on disk; returns every chunk's {"nfe", "generated", "seconds"}
+    gathered from all processes."""
+    def work(indices: range) -> dict:
+        todo = [items[i] for i in indices if not (videos / video_name(*items[i][:2])).is_file()]
+        nfe, _ = generate_videos(apipe, call, todo, videos, fps, batch_size) if todo else (0, 0.0)
+        return {"nfe": nfe, "generated": len(todo)}
+
+    done = [0]
+
+    def advance(now: int, total: int) -> None:
+        if progress:
+            progress("videos", total, now - done[0])
+        done[0] = now
+
+    return run_chunks(len(items), batch_size, work, shard, None, advance)
 
 
 def dimension_videos(suite_prompts: list[str], samples: int, videos: Path) -> list[str]:

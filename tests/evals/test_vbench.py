@@ -3,6 +3,7 @@ refusal, native scoring end to end on a tiny video pipeline, the vbench-package 
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,6 +270,25 @@ def test_cli_scores_and_reports(model_folder, info_file, weights, tmp_path):
     agg = row["aggregate"]
     assert agg["partial"] and agg["semantic_dimensions"] == ["appearance_style"] and agg["total"] is not None
     assert row["command"].startswith("accel") and "total (partial)" in r.output
+
+
+def test_cli_on_a_diffusers_wan_pipeline(info_file, tmp_path):
+    """Any video family accel adapts makes VBench's videos the same way (here Wan 2.1, tiny, built offline)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "pipelines"))
+    try:
+        from tiny import build_wan
+    finally:
+        sys.path.pop(0)
+    build_wan().save_pretrained(tmp_path / "wan")
+    r = CliRunner().invoke(app, ["eval", "vbench", "--model", str(tmp_path / "wan"), "--dimensions",
+                                 "subject_consistency", "--out", str(tmp_path / "out"), "--info", str(info_file),
+                                 "--samples", "2", "--steps", "2", "--height", "32", "--width", "32",
+                                 "--num-frames", "5", "--allow-dirty"])
+    assert r.exit_code == 0, r.output
+    clips = [vs.read_video(tmp_path / "out" / "videos" / video_name("a red circle moving left", k)) for k in (0, 1)]
+    assert clips[0].shape == (5, 32, 32, 3) and not np.array_equal(clips[0], clips[1])  # two seeds, two videos
+    row = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert row["dimensions"]["subject_consistency"]["method"] == "skipped" and row["settings"]["num_frames"] == 5
 
 
 @pytest.mark.parametrize("args, message", [
