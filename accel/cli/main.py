@@ -113,6 +113,8 @@ def _eval_progress(progress: Progress, description: str = "prompts"):
     def update(done: int, total: int) -> None:
         nonlocal task
         if task is None:
+            if done and not progress.disable:
+                console.print(f"resuming: {done} of {total} prompts already done", highlight=False)
             task = progress.add_task(description, total=total, completed=done)
         else:
             progress.update(task, completed=done, total=total)
