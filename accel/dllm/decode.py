@@ -246,9 +246,14 @@ class _State:
         self.stats.positions += count
         self.stats.per_step.append(count)
         logits = logits.float()
-        logits[..., m.mask_id] = -float("inf")  # never "decode" a mask (it would never finish)
+        score = None if self.confidence == "prob" else _score(logits, None, self.confidence)
+        # The confidence is the token's probability under the full softmax, as the official decoders compute it;
+        # the token is the argmax over every other token: a mask is never "decoded" (it would never finish).
+        p_mask = torch.exp(logits[..., m.mask_id] - torch.logsumexp(logits, dim=-1))
+        logits[..., m.mask_id] = -float("inf")
         prob, token = confidence_argmax(logits)
-        return prob, token, _score(logits, prob, self.confidence)
+        prob = prob * (1 - p_mask)
+        return prob, token, prob if score is None else score
 
     def commit(self, row: int, index: torch.Tensor, token: torch.Tensor) -> None:
         """Write tokens of sample `row` at answer indices (0..gen_length-1); with eos_id, the answer ends at its
@@ -261,7 +266,7 @@ class _State:
             answer[first + 1:] = self.eos_id
 
 
-def _score(logits: torch.Tensor, prob: torch.Tensor, kind: str) -> torch.Tensor:
+def _score(logits: torch.Tensor, prob: torch.Tensor | None, kind: str) -> torch.Tensor:
     """The ranking confidence (B, n) of each position's argmax: its probability, the distribution's negative
     entropy (Dream's formula: sum p log(p + 1e-10)), or the top-1 minus top-2 probability."""
     if kind == "prob":
