@@ -12,10 +12,10 @@ from accel.moe.engine import (
     ExpertChoiceConfig, ExpertChoiceHandle, ExpertStats, apply_expert_choice, check_capacity_factors,
     elastic_capacity, engine_of, moe_layers,
 )
-from accel.moe.routing import Routing, capacity_tokens, expert_choice, router_scores
+from accel.moe.routing import Routing, capacity_tokens, coactivation_choice, expert_choice, router_scores
 
 __all__ = [
     "CapacityPlan", "ExpertChoiceConfig", "ExpertChoiceHandle", "ExpertStats", "Routing", "apply_expert_choice",
-    "capacity_plan", "capacity_tokens", "check_capacity_factors", "decided_schedule", "elastic_capacity",
-    "engine_of", "expert_choice", "moe_layers", "router_scores",
+    "capacity_plan", "capacity_tokens", "check_capacity_factors", "coactivation_choice", "decided_schedule",
+    "elastic_capacity", "engine_of", "expert_choice", "moe_layers", "router_scores",
 ]

@@ -25,9 +25,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from accel.kernels.moe import grouped_swiglu
+from accel.kernels.moe import grouped_swiglu, grouped_swiglu_reference
 from accel.moe.capacity import CapacityOption, CapacityPlan, capacity_plan
-from accel.moe.routing import capacity_tokens, expert_choice, router_scores
+from accel.moe.routing import capacity_tokens, coactivation_choice, expert_choice, router_scores
 
 ENGINE_ATTR = "_accel_expert_choice"  # the handle, on the transformer it is applied to
 
@@ -91,10 +91,19 @@ class ExpertChoiceConfig:
             layer, a callable sigma -> factor, or "auto" (accel.moe.capacity).
         grouped: run the routed experts as one grouped SwiGLU (accel.kernels.moe). False keeps diffusers' own
             expert module (its loop) and changes only routing capacity: for measuring the engine against it.
+        coactivation: candidate pool, as a multiple of the capacity, from which each expert draws its tokens at
+            random while its layer is in training mode (accel.moe.routing.coactivation_choice); 1.0: plain top-C.
+            Layers in eval mode always take their top-C.
     """
 
     capacity: CapacityOption = 1.0
     grouped: bool = True
+    coactivation: float = 1.0
+
+    def __post_init__(self):
+        c = self.coactivation
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 1:
+            raise ValueError(f"coactivation must be a finite number >= 1 (1: plain top-C routing), got {c!r}")
 
 
 @dataclass
@@ -112,6 +121,7 @@ class ExpertChoiceHandle:
     layers: list[nn.Module]
     plan: CapacityPlan
     grouped: bool = True
+    coactivation: float = 1.0
     factors: tuple[float, ...] = ()
     stats: ExpertStats = field(default_factory=ExpertStats)
     _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
@@ -165,11 +175,16 @@ def _expert_choice_forward(layer: nn.Module, hidden_states: torch.Tensor, hidden
     num_experts = layer.num_experts
     scores = router_scores(layer, hidden_states_unmodulated, timestep)  # (B, S, E)
     capacity = capacity_tokens(layer.capacity_factor * handle.factors[index], slen, num_experts)
-    routing = expert_choice(scores, capacity, layer.route_scale)
+    if layer.training and handle.coactivation > 1:
+        routing = coactivation_choice(scores, capacity, layer.route_scale, handle.coactivation)
+    else:
+        routing = expert_choice(scores, capacity, layer.route_scale)
     x = hidden_states.reshape(bs * slen, dim)[routing.tokens]  # (E * B * C, D), expert-contiguous
     if handle.grouped:
         experts = layer.experts
-        routed = grouped_swiglu(x.view(num_experts, bs * capacity, dim), experts.gate_up_proj, experts.down_proj,
+        # The Triton kernels are forward only; training (autograd on) takes the batched-matmul twin.
+        swiglu = grouped_swiglu_reference if torch.is_grad_enabled() else grouped_swiglu
+        routed = swiglu(x.view(num_experts, bs * capacity, dim), experts.gate_up_proj, experts.down_proj,
                                 routing.weights).view(-1, dim)
     else:
         counts = torch.full((num_experts,), bs * capacity, device=x.device, dtype=torch.long)
@@ -233,7 +248,7 @@ def apply_expert_choice(model: nn.Module, config: ExpertChoiceConfig | None = No
     check_capacity_factors(model)
     plan = capacity_plan(config.capacity, len(layers))
     handle = ExpertChoiceHandle(model=model, layers=layers, plan=plan, grouped=config.grouped,
-                                factors=plan.constant or ())
+                                coactivation=config.coactivation, factors=plan.constant or ())
     for index, layer in enumerate(layers):
         handle._undo.append(_replace_forward(layer, functools.partial(_expert_choice_forward, handle=handle,
                                                                         index=index)))

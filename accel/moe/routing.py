@@ -61,14 +61,39 @@ def expert_choice(scores: torch.Tensor, capacity: int, route_scale: float) -> Ro
         capacity: tokens per expert per sample, 1 <= capacity <= S.
         route_scale: the layer's route_scale.
     """
-    bs, slen, num_experts = scores.shape
     affinity = scores.transpose(1, 2)  # (B, E, S)
     top = torch.topk(affinity, k=capacity, dim=-1).indices  # (B, E, C)
+    return _assign(affinity, top, route_scale)
+
+
+def coactivation_choice(scores: torch.Tensor, capacity: int, route_scale: float, pool: float,
+                        generator: torch.Generator | None = None) -> Routing:
+    """Stochastic co-activation for expert choice (training only; Elastic MoE, Gu et al. 2025, adapted): each
+    expert takes a random `capacity`-subset of its top ceil(pool * capacity) tokens, so experts learn to work in the
+    combinations a larger capacity would give them, at the same compute per step.
+
+    Args:
+        scores, capacity, route_scale: as `expert_choice`.
+        pool: candidate pool as a multiple of the capacity, >= 1 (1: plain top-C).
+        generator: for the random subsets (on scores' device), or None for torch's default.
+    """
+    bs, slen, num_experts = scores.shape
+    affinity = scores.transpose(1, 2)  # (B, E, S)
+    pool_size = min(slen, max(capacity, math.ceil(pool * capacity)))
+    candidates = torch.topk(affinity, k=pool_size, dim=-1).indices  # (B, E, K)
+    noise = torch.rand(bs, num_experts, pool_size, generator=generator, device=scores.device)
+    top = candidates.gather(-1, noise.argsort(dim=-1)[..., :capacity])  # (B, E, C)
+    return _assign(affinity, top, route_scale)
+
+
+def _assign(affinity: torch.Tensor, top: torch.Tensor, route_scale: float) -> Routing:
+    """Routing from each expert's chosen tokens top (B, E, C) of affinity (B, E, S): diffusers' weights."""
+    bs, num_experts, slen = affinity.shape
     gating = affinity.gather(dim=-1, index=top)  # (B, E, C)
-    offsets = torch.arange(bs, device=scores.device, dtype=torch.long).view(bs, 1, 1) * slen
+    offsets = torch.arange(bs, device=affinity.device, dtype=torch.long).view(bs, 1, 1) * slen
     tokens = (offsets + top).transpose(0, 1).reshape(num_experts, -1).reshape(-1)
     weights = gating.transpose(0, 1).reshape(num_experts, -1).reshape(-1)
-    token_sums = torch.zeros(bs * slen, device=scores.device, dtype=weights.dtype)
+    token_sums = torch.zeros(bs * slen, device=affinity.device, dtype=weights.dtype)
     token_sums.scatter_add_(0, tokens, weights)
     weights = weights / (token_sums[tokens] + 1e-12) * route_scale
-    return Routing(tokens=tokens, weights=weights, capacity=capacity)
+    return Routing(tokens=tokens, weights=weights, capacity=top.shape[-1])

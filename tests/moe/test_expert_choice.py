@@ -162,3 +162,35 @@ def test_dense_model_and_bad_checkpoint_lists_raise():
     # diffusers reads capacity_factors[block] and ignores the rest: a list for another depth goes unnoticed there.
     with pytest.raises(ValueError, match="one factor per block"):
         apply_expert_choice(transformer(capacity_factors=[0.0, 4.0, 4.0, 2.0, 2.0]))
+
+
+def test_coactivation_draws_from_the_top_candidates():
+    from accel.moe import coactivation_choice
+
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.softmax(torch.randn(2, 20, 4, generator=gen), dim=-1)
+    plain = expert_choice(scores, 3, 2.5)
+    same = coactivation_choice(scores, 3, 2.5, pool=1.0, generator=gen)
+    assert torch.equal(same.tokens.view(4, 2, 3).sort(-1).values, plain.tokens.view(4, 2, 3).sort(-1).values)
+    drawn = coactivation_choice(scores, 3, 2.5, pool=2.0, generator=gen)
+    top6 = expert_choice(scores, 6, 2.5).tokens.view(4, 2, 6)
+    chosen = drawn.tokens.view(4, 2, 3)
+    for e in range(4):
+        for b in range(2):
+            assert set(chosen[e, b].tolist()) <= set(top6[e, b].tolist()) and len(set(chosen[e, b].tolist())) == 3
+    # Every token's weights still sum to route_scale over the experts that took it.
+    sums = torch.zeros(40).index_add_(0, drawn.tokens, drawn.weights)
+    taken = torch.zeros(40, dtype=torch.bool)
+    taken[drawn.tokens] = True
+    torch.testing.assert_close(sums[taken], torch.full((int(taken.sum()),), 2.5))
+    with pytest.raises(ValueError, match="coactivation"):
+        ExpertChoiceConfig(coactivation=0.5)
+
+
+def test_shapes_moe_model_config_is_checked():
+    from accel.pipelines.shapes_moe import ShapesMoETransformer2DModel
+
+    with pytest.raises(ValueError, match="one factor >= 0 per block"):
+        ShapesMoETransformer2DModel(num_layers=2, capacity_factors=(0.0, 2.0, 2.0))
+    with pytest.raises(ValueError, match="router_input"):
+        ShapesMoETransformer2DModel(router_input="gated")
