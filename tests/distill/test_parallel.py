@@ -1,0 +1,76 @@
+"""Distillation over 2 CPU processes (gloo, as under `accelerate launch`): the processes share every random choice
+of a step and average gradients, so they hold the same weights after every update; and LoRA students (peft)."""
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(world: int, out: Path) -> list[dict]:
+    port, procs = _free_port(), []
+    for rank in range(world):
+        env = dict(os.environ, WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env, stderr=subprocess.PIPE,
+                                      text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    return [torch.load(f"{out}.{rank}") for rank in range(world)]
+
+
+def test_two_processes_share_choices_and_stay_in_sync(tmp_path):
+    rank0, rank1 = _run(2, tmp_path / "two")
+    (single,) = _run(1, tmp_path / "one")
+    assert rank0["world"] == rank1["world"] == 2 and single["world"] == 1
+    assert rank0["exits"] == rank1["exits"] and len(rank0["exits"]) == 6  # generator + critic rollouts, 3 steps
+    for role in ("student", "critic"):
+        for name, value in rank0[role].items():
+            assert torch.equal(value, rank1[role][name]), (role, name)
+    # each process drew its own prompts and noise, so the averaged update differs from one process's
+    assert any(not torch.equal(v, single["student"][k]) for k, v in rank0["student"].items())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="needs peft (pip install peft)")
+def test_lora_student_trains_adapters_only_and_exports_merged(tmp_path):
+    from safetensors.torch import load_file
+
+    from accel.api import accelerate_pipeline
+    from accel.distill import DistillConfig, Distiller, export_student
+    from accel.models import load_pipeline
+    from accel.pipelines.shapes import build_shapes_pipeline
+
+    teacher = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1,
+                                    sample_size=16, seed=0)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in teacher.transformer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    before = {k: v.clone() for k, v in teacher.transformer.state_dict().items()}
+    d = Distiller(teacher, DistillConfig(steps=2, batch_size=1, critic_per_generator=1, lr_generator=1e-2,
+                                         lr_critic=1e-2, ema_start=0, lora_rank=2,
+                                         call_args={"height": 16, "width": 16}))
+    assert d.params["student"] and all("lora_" in name for name in d.params["student"])
+    d.fit()
+    out = export_student(d, tmp_path / "student")
+    weights = load_file(out / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert not any("lora" in k for k in weights) and set(weights) == set(before)
+    moved = [k for k in weights if not torch.equal(weights[k], before[k])]
+    assert moved and all(k.split(".")[-2] in ("to_q", "to_k", "to_v", "to_out") for k in moved), moved
+    pipe = accelerate_pipeline(load_pipeline(str(out)))
+    pipe("a photo of a circle", sampler="fewstep", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert pipe.stats.nfe == 2
