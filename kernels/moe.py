@@ -100,12 +100,18 @@ def _check(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weight: t
         raise ValueError(f"weight must be (E, N) = ({e}, {n}) or (E * N,), got {tuple(weight.shape)}")
 
 
-def _blocks(n: int, cols: int, k: int) -> tuple[int, int, int]:
-    """Tile sizes (rows, columns, reduction); tl.dot needs >= 16 in each. The interpreter runs each program in
-    Python, so there larger tiles are much faster."""
-    cap = 128 if interpreting() else 64
-    return (max(16, min(next_power_of_2(n), cap)), max(16, min(next_power_of_2(cols), cap)),
-            max(16, min(next_power_of_2(k), 64 if interpreting() else 32)))
+def _tiles(n: int, cols: int, k: int, wide: bool) -> dict:
+    """Tile sizes and launch options. tl.dot needs >= 16 in each dimension. The interpreter runs each program in
+    Python, so there a few large tiles are fastest. On a GPU: 128-row tiles once an expert has that many tokens (as
+    Nucleus-Image's experts do at 1024 px), 64 columns where two accumulators share the registers (gate and up), 128
+    where one does. Chosen from the shapes, not yet tuned on a GPU."""
+    if interpreting():
+        return dict(BLOCK_M=max(16, min(next_power_of_2(n), 128)), BLOCK_N=max(16, min(next_power_of_2(cols), 128)),
+                    BLOCK_K=max(16, min(next_power_of_2(k), 64)))
+    bm = 128 if n >= 128 else max(16, min(next_power_of_2(n), 64))
+    bn = max(16, min(next_power_of_2(cols), 128 if wide else 64))
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=64 if k >= 64 else max(16, next_power_of_2(k)),
+                num_warps=8 if bm * bn >= 128 * 128 else 4, num_stages=3)
 
 
 def grouped_swiglu_fwd(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
@@ -128,15 +134,15 @@ def grouped_swiglu_fwd(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tenso
     # tiles. Compiled kernels keep the native low-precision tensor-core dot.
     upcast = interpreting() and x.dtype != torch.float32
     h = torch.empty((e, n, inter), dtype=x.dtype, device=x.device)
-    bm, bn, bk = _blocks(n, inter, d)
-    _swiglu_up_kernel[(cdiv(n, bm), cdiv(inter, bn), e)](
-        x, gate_up, h, n, d, inter, *x.stride(), *gate_up.stride(),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, UPCAST=upcast)
+    meta = _tiles(n, inter, d, wide=False)
+    grid = (cdiv(n, meta["BLOCK_M"]), cdiv(inter, meta["BLOCK_N"]), e)
+    _swiglu_up_kernel[grid](x, gate_up, h, n, d, inter, *x.stride(), *gate_up.stride(), PRECISION=precision,
+                            UPCAST=upcast, **meta)
     weight_flat = weight.reshape(-1).float().contiguous() if weight is not None else out
-    bm, bn, bk = _blocks(n, d, inter)
-    _down_weighted_kernel[(cdiv(n, bm), cdiv(d, bn), e)](
-        h, down, weight_flat, out, n, inter, d, *down.stride(),
-        HAS_WEIGHT=weight is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision, UPCAST=upcast)
+    meta = _tiles(n, d, inter, wide=True)
+    grid = (cdiv(n, meta["BLOCK_M"]), cdiv(d, meta["BLOCK_N"]), e)
+    _down_weighted_kernel[grid](h, down, weight_flat, out, n, inter, d, *down.stride(),
+                                HAS_WEIGHT=weight is not None, PRECISION=precision, UPCAST=upcast, **meta)
     return out
 
 
