@@ -326,7 +326,7 @@ def evaluate_geneval(pipe, metadata: list[dict], out: str | Path, run: GenEvalRu
                              f"{', '.join(sorted(missing)[:5])} (it knows e.g. {known})")
     digest = hashlib.sha256("\n".join(json.dumps(m, sort_keys=True) for m in metadata).encode()).hexdigest()
     folder = RunFolder(out, {"eval": "geneval", "metadata_sha256": digest, "prompts": len(metadata),
-                             **asdict(run), "call": {k: repr(v) for k, v in sorted(call.items())},
+                             **asdict(run), "call": {k: _setting(v) for k, v in sorted(call.items())},
                              "detector": None if detector is None else detector.name, **(settings or {})})
     folder.check(overwrite)
     shard.barrier()
@@ -361,6 +361,13 @@ def evaluate_geneval(pipe, metadata: list[dict], out: str | Path, run: GenEvalRu
     if rows:
         write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     return summary
+
+
+def _setting(value) -> str:
+    """A call argument as the run's settings record it: its repr, or its type where the repr names a memory address
+    (a Reward object), which would differ in the run that resumes."""
+    text = repr(value)
+    return type(value).__name__ if " at 0x" in text else text
 
 
 def _is_student(pipe) -> bool:

@@ -86,7 +86,8 @@ def eval_geneval(
     """GenEval: generate its folder layout with any accel option and score it with GenEval's rules (per-tag
     accuracy, overall = the tags' mean). Under torchrun / accelerate launch the prompts are shared out over the
     processes; a killed run resumes with the same command."""
-    from accel.evals.geneval import GenEvalRun, Thresholds, evaluate_geneval, load_metadata, summary_text
+    from accel.evals.geneval import (GenEvalRun, Thresholds, _setting, evaluate_geneval, load_metadata,
+                                     summary_text)
     from accel.evals.io import write_json
     from accel.evals.shard import Shard
 
@@ -153,7 +154,7 @@ def eval_geneval(
         from accel.evals.io import run_info
 
         record = summary | {"model": model, "metadata": str(metadata), "detector": scorer[0] and scorer[0].name,
-                            "settings": settings, "call": {k: repr(v) for k, v in call.items()}} | run_info(state)
+                            "settings": settings, "call": {k: _setting(v) for k, v in call.items()}} | run_info(state)
         with saving(out / "summary.json"):
             write_json(out / "summary.json", record)
     if "per_tag" in summary:

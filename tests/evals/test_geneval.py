@@ -206,3 +206,21 @@ def test_bad_metadata_file_is_one_line(tmp_path):
     r = run("eval", "geneval", "--metadata", path, "--out", tmp_path / "o")
     assert r.exit_code == 2 and "not GenEval's metadata format: no 'tag' string" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("options", [["--search", "bon", "--nfe", 8], ["--steps-mode", "hsa", "--runtime", 0.5]])
+def test_accel_options(tmp_path, options):
+    """Search (one call per sample: it takes one generator) and HSA run through eval geneval; the summary records
+    them and the NFE spent."""
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(m) + "\n" for m in prompt_set(2, seed=5)))
+    r = run("eval", "geneval", "--model", "shapes", "--metadata", path, "--out", tmp_path / "o",
+            "--images-per-prompt", 2, "--steps", 4, "--allow-dirty", *options)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    expected = {"--search": "'bon'", "--steps-mode": "HSAConfig(runtime=0.5"}[options[0]]
+    assert summary["images"] == 4 and expected in json.dumps(summary["call"])
+    if options[0] == "--search":
+        assert summary["nfe"] == 4 * 8  # the budget per sample, 4 samples
+    else:  # half the token compute: fewer than the 4 x 4 steps x 2 (CFG) a full run spends
+        assert 0 < summary["nfe"] <= 4 * 4 * 2
