@@ -219,10 +219,42 @@ def load_native(folder: str | Path, device: str | None = None, dtype: torch.dtyp
 
 
 def _tokenizer(folder: Path):
+    """The folder's tokenizer without remote code: AutoTokenizer, or, when its config names a remote class (Dream's
+    DreamTokenizer, a Qwen2 tokenizer under another name), the same files read by transformers' own fast
+    tokenizer. None when the folder has no tokenizer files."""
     if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         return None
     from transformers import AutoTokenizer
 
     from accel.dllm.hf import HFTokenizer
 
-    return HFTokenizer(AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False))
+    try:
+        return HFTokenizer(AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False))
+    except (ValueError, OSError, ImportError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    specials = _special_tokens(folder)
+    if (folder / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return HFTokenizer(PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **specials))
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        from transformers import Qwen2TokenizerFast
+
+        return HFTokenizer(Qwen2TokenizerFast(vocab_file=str(folder / "vocab.json"),
+                                              merges_file=str(folder / "merges.txt"), **specials))
+    raise ValueError(f"{folder}: cannot load its tokenizer without remote code ({reason})")
+
+
+def _special_tokens(folder: Path) -> dict[str, str]:
+    """bos / eos / pad / unk / mask token texts from tokenizer_config.json and special_tokens_map.json."""
+    out: dict[str, str] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        if path.is_file():
+            raw = json.loads(path.read_text())
+            for key in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token"):
+                value = raw.get(key)
+                value = value.get("content") if isinstance(value, dict) else value
+                if isinstance(value, str):
+                    out[key] = value
+    return out
