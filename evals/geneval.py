@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -361,6 +362,62 @@ def evaluate_geneval(pipe, metadata: list[dict], out: str | Path, run: GenEvalRu
     if rows:
         write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     return summary
+
+
+def read_layout(folder: str | Path) -> list[tuple[dict, list[Path]]]:
+    """The (metadata, sample paths) GenEval's evaluate_images.py finds in a folder: numbered prompt folders with a
+    metadata.jsonl, their samples/ files named digits + .png (any number of digits: GenEval's generation script
+    writes 00000.png, its README 0000.png). Sorted; ValueError for a folder with none or bad metadata."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    found = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()):
+        try:
+            meta = json.loads((sub / "metadata.jsonl").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ValueError(f"{sub / 'metadata.jsonl'} is missing or not JSON (GenEval's layout)") from None
+        error = metadata_error(meta)
+        if error:
+            raise ValueError(f"{sub / 'metadata.jsonl'} is not GenEval's metadata format: {error}")
+        samples = sorted(p for p in (sub / "samples").glob("*.png") if re.fullmatch(r"\d+\.png", p.name))
+        found.append((meta, samples))
+    if not any(samples for _, samples in found):
+        raise ValueError(f"{folder} holds no GenEval samples (<index>/samples/<k>.png)")
+    return found
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8, as GenEval opens it (EXIF orientation applied, RGB)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+
+
+def score_folder(folder: str | Path, detector, colors=None, thresholds: Thresholds = Thresholds(),
+                 shard: Shard = Shard(), progress: Callable[[int, int], None] | None = None) -> list[dict] | None:
+    """Score a folder in GenEval's layout made by any tool (GenEval's own generation script included): its
+    results.jsonl rows, prompt by prompt (shared out over `shard`'s processes); None on the processes but the
+    first."""
+    layout = read_layout(folder)
+    missing = metadata_classes([m for m, _ in layout]) - set(detector.classes)
+    if missing:
+        raise ValueError(f"the {detector.name} detector does not know the metadata's classes "
+                         f"{', '.join(sorted(missing)[:5])}")
+
+    def work(indices: range) -> dict:
+        rows = []
+        for i in indices:
+            meta, paths = layout[i]
+            images = [read_image(p) for p in paths]
+            for path, image, dets in zip(paths, images, detector.detect(images) if images else []):
+                result, kept = score_image(image, dets, meta, colors, thresholds)
+                rows.append(result_row(str(path), meta, result, kept))
+        return {"rows": rows}
+
+    records = run_chunks(len(layout), 1, work, shard, None, progress)
+    return [row for r in records for row in r["rows"]] if shard.main else None
 
 
 def _setting(value) -> str:

@@ -46,9 +46,12 @@ def _call_options(pipe, steps, guidance, height, width, steps_mode, runtime, kv,
 
 @eval_app.command("geneval")
 def eval_geneval(
-    metadata: Path = typer.Option(..., help="GenEval's evaluation_metadata.jsonl (or any file in its format)."),
+    metadata: Optional[Path] = typer.Option(None, help="GenEval's evaluation_metadata.jsonl (or any file in its "
+                                            "format); not with --score-only."),
     out: Path = typer.Option(..., help="Output folder: GenEval's layout (<index>/metadata.jsonl, "
                              "<index>/samples/<k>.png, <index>/grid.png), results.jsonl, summary.json."),
+    score_only: bool = typer.Option(False, "--score-only", help="Score the GenEval layout already in --out (made by "
+                                    "any tool, GenEval's script included): no model, no --metadata."),
     model: str = typer.Option("shapes", help="Built-in model name, diffusers pipeline folder, or hub id."),
     images_per_prompt: int = typer.Option(4, help="Samples per prompt (GenEval: 4)."),
     seed: int = typer.Option(0, help="Sample k of prompt i draws noise seed seed * 1000003 + i + k * 2**32."),
@@ -91,7 +94,13 @@ def eval_geneval(
     from accel.evals.io import write_json
     from accel.evals.shard import Shard
 
+    if score_only:
+        return _score_only(out, metadata, detector, detector_model, clip_model,
+                           Thresholds(threshold, counting_threshold, max_objects, max_overlap), device, overwrite,
+                           allow_dirty)
     with user_errors():
+        if metadata is None:
+            raise UsageError("pass --metadata (GenEval's evaluation_metadata.jsonl), or --score-only")
         if images_per_prompt < 1:
             raise UsageError(f"--images-per-prompt must be >= 1, got {images_per_prompt}")
         if batch_size < 1:
@@ -197,3 +206,41 @@ def _load_scorer(detector: Optional[str], detector_model: Optional[Path], clip_m
     except Exception as e:  # a folder that passes the checks but does not load: which one, in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"cannot load the {detector} detector or the CLIP colour classifier: {first}") from None
+
+
+def _score_only(out: Path, metadata: Optional[Path], detector: Optional[str], detector_model: Optional[Path],
+                clip_model: Optional[Path], thresholds, device: Optional[str], overwrite: bool,
+                allow_dirty: bool) -> None:
+    """`--score-only`: GenEval's results.jsonl and summary for the layout in `out`, whoever made it."""
+    import json
+
+    from accel.cli.main import check_outputs
+    from accel.evals.geneval import read_layout, score_folder, summarize, summary_text
+    from accel.evals.io import run_info, write_atomic, write_json
+    from accel.evals.shard import Shard
+
+    with user_errors():
+        if metadata is not None:
+            raise UsageError("--score-only reads each prompt's metadata.jsonl in --out: drop --metadata")
+        if detector in (None, "none"):
+            raise UsageError("--score-only needs --detector (shapes, mask2former or owlv2)")
+        layout = read_layout(out)
+        check_outputs([out / "results.jsonl", out / "summary.json"], overwrite)
+        shard = Shard.from_env()
+        import torch
+
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{torch.cuda.current_device()}" if shard.world > 1 else "cuda"
+        det, colors = _load_scorer(detector, detector_model, clip_model, [m for m, _ in layout], "", device or "cpu")
+        state = record_state(out, allow_dirty)
+        with _eval_bar(disable=not shard.main) as progress, saving(out):
+            rows = score_folder(out, det, colors, thresholds, shard, _eval_progress(progress))
+        if rows is None:
+            return
+        summary = summarize(rows)
+        with saving(out / "results.jsonl"):
+            write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+            write_json(out / "summary.json", summary | {"detector": detector, "score_only": True,
+                                                        "thresholds": vars(thresholds)} | run_info(state))
+    Console().print(summary_text(summary), highlight=False)
+    console.print(f"wrote {out / 'results.jsonl'} and {out / 'summary.json'}", highlight=False)

@@ -224,3 +224,31 @@ def test_accel_options(tmp_path, options):
         assert summary["nfe"] == 4 * 8  # the budget per sample, 4 samples
     else:  # half the token compute: fewer than the 4 x 4 steps x 2 (CFG) a full run spends
         assert 0 < summary["nfe"] <= 4 * 4 * 2
+
+
+def test_score_only_scores_any_geneval_layout(tmp_path):
+    """--score-only on a generated folder gives its rows again; on a copy named as GenEval's generation script
+    names samples (00000.png), the same verdicts."""
+    import shutil
+
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(m) + "\n" for m in prompt_set(3, seed=6)))
+    out = tmp_path / "o"
+    assert run("eval", "geneval", "--model", "shapes", "--metadata", path, "--out", out, "--images-per-prompt", 2,
+               "--steps", 4, "--allow-dirty").exit_code == 0
+    rows = (out / "results.jsonl").read_text()
+    r = run("eval", "geneval", "--score-only", "--out", out, "--detector", "shapes", "--allow-dirty")
+    assert r.exit_code == 2 and "results.jsonl exists" in r.output
+    r = run("eval", "geneval", "--score-only", "--out", out, "--detector", "shapes", "--allow-dirty", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert (out / "results.jsonl").read_text() == rows and "Overall score" in r.output
+    theirs = tmp_path / "theirs"
+    shutil.copytree(out, theirs, ignore=shutil.ignore_patterns("accel-run*", "results.jsonl", "summary.json"))
+    for png in theirs.glob("*/samples/*.png"):
+        png.rename(png.with_name(f"{int(png.stem):05d}.png"))
+    assert run("eval", "geneval", "--score-only", "--out", theirs, "--detector", "shapes",
+               "--allow-dirty").exit_code == 0
+    verdicts = [json.loads(line)["correct"] for line in rows.splitlines()]
+    assert [json.loads(line)["correct"] for line in (theirs / "results.jsonl").read_text().splitlines()] == verdicts
+    r = run("eval", "geneval", "--score-only", "--out", tmp_path, "--detector", "shapes")
+    assert r.exit_code == 2 and "holds no GenEval samples" in r.output
