@@ -635,6 +635,7 @@ from accel.cli import dllm as _dllm  # noqa: E402,F401
 from accel.cli import distill as _distill  # noqa: E402,F401
 from accel.cli import evals as _evals  # noqa: E402,F401
 from accel.cli import fewstep as _fewstep  # noqa: E402,F401
+from accel.cli import moe as _moe  # noqa: E402,F401
 from accel.cli import report as _report  # noqa: E402,F401
 from accel.cli import vbench as _vbench  # noqa: E402,F401
 

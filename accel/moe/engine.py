@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import types
 from dataclasses import dataclass, field
@@ -64,11 +65,19 @@ class ExpertStats:
         routed_rows: token-expert pairs the routed experts processed.
         trained_rows: what the trained capacities would have processed on the same calls.
         shared_rows: tokens through the shared experts (capacity does not change them).
+        dropped_rows: tokens that no routed expert took (a 0-d tensor, summed on the device without a sync).
     """
 
     routed_rows: int = 0
     trained_rows: int = 0
     shared_rows: int = 0
+    dropped_rows: torch.Tensor | int = 0
+
+    @property
+    def dropped_token_fraction(self) -> float:
+        """Fraction of token visits that reached the shared expert only (expert choice leaves the experts' load
+        balanced by construction; the imbalance shows up as tokens no routed expert chose)."""
+        return float(self.dropped_rows) / self.shared_rows if self.shared_rows else 0.0
 
     @property
     def routed_flops_fraction(self) -> float:
@@ -125,6 +134,9 @@ class ExpertChoiceHandle:
     factors: tuple[float, ...] = ()
     stats: ExpertStats = field(default_factory=ExpertStats)
     _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    # Where `timestep` sits among the model's positional forward arguments (the built-in shapes adapter passes it
+    # positionally), or None.
+    _timestep_position: int | None = field(default=None, repr=False)
 
     def set_capacity(self, option: CapacityOption) -> None:
         """Switch the capacity option (validated as in ExpertChoiceConfig)."""
@@ -139,7 +151,8 @@ class ExpertChoiceHandle:
         return {"capacity": self.plan.name if self.plan.constant is None or len(set(self.plan.constant)) > 1
                 else self.plan.constant[0],
                 "expert_flops_fraction": self.stats.expert_flops_fraction,
-                "routed_flops_fraction": self.stats.routed_flops_fraction}
+                "routed_flops_fraction": self.stats.routed_flops_fraction,
+                "dropped_token_fraction": self.stats.dropped_token_fraction}
 
     def remove(self) -> None:
         """Undo every replacement, last first."""
@@ -147,12 +160,14 @@ class ExpertChoiceHandle:
             self._undo.pop()()
 
     def _before_forward(self, module, args, kwargs) -> None:
-        """Forward pre-hook on the transformer: the per-layer factors for this call, from its timestep (= sigma
-        for Nucleus, which takes t / num_train_timesteps)."""
+        """Forward pre-hook on the transformer: the per-layer factors for this call, from its timestep, which is
+        sigma for the models this engine serves (Nucleus takes t / num_train_timesteps, the shapes models sigma)."""
         if self.plan.constant is not None:
             self.factors = self.plan.constant
             return
         timestep = kwargs.get("timestep")
+        if timestep is None and self._timestep_position is not None and len(args) > self._timestep_position:
+            timestep = args[self._timestep_position]
         if timestep is None:
             raise ValueError("a capacity schedule reads sigma from the transformer's `timestep` keyword argument; "
                              "this call has none")
@@ -195,6 +210,8 @@ def _expert_choice_forward(layer: nn.Module, hidden_states: torch.Tensor, hidden
     handle.stats.routed_rows += num_experts * bs * capacity
     handle.stats.trained_rows += num_experts * bs * trained
     handle.stats.shared_rows += bs * slen
+    covered = torch.zeros(bs * slen, dtype=torch.bool, device=x.device).index_fill_(0, routing.tokens, True)
+    handle.stats.dropped_rows = handle.stats.dropped_rows + (~covered).sum()
     return out.view(bs, slen, dim)
 
 
@@ -252,6 +269,8 @@ def apply_expert_choice(model: nn.Module, config: ExpertChoiceConfig | None = No
     for index, layer in enumerate(layers):
         handle._undo.append(_replace_forward(layer, functools.partial(_expert_choice_forward, handle=handle,
                                                                         index=index)))
+    names = list(inspect.signature(model.forward).parameters)
+    handle._timestep_position = names.index("timestep") if "timestep" in names else None
     hook = model.register_forward_pre_hook(handle._before_forward, with_kwargs=True)
     handle._undo.append(hook.remove)
     setattr(model, ENGINE_ATTR, handle)
