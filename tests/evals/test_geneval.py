@@ -142,16 +142,14 @@ def geneval_walk(folder: Path):
 
 
 def test_geneval_shapes_equals_eval_shapes(tmp_path):
-    """Same prompts and seeds: `eval geneval --detector shapes` gives `eval shapes`'s per-image verdicts."""
-    from accel.evals.shapes import evaluate_shapes
-    from accel.models import load_pipeline
-
+    """Same prompts and seeds: `eval geneval --detector shapes` gives `eval shapes`'s per-image verdicts (read from
+    the chunks `eval shapes --out` keeps)."""
     metas = prompt_set(12, seed=1)
     path = tmp_path / "shapes_metadata.jsonl"
     path.write_text("".join(json.dumps(m) + "\n" for m in metas))
     out = tmp_path / "geneval"
     r = run("eval", "geneval", "--model", "shapes", "--metadata", path, "--out", out, "--images-per-prompt", 1,
-            "--steps", 8, "--seed", 1, "--batch-size", 48, "--no-grid", "--allow-dirty")
+            "--steps", 8, "--seed", 1, "--batch-size", 48, "--detector", "shapes", "--no-grid", "--allow-dirty")
     assert r.exit_code == 0, r.output
     assert "Overall score (avg. over tasks)" in r.output
     pairs = geneval_walk(out)
@@ -163,7 +161,10 @@ def test_geneval_shapes_equals_eval_shapes(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
 
     shapes_out = tmp_path / "shapes"
-    result = evaluate_shapes(load_pipeline("shapes"), prompts=12, seed=1, steps=8, out=shapes_out, state={})
+    r = run("eval", "shapes", "--model", "shapes", "--prompts", 12, "--steps", 8, "--seed", 1, "--out", shapes_out,
+            "--json", tmp_path / "shapes.json", "--allow-dirty")
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "shapes.json").read_text())
     verdicts = [row["correct"] for f in sorted((shapes_out / "accel-run").glob("*.json"))
                 for row in json.loads(f.read_text())["rows"]]
     assert [row["correct"] for row in rows] == verdicts
