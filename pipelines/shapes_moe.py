@@ -97,9 +97,10 @@ class ShapesMoETransformer2DModel(ShapesTransformer2DModel):
 def build_shapes_moe_pipeline(width: int = 128, num_layers: int = 4, stem_channels=(32, 64), text_hidden: int = 128,
                               text_layers: int = 2, sample_size: int = 32, num_experts: int = 8,
                               moe_intermediate_dim: int = 128, capacity_factors=(0.0, 2.0, 2.0, 2.0),
-                              router_input: str = "unmodulated", seed: int = 0) -> ShapesPipeline:
+                              router_input: str = "unmodulated", mlp_ratio: float = 4.0,
+                              seed: int = 0) -> ShapesPipeline:
     """A freshly initialised MoE shapes pipeline (for training, or tiny random ones in tests): the built-in
-    ShapesPipeline with a ShapesMoETransformer2DModel."""
+    ShapesPipeline with a ShapesMoETransformer2DModel (mlp_ratio: the dense blocks' MLP width over the model's)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     torch.manual_seed(seed)
@@ -107,7 +108,7 @@ def build_shapes_moe_pipeline(width: int = 128, num_layers: int = 4, stem_channe
     text_encoder = build_text_encoder(len(tokenizer), text_hidden, text_layers, tokenizer.model_max_length)
     transformer = ShapesMoETransformer2DModel(
         sample_size=sample_size, stem_channels=tuple(stem_channels), width=width, num_layers=num_layers, num_heads=4,
-        text_dim=text_hidden, num_experts=num_experts, moe_intermediate_dim=moe_intermediate_dim,
+        text_dim=text_hidden, mlp_ratio=mlp_ratio, num_experts=num_experts, moe_intermediate_dim=moe_intermediate_dim,
         capacity_factors=tuple(capacity_factors), router_input=router_input)
     pipe = ShapesPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), transformer=transformer.eval(),
                           scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0))

@@ -9,6 +9,9 @@ ingredients for a model that serves a range of capacities at inference:
 - stochastic co-activation (Elastic MoE, adapted to expert choice): each expert draws its C tokens at random from
   its top --coactivation x C candidates (1: plain top-C, the ablation).
 --router-input modulated trains the router on the modulated state instead (Nucleus-Image's decoupling ablated).
+--dense trains the dense model of equal active compute (the baseline): every block dense, with an MLP as wide as the
+active experts of a MoE block at its trained capacity (shared + capacity-factor routed SwiGLU experts); give it the
+MoE run's CPU time through --steps.
 
 Resumable: a checkpoint (weights, EMA, optimizer, random states, step; accel.distill.checkpoint, no pickle) goes to
 OUT/checkpoints every --checkpoint-minutes and when a session ends; --minutes ends a session, and the same command
@@ -64,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     model.add_argument("--capacity-factors", type=float, nargs="+", default=(0.0, 2.0, 2.0, 2.0),
                        help="one per block, 0 for a dense block (the trained capacities)")
     model.add_argument("--router-input", choices=ROUTER_INPUTS, default="unmodulated")
+    model.add_argument("--dense", action="store_true", help="the dense baseline of equal active compute")
     moe = ap.add_argument_group("MoE training")
     moe.add_argument("--capacity-start", type=float, default=2.0)
     moe.add_argument("--sparsify", type=float, default=0.3, help="fraction of the steps over which it decays to 1")
@@ -80,6 +84,15 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError("capacities must satisfy 0 < --capacity-low <= --capacity-high and --capacity-start > 0")
     if not 0 <= args.sparsify <= 1:
         raise ValueError(f"--sparsify is a fraction of the steps in [0, 1], got {args.sparsify}")
+
+
+def dense_mlp_ratio(args: argparse.Namespace) -> float:
+    """The dense MLP ratio whose FLOPs per token, 2 * width * (ratio * width), equal a MoE block's active experts:
+    (1 shared + c routed on average) SwiGLU experts of 3 * width * inter each, c the mean trained capacity factor
+    of the MoE blocks (expert choice gives each token c routed experts on average)."""
+    moe = [c for c in args.capacity_factors if c > 0]
+    c = sum(moe) / len(moe) if moe else 0.0
+    return (1 + c) * 3 * args.moe_intermediate_dim / (2 * args.width)
 
 
 def capacity_at(step: int, args: argparse.Namespace, gen: torch.Generator) -> float:
@@ -114,8 +127,9 @@ class Run:
         self.pipe = build_shapes_moe_pipeline(
             width=args.width, stem_channels=args.stem_channels, text_hidden=args.text_hidden,
             text_layers=args.text_layers, num_layers=len(args.capacity_factors), num_experts=args.num_experts,
-            moe_intermediate_dim=args.moe_intermediate_dim, capacity_factors=args.capacity_factors,
-            router_input=args.router_input, seed=args.seed)
+            moe_intermediate_dim=args.moe_intermediate_dim,
+            capacity_factors=[0.0] * len(args.capacity_factors) if args.dense else args.capacity_factors,
+            mlp_ratio=dense_mlp_ratio(args) if args.dense else 4.0, router_input=args.router_input, seed=args.seed)
         self.te, self.tr = self.pipe.text_encoder.train(), self.pipe.transformer.train()
         # EMA copies first: a deep copy must not carry the engine's per-instance hooks.
         self.ema = {"te": copy.deepcopy(self.te).eval(), "tr": copy.deepcopy(self.tr).eval()}
@@ -166,7 +180,9 @@ def train_step(run: Run, engine) -> float:
     lr = learning_rate(run.step, args)
     for group in run.opt.param_groups:
         group["lr"] = lr
-    engine.set_capacity(capacity_at(run.step, args, run.gen))
+    factor = capacity_at(run.step, args, run.gen)  # drawn for the dense run too: the same random streams
+    if engine is not None:
+        engine.set_capacity(factor)
     x0, captions = batch(run.scenes, args.batch_size)
     ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
     emb = run.te(ids.input_ids).last_hidden_state
@@ -211,7 +227,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     if (path := ckpt.latest(folder)) is not None:
         run.restore(*ckpt.load(path))
         print(f"resumed at step {run.step} from {path}", flush=True)
-    engine = apply_expert_choice(run.tr, ExpertChoiceConfig(coactivation=args.coactivation))
+    engine = None if args.dense else apply_expert_choice(run.tr, ExpertChoiceConfig(coactivation=args.coactivation))
     start = last_save = time.time()
     first = run.step
     try:
@@ -230,7 +246,8 @@ def main(argv: list[str] | None = None) -> Path | None:
                     print(f"session over at step {run.step}; run the same command to resume", flush=True)
                     return None
     finally:
-        engine.remove()
+        if engine is not None:
+            engine.remove()
     export(run, out, (time.time() - start) / 60)
     print(f"done: {run.step} steps; pipeline at {out}", flush=True)
     return out

@@ -48,3 +48,11 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
                    generator=torch.Generator().manual_seed(0))
         assert out.images.shape == (1, 32, 32, 3) and np.isfinite(out.images).all()
     assert out.stats.extra["routed_flops_fraction"] < 1
+
+
+def test_dense_baseline_trains_without_the_engine(tmp_path):
+    out = train_shapes_moe.main([*TINY, "--steps", "2", "--out", str(tmp_path / "dense"), "--dense"])
+    pipe = ShapesPipeline.from_pretrained(out)
+    args = train_shapes_moe.parser().parse_args(TINY)
+    assert not any(p for p in pipe.transformer.config.capacity_factors)
+    assert pipe.transformer.config.mlp_ratio == train_shapes_moe.dense_mlp_ratio(args)
