@@ -18,7 +18,7 @@ OUT/checkpoints every --checkpoint-minutes and when a session ends; --minutes en
 resumes bit for bit. The run's length is --steps, fixed, so that a resumed run is the run it would have been. When
 it reaches --steps, the EMA weights are saved as a pipeline folder at OUT (safetensors) with OUT/training.json.
 
-    OMP_WAIT_POLICY=PASSIVE python scripts/train_shapes_moe.py --steps 20000 --minutes 55 --out assets/shapes-moe-t2i
+    OMP_WAIT_POLICY=PASSIVE python scripts/train_shapes_moe.py --steps 4000 --minutes 55 --out assets/shapes-moe-t2i
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ WARMUP_STEPS = 200
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="assets/shapes-moe-t2i")
-    ap.add_argument("--steps", type=int, default=20000, help="length of the whole run (all sessions)")
+    ap.add_argument("--steps", type=int, default=4000, help="length of the whole run (all sessions); the dense "
+                    "built-in model took about as many at this batch size")
     ap.add_argument("--minutes", type=float, default=0.0, help="end this session after a checkpoint (0: no limit)")
     ap.add_argument("--session-steps", type=int, default=0,
                     help="end this session after this many steps, after a checkpoint (0: no limit)")
