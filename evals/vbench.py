@@ -139,6 +139,18 @@ def prompts_for(suite: list[SuiteEntry], dimensions: list[str]) -> dict[str, lis
     return out
 
 
+def read_suite(dimensions: str | list[str], info: str | Path | None = None):
+    """Check the dimensions and read the info file (default: the vbench package's); returns (dimensions, info path,
+    suite, each dimension's prompts). Raises ValueError on a bad dimension or file."""
+    dims = parse_dimensions(dimensions)
+    info = Path(info) if info is not None else default_info_file()
+    if info is None:
+        raise ValueError("no VBench info file: pass one (VBench_full_info.json from github.com/Vchitect/VBench) or "
+                         "install the vbench package")
+    suite = load_suite(info)
+    return dims, info, suite, prompts_for(suite, dims)
+
+
 def video_name(prompt: str, k: int) -> str:
     return f"{prompt}-{k}.mp4"
 
@@ -443,17 +455,11 @@ def evaluate_vbench(settings: VideoSettings, dimensions: str | list[str], out: s
     batch_size, so any number of processes makes the same files); the main process scores and returns the row, the
     others None. Bad input raises ValueError.
     """
-    dims = parse_dimensions(dimensions)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    info = Path(info) if info is not None else default_info_file()
-    if info is None:
-        raise ValueError("no VBench info file: pass one (VBench_full_info.json from github.com/Vchitect/VBench) or "
-                         "install the vbench package")
-    suite = load_suite(info)
-    per_dim = prompts_for(suite, dims)
+    dims, info, suite, per_dim = read_suite(dimensions, info)
     weights = weights or ScoringWeights()
     plan = plan_scoring(dims, scorer, weights)
     out = Path(out)

@@ -54,10 +54,10 @@ def eval_vbench(
 ):
     """VBench dimensions and Quality / Semantic / Total of a video model, with any accel option. Under torchrun /
     accelerate launch the videos are shared out over the processes; a killed run resumes with the same command."""
-    from accel.evals.vbench import ScoringWeights, VideoSettings, evaluate_vbench, parse_dimensions
+    from accel.evals.vbench import ScoringWeights, VideoSettings, evaluate_vbench, read_suite
 
     with user_errors():
-        dims = parse_dimensions(dimensions)
+        dims, info, _, _ = read_suite(dimensions, info)  # before the model loads: a bad file fails at once
         if samples < 1:
             raise UsageError(f"--samples must be >= 1, got {samples}")
         if batch_size < 1:
