@@ -92,11 +92,13 @@ class RunFolder:
                              f"it holds, or another folder")
         old = json.loads(settings_file.read_text())
         differ = sorted(k for k in old.keys() | self.settings.keys() if old.get(k) != self.settings.get(k))
+        done = len(list((self.path / CHUNKS).glob("*.json")))
         if differ:
             shown = "; ".join(f"{k} {old.get(k)!r} there, {self.settings.get(k)!r} here" for k in differ[:3])
+            lost = f"its {done} finished batches of prompts" if done else "nothing: it finished no prompts"
             raise ValueError(f"{self.path} holds a different run ({shown}): it resumes only with the same "
-                             f"settings; pass --overwrite to replace it, or another folder")
-        return len(list((self.path / CHUNKS).glob("*.json")))
+                             f"settings; pass --overwrite to replace it (losing {lost}), or another folder")
+        return done
 
     def prepare(self, overwrite: bool = False) -> None:
         """Create the folder and record the settings (the main process, after every process's check)."""

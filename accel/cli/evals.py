@@ -14,13 +14,13 @@ from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _eval_bar, _eval
                             record_state, saving, user_errors)
 
 
-def _call_options(pipe, steps, guidance, height, width, steps_mode, runtime, kv, search, reward, nfe) -> dict:
-    """The pipeline call's arguments for the accel options (validated as `accel generate` does)."""
+def _call_options(apipe, student, steps, guidance, height, width, steps_mode, runtime, kv, search, reward,
+                  nfe) -> dict:
+    """The pipeline call's arguments for the accel options (validated as `accel generate` does); `student`: the
+    pipeline's StudentSpec or None."""
     from accel.api import check_guidance
-    from accel.schedulers.fewstep import find_student
 
     check_guidance(guidance, "--guidance")
-    student = find_student(pipe)
     if student is not None and (search is not None or steps_mode != "uniform"):
         raise UsageError("a distilled student samples with its own steps: --search and --steps-mode hsa need a "
                          "teacher model")
@@ -38,7 +38,7 @@ def _call_options(pipe, steps, guidance, height, width, steps_mode, runtime, kv,
         call["steps"] = HSAConfig(runtime=0.5 if runtime is None else runtime, kv=kv or "auto")
     if search is not None:
         if nfe is None:
-            cfg = guidance if guidance is not None else pipe.__signature__.parameters["guidance_scale"].default
+            cfg = guidance if guidance is not None else apipe.__signature__.parameters["guidance_scale"].default
             nfe = 4 * (steps or 25) * (2 if cfg and cfg > 1 else 1)
         call.update(search=search, reward=reward, nfe=nfe)
     return call
@@ -150,7 +150,8 @@ def eval_geneval(
             raise UsageError(f"--sampler fewstep needs a distilled student; {model} is not one")
         apipe = accelerate_pipeline(pipe, AccelConfig(sampler=sampler or ("fewstep" if student else "euler"),
                                                       fused_kernels=fused_kernels))
-        call = _call_options(apipe, steps, guidance, height, width, steps_mode, runtime, kv, search, reward, nfe)
+        call = _call_options(apipe, student, steps, guidance, height, width, steps_mode, runtime, kv, search, reward,
+                             nfe)
         settings = {"model": model, "sampler": sampler, "fused_kernels": fused_kernels,
                     "detector_model": None if detector_model is None else str(detector_model.resolve()),
                     "clip_model": None if clip_model is None else str(clip_model.resolve())}

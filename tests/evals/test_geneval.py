@@ -253,3 +253,28 @@ def test_score_only_scores_any_geneval_layout(tmp_path):
     assert [json.loads(line)["correct"] for line in (theirs / "results.jsonl").read_text().splitlines()] == verdicts
     r = run("eval", "geneval", "--score-only", "--out", tmp_path, "--detector", "shapes")
     assert r.exit_code == 2 and "holds no GenEval samples" in r.output
+
+
+def test_a_distilled_student(tmp_path):
+    """A student folder samples with its own steps (4 by default, no CFG), one call per sample."""
+    import torch
+
+    from accel.pipelines.shapes import build_shapes_pipeline
+    from accel.schedulers.fewstep import StudentSpec
+
+    pipe = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1)
+    with torch.no_grad():
+        for param in pipe.transformer.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    pipe.save_pretrained(tmp_path / "student")
+    StudentSpec(shift=3.0, call_defaults={"guidance_scale": 1.0}).save(tmp_path / "student")
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(m) + "\n" for m in prompt_set(2, seed=7)))
+    r = run("eval", "geneval", "--model", tmp_path / "student", "--metadata", path, "--out", tmp_path / "o",
+            "--images-per-prompt", 2, "--allow-dirty")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["nfe"] == 2 * 2 * 4
+    r = run("eval", "geneval", "--model", tmp_path / "student", "--metadata", path, "--out", tmp_path / "o2",
+            "--steps", 3, "--allow-dirty")
+    assert r.exit_code == 2 and "trained for --steps 2 or 4" in " ".join(r.output.split())
+    assert not (tmp_path / "o2").exists()  # refused before anything was written
