@@ -105,3 +105,17 @@ def test_capacity_on_a_dense_model_or_a_bad_checkpoint_raises():
         run(dense, capacity=0.5)
     with pytest.raises(ValueError, match="one factor per block"):
         accelerate_pipeline(build_nucleus(capacity_factors=[0.0, 4.0, 4.0, 2.0, 2.0, 2.0]))
+
+
+def test_capacity_with_the_text_kv_cache(pipe):
+    """The engine's pre-hook and diffusers' cache hooks on one transformer: the cached run equals the uncached one."""
+    from diffusers.hooks import TextKVCacheConfig
+
+    fast = accelerate_pipeline(pipe)
+    plain = run(fast, capacity="auto").images
+    pipe.transformer.enable_cache(TextKVCacheConfig())
+    try:
+        cached = run(fast, capacity="auto").images
+    finally:
+        pipe.transformer.disable_cache()
+    assert np.abs(cached - plain).max() <= 1e-5

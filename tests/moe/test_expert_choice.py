@@ -194,3 +194,21 @@ def test_shapes_moe_model_config_is_checked():
         ShapesMoETransformer2DModel(num_layers=2, capacity_factors=(0.0, 2.0, 2.0))
     with pytest.raises(ValueError, match="router_input"):
         ShapesMoETransformer2DModel(router_input="gated")
+
+
+@pytest.mark.cuda
+def test_engine_on_cuda_launches_the_kernels_and_matches_diffusers():
+    from accel.kernels._triton import count_launches
+
+    model = transformer(num_experts=8).eval().to("cuda", torch.bfloat16)
+    call = {k: v.to("cuda", torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else
+            v.to("cuda") if torch.is_tensor(v) else v for k, v in inputs(model).items()}
+    baseline = run(model, call)
+    handle = apply_expert_choice(model)
+    try:
+        with count_launches() as launches:
+            out = run(model, call)
+    finally:
+        handle.remove()
+    assert launches["swiglu_up"] == launches["down_weighted"] == 3
+    torch.testing.assert_close(out.float(), baseline.float(), atol=5e-2, rtol=5e-2)
