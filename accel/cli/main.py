@@ -501,7 +501,13 @@ def bench_search_cmd(
     seed: int = typer.Option(0, help="Picks the prompt set and the sampling seeds."),
     strategies: str = typer.Option(
         "bon,sop,smc,epf,svdd,rbf,beam",
-        help="Comma-separated strategies, each with optional :key=value options (rbf:chains=8)."),
+        help="Comma-separated strategies, each with optional :key=value options (rbf:chains=8); raise (with "
+             "options, raise:population=4) runs RAISE with the offline shapes agent."),
+    reward: str = typer.Option("exact", help="Search reward (accuracy is always the exact checker's): exact, "
+                               "exact-lenient, shapes-verifier (the learned verifier, product over requirements), "
+                               "shapes-verifier:prompt (asked of the whole prompt), clip:<folder or hub id>."),
+    verifier: Optional[Path] = typer.Option(None, help="Learned shapes verifier folder for --reward "
+                                            "shapes-verifier (default: the built-in one)."),
     budgets: str = typer.Option("1,2,4,8,16", help="Comma-separated budgets, in plain samples' NFE."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the pipeline's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
@@ -509,9 +515,10 @@ def bench_search_cmd(
     overwrite: bool = OVERWRITE,
     allow_dirty: bool = ALLOW_DIRTY,
 ):
-    """Checker accuracy of each search strategy against its NFE budget (exact reward)."""
+    """Checker accuracy of each search strategy against its NFE budget, with the exact or a learned reward."""
     from accel.evals.io import run_info, write_json
     from accel.search import bench_search, get_config, plot_search
+    from accel.search.bench import bench_reward
 
     with user_errors():
         names = [s.strip() for s in strategies.split(",") if s.strip()]
@@ -524,6 +531,7 @@ def bench_search_cmd(
         if prompts < 1 or not names or not levels:
             raise UsageError("--prompts must be >= 1 and --strategies / --budgets non-empty")
         check_outputs([json_out, plot], overwrite)
+        search_reward, raise_verifier = bench_reward(reward, None if verifier is None else str(verifier))
         state = record_state(json_out, allow_dirty)
         pipe = _load(model, None)
         if type(pipe).__name__ != "ShapesPipeline":
@@ -531,7 +539,8 @@ def bench_search_cmd(
         with _progress() as progress:
             task = progress.add_task("runs", total=prompts * len(names) * len(levels))
             rows = bench_search(pipe, prompts=prompts, seed=seed, strategies=tuple(names), budgets=tuple(levels),
-                                steps=steps, progress=lambda rec: progress.advance(task))
+                                steps=steps, progress=lambda rec: progress.advance(task), reward=search_reward,
+                                reward_name=reward, verifier=raise_verifier)
         info = run_info(state)
         rows = [row | info for row in rows]
         if json_out is not None:
@@ -539,12 +548,13 @@ def bench_search_cmd(
                 write_json(json_out, rows)
         if plot is not None and not plot_search(rows, str(plot)):
             console.print("plot skipped: matplotlib is not installed", highlight=False)
-    table = Table(title=f"search: {prompts} prompts, seed {seed}")
-    for col in ("strategy", "budget", "nfe", "accuracy", "strict", "seconds"):
+    table = Table(title=f"search: {prompts} prompts, seed {seed}, reward {reward}")
+    for col in ("strategy", "budget", "nfe", "accuracy", "strict", "oracle", "verifier calls", "seconds"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["strategy"], f"{r['budget']:g}x", f"{r['nfe']:.0f}", f"{r['accuracy']:.3f}",
-                      f"{r['accuracy_strict']:.3f}", f"{r['seconds']:.1f}")
+                      f"{r['accuracy_strict']:.3f}", f"{r['oracle_accuracy']:.3f}", f"{r['verifier_calls']:.1f}",
+                      f"{r['seconds']:.1f}")
     Console().print(table)
 
 

@@ -10,22 +10,27 @@ from accel.rewards.clip import (AestheticHead, AestheticReward, CLIPEmbedder, CL
 from accel.rewards.composite import WeightedReward, fit_weights
 from accel.rewards.judge import Judge, JudgeReward
 from accel.rewards.shapes import ShapesReward, parse_shapes_prompt
+from accel.rewards.verifier import ExactVerifier, ShapesVerifier, VerifierReward
 
 __all__ = [
-    "READS", "AestheticHead", "AestheticReward", "CLIPEmbedder", "CLIPReward", "Judge", "JudgeReward",
-    "OpenCLIPReward", "ShapesReward", "WeightedReward", "clip_preprocess", "evaluate", "fit_weights",
-    "get_reward", "open_clip_available", "parse_shapes_prompt",
+    "READS", "AestheticHead", "AestheticReward", "CLIPEmbedder", "CLIPReward", "ExactVerifier", "Judge",
+    "JudgeReward", "OpenCLIPReward", "ShapesReward", "ShapesVerifier", "VerifierReward", "WeightedReward",
+    "clip_preprocess", "evaluate", "fit_weights", "get_reward", "open_clip_available", "parse_shapes_prompt",
 ]
 
-REWARDS = ("shapes", "shapes-lenient")
+REWARDS = ("shapes", "shapes-lenient", "shapes-verifier", "shapes-verifier:prompt")
 
 
 def get_reward(name: str):
-    """A reward by name, for rewards that need no weights ("shapes": strict checker score, the built-in model's
-    default; "shapes-lenient": GenEval's rules only). Weighted rewards (CLIP, aesthetic) are built from their
-    weights: CLIPReward.from_pretrained(...)."""
+    """A reward by name: "shapes" (strict checker score, the built-in model's default), "shapes-lenient" (GenEval's
+    rules only), "shapes-verifier" (the built-in learned verifier: the product of P(yes) over the prompt's
+    requirements; ":prompt": P(yes) asked of the whole prompt). Other weighted rewards (CLIP, aesthetic) are built
+    from their weights: CLIPReward.from_pretrained(...), VerifierReward(ShapesVerifier.from_pretrained(folder))."""
     if name == "shapes":
         return ShapesReward(strict=True)
     if name == "shapes-lenient":
         return ShapesReward(strict=False)
+    if name in ("shapes-verifier", "shapes-verifier:prompt"):
+        mode = "prompt" if name.endswith(":prompt") else "product"
+        return VerifierReward(ShapesVerifier.from_pretrained(), mode)
     raise ValueError(f"unknown reward {name!r}; allowed: {', '.join(REWARDS)} (or pass a Reward object)")

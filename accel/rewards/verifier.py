@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
@@ -193,5 +194,142 @@ class VerifierReward:
         index = torch.tensor([i for i, qs in enumerate(asks) for _ in qs])
         flat = [q for qs in asks for q in qs]
         probs = self.verifier.probabilities(samples[index], flat).float().cpu()
-        out = torch.ones(len(prompts))
-        return out.index_reduce_(0, index, probs, "prod")
+        return torch.stack([probs[index == i].prod() for i in range(len(prompts))])
+
+
+# --- the learned verifier -----------------------------------------------------------------------------------------
+
+# Words of the shapes prompts and of the question grammar; anything else maps to <unk>.
+VOCAB = ("<pad> <unk> a an the photo of and is are there exactly one two three four five six object objects "
+         "circle circles square squares triangle triangles red green blue yellow left right above below").split()
+MAX_WORDS = 16
+DEFAULT_FOLDER = "shapes-verifier"
+
+
+def tokenize(texts: list[str], max_words: int = MAX_WORDS) -> torch.Tensor:
+    """Word ids (B, max_words) of lower-cased texts, punctuation dropped, padded with 0 (<pad>)."""
+    index = {w: i for i, w in enumerate(VOCAB)}
+    out = torch.zeros(len(texts), max_words, dtype=torch.long)
+    for row, text in enumerate(texts):
+        words = re.sub(r"[^a-z ]", " ", text.lower()).split()[:max_words]
+        out[row, :len(words)] = torch.tensor([index.get(w, 1) for w in words], dtype=torch.long)
+    return out
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """Sizes of ShapesVerifier (saved as config.json beside model.safetensors)."""
+
+    image_size: int = 32
+    channels: tuple[int, ...] = (16, 32, 64)
+    text_dim: int = 64
+    text_layers: int = 2
+    heads: int = 4
+
+
+class ShapesVerifier(torch.nn.Module):
+    """P(yes) for (image, question) pairs of the shapes world: a small image + text yes/no model.
+
+    Text: word embeddings + positions through a small transformer encoder, mean-pooled over words (word order
+    matters: "a circle left of a square" is not "a square left of a circle"). Image: a CNN over RGB plus two
+    coordinate channels (positions are what relations ask about), each stage modulated by the text (FiLM, Perez et
+    al. 2018) so that the question picks what the image features look for; mean- and max-pooled, then an MLP to one
+    logit. About 0.1 M parameters; trains on a CPU (scripts/train_verifier.py).
+
+    forward(images (B, 3, H, W) in [0, 1], ids (B, T)) -> logits (B,); probabilities(images, texts) -> (B,).
+    """
+
+    def __init__(self, config: VerifierConfig | None = None):
+        super().__init__()
+        from torch import nn
+
+        self.config = cfg = config or VerifierConfig()
+        d = cfg.text_dim
+        self.embed = nn.Embedding(len(VOCAB), d, padding_idx=0)
+        self.position = nn.Parameter(torch.zeros(MAX_WORDS, d))
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.text = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        convs, films, cin = [], [], 5  # RGB + (x, y)
+        for k, cout in enumerate(cfg.channels):
+            convs.append(nn.Sequential(nn.Conv2d(cin, cout, 3, stride=1 if k == 0 else 2, padding=1),
+                                       nn.GroupNorm(8, cout), nn.SiLU(),
+                                       nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout)))
+            films.append(nn.Linear(d, 2 * cout))
+            cin = cout
+        self.convs, self.films = nn.ModuleList(convs), nn.ModuleList(films)
+        self.head = nn.Sequential(nn.Linear(2 * cin + d, 128), nn.SiLU(), nn.Linear(128, 1))
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        pad = ids == 0  # (B, T)
+        h = self.text(self.embed(ids) + self.position[: ids.shape[1]], src_key_padding_mask=pad)  # (B, T, d)
+        keep = (~pad).unsqueeze(-1).float()
+        return (h * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, d)
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        size = self.config.image_size
+        x = images.float()
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        b = x.shape[0]
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+        coords = torch.stack([xs, ys]).to(x).expand(b, 2, size, size)
+        h = torch.cat([x * 2 - 1, coords], dim=1)  # (B, 5, S, S)
+        t = self.encode_text(ids.to(x.device))  # (B, d)
+        for conv, film in zip(self.convs, self.films):
+            gamma, beta = film(t).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+            h = F.silu(conv(h) * (1 + gamma) + beta)
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3)), t], dim=1)
+        return self.head(pooled).squeeze(-1)  # (B,)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, questions: list[str]) -> torch.Tensor:
+        """P(yes) (B,) float32 on CPU for images (B, 3, H, W) in [0, 1] and one question (or prompt) each."""
+        check_pixels(images, type(self).__name__)
+        device = next(self.parameters()).device
+        return torch.sigmoid(self(images.to(device), tokenize(questions))).float().cpu()
+
+    def __call__(self, *args, **kwargs):
+        # Called as a Verifier (one image, one question) or as a module (images, ids).
+        if len(args) == 2 and isinstance(args[1], str):
+            return float(self.probabilities(args[0][None], [args[1]])[0])
+        return super().__call__(*args, **kwargs)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """config.json + model.safetensors."""
+        import json
+        from dataclasses import asdict
+
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(asdict(self.config) | {"vocab": VOCAB}, indent=1))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                  str(folder / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path | None = None, device: str | None = None) -> ShapesVerifier:
+        """Load from a folder (default: the built-in one, accel.assets/shapes-verifier, once trained)."""
+        import json
+
+        from safetensors.torch import load_file
+
+        folder = Path(folder) if folder is not None else default_verifier_path()
+        if not (folder / "model.safetensors").is_file():
+            raise FileNotFoundError(f"no shapes verifier at {folder} (config.json + model.safetensors); train one "
+                                    "with scripts/train_verifier.py")
+        meta = json.loads((folder / "config.json").read_text())
+        if meta.pop("vocab", list(VOCAB)) != list(VOCAB):
+            raise ValueError(f"the verifier at {folder} was trained with another vocabulary")
+        model = cls(VerifierConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()}))
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        return model.to(device or "cpu").eval()
+
+
+def default_verifier_path() -> Path:
+    """Where the built-in learned verifier lives (accel.assets/shapes-verifier)."""
+    import importlib
+
+    return Path(importlib.import_module("accel.assets").__file__).parent / DEFAULT_FOLDER

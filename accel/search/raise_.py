@@ -26,7 +26,7 @@ round returns both the generation and the edit prompts.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Protocol
 
 import torch
@@ -242,6 +242,10 @@ class _Raise:
         stop = "rounds"
         for i in range(1, cfg.k_max + 1):
             self.round = i
+            cheapest = self._cost("edit" if i > cfg.k_min and cfg.edits else "resample")
+            if self.ctx.remaining < min(cheapest, self.ctx.steps):  # not even one candidate: no agent calls either
+                stop = "budget"
+                break
             analysis = self._agent("analyze", prompt, self._best_image(), self.best.verdict if self.best else None)
             if i > cfg.k_min and analysis.ending:
                 stop = "analyzer"
