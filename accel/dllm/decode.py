@@ -100,7 +100,9 @@ class FastDLLMConfig:
 class WindowConfig:
     """window: masked positions attended beyond the decoded ones (W, the paper's 64); active: masked positions
     computed per step (A, 16); refresh: steps per phase (R, 32); threshold: None for one token per step (the
-    paper), or commit every active masked token above it (at least one)."""
+    paper), or commit every active masked token above it (at least one); plan: "sliding" (the key set and the
+    post-decode transient recomputed every step, all of the phase's commits transient) or "frozen" (Window-Diffusion's
+    released code: the key set fixed at the phase start, the phase-start commit active for one step only)."""
 
     name: ClassVar[str] = "window"
     window: int = 64
@@ -108,9 +110,11 @@ class WindowConfig:
     refresh: int = 32
     threshold: float | None = None
     confidence: str = "prob"
+    plan: str = "sliding"
 
     def __post_init__(self):
         check_choice("confidence", self.confidence, CONFIDENCES)
+        check_choice("plan", self.plan, ("sliding", "frozen"))
         _check_int("window", self.window)
         _check_int("active", self.active)
         _check_int("refresh", self.refresh)
@@ -394,6 +398,7 @@ def _window(s: _State, c: WindowConfig) -> None:
     device = s.x.device
     prompt_pos = torch.arange(s.p, device=device)
     phase_committed: list[int] = []
+    frozen_keys = None
     while bool(s.masked.any()):
         masked = s.masked[0]
         if step % c.refresh == 0:
@@ -407,18 +412,26 @@ def _window(s: _State, c: WindowConfig) -> None:
                     else _threshold_pick(prob, score, masked, c.threshold))
             s.commit(0, pick, token[pick])
             phase_committed = pick.tolist()
+            if c.plan == "frozen":  # the phase's keys: prompt, decoded tokens, the first `window` masks
+                masked = s.masked[0]
+                frozen_keys = torch.cat([prompt_pos, s.p + torch.nonzero(
+                    ~masked | (torch.cumsum(masked.long(), 0) <= c.window)).flatten()])
         else:
             masked_idx = torch.nonzero(masked).flatten()
             active = torch.unique(torch.cat([masked_idx[:c.active],
                                              torch.tensor(phase_committed, dtype=torch.long, device=device)]))
-            decoded = torch.nonzero(~masked).flatten()
-            window = torch.unique(torch.cat([decoded, masked_idx[:c.window], active]))
-            keys = torch.cat([prompt_pos, window + s.p])
+            if c.plan == "frozen":
+                keys = frozen_keys
+            else:
+                decoded = torch.nonzero(~masked).flatten()
+                keys = torch.cat([prompt_pos, torch.unique(torch.cat([decoded, masked_idx[:c.window], active])) + s.p])
             prob, token, score = (t[0] for t in s.forward(active + s.p, keys=keys))
             allowed = masked[active]
             pick = (_top(score, allowed, 1) if c.threshold is None
                     else _threshold_pick(prob, score, allowed, c.threshold))
             s.commit(0, active[pick], token[pick])
+            if c.plan == "frozen" and step % c.refresh == 1:
+                phase_committed = []  # the released code keeps the phase-start commit active for one step
             phase_committed += active[pick].tolist()
         step += 1
 

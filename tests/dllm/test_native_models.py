@@ -197,3 +197,31 @@ def test_text_command_on_a_llada_folder(checkpoints):
     assert "fast-dllm:" in r.output
     r = runner.invoke(app, ["text", "c o u n t", "--model", str(folder), "--gen-length", "512"])
     assert r.exit_code == 2 and "context" in r.output and "Traceback" not in r.output
+
+
+def test_window_frozen_plan_keeps_the_phase_key_set(checkpoints):
+    """plan="frozen" (Window-Diffusion's released loop, matched token for token in docs/dllm.md): every pruned
+    forward of a phase attends to the key set fixed at its start; "sliding" widens it as tokens are decoded. At a
+    refresh of 2 (one pruned step per phase) the two plans are the same decoder."""
+    _, model = checkpoints["llada"]
+    seen = []
+    forward = model.forward
+
+    def spy(ids, positions=None, cache=None, keys=None):
+        seen.append(None if keys is None else keys.tolist())
+        return forward(ids, positions, cache, keys)
+
+    model.forward = spy
+    try:
+        frozen = generate(model, PROMPT, "window", 32, window=8, active=4, refresh=8, plan="frozen")
+        phases = [seen[i + 1:i + 8] for i in range(0, len(seen), 8)]
+        assert all(k == ks[0] for ks in phases for k in ks) and len(phases) == 4
+        seen.clear()
+        generate(model, PROMPT, "window", 32, window=8, active=4, refresh=8, plan="sliding")
+        assert seen[2] != seen[1]
+    finally:
+        del model.forward
+    assert sorted(i for step in frozen.stats.order for i in step) == list(range(32))
+    a = generate(model, PROMPT, "window", 32, window=8, active=4, refresh=2, plan="frozen")
+    b = generate(model, PROMPT, "window", 32, window=8, active=4, refresh=2, plan="sliding")
+    assert torch.equal(a.tokens, b.tokens) and a.stats.order == b.stats.order
