@@ -148,9 +148,9 @@ class ExpertChoiceHandle:
 
     def summary(self) -> dict:
         """The capacity option and the expert FLOPs it spent, for a wrapper's `.stats.extra`."""
-        return {"capacity": self.plan.name if self.plan.constant is None or len(set(self.plan.constant)) > 1
-                else self.plan.constant[0],
-                "expert_flops_fraction": self.stats.expert_flops_fraction,
+        constant = self.plan.constant
+        capacity = constant[0] if constant is not None and len(set(constant)) == 1 else self.plan.name
+        return {"capacity": capacity, "expert_flops_fraction": self.stats.expert_flops_fraction,
                 "routed_flops_fraction": self.stats.routed_flops_fraction,
                 "dropped_token_fraction": self.stats.dropped_token_fraction}
 
@@ -169,8 +169,8 @@ class ExpertChoiceHandle:
         if timestep is None and self._timestep_position is not None and len(args) > self._timestep_position:
             timestep = args[self._timestep_position]
         if timestep is None:
-            raise ValueError("a capacity schedule reads sigma from the transformer's `timestep` keyword argument; "
-                             "this call has none")
+            raise ValueError("a capacity schedule reads sigma from the transformer's `timestep` argument; this call "
+                             "has none")
         t = torch.as_tensor(timestep).flatten().float()
         if t.numel() > 1 and not bool((t == t[0]).all()):
             raise ValueError("a capacity schedule takes one sigma per transformer call; this call has per-sample "
@@ -183,8 +183,8 @@ def _expert_choice_forward(layer: nn.Module, hidden_states: torch.Tensor, hidden
                            index: int) -> torch.Tensor:
     """NucleusMoELayer.forward through expert-choice routing at the handle's capacity and one grouped SwiGLU.
 
-    hidden_states: (B, S, D) modulated input of the experts; hidden_states_unmodulated: (B, S, D) LN(h), the
-    router's input with timestep (B, D), the timestep embedding. Returns (B, S, D).
+    hidden_states: (B, S, D), the experts' (modulated) input; hidden_states_unmodulated: (B, S, D), LN(h), which
+    the router reads next to timestep (B, D), the timestep embedding. Returns (B, S, D).
     """
     bs, slen, dim = hidden_states.shape
     num_experts = layer.num_experts
@@ -200,7 +200,7 @@ def _expert_choice_forward(layer: nn.Module, hidden_states: torch.Tensor, hidden
         # The Triton kernels are forward only; training (autograd on) takes the batched-matmul twin.
         swiglu = grouped_swiglu_reference if torch.is_grad_enabled() else grouped_swiglu
         routed = swiglu(x.view(num_experts, bs * capacity, dim), experts.gate_up_proj, experts.down_proj,
-                                routing.weights).view(-1, dim)
+                        routing.weights).view(-1, dim)
     else:
         counts = torch.full((num_experts,), bs * capacity, device=x.device, dtype=torch.long)
         routed = (layer.experts(x, counts).float() * routing.weights.unsqueeze(-1)).to(hidden_states.dtype)
