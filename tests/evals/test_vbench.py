@@ -295,13 +295,15 @@ def test_cli_on_a_diffusers_wan_pipeline(info_file, tmp_path):
     (["--dimensions", "sharpness"], "allowed: subject_consistency"),
     (["--dimensions", "scene", "--samples", "0"], "--samples must be >= 1"),
     (["--dimensions", "scene", "--info", "{bad}"], "not VBench's info format"),
+    (["--dimensions", "human_action"], "no prompts for human_action"),
     (["--dimensions", "subject_consistency", "--dino", "{clip}"], "not a DINO ViT-B/16"),
 ])
-def test_cli_bad_input_is_one_line_and_exit_2(args, message, model_folder, weights, tmp_path):
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, model_folder, info_file, weights, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"prompt": "x"}]))
     args = [a.format(bad=bad, clip=weights / "clip-vit-base-patch32") for a in args]
+    info = [] if "--info" in args else ["--info", str(info_file)]
     r = CliRunner().invoke(app, ["eval", "vbench", "--model", model_folder, "--out", str(tmp_path / "o"),
-                                 "--allow-dirty", *args])
+                                 "--allow-dirty", *info, *args])
     assert r.exit_code == 2 and message in r.output, r.output
     assert "Traceback" not in r.output
