@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from accel.evals.io import write_atomic
+from accel.evals.io import run_info, write_atomic, write_json
 from accel.evals.shard import RunFolder, Shard, run_chunks
 from accel.shapes.checker import CheckResult, Detection, check_detections
 
@@ -294,7 +294,7 @@ class GenEvalRun:
 def evaluate_geneval(pipe, metadata: list[dict], out: str | Path, run: GenEvalRun = GenEvalRun(),
                      call: dict | None = None, detector=None, colors=None, settings: dict | None = None,
                      overwrite: bool = False, shard: Shard = Shard(),
-                     progress: Callable[[int, int], None] | None = None) -> dict | None:
+                     progress: Callable[[int, int], None] | None = None, state: dict | None = None) -> dict | None:
     """Generate GenEval's folder layout for `metadata` with `pipe` (accelerated by accel) and score it.
 
     Args:
@@ -309,9 +309,10 @@ def evaluate_geneval(pipe, metadata: list[dict], out: str | Path, run: GenEvalRu
         settings: what else names the run (model, detector paths) for the resume check.
         shard: this process's share (Shard.from_env() under torchrun / accelerate launch).
         progress: progress(prompts done, prompts) for this process.
+        state: the code's state taken before the run (accel.evals.io.require_clean); None reads it at the end.
     Returns:
-        On the main process: the summary (summarize) with n, nfe, seconds; results.jsonl and summary.json are
-        written to out. None on the other processes.
+        On the main process: the summary (summarize) with n, images_per_prompt, nfe, seconds, the run's settings and
+        run_info; results.jsonl (when scored) and summary.json are written to out. None on the other processes.
     """
     from accel.api import accelerate_pipeline
 
@@ -358,9 +359,11 @@ def evaluate_geneval(pipe, metadata: list[dict], out: str | Path, run: GenEvalRu
     rows = [row for r in records for row in r["rows"]]
     summary = summarize(rows) if rows else {}
     summary.update(n=len(metadata), images_per_prompt=n, nfe=sum(r["nfe"] for r in records),
-                   seconds=round(sum(r["seconds"] for r in records), 2))
+                   seconds=round(sum(r["seconds"] for r in records), 2), settings=folder.settings)
+    summary.update(run_info(state))
     if rows:
         write_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    write_json(out / "summary.json", summary)
     return summary
 
 

@@ -89,9 +89,7 @@ def eval_geneval(
     """GenEval: generate its folder layout with any accel option and score it with GenEval's rules (per-tag
     accuracy, overall = the tags' mean). Under torchrun / accelerate launch the prompts are shared out over the
     processes; a killed run resumes with the same command."""
-    from accel.evals.geneval import (GenEvalRun, Thresholds, _setting, evaluate_geneval, load_metadata,
-                                     summary_text)
-    from accel.evals.io import write_json
+    from accel.evals.geneval import GenEvalRun, Thresholds, evaluate_geneval, load_metadata, summary_text
     from accel.evals.shard import Shard
 
     if score_only:
@@ -158,15 +156,9 @@ def eval_geneval(
         with _eval_bar(disable=not shard.main) as progress, saving(out):
             summary = evaluate_geneval(apipe, metas, out, run, call, detector=scorer[0], colors=scorer[1],
                                        settings=settings, overwrite=overwrite, shard=shard,
-                                       progress=_eval_progress(progress))
+                                       progress=_eval_progress(progress), state=state)
         if summary is None:
             return
-        from accel.evals.io import run_info
-
-        record = summary | {"model": model, "metadata": str(metadata), "detector": scorer[0] and scorer[0].name,
-                            "settings": settings, "call": {k: _setting(v) for k, v in call.items()}} | run_info(state)
-        with saving(out / "summary.json"):
-            write_json(out / "summary.json", record)
     if "per_tag" in summary:
         Console().print(summary_text(summary), highlight=False)
         console.print(f"wrote {out / 'results.jsonl'} and {out / 'summary.json'}; {summary['nfe']} NFE, "

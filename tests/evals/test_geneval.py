@@ -220,7 +220,7 @@ def test_accel_options(tmp_path, options):
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     expected = {"--search": "'bon'", "--steps-mode": "HSAConfig(runtime=0.5"}[options[0]]
-    assert summary["images"] == 4 and expected in json.dumps(summary["call"])
+    assert summary["images"] == 4 and expected in json.dumps(summary["settings"]["call"])
     if options[0] == "--search":
         assert summary["nfe"] == 4 * 8  # the budget per sample, 4 samples
     else:  # half the token compute: fewer than the 4 x 4 steps x 2 (CFG) a full run spends

@@ -134,7 +134,7 @@ def test_end_to_end_mask2former_with_clip(folders, tiny_shapes, tmp_path):
                for row in colour_rows)
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["per_tag"]) == ["single_object", "counting", "colors", "position"]
-    assert summary["detector"] == "mask2former" and summary["images"] == 8
+    assert summary["settings"]["detector"] == "mask2former" and summary["images"] == 8
     # The same command again resumes a finished run (nothing to do) and gives the same rows.
     r = runner.invoke(app, [str(a) for a in args + ["--clip-model", folders["clip"]]])
     assert r.exit_code == 0, r.output
