@@ -8,8 +8,9 @@ factor of the first threshold that sigma reaches). A dense model gets one row (m
 Rows: model, capacity (the factor, or the schedule's name), method ("constant" or the schedule's name), accuracy
 (GenEval's per-tag mean, the exact checker), accuracy_images, seconds (the best of `repeats` timing rounds),
 expert_flops_fraction and routed_flops_fraction (accel.moe.ExpertStats), dropped_token_fraction (tokens no
-routed expert took: expert choice balances the experts by construction, so load balance shows up here instead),
-nfe, prompts, seed, steps. The CLI adds machine, versions, command and git sha (run_info).
+routed expert took: expert choice balances the experts by construction, so load balance shows up here instead)
+and dropped_by_sigma (the same per sigma of the grid: the router-input ablation's measure), nfe, prompts, seed,
+steps. The CLI adds machine, versions, command and git sha (run_info).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def bench_moe(models: dict[str, object], prompts: int = 24, seed: int = 0, steps
         todo = [("dense", "dense", None)] if dense else options
 
         def run(capacity):
-            images, seconds, extra, nfe = [], 0.0, defaultdict(float), 0
+            images, seconds, extra, nfe, by_sigma = [], 0.0, defaultdict(float), 0, defaultdict(float)
             for i, chunk in enumerate(chunks):
                 start = time.perf_counter()
                 out = fast(prompt=[m["prompt"] for m in chunk], num_inference_steps=steps, output_type="pt",
@@ -92,7 +93,9 @@ def bench_moe(models: dict[str, object], prompts: int = 24, seed: int = 0, steps
                 for key in ("expert_flops_fraction", "routed_flops_fraction", "dropped_token_fraction"):
                     if key in out.stats.extra:
                         extra[key] += out.stats.extra[key] * len(chunk) / len(metas)
-            return torch.cat(images), seconds, dict(extra), nfe
+                for sigma, frac in out.stats.extra.get("dropped_by_sigma", {}).items():
+                    by_sigma[sigma] += frac * len(chunk) / len(metas)
+            return torch.cat(images), seconds, dict(extra) | {"dropped_by_sigma": dict(by_sigma)}, nfe
 
         run(todo[0][2])  # an untimed warm-up
         best: dict[str, float] = {}
@@ -111,7 +114,8 @@ def bench_moe(models: dict[str, object], prompts: int = 24, seed: int = 0, steps
                    "method": method, "accuracy": accuracy, "accuracy_images": per_image,
                    "seconds": round(best[name], 3), "expert_flops_fraction": extra.get("expert_flops_fraction"),
                    "routed_flops_fraction": extra.get("routed_flops_fraction"),
-                   "dropped_token_fraction": extra.get("dropped_token_fraction"), "nfe": nfe, "prompts": prompts,
+                   "dropped_token_fraction": extra.get("dropped_token_fraction"),
+                   "dropped_by_sigma": extra.get("dropped_by_sigma") or None, "nfe": nfe, "prompts": prompts,
                    "seed": seed, "steps": steps, "repeats": repeats}
             rows.append(row)
             if progress:

@@ -72,12 +72,18 @@ class ExpertStats:
     trained_rows: int = 0
     shared_rows: int = 0
     dropped_rows: torch.Tensor | int = 0
+    by_sigma: dict[float, list] = field(default_factory=dict)  # sigma -> [dropped rows, token rows] at that sigma
 
     @property
     def dropped_token_fraction(self) -> float:
         """Fraction of token visits that reached the shared expert only (expert choice leaves the experts' load
         balanced by construction; the imbalance shows up as tokens no routed expert chose)."""
         return float(self.dropped_rows) / self.shared_rows if self.shared_rows else 0.0
+
+    def dropped_by_sigma(self) -> dict[float, float]:
+        """dropped_token_fraction per sigma (rounded to 1e-4), for calls whose samples shared one sigma: how the
+        routing's coverage of the tokens changes along the trajectory."""
+        return {s: float(d) / n for s, (d, n) in sorted(self.by_sigma.items(), reverse=True)}
 
     @property
     def routed_flops_fraction(self) -> float:
@@ -132,6 +138,7 @@ class ExpertChoiceHandle:
     grouped: bool = True
     coactivation: float = 1.0
     factors: tuple[float, ...] = ()
+    sigma: float | None = None  # the current call's sigma, when its samples share one
     stats: ExpertStats = field(default_factory=ExpertStats)
     _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
     # Where `timestep` sits among the model's positional forward arguments (the built-in shapes adapter passes it
@@ -152,7 +159,8 @@ class ExpertChoiceHandle:
         capacity = constant[0] if constant is not None and len(set(constant)) == 1 else self.plan.name
         return {"capacity": capacity, "expert_flops_fraction": self.stats.expert_flops_fraction,
                 "routed_flops_fraction": self.stats.routed_flops_fraction,
-                "dropped_token_fraction": self.stats.dropped_token_fraction}
+                "dropped_token_fraction": self.stats.dropped_token_fraction,
+                "dropped_by_sigma": self.stats.dropped_by_sigma()}
 
     def remove(self) -> None:
         """Undo every replacement, last first."""
@@ -160,19 +168,22 @@ class ExpertChoiceHandle:
             self._undo.pop()()
 
     def _before_forward(self, module, args, kwargs) -> None:
-        """Forward pre-hook on the transformer: the per-layer factors for this call, from its timestep, which is
-        sigma for the models this engine serves (Nucleus takes t / num_train_timesteps, the shapes models sigma)."""
-        if self.plan.constant is not None:
-            self.factors = self.plan.constant
-            return
+        """Forward pre-hook on the transformer: this call's sigma and per-layer factors, from its timestep, which
+        is sigma for the models this engine serves (Nucleus takes t / num_train_timesteps, the shapes models
+        sigma)."""
         timestep = kwargs.get("timestep")
         if timestep is None and self._timestep_position is not None and len(args) > self._timestep_position:
             timestep = args[self._timestep_position]
-        if timestep is None:
+        t = None if timestep is None else torch.as_tensor(timestep).flatten().float()
+        shared = t is not None and (t.numel() == 1 or bool((t == t[0]).all()))
+        self.sigma = round(float(t[0]), 4) if shared else None
+        if self.plan.constant is not None:
+            self.factors = self.plan.constant
+            return
+        if t is None:
             raise ValueError("a capacity schedule reads sigma from the transformer's `timestep` argument; this call "
                              "has none")
-        t = torch.as_tensor(timestep).flatten().float()
-        if t.numel() > 1 and not bool((t == t[0]).all()):
+        if not shared:
             raise ValueError("a capacity schedule takes one sigma per transformer call; this call has per-sample "
                              "sigmas (use a constant capacity with per-sample sigmas)")
         self.factors = self.plan.factors(float(t[0]))
@@ -211,7 +222,11 @@ def _expert_choice_forward(layer: nn.Module, hidden_states: torch.Tensor, hidden
     handle.stats.trained_rows += num_experts * bs * trained
     handle.stats.shared_rows += bs * slen
     covered = torch.zeros(bs * slen, dtype=torch.bool, device=x.device).index_fill_(0, routing.tokens, True)
-    handle.stats.dropped_rows = handle.stats.dropped_rows + (~covered).sum()
+    dropped = (~covered).sum()
+    handle.stats.dropped_rows = handle.stats.dropped_rows + dropped
+    if handle.sigma is not None:
+        entry = handle.stats.by_sigma.setdefault(handle.sigma, [0, 0])
+        entry[0], entry[1] = entry[0] + dropped, entry[1] + bs * slen
     return out.view(bs, slen, dim)
 
 

@@ -44,6 +44,7 @@ def test_rows(folders, tmp_path):
     assert by[1.0]["routed_flops_fraction"] == 1.0 and by[0.5]["routed_flops_fraction"] < 1
     assert by[None]["expert_flops_fraction"] is None
     assert 0 <= by[0.5]["dropped_token_fraction"] <= 1
+    assert len(by[0.5]["dropped_by_sigma"]) == 2 and by[None]["dropped_by_sigma"] is None  # one per step
 
 
 def test_bad_input(folders):

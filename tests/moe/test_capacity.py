@@ -68,6 +68,9 @@ def test_schedules_see_every_step_sigma(pipe):
     expected = [float(s) for s in grid.sigmas[:-1] for _ in range(2)]  # cond and uncond forwards
     assert seen == pytest.approx(expected, abs=1e-6)
     assert 0 < out.stats.extra["routed_flops_fraction"] <= 1 and out.stats.extra["capacity"] == "callable"
+    by_sigma = out.stats.extra["dropped_by_sigma"]
+    assert list(by_sigma) == [round(float(s), 4) for s in grid.sigmas[:-1]]
+    assert all(0 <= f <= 1 for f in by_sigma.values())
     auto = run(fast, capacity="auto", num_inference_steps=4)
     assert auto.stats.extra["capacity"] == "auto" and auto.stats.extra["routed_flops_fraction"] < 1
     # The pipeline's own loop (a callback takes it) runs the schedule too.
