@@ -174,7 +174,6 @@ class Owlv2Detector:
 
     def __init__(self, path: str | Path, device: str = "cpu", classes: Sequence[str] = GENEVAL_CLASSES,
                  min_score: float = 0.05, max_overlap: float = 0.3):
-        import torch
         import transformers
 
         path = _check_folder(path, ("owlv2",), "OWLv2 detector")
@@ -188,13 +187,14 @@ class Owlv2Detector:
                          return_tensors="pt")
         self.text = {k: v.to(device) for k, v in text.items() if k in ("input_ids", "attention_mask")}
         self.min_score, self.max_overlap, self.device = min_score, max_overlap, device
-        self._torch = torch
 
     def detect(self, images):
+        import torch
+
         found = []
         for img in images:  # OWLv2 takes the text queries per image: one image a forward keeps that simple
             pixels = self.processor(images=[_to_pil(img)], return_tensors="pt")["pixel_values"].to(self.device)
-            with self._torch.no_grad():
+            with torch.no_grad():
                 outputs = self.model(pixel_values=pixels, **self.text)
             res = self.processor.post_process_object_detection(outputs, threshold=self.min_score,
                                                                target_sizes=[img.shape[:2]])[0]
