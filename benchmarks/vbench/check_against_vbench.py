@@ -3,18 +3,20 @@
 VBench's package does not install on a CPU machine (its setup wants a CUDA 11.6-12.1 torch) and its weights need a
 network, so this runs its evaluation functions from a checkout (github.com/Vchitect/VBench) next to accel's:
 - preprocessing: vbench.utils' dino_transform / clip_transform / clip_transform_Image (torchvision) against accel's;
-- decoding: OpenCV (VBench's temporal-flickering reader) against imageio (accel's) on mp4 files accel wrote;
+- decoding: OpenCV and decord (VBench's readers) against imageio (accel's) on mp4 files accel wrote;
 - temporal_flickering: vbench.temporal_flickering.temporal_flickering against accel's;
 - subject_consistency: vbench.subject_consistency.subject_consistency with DINO's own VisionTransformer
   (github.com/facebookresearch/dino, tiny, random) against accel's transformers path on the converted weights,
   including non-square frames, where DINO interpolates its position embeddings its own way;
-- background_consistency, aesthetic_quality, appearance_style: VBench's functions with a tiny transformers CLIP
-  behind OpenAI-clip's interface (encode_image, forward -> logits), against accel's (this checks VBench's rules,
-  preprocessing and averaging; that transformers' CLIP equals OpenAI's is transformers' conversion, not checked here).
+- background_consistency, aesthetic_quality, appearance_style: VBench's functions with OpenAI's own CLIP (the
+  `clip` package, tiny, random; ViT-B/32- and ViT-L/14-shaped) and its tokenizer, against accel's transformers path
+  on the converted weights and a transformers tokenizer built from OpenAI's BPE file; plus OpenAI's and transformers'
+  token ids for every appearance_style text in VBench's info file.
 VBench reads videos with decord where it is importable (else with a stand-in over imageio, the decoders being
-compared separately); OpenAI's `clip` is replaced by the tiny tokenizer. Needs torchvision and opencv-python(-headless)
-importable, decord optionally (e.g. `pip install --target DIR` and PYTHONPATH=DIR); a torchvision wheel built for
-CUDA imports on a CPU torch once its custom ops are declared.
+compared separately). Needs torchvision, opencv-python(-headless) and openai-clip (with ftfy) importable, decord
+optionally (e.g. `pip install --target DIR --no-deps ...` and PYTHONPATH=DIR); a torchvision wheel built for CUDA
+imports on a CPU torch once its custom ops are declared; openai-clip imports `pkg_resources.packaging`, which
+setuptools >= 80 no longer has (a two-line pkg_resources.py exporting `packaging` on the path does).
 
     OMP_NUM_THREADS=1 PYTHONPATH=/path/to/extra python benchmarks/vbench/check_against_vbench.py \\
         --vbench /path/to/VBench --dino /path/to/dino --json benchmarks/vbench/check-cpu.json
@@ -23,6 +25,7 @@ CUDA imports on a CPU torch once its custom ops are declared.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import types
@@ -45,18 +48,15 @@ def import_torchvision():
         import torchvision  # noqa: F401
 
 
-def stub_decord_and_clip():
-    """decord over imageio's reader where decord is not installed; clip with tokenize set later."""
-    import imageio.v3 as iio
-
-    clip = types.ModuleType("clip")
-    sys.modules["clip"] = clip
+def stub_decord():
+    """decord over imageio's reader where decord is not installed."""
     try:
         import decord  # noqa: F401
 
-        return clip
+        return
     except ImportError:
         pass
+    import imageio.v3 as iio
 
     class Batch:
         def __init__(self, a):
@@ -80,7 +80,6 @@ def stub_decord_and_clip():
     decord.bridge = types.SimpleNamespace(set_bridge=lambda name: None)
     decord.stand_in = True
     sys.modules["decord"] = decord
-    return clip
 
 
 def moving_blobs(t, h, w, seed):
@@ -114,19 +113,65 @@ def dino_to_transformers(dino, depth: int, width: int) -> dict:
     return out
 
 
-class OpenAIClipInterface(nn.Module):
-    """A transformers CLIPModel with the methods VBench calls on OpenAI's CLIP."""
+def tiny_openai_clip(patch: int):
+    """OpenAI's CLIP class, one layer per tower, 64 wide (OpenAI's heads are width // 64), OpenAI's vocabulary."""
+    from clip.model import CLIP
 
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
+    model = CLIP(embed_dim=16, image_resolution=224, vision_layers=1, vision_width=64, vision_patch_size=patch,
+                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1)
+    for q in model.parameters():
+        q.data.add_(0.05 * torch.randn_like(q))
+    return model.float().eval()
 
-    def encode_image(self, x):
-        return self.model.visual_projection(self.model.vision_model(pixel_values=x).pooler_output)
 
-    def forward(self, image, text):
-        out = self.model(input_ids=text, pixel_values=image)
-        return out.logits_per_image, out.logits_per_text
+def openai_clip_to_transformers(model, folder: Path, patch: int) -> None:
+    """Save OpenAI's CLIP as a transformers CLIPModel folder (q, k, v split from in_proj; projections transposed)
+    with a transformers tokenizer built from OpenAI's BPE vocabulary and merges."""
+    from clip.simple_tokenizer import SimpleTokenizer
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    sd, out = model.state_dict(), {}
+
+    def tower(src: str, dst: str) -> None:
+        for key in [k for k in sd if k.startswith(src + "transformer.resblocks.")]:
+            i, rest = key[len(src + "transformer.resblocks."):].split(".", 1)
+            o = f"{dst}encoder.layers.{i}."
+            if rest.startswith("attn.in_proj_"):
+                kind = rest.rsplit("_", 1)[1]
+                for part, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                    out[f"{o}self_attn.{name}.{kind}"] = sd[key][part * 64:(part + 1) * 64]
+                continue
+            for a, b in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
+                         ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+                if rest.startswith(a + "."):
+                    out[o + b + rest[len(a):]] = sd[key]
+
+    tower("visual.", "vision_model.")
+    tower("", "text_model.")
+    out.update({"vision_model.embeddings.class_embedding": sd["visual.class_embedding"],
+                "vision_model.embeddings.patch_embedding.weight": sd["visual.conv1.weight"],
+                "vision_model.embeddings.position_embedding.weight": sd["visual.positional_embedding"],
+                "vision_model.pre_layrnorm.weight": sd["visual.ln_pre.weight"],
+                "vision_model.pre_layrnorm.bias": sd["visual.ln_pre.bias"],
+                "vision_model.post_layernorm.weight": sd["visual.ln_post.weight"],
+                "vision_model.post_layernorm.bias": sd["visual.ln_post.bias"],
+                "visual_projection.weight": sd["visual.proj"].T.contiguous(),
+                "text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
+                "text_model.embeddings.position_embedding.weight": sd["positional_embedding"],
+                "text_model.final_layer_norm.weight": sd["ln_final.weight"],
+                "text_model.final_layer_norm.bias": sd["ln_final.bias"],
+                "text_projection.weight": sd["text_projection"].T.contiguous(), "logit_scale": sd["logit_scale"]})
+    config = CLIPConfig(text_config=dict(vocab_size=49408, hidden_size=64, intermediate_size=256,
+                                         num_hidden_layers=1, num_attention_heads=1, max_position_embeddings=77),
+                        vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=1,
+                                           num_attention_heads=1, image_size=224, patch_size=patch),
+                        projection_dim=16)
+    hf = CLIPModel(config)
+    hf.load_state_dict(out, strict=True)
+    hf.eval().save_pretrained(folder)
+    bpe = SimpleTokenizer()
+    merges = [pair for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda item: item[1])]
+    CLIPTokenizer(vocab=dict(bpe.encoder), merges=merges, model_max_length=77).save_pretrained(folder)
 
 
 @torch.no_grad()
@@ -137,13 +182,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the differences here")
     args = parser.parse_args()
     import_torchvision()
-    clip = stub_decord_and_clip()
+    stub_decord()
     sys.path[:0] = [str(args.vbench), str(args.dino), str(Path(__file__).resolve().parents[2] / "tests" / "evals")]
     import cv2
     from PIL import Image
     from safetensors.torch import load_file
-    from test_vbench_scores import save_tiny_clip, save_tiny_head, tiny_clip_tokenizer
-    from transformers import CLIPModel, ViTConfig, ViTModel
+    import clip
+    from test_vbench_scores import save_tiny_head
+    from transformers import AutoTokenizer, ViTConfig, ViTModel
     from vbench import aesthetic_quality as vaq, appearance_style as vas, background_consistency as vbc
     from vbench import subject_consistency as vsc, temporal_flickering as vtf, utils as vu
     from vision_transformer import VisionTransformer
@@ -209,23 +255,30 @@ def main() -> None:
         "accel": (vs.dino_features(work / "dino")(frame) - reference).abs().max().item(),
         "transformers' own interpolation": (own - reference).abs().max().item()}
 
-    save_tiny_clip(work / "clip")
-    save_tiny_clip(work / "clip-l", patch=14)
+    clip_b, clip_l = tiny_openai_clip(32), tiny_openai_clip(14)
+    openai_clip_to_transformers(clip_b, work / "clip", 32)
+    openai_clip_to_transformers(clip_l, work / "clip-l", 14)
     save_tiny_head(work / "head.safetensors")
-    clip_b = OpenAIClipInterface(CLIPModel.from_pretrained(work / "clip").eval())
-    clip_l = OpenAIClipInterface(CLIPModel.from_pretrained(work / "clip-l").eval())
-    tokenizer = tiny_clip_tokenizer()
-    clip.tokenize = lambda texts: tokenizer(texts, return_tensors="pt").input_ids
+    tokenizer = AutoTokenizer.from_pretrained(work / "clip")
+    styles = sorted({e["auxiliary_info"]["appearance_style"]["appearance_style"]
+                     for e in json.loads((args.vbench / "vbench" / "VBench_full_info.json").read_text())
+                     if "appearance_style" in e["dimension"]})
+    def openai_ids(text):  # up to and with the end-of-text token (the highest id), without the 0 padding
+        ids = clip.tokenize([text])[0]
+        return ids[:int(ids.argmax()) + 1].tolist()
+
+    differ = [t for t in styles if openai_ids(t) != tokenizer([t]).input_ids[0]]
+    rows["tokenizer: appearance_style texts with other ids"] = {"texts": len(styles), "differ": differ}
     compare("background_consistency", vbc.background_consistency(clip_b, None, paths, "cpu", False)[0],
             vs.consistency(paths, vs.clip_features(work / "clip")).score)
     head = nn.Linear(16, 1)
     head.load_state_dict(load_file(work / "head.safetensors"))
     compare("aesthetic_quality", vaq.laion_aesthetic(head, clip_l, paths, "cpu")[0],
             vs.aesthetic_quality(paths, work / "clip-l", work / "head.safetensors").score)
-    entries = [{"prompt": "p", "video_list": paths[:2], "auxiliary_info": {"appearance_style": "oil painting"}},
-               {"prompt": "q", "video_list": paths[2:], "auxiliary_info": {"appearance_style": "van gogh style"}}]
+    entries = [{"prompt": "p", "video_list": paths[:2], "auxiliary_info": {"appearance_style": styles[0]}},
+               {"prompt": "q", "video_list": paths[2:], "auxiliary_info": {"appearance_style": styles[-1]}}]
     compare("appearance_style", vas.appearance_style(clip_b, entries, "cpu")[0],
-            vs.appearance_style([(paths[:2], "oil painting"), (paths[2:], "van gogh style")], work / "clip").score)
+            vs.appearance_style([(paths[:2], styles[0]), (paths[2:], styles[-1])], work / "clip").score)
     for name, row in rows.items():
         print(f"{name}: {row}")
     if args.json:
