@@ -1,0 +1,303 @@
+"""Train the learned shapes verifier (accel.rewards.verifier.ShapesVerifier): P(yes) for (image, question) pairs.
+
+Data, every label from the exact checker (never from how an image was made):
+- renders of the shapes world: scenes that satisfy a random prompt, half of them perturbed (an object recoloured,
+  reshaped, dropped, added or moved), so that both answers are common;
+- the built-in model's own samples for random prompts (generated once into WORK/pool, resumable), so the verifier
+  sees the artefacts it will judge at search time.
+Questions: the requirement questions of the image's prompt (accel.rewards.verifier.requirements), the whole prompt,
+or a distractor question from another prompt.
+Held out by seed: the evaluation renders and model samples come from their own seeds, never drawn in training.
+The report (OUT/training.json) gives the verifier's accuracy against the checker per tag, per question kind and per
+source, its false-yes / false-no rates and examples of disagreement: the verifier is imperfect, and this says how.
+
+A CPU session can stop at any time: --minutes ends this invocation after a checkpoint, a checkpoint is written every
+--checkpoint-minutes, and the same command resumes exactly (batch k is drawn from seed (seed, k); the model and
+optimizer state are checkpointed). The verifier folder is written when the run reaches --steps.
+
+    OMP_WAIT_POLICY=PASSIVE python scripts/train_verifier.py --steps 6000 --minutes 55
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from accel.distill import checkpoint as ckpt
+from accel.evals.io import write_json
+from accel.rewards.verifier import (ShapesVerifier, VerifierConfig, exact_answer, question_clause, requirements,
+                                    tokenize)
+from accel.shapes import COLORS, SHAPES, random_metadata, render, scene_for
+from accel.shapes.world import fits, random_object
+
+SIZE = 32
+EVAL_SEED_OFFSET = 1_000_000  # evaluation seeds: never drawn by training
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="assets/shapes-verifier", help="the verifier folder written at the end")
+    ap.add_argument("--work", default="runs/verifier", help="checkpoints and the model-sample pool")
+    ap.add_argument("--model", default="shapes", help="the pipeline whose samples the verifier also learns from")
+    ap.add_argument("--model-samples", type=int, default=2000, help="training pool of model samples (0: renders only)")
+    ap.add_argument("--eval-model-samples", type=int, default=400)
+    ap.add_argument("--sample-steps", type=int, default=25, help="sampling steps of the pool's images")
+    ap.add_argument("--model-fraction", type=float, default=0.5, help="share of each batch from the pool")
+    ap.add_argument("--eval-renders", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--minutes", type=float, default=0, help="stop this invocation after this long (0: no limit)")
+    ap.add_argument("--stop-at", type=int, default=0, help="end this invocation after this step, with a checkpoint "
+                    "(0: never); the same command without it resumes")
+    ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+
+
+def perturb(scene: list, rng: np.random.Generator) -> list:
+    """One random change to a scene: recolour, reshape, drop, add or move an object."""
+    scene = list(scene)
+    k = int(rng.integers(len(scene)))
+    obj = scene[k]
+    op = ["recolour", "reshape", "drop", "add", "move"][int(rng.integers(5))]
+    if op == "recolour":
+        scene[k] = type(obj)(obj.shape, str(rng.choice([c for c in COLORS if c != obj.color])), obj.cx, obj.cy, obj.r)
+    elif op == "reshape":
+        scene[k] = type(obj)(str(rng.choice([s for s in SHAPES if s != obj.shape])), obj.color, obj.cx, obj.cy, obj.r)
+    elif op == "drop" and len(scene) > 1:
+        scene.pop(k)
+    else:  # add, move (or drop of a lone object: add instead)
+        others = [o for j, o in enumerate(scene) if op == "add" or j != k]
+        for _ in range(50):
+            new = random_object(str(rng.choice(SHAPES)) if op == "add" else obj.shape,
+                                str(rng.choice(COLORS)) if op == "add" else obj.color, rng)
+            if fits(new, others):
+                scene = others + [new]
+                break
+    return scene
+
+
+def render_example(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    meta = random_metadata(rng)
+    scene = scene_for(meta, rng)
+    if rng.random() < 0.5:
+        scene = perturb(scene, rng)
+    return render(scene, SIZE), meta
+
+
+def question_kind(question: str) -> str:
+    clause = question_clause(question)
+    if "objects" in clause:
+        return "object count"
+    if clause.get("strict"):
+        return "whole prompt"
+    if any("position" in r for r in clause["include"]):
+        return "relation"
+    if clause["include"][0]["count"] > 1:
+        return "count"
+    return "colour" if "color" in clause["include"][0] else "object"
+
+
+def ask(image: np.ndarray, meta: dict, rng: np.random.Generator) -> tuple[str, bool]:
+    """A question about the image (its prompt's requirement, the whole prompt, or another prompt's) and the
+    checker's answer."""
+    u = rng.random()
+    if u < 0.2:
+        question = meta["prompt"]
+    else:
+        source = random_metadata(rng) if u < 0.35 else meta
+        reqs = requirements(source)
+        question = reqs[int(rng.integers(len(reqs)))].question
+    return question, exact_answer(image, question_clause(question))
+
+
+def model_pool(pipe, n: int, seed: int, steps: int, folder: Path, chunk: int = 16) -> tuple[np.ndarray, list[dict]]:
+    """n samples of the pipeline for random prompts (seed: the prompts and the noise), as (n, 32, 32, 3) uint8 and
+    their metadata; each chunk is stored under folder, so an interrupted pool resumes."""
+    from safetensors.numpy import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    metas = [random_metadata(rng) for _ in range(n)]
+    images = []
+    for start in range(0, n, chunk):
+        path = folder / f"chunk-{start:06d}.safetensors"
+        if not path.is_file():
+            part = metas[start:start + chunk]
+            gens = [torch.Generator().manual_seed(seed * 1_000_003 + start + j) for j in range(len(part))]
+            with torch.no_grad():
+                out = pipe([m["prompt"] for m in part], num_inference_steps=steps, generator=gens, output_type="np")
+            arr = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
+            tmp = path.with_suffix(".tmp")
+            save_file({"images": arr}, str(tmp))
+            tmp.replace(path)
+            print(f"pool {folder.name}: {min(start + chunk, n)}/{n}", flush=True)
+        images.append(load_file(str(path))["images"])
+    return (np.concatenate(images) if images else np.zeros((0, SIZE, SIZE, 3), np.uint8)), metas
+
+
+def batch(step: int, seed: int, size: int, pool, model_fraction: float):
+    """Batch `step`: (images (B, 3, 32, 32) in [0, 1], questions, labels (B,) float); a function of (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    images, questions, labels = [], [], []
+    for _ in range(size):
+        if len(pool[0]) and rng.random() < model_fraction:
+            k = int(rng.integers(len(pool[0])))
+            image, meta = pool[0][k], pool[1][k]
+        else:
+            image, meta = render_example(rng)
+        q, y = ask(image, meta, rng)
+        images.append(image)
+        questions.append(q)
+        labels.append(float(y))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    return x, questions, torch.tensor(labels)
+
+
+def eval_set(seed: int, renders: int, pool) -> list[tuple[np.ndarray, str, bool, str, str]]:
+    """Held-out (image, question, checker's answer, tag, source): every requirement question and the whole prompt
+    of each held-out image."""
+    rng = np.random.default_rng(seed + EVAL_SEED_OFFSET)
+    items = [(*render_example(rng), "render") for _ in range(renders)]
+    items += [(img, meta, "model") for img, meta in zip(*pool)]
+    out = []
+    for image, meta, source in items:
+        for q in [r.question for r in requirements(meta)] + [meta["prompt"]]:
+            out.append((image, q, exact_answer(image, question_clause(q)), meta["tag"], source))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: ShapesVerifier, items: list, chunk: int = 256) -> dict:
+    """Accuracy against the checker: overall, per tag, per question kind, per source; false-yes / false-no rates;
+    a few disagreements."""
+    model.eval()
+    probs = []
+    for s in range(0, len(items), chunk):
+        part = items[s:s + chunk]
+        x = torch.from_numpy(np.stack([it[0] for it in part])).permute(0, 3, 1, 2).float() / 255
+        probs.append(model.probabilities(x, [it[1] for it in part]))
+    p = torch.cat(probs).numpy() if probs else np.zeros(0)
+    groups: dict[str, dict[str, list[bool]]] = {"tag": defaultdict(list), "kind": defaultdict(list),
+                                                "source": defaultdict(list)}
+    false_yes = false_no = positives = 0
+    disagreements = []
+    for (image, q, label, tag, source), prob in zip(items, p):
+        ok = (prob >= 0.5) == label
+        for key, value in (("tag", tag), ("kind", question_kind(q)), ("source", source)):
+            groups[key][value].append(ok)
+        positives += label
+        false_yes += (not label) and prob >= 0.5
+        false_no += label and prob < 0.5
+        if not ok and len(disagreements) < 20:
+            disagreements.append({"question": q, "checker": bool(label), "p_yes": round(float(prob), 3),
+                                  "tag": tag, "source": source})
+    n = len(items)
+    return {"accuracy": float(np.mean([(pr >= 0.5) == it[2] for pr, it in zip(p, items)])) if n else None,
+            "items": n, "positives": int(positives),
+            "majority_baseline": max(positives, n - positives) / max(n, 1),  # always answering the common answer
+            "false_yes_rate": false_yes / max(n - positives, 1), "false_no_rate": false_no / max(positives, 1),
+            **{f"per_{key}": {k: round(float(np.mean(v)), 4) for k, v in sorted(g.items())}
+               for key, g in groups.items()},
+            "disagreements": disagreements}
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+
+
+class OutOfTime(Exception):
+    """This invocation's --minutes are spent."""
+
+
+def save_checkpoint(work: Path, step: int, model, optimizer, log: list[dict]) -> None:
+    tensors, meta = ckpt.optimizer_to_flat(optimizer, "optimizer")
+    tensors |= {f"model.{k}": v for k, v in model.state_dict().items()}
+    ckpt.save(work / "checkpoints", step, tensors, {"step": step, "optimizer": meta, "log": log})
+
+
+def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list[dict]]:
+    tensors, state = ckpt.load(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ckpt.optimizer_from_flat(optimizer, tensors, state["optimizer"], "optimizer")
+    return state["step"], state["log"]
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work, out = Path(args.work), Path(args.out)
+    pipe = None
+    if args.model_samples or args.eval_model_samples:
+        from accel.models import load_pipeline
+
+        pipe = load_pipeline(args.model)
+        pipe.set_progress_bar_config(disable=True)
+    train_pool = model_pool(pipe, args.model_samples, args.seed, args.sample_steps, work / "pool-train") \
+        if args.model_samples else (np.zeros((0, SIZE, SIZE, 3), np.uint8), [])
+    eval_pool = model_pool(pipe, args.eval_model_samples, args.seed + EVAL_SEED_OFFSET, args.sample_steps,
+                           work / "pool-eval") if args.eval_model_samples else ([], [])
+
+    torch.manual_seed(args.seed)
+    model = ShapesVerifier(VerifierConfig(image_size=SIZE))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    step, log = 0, []
+    if (found := ckpt.latest(work / "checkpoints")) is not None:
+        step, log = load_checkpoint(found, model, optimizer)
+        print(f"resumed at step {step}/{args.steps}", flush=True)
+    start = last_save = time.time()
+    try:
+        while step < args.steps:
+            lr = args.lr * min(1.0, (step + 1) / 200) * min(1.0, 4 * (args.steps - step) / args.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            x, questions, labels = batch(step, args.seed, args.batch_size, train_pool, args.model_fraction)
+            logits = model(x, tokenize(questions))
+            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            acc = float(((logits > 0).float() == labels).float().mean())
+            log.append({"step": step, "loss": round(float(loss.detach()), 5), "accuracy": round(acc, 4)})
+            if step % 50 == 0 or step == args.steps:
+                print(f"step {step}/{args.steps} loss {log[-1]['loss']:.4f} batch accuracy {acc:.3f}", flush=True)
+            if time.time() - last_save > 60 * args.checkpoint_minutes and step < args.steps:
+                save_checkpoint(work, step, model, optimizer, log)
+                last_save = time.time()
+            out_of_time = args.minutes and time.time() - start > 60 * args.minutes
+            if (out_of_time or step == args.stop_at) and step < args.steps:
+                raise OutOfTime
+    except OutOfTime:
+        save_checkpoint(work, step, model, optimizer, log)
+        print(f"stopped at step {step}/{args.steps}; run the same command to resume", flush=True)
+        return
+    save_checkpoint(work, step, model, optimizer, log)
+    report = evaluate(model, eval_set(args.seed, args.eval_renders, eval_pool))
+    model.save_pretrained(out)
+    write_json(out / "training.json", {
+        "command": "python " + " ".join(sys.argv), "steps": step, "batch_size": args.batch_size,
+        "model_samples": args.model_samples, "sample_steps": args.sample_steps, "model": args.model,
+        "seed": args.seed, "held_out": report, "final_loss": log[-1]["loss"] if log else None,
+        "machine": f"{platform.machine()} {platform.processor()} threads={args.threads}",
+        "torch": torch.__version__})
+    print(f"verifier written to {out}: held-out accuracy {report['accuracy']:.3f} "
+          f"(per kind {json.dumps(report['per_kind'])})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

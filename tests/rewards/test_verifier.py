@@ -1,0 +1,114 @@
+"""The shapes verification grammar, the exact oracle, the learned verifier's model and Reward, and its training
+script (a few steps; exact resume)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from accel.rewards import ShapesReward, ShapesVerifier, VerifierReward, get_reward
+from accel.rewards.verifier import ExactVerifier, question_clause, requirements
+from accel.search.raise_agents import ShapesAgent
+from accel.shapes import prompt_set, render, scene_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import train_verifier  # noqa: E402
+
+
+def scenes(n=24, seed=0):
+    """Renders of n prompts, half of them perturbed: (images (n, 3, 32, 32) in [0, 1], metadata)."""
+    rng = np.random.default_rng(seed)
+    metas = prompt_set(n, seed)
+    arrays = []
+    for k, meta in enumerate(metas):
+        scene = scene_for(meta, rng)
+        arrays.append(render(train_verifier.perturb(scene, rng) if k % 2 else scene))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255, metas
+
+
+def test_questions_parse_back_to_their_clauses():
+    for meta in prompt_set(36, 1):
+        for req in requirements(meta):
+            assert question_clause(req.question) == req.clause, req.question
+        assert question_clause(meta["prompt"])["strict"]
+    with pytest.raises(ValueError, match="not a shapes verification question"):
+        question_clause("is the sky blue?")
+    with pytest.raises(ValueError, match="no include clause"):
+        requirements({"prompt": "x", "include": []})
+
+
+def test_exact_product_over_requirements_is_the_strict_checker():
+    """All requirements met <=> the strict checker says correct, image by image (the decomposition loses nothing)."""
+    images, metas = scenes()
+    prompts = [m["prompt"] for m in metas]
+    product = VerifierReward(ExactVerifier(), "product").score(images, prompts)
+    whole = VerifierReward(ExactVerifier(), "prompt").score(images, prompts)
+    strict = ShapesReward(strict=True).score(images, prompts) == 1
+    assert torch.equal(product == 1, strict) and torch.equal(whole == 1, strict)
+    assert 0 < int(strict.sum()) < len(prompts)  # both answers occur: the test can fail
+
+
+def test_learned_verifier_model(tmp_path):
+    torch.manual_seed(0)
+    model = ShapesVerifier().eval()
+    images, metas = scenes(4)
+    p = model.probabilities(images, ["is there a red circle?"] * 4)
+    assert p.shape == (4,) and bool(((p > 0) & (p < 1)).all())
+    big = torch.nn.functional.interpolate(images, size=(64, 64), mode="nearest")
+    assert model.probabilities(big, ["is there a red circle?"] * 4).shape == (4,)  # resized to its input size
+    left = model.probabilities(images[:1], ["is there a circle left of a square?"])
+    right = model.probabilities(images[:1], ["is there a square left of a circle?"])
+    assert left != right  # word order reaches the model
+    assert 0 <= model(images[0], "is there a red circle?") <= 1  # usable as an agent's Verifier
+    model.save_pretrained(tmp_path / "v")
+    again = ShapesVerifier.from_pretrained(tmp_path / "v")
+    assert torch.equal(again.probabilities(images, [m["prompt"] for m in metas]),
+                       model.probabilities(images, [m["prompt"] for m in metas]))
+    reward = VerifierReward(again)
+    scores = reward.score(images, [m["prompt"] for m in metas])
+    assert scores.shape == (4,) and bool(((scores >= 0) & (scores <= 1)).all())
+    agent = ShapesAgent(verifier=again)
+    verdict = agent.verify(images[0], agent.analyze(metas[0]["prompt"], None, None))
+    assert len(verdict.answers) == len(requirements(metas[0]))
+    with pytest.raises(FileNotFoundError, match="train_verifier.py"):
+        ShapesVerifier.from_pretrained(tmp_path / "missing")
+    with pytest.raises(ValueError, match="mode"):
+        VerifierReward(again, "mean")
+    assert get_reward("shapes").strict  # names without weights still load
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from accel.pipelines.shapes import build_shapes_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-shapes")
+    build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1) \
+        .save_pretrained(path)
+    return str(path)
+
+
+def test_training_script_smoke_and_exact_resume(tmp_path, tiny_model):
+    def args(name, *extra):
+        return ["--steps", "4", "--batch-size", "8", "--model", tiny_model, "--model-samples", "4",
+                "--eval-model-samples", "2", "--sample-steps", "2", "--eval-renders", "3", "--threads", "1",
+                "--work", str(tmp_path / name / "work"), "--out", str(tmp_path / name / "out"), *extra]
+
+    train_verifier.main(args("straight"))
+    report = __import__("json").loads((tmp_path / "straight/out/training.json").read_text())["held_out"]
+    assert report["items"] > 0 and set(report["per_source"]) == {"model", "render"}
+    assert set(report["per_kind"]) <= {"object", "colour", "count", "relation", "object count", "whole prompt"}
+    assert 0 <= report["false_yes_rate"] <= 1 and 0 <= report["false_no_rate"] <= 1
+    ShapesVerifier.from_pretrained(tmp_path / "straight/out")
+
+    train_verifier.main(args("resumed", "--stop-at", "2"))
+    assert not (tmp_path / "resumed/out").exists()  # stopped before the end: a checkpoint, no verifier yet
+    train_verifier.main(args("resumed"))  # the same command resumes at step 2
+    a = load_file(str(tmp_path / "straight/out/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/out/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The pool of model samples was made once and reused.
+    assert len(list((tmp_path / "resumed/work/pool-train").glob("chunk-*.safetensors"))) == 1
