@@ -130,9 +130,9 @@ def grouped_swiglu_fwd(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tenso
     gate_up, down = gate_up.to(x.dtype), down.to(x.dtype)
     # float32 matmuls in full precision, as torch's default (TF32 off) computes them.
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    # Triton's CPU interpreter multiplies bfloat16 / float16 dot operands wrongly (Triton 3.9); it gets float32
-    # tiles. Compiled kernels keep the native low-precision tensor-core dot.
-    upcast = interpreting() and x.dtype != torch.float32
+    # Triton's CPU interpreter gives wrong products for bfloat16 dot operands (Triton 3.9; numpy has no bfloat16):
+    # there the tiles are multiplied in float32. Compiled kernels keep the native bfloat16 tensor-core dot.
+    upcast = interpreting() and x.dtype == torch.bfloat16
     h = torch.empty((e, n, inter), dtype=x.dtype, device=x.device)
     meta = _tiles(n, inter, d, wide=False)
     grid = (cdiv(n, meta["BLOCK_M"]), cdiv(inter, meta["BLOCK_N"]), e)
