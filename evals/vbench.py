@@ -571,3 +571,22 @@ def _style_entries(suite: list[SuiteEntry], samples: int, videos: Path) -> list[
     """appearance_style's (video files, style text) per entry, in file order."""
     return [(dimension_videos([e.prompt], samples, videos), e.auxiliary["appearance_style"]["appearance_style"])
             for e in suite if "appearance_style" in e.dimensions]
+
+
+def vbench_table(runs: list[list[dict]]) -> list[str]:
+    """Markdown rows for `accel report` (evals/report.py's table builders take the same argument): one row per
+    results file, its settings, each computed dimension (native or from the vbench package; blank when skipped),
+    and the aggregates, marked partial (*) when dimensions are missing."""
+    results = [rows[0] for rows in runs]
+    dims = [d for d in DIMENSIONS if any(r["dimensions"].get(d, {}).get("score") is not None for r in results)]
+    header = ["model", "steps", "samples", *dims, "quality", "semantic", "total"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        s, agg = r["settings"], r["aggregate"]
+        steps = f"{s['steps']} {s['sampler']}" + (f", hsa {s['runtime'] or 0.5}" if s["steps_mode"] == "hsa" else "")
+        scores_ = [f"{r['dimensions'][d]['score']:.4f}" if r["dimensions"].get(d, {}).get("score") is not None
+                   else "" for d in dims]
+        mark = "*" if agg["partial"] else ""
+        totals = [f"{agg[k]:.4f}{mark}" if agg[k] is not None else "" for k in ("quality", "semantic", "total")]
+        lines.append("| " + " | ".join([Path(r["model"]).name, steps, str(r["samples"]), *scores_, *totals]) + " |")
+    return lines

@@ -14,7 +14,7 @@ from accel.cli.main import app
 from accel.evals import vbench_scores as vs
 from accel.evals.shard import Shard
 from accel.evals.vbench import (DIMENSIONS, ScoringWeights, VideoSettings, evaluate_vbench, load_suite,
-                                parse_dimensions, plan_scoring, video_name, video_seed)
+                                parse_dimensions, plan_scoring, vbench_table, video_name, video_seed)
 from accel.pipelines.shapes_video import build_shapes_video_pipeline
 from test_vbench_scores import save_tiny_clip, save_tiny_dino, save_tiny_head
 
@@ -270,6 +270,9 @@ def test_cli_scores_and_reports(model_folder, info_file, weights, tmp_path):
     agg = row["aggregate"]
     assert agg["partial"] and agg["semantic_dimensions"] == ["appearance_style"] and agg["total"] is not None
     assert row["command"].startswith("accel") and "total (partial)" in r.output
+    table = vbench_table([[row]])  # what `accel report` can render
+    assert table[0].split(" | ")[3:6] == ["subject_consistency", "temporal_flickering", "appearance_style"]
+    assert table[2].endswith(f"{row['aggregate']['total']:.4f}* |") and len(table) == 3
 
 
 def test_cli_on_a_diffusers_wan_pipeline(info_file, tmp_path):
