@@ -114,6 +114,8 @@ def test_plan_names_how_each_dimension_is_scored(weights):
     assert "sa_0_4_vit_l_14_linear.safetensors (--weights DIR or --aesthetic-head)" in plan["aesthetic_quality"]["how"]
     with pytest.raises(ValueError, match="not a DINO ViT-B/16"):
         ScoringWeights(dino=str(weights / "clip-vit-base-patch32"))
+    only_package = plan_scoring(["temporal_flickering"], "vbench", found)["temporal_flickering"]
+    assert only_package == {"method": "skipped", "how": "the vbench package is not installed"}
     with pytest.raises(ValueError, match="allowed: auto, native, vbench"):
         plan_scoring(["scene"], "official", ScoringWeights())
 
