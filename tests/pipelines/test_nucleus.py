@@ -153,3 +153,22 @@ def test_unknown_and_unsupported_arguments(pipe):
     out = fast("a cat", height=64, width=64, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=128,
                output_type="np", callback_on_step_end=lambda p, i, t, kw: seen.append(i) or {})
     assert out.stats.path == "pipeline" and out.stats.nfe == 2 and seen == [0, 1]
+
+
+def test_distilled_student_samples_with_fewstep(pipe, tmp_path):
+    """accel.distill speaks only the Denoiser contract: a Nucleus student (two SC-DMD iterations: the plumbing, not
+    a trained student) is saved, loads as a NucleusMoEImagePipeline and samples with sampler='fewstep'."""
+    from diffusers import NucleusMoEImagePipeline
+
+    from accel.distill import DistillConfig, distill
+
+    call = dict(height=64, width=64, max_sequence_length=128)
+    config = DistillConfig(steps=2, checkpoint_every=2, call_args=call, batch_size=2, critic_per_generator=2,
+                           lr_generator=1e-4, lr_critic=1e-3, ema_start=0)
+    out = distill(pipe, config, prompts=["a red circle", "two blue squares"], out_dir=tmp_path / "student")
+    student = NucleusMoEImagePipeline.from_pretrained(out)
+    student.set_progress_bar_config(disable=True)
+    result = accelerate_pipeline(student)("a red circle", sampler="fewstep", num_inference_steps=2, output_type="np",
+                                          generator=torch.Generator().manual_seed(0), **call)
+    assert result.images.shape == (1, 64, 64, 3) and np.isfinite(result.images).all()
+    assert result.stats.nfe == 2 and result.stats.extra["student"] == "sc-dmd"

@@ -14,6 +14,7 @@ from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, 
                        NucleusMoEImageTransformer2DModel)
 from diffusers.models.transformers.transformer_nucleusmoe_image import SwiGLUExperts
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import ProcessorMixin  # noqa: F401  (diffusers' loader looks a component's base class up here)
 from transformers import (PreTrainedTokenizerFast, Qwen2VLImageProcessorPil, Qwen3VLConfig,
                           Qwen3VLForConditionalGeneration, Qwen3VLProcessor)
 
