@@ -11,8 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _load, _progress, eval_app, console, record_state,
-                            saving, user_errors)
+from accel.cli.main import UsageError, _load, _progress, console, eval_app, record_state, saving, user_errors
 
 
 @eval_app.command("vbench")
@@ -49,8 +48,10 @@ def eval_vbench(
     aesthetic_head: Optional[Path] = typer.Option(None, help="LAION's aesthetic head as safetensors "
                                                   "(aesthetic_quality)."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
-    overwrite: bool = OVERWRITE,
-    allow_dirty: bool = ALLOW_DIRTY,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace results.json; first discard the videos if "
+                                   "they were made with other settings."),
+    allow_dirty: bool = typer.Option(False, "--allow-dirty", help="Record results from a checkout with uncommitted "
+                                     "changes (marked dirty, with a hash of the diff)."),
 ):
     """VBench dimensions and Quality / Semantic / Total of a video model, with any accel option. Under torchrun /
     accelerate launch the videos are shared out over the processes; a killed run resumes with the same command."""
