@@ -257,7 +257,7 @@ class _Raise:
                 break
             new = self._generate(i, plan)
             self._keep(new)  # before the verifier: an interrupted round keeps what it paid for
-            round_best = max(new, key=lambda c: c.fitness)
+            round_best = max(reversed(new), key=lambda c: c.fitness)  # ties: the later, as the global best
             round_best.verdict = self._verify(round_best, analysis)
             self._record(i, new, analysis)
             if i >= cfg.k_min and self.best.verdict is not None and self.best.verdict.all_satisfied:
