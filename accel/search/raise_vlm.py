@@ -7,6 +7,8 @@ schemas) and maps the answers to the Agent interface. Backends implement one met
   `response_format` json_schema, a timeout per request and a bounded number of tries;
 - `TransformersChat`: an image-text-to-text model loaded from a local folder (safetensors only, no remote code),
   its chat template, greedy decoding first and sampling on a retry.
+`TransformersVerifier` reads P(yes) from such a model's next-token probabilities: a yes/no verifier for the
+offline agent (`ShapesAgent(verifier=...)`) or a fitness reward (`VerifierReward(..., mode="prompt")`).
 A reply that is not JSON, misses a required field, or is empty is retried; after `retries` tries the backend raises
 `AgentError` (a ValueError) naming the last problem: never a hang, never a silently wrong answer.
 """
@@ -170,49 +172,98 @@ class OpenAIChat:
             raise ValueError(f"not a chat completion: {str(reply)[:80]}") from None
 
 
+def load_local_vlm(path: str, device: str | None = None, dtype: torch.dtype | None = None):
+    """(model, processor) of an image-text-to-text model in a local folder: offline, safetensors only, no remote
+    code."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+        **({"dtype": dtype} if dtype is not None else {})).eval()
+    return (model.to(device) if device is not None else model), processor
+
+
+def _chat_inputs(processor, model, system: str | None, text: str, image: torch.Tensor | None):
+    """The processor's chat-template inputs for one user turn (an optional image, then the text)."""
+    content: list[dict] = ([{"type": "image", "image": _pil(image)}] if image is not None else [])
+    content.append({"type": "text", "text": text})
+    messages = ([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []) + \
+        [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                         return_tensors="pt").to(model.device)
+
+
 class TransformersChat:
     """A local vision-language model (transformers' image-text-to-text models: Qwen2.5-VL, Gemma 3, LLaVA,
     Mistral Small 3.x, ...) loaded from a folder, offline, safetensors only, no remote code.
 
     The schema is stated in the prompt (local generation has no constrained decoding here); the first try decodes
-    greedily, retries sample (seeded), and after `retries` tries a reply that still is not valid JSON raises
-    AgentError.
+    greedily, retries sample (seeded, without touching the global random state), and after `retries` tries a reply
+    that still is not valid JSON raises AgentError.
     """
 
     def __init__(self, path: str, device: str | None = None, dtype: torch.dtype | None = None,
                  max_new_tokens: int = 512, retries: int = 3, seed: int = 0):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         if retries < 1:
             raise ValueError(f"retries must be >= 1, got {retries}")
-        self.processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            path, local_files_only=True, use_safetensors=True, trust_remote_code=False,
-            **({"dtype": dtype} if dtype is not None else {})).eval()
-        if device is not None:
-            self.model.to(device)
+        self.model, self.processor = load_local_vlm(path, device, dtype)
         self.max_new_tokens, self.retries, self.seed = max_new_tokens, retries, seed
 
     @torch.no_grad()
     def chat(self, system: str, text: str, image: torch.Tensor | None, schema: dict) -> dict:
-        content: list[dict] = ([{"type": "image", "image": _pil(image)}] if image is not None else [])
-        content.append({"type": "text", "text": f"{text}\n\nAnswer with one JSON object only, matching this JSON "
-                                                f"schema: {json.dumps(schema)}"})
-        messages = [{"role": "system", "content": [{"type": "text", "text": system}]},
-                    {"role": "user", "content": content}]
-        inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=True, return_tensors="pt").to(self.model.device)
+        text = f"{text}\n\nAnswer with one JSON object only, matching this JSON schema: {json.dumps(schema)}"
+        inputs = _chat_inputs(self.processor, self.model, system, text, image)
         problem = "no try made"
         for attempt in range(self.retries):
             sampling = {"do_sample": True, "temperature": 0.7} if attempt else {"do_sample": False}
-            torch.manual_seed(self.seed + attempt)
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed + attempt)
+                out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
             reply = self.processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
             try:
                 return parse_json(reply, schema)
             except ValueError as e:
                 problem = str(e)
         raise AgentError(f"the local VLM gave no valid JSON answer in {self.retries} tries: {problem}")
+
+
+class TransformersVerifier:
+    """P(yes) from a local VLM's next-token probabilities: the yes/no verifier role NVILA-Lite-2B-Verifier plays in
+    RAISE's fitness, for any image-text-to-text model in a folder.
+
+    P(yes) = p(yes tokens) / (p(yes tokens) + p(no tokens)) at the first answer token, the question put in
+    `template`. (RAISE scores P(yes) when the answer is yes and -P(no) otherwise: the same order.) Usable as an
+    agent's Verifier (`verifier(image, question)`) and as a Reward through
+    `accel.rewards.VerifierReward(verifier, mode="prompt")` (a prompt is then asked as a question).
+    """
+
+    def __init__(self, path: str, device: str | None = None, dtype: torch.dtype | None = None,
+                 template: str = "{question} Answer yes or no.", yes: tuple[str, ...] = ("yes", "Yes"),
+                 no: tuple[str, ...] = ("no", "No")):
+        if "{question}" not in template:
+            raise ValueError("template must contain {question}")
+        self.model, self.processor = load_local_vlm(path, device, dtype)
+        self.template = template
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.yes, self.no = (sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
+                             for words in (yes, no))
+        if set(self.yes) & set(self.no):
+            raise ValueError(f"the yes and no words share a first token ({set(self.yes) & set(self.no)})")
+
+    def __call__(self, image: torch.Tensor, question: str) -> float:
+        return float(self.probabilities(image[None], [question])[0])
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, questions: list[str]) -> torch.Tensor:
+        """P(yes) (B,) for images (B, 3, H, W) in [0, 1] and one question each (one forward per pair)."""
+        out = []
+        for image, question in zip(images, questions):
+            inputs = _chat_inputs(self.processor, self.model, None, self.template.format(question=question), image)
+            logits = self.model(**inputs).logits[0, -1].float()  # (vocab,)
+            yes, no = torch.logsumexp(logits[self.yes], 0), torch.logsumexp(logits[self.no], 0)
+            out.append(torch.sigmoid(yes - no))
+        return torch.stack(out).cpu()
 
 
 # --- the agent --------------------------------------------------------------------------------------------------

@@ -56,3 +56,24 @@ def test_local_vlm_bad_arguments(tiny_vlm, tmp_path):
         TransformersChat(tiny_vlm, retries=0)
     with pytest.raises((OSError, ValueError)):
         TransformersChat(str(tmp_path))  # no model there; nothing is downloaded
+
+
+def test_local_vlm_yes_no_verifier(tiny_vlm):
+    from accel.rewards import VerifierReward
+    from accel.search.raise_agents import ShapesAgent
+    from accel.search.raise_vlm import TransformersVerifier
+
+    verifier = TransformersVerifier(tiny_vlm)
+    assert verifier.yes != verifier.no  # "y"/"Y" against "n"/"N" in the tiny character tokenizer
+    images = torch.rand(2, 3, 32, 32)
+    p = verifier.probabilities(images, ["is there a red circle?", "is there a blue square?"])
+    assert p.shape == (2,) and bool(((p > 0) & (p < 1)).all())
+    assert verifier(images[0], "is there a red circle?") == pytest.approx(float(p[0]), abs=1e-6)
+    # As the offline agent's verifier, and as a reward asked the whole prompt.
+    agent = ShapesAgent(verifier=verifier)
+    verdict = agent.verify(images[0], agent.analyze("a photo of a red circle", None, None))
+    assert len(verdict.answers) == 2 and verdict.answers[0] == pytest.approx(float(p[0]), abs=1e-6)
+    scores = VerifierReward(verifier, mode="prompt").score(images, ["a cat on a mat"] * 2)
+    assert scores.shape == (2,) and bool(((scores > 0) & (scores < 1)).all())
+    with pytest.raises(ValueError, match="question"):
+        TransformersVerifier(tiny_vlm, template="no placeholder")
