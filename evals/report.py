@@ -137,12 +137,21 @@ def kernels_table(runs: list[list[dict]]) -> list[str]:
                     str(r.get("outputs_identical", "-"))] for r in rows])
 
 
+def vbench_table(runs: list[list[dict]]) -> list[str]:
+    """One row per `accel eval vbench` results file: settings, computed dimensions, Quality / Semantic / Total."""
+    from accel.evals.vbench import vbench_table as table
+
+    return table(runs)
+
+
 TABLES = {"eval": eval_table, "search": search_table, "steps": steps_table, "fewstep": fewstep_table,
-          "dllm": dllm_table, "forward": forward_table, "memory": memory_table, "kernels": kernels_table}
+          "dllm": dllm_table, "forward": forward_table, "memory": memory_table, "kernels": kernels_table,
+          "vbench": vbench_table}
 OPTIONS = {"steps": {"methods"}}  # the keyword arguments each builder takes from a block's spec
 
 # How a results file's kind is recognised: the first kind whose keys its first row has.
-SIGNATURES = [("eval", {"overall", "per_tag"}), ("search", {"strategy", "budget", "accuracy"}),
+SIGNATURES = [("vbench", {"benchmark", "dimensions", "aggregate"}),
+              ("eval", {"overall", "per_tag"}), ("search", {"strategy", "budget", "accuracy"}),
               ("fewstep", {"label", "nfe", "accuracy", "runtime"}), ("steps", {"method", "runtime", "psnr"}),
               ("dllm", {"decoder", "tokens_per_s"}), ("forward", {"active_fraction", "speedup"}),
               ("memory", {"cache_bytes_stale", "size"}), ("kernels", {"op", "provider", "s_median"})]

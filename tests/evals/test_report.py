@@ -79,3 +79,16 @@ def test_cli_writes_the_report_and_refuses_bad_files_in_one_line(tmp_path):
     r = runner.invoke(app, ["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.md")])
     assert r.exit_code == 2 and "no such results file" in r.output
     assert not (tmp_path / "x.md").exists()
+
+
+def test_vbench_results_render_with_partial_aggregates(tmp_path):
+    row = RUN | {"benchmark": "vbench", "model": "/x/shapes-t2v", "samples": 5,
+                 "settings": {"steps": 25, "sampler": "euler", "steps_mode": "uniform", "runtime": None},
+                 "dimensions": {"temporal_flickering": {"score": 0.98765, "method": "native"}},
+                 "aggregate": {"partial": True, "quality": 0.9, "semantic": None, "total": None},
+                 "command": "accel eval vbench"}
+    f = _write(tmp_path / "v.json", row)
+    assert kind_of([row]) == "vbench"
+    out = tmp_path / "r.md"
+    report([f], out, plots=False)
+    assert "| shapes-t2v | 25 euler | 5 | 0.9877 | 0.9000* |  |  |" in out.read_text()
