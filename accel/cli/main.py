@@ -164,7 +164,8 @@ def generate(
                                      "model's default), extrapolate, refresh (one cache less) or stale (two less: "
                                      "the paper's cache)."),
     search: Optional[str] = typer.Option(None, help="Search strategy: bon, sop, smc, epf, svdd, rbf, beam."),
-    reward: str = typer.Option("shapes", help="Reward for --search (shapes, shapes-lenient)."),
+    reward: str = typer.Option("shapes", help="Reward for --search, the fitness for --refine (shapes, shapes-lenient, "
+                               "shapes-verifier)."),
     nfe: Optional[int] = typer.Option(None, help="NFE budget per prompt for --search (default: 4 x steps x 2) or "
                                       "--refine (default: 16 x steps x 2)."),
     refine: Optional[str] = typer.Option(None, help="Refinement: raise (RAISE rounds of rewritten prompts and edits; "

@@ -44,14 +44,15 @@ class RAISEConfig:
     """RAISE's knobs (defaults: the paper's, K_min = 2, K_max = 4, 8 candidates a round).
 
     population: candidates per round; originals: of them, samples of the user's prompt in rounds <= k_min (the
-    rest use the adjusted prompt); edits: edit candidates per round after k_min (at most 3: a random other
-    planned edit, the top-1 edit, the comprehensive edit); edit_strength: the sigma in (0, 1) the best image is
+    rest use the adjusted prompt; None: half, the paper's 4 of 8); edits: edit candidates per round after k_min
+    (at most 3 and the population: the top-1 edit, the comprehensive edit, a random other planned edit);
+    edit_strength: the sigma in (0, 1) the best image is
     re-noised to for an SDEdit edit (higher: freer edits); sampler: the flow ODE by default (as plain sampling).
     """
 
     name: ClassVar[str] = "raise"
     population: int = 8
-    originals: int = 4
+    originals: int | None = None
     k_min: int = 2
     k_max: int = 4
     edits: int = 3
@@ -60,13 +61,13 @@ class RAISEConfig:
 
     def __post_init__(self):
         check_int("population", self.population)
-        check_int("originals", self.originals, minimum=0)
+        check_int("originals", self.originals, minimum=0, optional=True)
         check_int("k_min", self.k_min)
         check_int("k_max", self.k_max)
         check_int("edits", self.edits, minimum=0)
-        if self.originals > self.population or self.edits > min(3, self.population):
+        if (self.originals or 0) > self.population or self.edits > 3:
             raise ValueError(f"originals ({self.originals}) must be <= population ({self.population}) and edits "
-                             f"({self.edits}) <= min(3, population)")
+                             f"({self.edits}) <= 3")
         if self.k_min > self.k_max:
             raise ValueError(f"k_min ({self.k_min}) must be <= k_max ({self.k_max})")
         if not (isinstance(self.edit_strength, (int, float)) and 0.0 < self.edit_strength < 1.0):
@@ -269,15 +270,15 @@ class _Raise:
         """(kind, prompt) of round i's candidates, the paper's schedule."""
         cfg, prompt = self.config, self.ctx.prompt
         if i <= cfg.k_min or self.best is None:
-            return [("resample", prompt)] * cfg.originals + [("rewrite", rewrite.prompt)] * (cfg.population -
-                                                                                               cfg.originals)
+            originals = cfg.population // 2 if cfg.originals is None else cfg.originals
+            return [("resample", prompt)] * originals + [("rewrite", rewrite.prompt)] * (cfg.population - originals)
         edits = rewrite.edits or [rewrite.prompt]
         top, comprehensive, others = edits[0], (edits[1:2] or [rewrite.prompt])[0], edits[2:]
         picked = [top, comprehensive]
         if others:  # one random planned edit other than the top-1 (the paper's third edit)
             k = int(torch.randint(len(others), (1,), generator=self.ctx.generator))
             picked.append(others[k])
-        picked = picked[:cfg.edits]  # fewer edits: the top-1 first, then the comprehensive one
+        picked = picked[:min(cfg.edits, cfg.population)]  # fewer edits: the top-1 first, then the comprehensive one
         return [("edit", e) for e in picked] + [("rewrite", rewrite.prompt)] * (cfg.population - len(picked))
 
     def _cost(self, kind: str) -> int:

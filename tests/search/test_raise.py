@@ -205,3 +205,44 @@ class Echo:
 def test_any_agent_of_the_interface(denoiser):
     result = run(denoiser, 3 * 4 * SAMPLE, "raise:population=4:originals=2:k_max=3", agent=Echo())
     assert result.trace.extra["rounds"] == 3 and {c["prompt"] for c in result.candidates} == {PROMPT}
+
+
+def test_small_populations_keep_the_schedule_shape(denoiser):
+    """population=2 alone is valid: half of it originals, and after k_min its two edits (top-1, comprehensive)."""
+    result = run(denoiser, 4 * 2 * SAMPLE, "raise:population=2", agent=NeverSatisfied())
+    rows = result.trace.steps
+    assert [(r["resample"], r["rewrite"], r["edit"]) for r in rows] == [(1, 1, 0), (1, 1, 0), (0, 0, 2), (0, 0, 2)]
+    assert RAISEConfig().population == 8 and RAISEConfig().originals is None  # the paper's 4 + 4
+    with pytest.raises(ValueError, match="edits"):
+        RAISEConfig(edits=4)
+    with pytest.raises(ValueError, match="originals"):
+        RAISEConfig(population=2, originals=3)
+
+
+class FakeEditPipeline:
+    """A diffusers-like edit pipeline: a transformer called twice per edit (counted), images out in [0, 1]."""
+
+    def __init__(self):
+        self.transformer = torch.nn.Identity()
+        self.calls = []
+
+    def __call__(self, image, prompt, generator, output_type, num_inference_steps):
+        from types import SimpleNamespace
+
+        self.calls.append((image.size, prompt, output_type, num_inference_steps))
+        for _ in range(num_inference_steps):
+            self.transformer(torch.zeros(2, 4))  # CFG: 2 samples per forward
+        return SimpleNamespace(images=torch.full((1, 3, *image.size[::-1]), 0.25))
+
+
+def test_pipeline_editor_counts_its_forwards():
+    from accel.search.raise_ import PipelineEditor
+
+    pipe = FakeEditPipeline()
+    editor = PipelineEditor(pipe, {"num_inference_steps": 3})
+    image, nfe = editor.edit(torch.rand(3, 32, 32), "make it red", None)
+    assert nfe == 6 and image.shape == (3, 32, 32) and float(image.mean()) == pytest.approx(0.25)
+    assert pipe.calls == [((32, 32), "make it red", "pt", 3)]
+    assert not pipe.transformer._forward_pre_hooks  # the counting hook is gone
+    with pytest.raises(ValueError, match="edit pipeline"):
+        PipelineEditor(object())
