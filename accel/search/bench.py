@@ -89,7 +89,8 @@ def run_one(pipe, meta: dict, index: int, seed: int, config: SearchConfig, budge
     return {"tag": meta["tag"], "correct": correct[0], "strict": check(arrays[0], meta, strict=True).correct,
             "oracle": any(correct), "reward": best_reward, "nfe": trace.nfe, "budget_nfe": nfe, "plain_nfe": plain,
             "reward_calls": trace.reward_calls, "verifier_calls": trace.extra.get("verifier_calls", 0),
-            "agent_calls": trace.extra.get("agent_calls", 0), "seconds": seconds}
+            "agent_calls": trace.extra.get("agent_calls", 0), "rounds": trace.extra.get("rounds", 0),
+            "seconds": seconds}
 
 
 def _run_raise(denoiser, call: dict, meta: dict, reward: Reward, config, nfe: int, generator, chunk_size: int,
@@ -203,7 +204,8 @@ def _row(label: str, config: SearchConfig, budget: float, records: list[dict], s
         "accuracy_images": float(np.mean([r["correct"] for r in records])),
         "mean_reward": float(np.mean([r["reward"] for r in records])),
         "oracle_accuracy": oracle, "hacking_gap": oracle - accuracy,
-        **{k: float(np.mean([r[k] for r in records])) for k in ("reward_calls", "verifier_calls", "agent_calls")},
+        **{k: float(np.mean([r[k] for r in records])) for k in ("reward_calls", "verifier_calls", "agent_calls",
+                                                                "rounds")},
         "seconds": round(sum(r["seconds"] for r in records), 3), "prompts": len(records), "seed": seed,
         "steps": steps if steps is not None else "pipeline default",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,

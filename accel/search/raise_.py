@@ -306,7 +306,7 @@ class _Raise:
                 images, latents = self._external_edits(p, n), None
             else:
                 latents = self.ledger.timed("generator", self._sample, kind, p, n)
-                images = self.ledger.timed("generator", self.ctx.decode, latents).float().cpu()
+                images = self.ledger.timed("generator", self._decode, latents)
             fitness = self.ledger.timed("fitness", self._fitness, images, latents)
             for k in range(n):
                 lat = None if latents is None else latents[k:k + 1]
@@ -331,6 +331,11 @@ class _Raise:
             return x
         finally:
             ctx.condition_on(ctx.prompt)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels (n, 3, H, W) in [0, 1] on CPU, decoded a chunk at a time (a VAE decode is the memory peak)."""
+        cs = self.ctx.chunk_size
+        return torch.cat([self.ctx.decode(latents[k:k + cs]).float().cpu() for k in range(0, latents.shape[0], cs)])
 
     def _external_edits(self, prompt: str, n: int) -> torch.Tensor:
         out = []

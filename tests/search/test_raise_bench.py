@@ -29,6 +29,7 @@ def test_rows_with_raise_and_a_learned_reward(tiny_pipe):
     assert [r["reward_calls"] for r in bon] == [2, 4] and all(r["verifier_calls"] == 0 for r in bon)
     # RAISE: one verifier call per round (one round at 2x, two at 4x), analyzer + rewriter per round.
     assert [r["verifier_calls"] for r in raise_] == [1, 2] and [r["agent_calls"] for r in raise_] == [2, 4]
+    assert [r["rounds"] for r in raise_] == [1, 2] and all(r["rounds"] == 0 for r in bon)
 
 
 def test_raise_budget_below_one_round(tiny_pipe):
