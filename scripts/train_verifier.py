@@ -65,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+class OutOfTime(Exception):
+    """This invocation's --minutes are spent."""
+
+
 # --- data ---------------------------------------------------------------------------------------------------------
 
 
@@ -125,11 +129,14 @@ def ask(image: np.ndarray, meta: dict, rng: np.random.Generator) -> tuple[str, b
     return question, exact_answer(image, question_clause(question))
 
 
-def model_pool(pipe, n: int, seed: int, steps: int, folder: Path, chunk: int = 16) -> tuple[np.ndarray, list[dict]]:
+def model_pool(pipe, n: int, seed: int, steps: int, folder: Path, chunk: int = 16,
+               deadline: float | None = None) -> tuple[np.ndarray, list[dict]]:
     """n samples of the pipeline for random prompts (seed: the prompts and the noise), as (n, 32, 32, 3) uint8 and
-    their metadata; each chunk is stored under folder, so an interrupted pool resumes."""
+    their metadata; each chunk is stored under folder, so an interrupted pool resumes (OutOfTime past `deadline`)."""
     from safetensors.numpy import load_file, save_file
 
+    if n == 0:
+        return np.zeros((0, SIZE, SIZE, 3), np.uint8), []
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     metas = [random_metadata(rng) for _ in range(n)]
@@ -137,6 +144,8 @@ def model_pool(pipe, n: int, seed: int, steps: int, folder: Path, chunk: int = 1
     for start in range(0, n, chunk):
         path = folder / f"chunk-{start:06d}.safetensors"
         if not path.is_file():
+            if deadline is not None and time.time() > deadline:
+                raise OutOfTime
             part = metas[start:start + chunk]
             gens = [torch.Generator().manual_seed(seed * 1_000_003 + start + j) for j in range(len(part))]
             with torch.no_grad():
@@ -219,10 +228,6 @@ def evaluate(model: ShapesVerifier, items: list, chunk: int = 256) -> dict:
 # --- the run ------------------------------------------------------------------------------------------------------
 
 
-class OutOfTime(Exception):
-    """This invocation's --minutes are spent."""
-
-
 def save_checkpoint(work: Path, step: int, model, optimizer, log: list[dict]) -> None:
     tensors, meta = ckpt.optimizer_to_flat(optimizer, "optimizer")
     tensors |= {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -240,16 +245,22 @@ def main(argv=None) -> None:
     args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     work, out = Path(args.work), Path(args.out)
+    start = time.time()
+    deadline = start + 60 * args.minutes if args.minutes else None
     pipe = None
     if args.model_samples or args.eval_model_samples:
         from accel.models import load_pipeline
 
         pipe = load_pipeline(args.model)
         pipe.set_progress_bar_config(disable=True)
-    train_pool = model_pool(pipe, args.model_samples, args.seed, args.sample_steps, work / "pool-train") \
-        if args.model_samples else (np.zeros((0, SIZE, SIZE, 3), np.uint8), [])
-    eval_pool = model_pool(pipe, args.eval_model_samples, args.seed + EVAL_SEED_OFFSET, args.sample_steps,
-                           work / "pool-eval") if args.eval_model_samples else ([], [])
+    try:
+        train_pool = model_pool(pipe, args.model_samples, args.seed, args.sample_steps, work / "pool-train",
+                                deadline=deadline)
+        eval_pool = model_pool(pipe, args.eval_model_samples, args.seed + EVAL_SEED_OFFSET, args.sample_steps,
+                               work / "pool-eval", deadline=deadline)
+    except OutOfTime:
+        print("out of time while sampling the pool of model samples; run the same command to go on", flush=True)
+        return
 
     torch.manual_seed(args.seed)
     model = ShapesVerifier(VerifierConfig(image_size=SIZE))
@@ -258,7 +269,7 @@ def main(argv=None) -> None:
     if (found := ckpt.latest(work / "checkpoints")) is not None:
         step, log = load_checkpoint(found, model, optimizer)
         print(f"resumed at step {step}/{args.steps}", flush=True)
-    start = last_save = time.time()
+    last_save = time.time()
     try:
         while step < args.steps:
             lr = args.lr * min(1.0, (step + 1) / 200) * min(1.0, 4 * (args.steps - step) / args.steps)

@@ -112,3 +112,11 @@ def test_training_script_smoke_and_exact_resume(tmp_path, tiny_model):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The pool of model samples was made once and reused.
     assert len(list((tmp_path / "resumed/work/pool-train").glob("chunk-*.safetensors"))) == 1
+
+
+def test_training_script_stops_in_the_pool_when_out_of_time(tmp_path, tiny_model):
+    work = tmp_path / "work"
+    train_verifier.main(["--steps", "2", "--model", tiny_model, "--model-samples", "40", "--eval-model-samples", "0",
+                         "--sample-steps", "1", "--threads", "1", "--minutes", "1e-9", "--work", str(work),
+                         "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists() and not list((work / "pool-train").glob("chunk-*"))
