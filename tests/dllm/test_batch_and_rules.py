@@ -78,7 +78,8 @@ class _Oracle(torch.nn.Module):
 
     def forward(self, ids, positions=None, cache=None, keys=None):
         positions = torch.arange(ids.shape[1]) if positions is None else positions
-        return torch.nn.functional.one_hot(self.target[positions], len(TOK)).float()[None].expand(ids.shape[0], -1, -1) * 5
+        logits = torch.nn.functional.one_hot(self.target[positions], len(TOK)).float()[None] * 5
+        return logits.expand(ids.shape[0], -1, -1)
 
 
 def test_eos_early_stop():

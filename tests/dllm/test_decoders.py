@@ -121,6 +121,10 @@ def test_adablock_ends_blocks_at_confident_delimiters():
     ({"decoder": "fast-dllm", "cache": "none-at-all"}, "cache"),
     ({"decoder": "window", "active": 32, "window": 16}, "active"),
     ({"decoder": "window", "bogus": 1}, "allowed"),
+    ({"decoder": "window", "plan": "frozen", "threshold": 0.9}, "one token per step"),
+    ({"decoder": "window", "plan": "fixed"}, "allowed: sliding, frozen"),
+    ({"decoder": "fast-dllm", "factor": 0}, "factor"),
+    ({"decoder": "llada", "confidence": "logit"}, "allowed: prob, entropy, margin"),
     ({"decoder": "adablock"}, "delimiter_id"),
 ])
 def test_bad_input(model, kwargs, match):

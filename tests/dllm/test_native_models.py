@@ -45,7 +45,8 @@ LLADA_NAMES = {"model.transformer.wte.weight", "model.transformer.ln_f.weight", 
                                                                     "attn_out", "ff_norm", "ff_proj", "up_proj",
                                                                     "ff_out"))}
 DREAM_NAMES = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
-               *(f"model.layers.0.self_attn.{p}.{w}" for p in ("q_proj", "k_proj", "v_proj") for w in ("weight", "bias")),
+               *(f"model.layers.0.self_attn.{p}.{w}" for p in ("q_proj", "k_proj", "v_proj")
+                 for w in ("weight", "bias")),
                "model.layers.0.self_attn.o_proj.weight", "model.layers.0.input_layernorm.weight",
                "model.layers.0.post_attention_layernorm.weight",
                *(f"model.layers.0.mlp.{p}.weight" for p in ("gate_proj", "up_proj", "down_proj"))}
