@@ -19,13 +19,13 @@ import contextlib
 import functools
 import inspect
 import math
-import types
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
+from accel.kernels.fused import replace_forward
 from accel.kernels.moe import grouped_swiglu, grouped_swiglu_reference
 from accel.moe.capacity import CapacityOption, CapacityPlan, capacity_plan
 from accel.moe.routing import capacity_tokens, coactivation_choice, expert_choice, router_scores
@@ -230,21 +230,6 @@ def _expert_choice_forward(layer: nn.Module, hidden_states: torch.Tensor, hidden
     return out.view(bs, slen, dim)
 
 
-def _replace_forward(module: nn.Module, fn: Callable) -> Callable[[], None]:
-    """Bind fn(module, ...) as this instance's forward; return the undo."""
-    had_own = "forward" in module.__dict__
-    previous = module.__dict__.get("forward")
-    module.forward = types.MethodType(fn, module)
-
-    def undo() -> None:
-        if had_own:
-            module.forward = previous
-        else:
-            del module.forward
-
-    return undo
-
-
 def engine_of(model: nn.Module) -> ExpertChoiceHandle | None:
     """The handle of the expert-choice engine applied to this model, or None."""
     return model.__dict__.get(ENGINE_ATTR)
@@ -282,8 +267,8 @@ def apply_expert_choice(model: nn.Module, config: ExpertChoiceConfig | None = No
     handle = ExpertChoiceHandle(model=model, layers=layers, plan=plan, grouped=config.grouped,
                                 coactivation=config.coactivation, factors=plan.constant or ())
     for index, layer in enumerate(layers):
-        handle._undo.append(_replace_forward(layer, functools.partial(_expert_choice_forward, handle=handle,
-                                                                        index=index)))
+        handle._undo.append(replace_forward(layer, functools.partial(_expert_choice_forward, handle=handle,
+                                                                       index=index), mark=None))
     names = list(inspect.signature(model.forward).parameters)
     handle._timestep_position = names.index("timestep") if "timestep" in names else None
     hook = model.register_forward_pre_hook(handle._before_forward, with_kwargs=True)
