@@ -10,38 +10,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _eval_bar, _eval_progress, _load, console, eval_app,
-                            record_state, saving, user_errors)
-
-
-def _call_options(apipe, student, steps, guidance, height, width, steps_mode, runtime, kv, search, reward,
-                  nfe) -> dict:
-    """The pipeline call's arguments for the accel options (validated as `accel generate` does); `student`: the
-    pipeline's StudentSpec or None."""
-    from accel.api import check_guidance
-
-    check_guidance(guidance, "--guidance")
-    if student is not None and (search is not None or steps_mode != "uniform"):
-        raise UsageError("a distilled student samples with its own steps: --search and --steps-mode hsa need a "
-                         "teacher model")
-    if student is not None and steps is not None and steps not in student.nfes:
-        raise UsageError(f"this student was trained for --steps {' or '.join(map(str, student.nfes))}, not {steps}")
-    call = {}
-    steps = steps or (max(student.nfes) if student is not None else None)
-    for key, value in (("num_inference_steps", steps), ("guidance_scale", guidance), ("height", height),
-                       ("width", width)):
-        if value is not None:
-            call[key] = value
-    if steps_mode == "hsa":
-        from accel.schedulers.hsa import HSAConfig
-
-        call["steps"] = HSAConfig(runtime=0.5 if runtime is None else runtime, kv=kv or "auto")
-    if search is not None:
-        if nfe is None:
-            cfg = guidance if guidance is not None else apipe.__signature__.parameters["guidance_scale"].default
-            nfe = 4 * (steps or 25) * (2 if cfg and cfg > 1 else 1)
-        call.update(search=search, reward=reward, nfe=nfe)
-    return call
+from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _eval_bar, _eval_progress, _load,
+                            accel_call_options, console, eval_app, record_state, saving, user_errors)
 
 
 @eval_app.command("geneval")
@@ -148,8 +118,8 @@ def eval_geneval(
             raise UsageError(f"--sampler fewstep needs a distilled student; {model} is not one")
         apipe = accelerate_pipeline(pipe, AccelConfig(sampler=sampler or ("fewstep" if student else "euler"),
                                                       fused_kernels=fused_kernels))
-        call = _call_options(apipe, student, steps, guidance, height, width, steps_mode, runtime, kv, search, reward,
-                             nfe)
+        call = accel_call_options(apipe, student, steps, guidance, height, width, steps_mode, runtime, kv, search,
+                                  reward, nfe)
         settings = {"model": model, "sampler": sampler, "fused_kernels": fused_kernels,
                     "detector_model": None if detector_model is None else str(detector_model.resolve()),
                     "clip_model": None if clip_model is None else str(clip_model.resolve())}

@@ -131,6 +131,36 @@ def _launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def accel_call_options(apipe, student, steps, guidance, height, width, steps_mode, runtime, kv, search, reward,
+                       nfe, model: str = "this student") -> dict:
+    """The pipeline call's arguments for the sampling options the commands share (`accel generate`, `accel eval
+    geneval`), validated: steps (a student's most by default), guidance, size, HSA, and search with its default
+    budget of four plain samples. `student`: the pipeline's StudentSpec or None; `model` names it in errors."""
+    from accel.api import check_guidance
+
+    check_guidance(guidance, "--guidance")
+    if student is not None and (search is not None or steps_mode != "uniform"):
+        raise UsageError(f"{model} is a distilled student: --search and --steps-mode hsa need a teacher model")
+    if student is not None and steps is not None and steps not in student.nfes:
+        raise UsageError(f"{model} was trained for --steps {' or '.join(map(str, student.nfes))}, not {steps}")
+    call = {}
+    steps = steps or (max(student.nfes) if student is not None else None)
+    for key, value in (("num_inference_steps", steps), ("guidance_scale", guidance), ("height", height),
+                       ("width", width)):
+        if value is not None:
+            call[key] = value
+    if steps_mode == "hsa":
+        from accel.schedulers.hsa import HSAConfig
+
+        call["steps"] = HSAConfig(runtime=0.5 if runtime is None else runtime, kv=kv or "auto")
+    if search is not None:
+        if nfe is None:
+            cfg = guidance if guidance is not None else apipe.__signature__.parameters["guidance_scale"].default
+            nfe = 4 * (steps or 25) * (2 if cfg and cfg > 1 else 1)
+        call.update(search=search, reward=reward, nfe=nfe)
+    return call
+
+
 def _output_paths(out: Path, n: int) -> list[Path]:
     if n == 1:
         return [out]
@@ -251,11 +281,8 @@ def generate(
             raise UsageError(f"--sampler fewstep needs a distilled student; {model} is not one (no student.json)")
         if student is not None and sampler not in (None, "fewstep"):
             raise UsageError(f"{model} is a distilled student: it samples with --sampler fewstep only")
-        if student is not None and (search is not None or refine is not None or steps_mode != "uniform"):
-            raise UsageError(f"{model} is a distilled student: --search, --refine and --steps-mode hsa need a "
-                             "teacher model")
-        if student is not None and steps is not None and steps not in student.nfes:
-            raise UsageError(f"{model} was trained for --steps {' or '.join(map(str, student.nfes))}, not {steps}")
+        if student is not None and refine is not None:
+            raise UsageError(f"{model} is a distilled student: --refine needs a teacher model")
         sampler = sampler or ("fewstep" if student is not None else "euler")
         steps = steps or (max(student.nfes) if student is not None else 25)
         pipe = accelerate_pipeline(base, AccelConfig(sampler=sampler, fused_kernels=fused_kernels))
@@ -264,20 +291,11 @@ def generate(
             raise UsageError(f"this model makes videos: use --out with .gif or .mp4, not {suffix}")
         if not is_video and suffix == ".mp4":
             raise UsageError("this model makes images: use --out with .png, .jpg or .gif")
-        call = {"prompt": prompt, "num_inference_steps": steps, "output_type": "np",
-                "generator": torch.Generator(device).manual_seed(seed)}
-        for key, value in (("guidance_scale", guidance), ("height", height), ("width", width)):
-            if value is not None:
-                call[key] = value
-        if steps_mode == "hsa":
-            from accel.schedulers.hsa import HSAConfig
-
-            call["steps"] = HSAConfig(runtime=0.5 if runtime is None else runtime, kv=kv or "auto")
+        call = {"prompt": prompt, "output_type": "np", "generator": torch.Generator(device).manual_seed(seed),
+                **accel_call_options(pipe, student, steps, guidance, height, width, steps_mode, runtime, kv, search,
+                                     reward, nfe, model)}
         if search is not None:
-            if nfe is None:
-                cfg = (guidance if guidance is not None else pipe.__signature__.parameters["guidance_scale"].default)
-                nfe = 4 * steps * (2 if cfg and cfg > 1 else 1)
-            call.update(search=search, reward=reward, nfe=nfe, distributed=_launched_processes() > 1)
+            call["distributed"] = _launched_processes() > 1
         if refine is not None:
             if _launched_processes() > 1:
                 raise UsageError("--refine runs in one process")
