@@ -39,3 +39,19 @@ if not torch.cuda.is_available():
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_folder(tmp_path_factory) -> str:
+    """A tiny built-in-style image pipeline saved as a diffusers folder (for the CLI tests): random weights, the
+    zero-initialised output layers nudged so that samples differ."""
+    from accel.pipelines.shapes import build_shapes_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-shapes")
+    p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in p.transformer.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=g))
+    p.save_pretrained(path)
+    return str(path)

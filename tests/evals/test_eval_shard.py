@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from accel.cli.main import app
@@ -24,16 +23,8 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from accel.pipelines.shapes import build_shapes_pipeline
-
-    path = tmp_path_factory.mktemp("tiny-shapes")
-    p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1)
-    with torch.no_grad():
-        for param in p.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    p.save_pretrained(path)
-    return str(path)
+def model(tiny_shapes_folder):
+    return tiny_shapes_folder
 
 
 def test_run_folder_refuses_another_run(tmp_path):

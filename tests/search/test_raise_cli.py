@@ -2,24 +2,16 @@
 
 import imageio.v3 as iio
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from accel.cli.main import app
-from accel.pipelines.shapes import build_shapes_pipeline
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-shapes")
-    p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1)
-    with torch.no_grad():
-        for param in p.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    p.save_pretrained(path)
-    return str(path)
+def model(tiny_shapes_folder):
+    return tiny_shapes_folder
 
 
 def run(*args):
