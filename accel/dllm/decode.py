@@ -100,7 +100,9 @@ class FastDLLMConfig:
 class WindowConfig:
     """window: masked positions attended beyond the decoded ones (W, the paper's 64); active: masked positions
     computed per step (A, 16); refresh: steps per phase (R, 32); threshold: None for one token per step (the
-    paper), or commit every active masked token above it (at least one); plan: "sliding" (the key set and the
+    paper), or commit every active masked token above it (at least one); lookahead: with a threshold, that many
+    masked positions after the active ones are computed too (fresh right context for the commits, never committed
+    in that step); plan: "sliding" (the key set and the
     post-decode transient recomputed every step, all of the phase's commits transient) or "frozen" (Window-Diffusion's
     released code: the key set fixed at the phase start, the phase-start commit active for one step only; one token
     per step only)."""
@@ -112,10 +114,13 @@ class WindowConfig:
     threshold: float | None = None
     confidence: str = "prob"
     plan: str = "sliding"
+    lookahead: int = 16
 
     def __post_init__(self):
         check_choice("confidence", self.confidence, CONFIDENCES)
         check_choice("plan", self.plan, ("sliding", "frozen"))
+        if not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool) or self.lookahead < 0:
+            raise ValueError(f"lookahead must be an integer >= 0, got {self.lookahead!r}")
         _check_int("window", self.window)
         _check_int("active", self.active)
         _check_int("refresh", self.refresh)
@@ -425,7 +430,11 @@ def _window(s: _State, c: WindowConfig) -> None:
                     ~masked | (torch.cumsum(masked.long(), 0) <= c.window)).flatten()])
         else:
             masked_idx = torch.nonzero(masked).flatten()
-            active = torch.unique(torch.cat([masked_idx[:c.active],
+            # With parallel commits, `lookahead` more masks are computed as fresh right context: measured, the
+            # threshold variant's wrong commits were confident tokens at the right edge of the active set, next to
+            # masks whose K/V were those of the phase start; a full forward predicted them right (docs/dllm.md).
+            ahead = c.lookahead if c.threshold is not None else 0
+            active = torch.unique(torch.cat([masked_idx[:c.active + ahead],
                                              torch.tensor(phase_committed, dtype=torch.long, device=device)]))
             if c.plan == "frozen":
                 keys = frozen_keys
@@ -433,7 +442,7 @@ def _window(s: _State, c: WindowConfig) -> None:
                 decoded = torch.nonzero(~masked).flatten()
                 keys = torch.cat([prompt_pos, torch.unique(torch.cat([decoded, masked_idx[:c.window], active])) + s.p])
             prob, token, score = (t[0] for t in s.forward(active + s.p, keys=keys))
-            allowed = masked[active]
+            allowed = masked[active] & (active <= masked_idx[:c.active][-1])  # commits among the first `active`
             pick = (_top(score, allowed, 1) if c.threshold is None
                     else _threshold_pick(prob, score, allowed, c.threshold))
             s.commit(0, active[pick], token[pick])

@@ -158,3 +158,18 @@ def test_task_and_loss(model):
     ids = torch.tensor([PROMPT + TOK.encode(text)])
     loss = masked_diffusion_loss(model, ids, len(PROMPT), torch.Generator().manual_seed(0), prefix_fraction=0.5)
     assert torch.isfinite(loss) and loss > 0
+
+
+def test_window_lookahead_computes_fresh_right_context_but_commits_in_the_frontier(model):
+    """With a threshold, each pruned step computes the first active + lookahead masks and commits only among the
+    first `active` (the phase start too); without a threshold, lookahead changes nothing (the paper's setting)."""
+    out = generate(model, PROMPT, "window", 64, window=64, active=4, lookahead=8, threshold=0.2, refresh=64)
+    masked = list(range(64))
+    for step, committed in enumerate(out.stats.order):
+        assert set(committed) <= set(masked[:4]), step
+        if step > 0 and len(masked) >= 12:  # pruned: 4 + 8 masks, plus the phase's decoded tokens, computed
+            assert out.stats.per_step[step] >= 12
+        masked = [i for i in masked if i not in committed]
+    one = generate(model, PROMPT, "window", 64, window=32, active=8, refresh=16)
+    same = generate(model, PROMPT, "window", 64, window=32, active=8, refresh=16, lookahead=0)
+    assert one.stats.order == same.stats.order and one.stats.per_step == same.stats.per_step
