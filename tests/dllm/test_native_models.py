@@ -226,3 +226,15 @@ def test_window_frozen_plan_keeps_the_phase_key_set(checkpoints):
     a = generate(model, PROMPT, "window", 32, window=8, active=4, refresh=2, plan="frozen")
     b = generate(model, PROMPT, "window", 32, window=8, active=4, refresh=2, plan="sliding")
     assert torch.equal(a.tokens, b.tokens) and a.stats.order == b.stats.order
+
+
+def test_bench_command_on_a_dream_folder(checkpoints, tmp_path):
+    folder, _ = checkpoints["dream"]
+    out = tmp_path / "rows.json"
+    r = CliRunner().invoke(app, ["bench", "dllm", "--model", str(folder), "--prompts", "1", "--gen-length", "32",
+                                 "--decoders", "llada,fast-dllm:cache=dual,window:window=16:threshold=0.5",
+                                 "--json", str(out), "--allow-dirty"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())
+    assert [row["decoder"] for row in rows] == ["llada", "fast-dllm:cache=dual", "window:window=16:threshold=0.5"]
+    assert rows[0]["nfe"] == 32 and rows[1]["positions"] < rows[0]["positions"]  # the dual cache computes less
