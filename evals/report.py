@@ -137,6 +137,20 @@ def kernels_table(runs: list[list[dict]]) -> list[str]:
                     str(r.get("outputs_identical", "-"))] for r in rows])
 
 
+def moe_engine_table(runs: list[list[dict]]) -> list[str]:
+    """One row per (level, provider) of benchmarks/moe/bench_engine_cpu.py: median time, the speed-up over diffusers'
+    expert loop as the median of paired (interleaved) ratios with its quartiles, and the largest output difference."""
+    names = {"diffusers_loop": "diffusers loop", "diffusers_grouped_mm": "diffusers `F.grouped_mm`",
+             "accel_engine": "accel engine"}
+    rows = [r for run in runs for r in run]
+    return _table(["level", "provider", "median ms", "speed-up vs the loop (paired median, quartiles)",
+                   "max abs diff vs the loop"],
+                  [[f"MoE layers ({r['moe_layers']})" if r["level"] == "moe_layers" else r["level"],
+                    names.get(r["provider"], r["provider"]), f"{r['s_median'] * 1e3:.1f}",
+                    f"{r['speedup_vs_loop_paired_median']:.2f} ({r['speedup_vs_loop_paired_q1']:.2f}-"
+                    f"{r['speedup_vs_loop_paired_q3']:.2f})", f"{r['max_abs_diff_vs_loop']:.2g}"] for r in rows])
+
+
 def vbench_table(runs: list[list[dict]]) -> list[str]:
     """One row per `accel eval vbench` results file: settings, computed dimensions, Quality / Semantic / Total."""
     from accel.evals.vbench import vbench_table as table
@@ -146,7 +160,7 @@ def vbench_table(runs: list[list[dict]]) -> list[str]:
 
 TABLES = {"eval": eval_table, "search": search_table, "steps": steps_table, "fewstep": fewstep_table,
           "dllm": dllm_table, "forward": forward_table, "memory": memory_table, "kernels": kernels_table,
-          "vbench": vbench_table}
+          "moe-engine": moe_engine_table, "vbench": vbench_table}
 OPTIONS = {"steps": {"methods"}}  # the keyword arguments each builder takes from a block's spec
 
 # How a results file's kind is recognised: the first kind whose keys its first row has.
@@ -154,7 +168,8 @@ SIGNATURES = [("vbench", {"benchmark", "dimensions", "aggregate"}),
               ("eval", {"overall", "per_tag"}), ("search", {"strategy", "budget", "accuracy"}),
               ("fewstep", {"label", "nfe", "accuracy", "runtime"}), ("steps", {"method", "runtime", "psnr"}),
               ("dllm", {"decoder", "tokens_per_s"}), ("forward", {"active_fraction", "speedup"}),
-              ("memory", {"cache_bytes_stale", "size"}), ("kernels", {"op", "provider", "s_median"})]
+              ("memory", {"cache_bytes_stale", "size"}), ("moe-engine", {"speedup_vs_loop_paired_median", "level"}),
+              ("kernels", {"op", "provider", "s_median"})]
 
 
 def kind_of(rows: list[dict], path: str | Path = "rows") -> str:
