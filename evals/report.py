@@ -50,9 +50,17 @@ def eval_table(runs: list[list[dict]]) -> list[str]:
                                                  *(f"{r['per_tag'][t]:.3f}" for t in tags)] for r in results])
 
 
-def search_table(runs: list[list[dict]]) -> list[str]:
-    """Checker accuracy of each strategy (rows) at each budget (columns) from `accel bench search`."""
+def search_table(runs: list[list[dict]], strategies: str | None = None) -> list[str]:
+    """Checker accuracy of each strategy (rows) at each budget (columns) from `accel bench search`.
+
+    strategies: "|"-separated strategy names to keep, in that order; default every strategy of the files."""
     rows = [r for run in runs for r in run]
+    if strategies is not None:
+        keep = strategies.split("|")
+        missing = [k for k in keep if k not in {r["strategy"] for r in rows}]
+        if missing:
+            raise ValueError(f"strategies not in the rows: {', '.join(missing)}")
+        rows = sorted((r for r in rows if r["strategy"] in keep), key=lambda r: keep.index(r["strategy"]))
     budgets = sorted({r["budget"] for r in rows})
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     acc = {(r["strategy"], r["budget"]): r["accuracy"] for r in rows}
@@ -161,7 +169,8 @@ def vbench_table(runs: list[list[dict]]) -> list[str]:
 TABLES = {"eval": eval_table, "search": search_table, "steps": steps_table, "fewstep": fewstep_table,
           "dllm": dllm_table, "forward": forward_table, "memory": memory_table, "kernels": kernels_table,
           "moe-engine": moe_engine_table, "vbench": vbench_table}
-OPTIONS = {"steps": {"methods"}}  # the keyword arguments each builder takes from a block's spec
+# The keyword arguments each builder takes from a block's spec.
+OPTIONS = {"steps": {"methods"}, "search": {"strategies"}}
 
 # How a results file's kind is recognised: the first kind whose keys its first row has.
 SIGNATURES = [("vbench", {"benchmark", "dimensions", "aggregate"}),

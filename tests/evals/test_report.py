@@ -101,3 +101,11 @@ def test_moe_engine_rows_render_paired_speedups(tmp_path):
     f = _write(tmp_path / "m.json", [row])
     assert kind_of([row]) == "moe-engine"
     assert "| MoE layers (5) | accel engine | 92.8 | 1.69 (1.55-1.81) | 0 |" in render(f"moe-engine {f}")
+
+
+def test_search_table_keeps_the_named_strategies_in_order(tmp_path):
+    f = _write(tmp_path / "s.json", _search_rows(["bon", "rbf", "smc"], (1, 2)))
+    out = render(f"search {f} strategies=smc|bon").splitlines()
+    assert out[2].startswith("| smc |") and out[3].startswith("| bon |") and len(out) == 6
+    with pytest.raises(ValueError, match="strategies not in the rows: beam"):
+        render(f"search {f} strategies=beam")
