@@ -12,7 +12,7 @@ use_grouped_mm selects), and the engine; each repeat runs all three in a rotatin
 that matter: identical routing (the tokens each expert receives) and the largest output difference from the loop.
 Read the paired median ratio; absolute times depend on the machine's load (recorded as load_average).
 
-    OMP_NUM_THREADS=1 python benchmarks/moe/bench_engine_cpu.py --seed 0 --json benchmarks/moe/results-cpu.json
+    OMP_NUM_THREADS=1 python benchmarks/moe/bench_engine_cpu.py --seed 0 --json benchmarks/moe/engine-cpu-seed0.json
 """
 
 from __future__ import annotations
