@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from accel.dllm.native import KVCache  # the decoders' cache type, shared with the native LLaDA / Dream
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenizer
@@ -93,18 +95,6 @@ class MDLMConfig:
     mlp_ratio: float = 4.0
     max_len: int = 1024
     rope_theta: float = 10000.0
-
-
-@dataclass
-class KVCache:
-    """Per-layer keys and values for every position of a sequence: k[l], v[l] of shape (B, H, S, Dh)."""
-
-    k: list[torch.Tensor]
-    v: list[torch.Tensor]
-
-    @property
-    def length(self) -> int:
-        return self.k[0].shape[2]
 
 
 def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
