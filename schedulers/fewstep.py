@@ -151,12 +151,14 @@ def fewstep_stream(chunked, x: torch.Tensor, grid: TimeGrid, rule: str = "renois
 
 
 def fewstep_update(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, rule: str = "renoise",
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
     """One move of a student between grid points, in float32, cast back to x's dtype: Euler, or (rule "renoise")
-    its x0 = x - sigma v re-noised to sigma_next with fresh noise from generator (Euler onto sigma_next = 0)."""
+    its x0 = x - sigma v re-noised to sigma_next with fresh noise from generator, or with `eps` when given (a
+    trainer that must reuse the noise) (Euler onto sigma_next = 0)."""
     if rule == "euler" or float(sigma_next) == 0.0:
         return (x.float() + (sigma_next - sigma) * v.float()).to(x.dtype)
     x0 = x.float() - sigma * v.float()
-    device = x.device if generator is None else generator.device
-    eps = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=device).to(x.device)
-    return ((1 - sigma_next) * x0 + sigma_next * eps).to(x.dtype)
+    if eps is None:
+        device = x.device if generator is None else generator.device
+        eps = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=device)
+    return ((1 - sigma_next) * x0 + sigma_next * eps.float().to(x.device)).to(x.dtype)

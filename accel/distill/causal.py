@@ -26,7 +26,7 @@ from accel.core.flow import interpolate
 from accel.distill.grids import sc_times, to_sigma
 from accel.distill.losses import sc_endpoints, sc_loss
 from accel.distill.rollout import noise_like
-from accel.schedulers.fewstep import TIMESTEPS
+from accel.schedulers.fewstep import TIMESTEPS, fewstep_update
 
 
 def causal_roles(roles, ar):
@@ -72,11 +72,10 @@ def causal_rollout(model, x: torch.Tensor, cond, sigmas: torch.Tensor, exit_inde
         with torch.no_grad():
             for i in range(exit_index):
                 v = model.forward_chunk(xk, sigmas[i], cache, k)
-                x0 = xk.float() - sigmas[i] * v.float()
                 eps = noise_like(xk, generator)
                 if noises is not None:
                     noises[(k, i + 1)] = eps
-                xk = ((1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * eps.float()).to(xk.dtype)
+                xk = fewstep_update(xk, v, sigmas[i], sigmas[i + 1], "renoise", eps=eps)
         sigma = sigmas[exit_index]
         with torch.set_grad_enabled(grad):
             v = model.forward_chunk(xk, sigma, cache, k)
@@ -107,12 +106,11 @@ def reference_rollout(model, x: torch.Tensor, cond, student_t: tuple[int, ...], 
         xk = x[:, :, model.chunk_slice(k)]
         for i in range(stop):
             s, s_next = sigmas[i], sigmas[i + 1]
-            v = model.forward_chunk(xk, torch.tensor(s), cache, k).float()
+            v = model.forward_chunk(xk, torch.tensor(s), cache, k)
             if ref_t[i + 1] in student_t:  # a shared point: the student's re-noising noise there
-                eps = noises[(k, student_t.index(ref_t[i + 1]))]
-                xk = ((1 - s_next) * (xk.float() - s * v) + s_next * eps.float()).to(xk.dtype)
+                xk = fewstep_update(xk, v, s, s_next, "renoise", eps=noises[(k, student_t.index(ref_t[i + 1]))])
             else:
-                xk = (xk.float() + (s_next - s) * v).to(xk.dtype)
+                xk = fewstep_update(xk, v, s, s_next, "euler")
         s = sigmas[stop]
         x0 = (xk.float() - s * model.forward_chunk(xk, torch.tensor(s), cache, k).float()).to(xk.dtype)
         if k < n - 1:
