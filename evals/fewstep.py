@@ -133,10 +133,9 @@ def bench_fewstep(teacher, students: dict[str, object], prompts: int = 24, seed:
             spec = find_student(pipe)
             call = {"prompt": [m["prompt"] for m in metas[:batch_size]], "num_inference_steps": n,
                     "generator": torch.Generator().manual_seed(seed)} | spec.call_defaults
-            prepared = adapter.prepare(**call)
             # the defect is measured on the student's whole-sample map; a streaming (AR) student has none
             row["semigroup_defect"] = None if chunk_length(pipe) else semigroup_defect(
-                adapter, prepared, spec, n, torch.Generator().manual_seed(seed + 1))
+                adapter, adapter.prepare(**call), spec, n, torch.Generator().manual_seed(seed + 1))
             row["timesteps"] = list(spec.timesteps[n])
         row |= {"prompts": len(metas), "seed": seed, "teacher_steps": steps, "repeats": repeats}
         rows.append(row)
