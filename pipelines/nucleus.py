@@ -14,37 +14,19 @@ The scheduler shifts its sigmas by mu, computed from the image sequence length (
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-import numpy as np
 import torch
-from diffusers.pipelines.nucleusmoe_image.pipeline_nucleusmoe_image import calculate_shift, retrieve_timesteps
 from diffusers.pipelines.nucleusmoe_image.pipeline_output import NucleusMoEImagePipelineOutput
-from diffusers.utils.torch_utils import get_module_execution_device
 
-from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout
+from accel.core.denoiser import Cond, Prepared
 from accel.core.grid import TimeGrid
 from accel.moe.engine import check_capacity_factors
+from accel.pipelines.base import (FlowDenoiser, Guidance, batch_size, call_by_name, default_sigmas,
+                                  mean_std_decode, scheduler_grid, shift_mu)
 
 
-def batch_size(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> int:
-    """Prompts in the call, counted as the pipeline counts them."""
-    if isinstance(prompt, str):
-        return 1
-    return len(prompt) if isinstance(prompt, list) else prompt_embeds.shape[0]
-
-
-def guided_prediction(pred: torch.Tensor, neg_pred: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """Nucleus-Image's classifier-free guidance: the usual combination, rescaled per token to the conditional
-    prediction's norm (over the last dim), as NucleusMoEImagePipeline.__call__ computes it."""
-    combined = neg_pred + guidance_scale * (pred - neg_pred)
-    cond_norm = torch.norm(pred, dim=-1, keepdim=True)
-    combined_norm = torch.norm(combined, dim=-1, keepdim=True)
-    return combined * (cond_norm / combined_norm)
-
-
-class NucleusDenoiser(Denoiser):
+class NucleusDenoiser(FlowDenoiser):
     """Nucleus-Image (Nucleus AI, 2026, arXiv 2604.12163: a sparse expert-choice MoE DiT) over a
     NucleusMoEImagePipeline.
 
@@ -60,45 +42,27 @@ class NucleusDenoiser(Denoiser):
         "attention_kwargs",
     })
     batched_cond_keys = ("embeds", "mask", "neg_embeds", "neg_mask")
+    guidance = Guidance.CFG_RENORM
+    sign = -1.0  # the transformer predicts x0 - eps
+    output_class = NucleusMoEImagePipelineOutput
+    cache_contexts = False  # the pipeline calls the transformer without one (its text K/V cache sets its own)
 
     def __init__(self, pipe):
         super().__init__(pipe)
         check_capacity_factors(pipe.transformer)  # a per-layer list for another depth: a clear error, now
-        self._grid_hw: tuple[int, int] | None = None  # token rows/cols of the last prepare() (see token_layout)
         self._text_keys: dict[int, tuple] = {}  # text K/V cache keys seen since its last reset (see _check_text_key)
 
     def prepare(self, **call: Any) -> Prepared:
-        """Validate as NucleusMoEImagePipeline.__call__ does, encode the prompts, draw packed noise, build the
-        shifted grid, and reset the text K/V cache as the pipeline does at the start of each call.
-
-        Returns:
-            Prepared with x (B, L, 4 * C) in the prompt embeddings' dtype, B = prompts * num_images_per_prompt.
-        """
-        a = self.bind(call)
-        self.check_supported(call)
-        pipe = self.pipe
-        height = a["height"] or pipe.default_sample_size * pipe.vae_scale_factor
-        width = a["width"] or pipe.default_sample_size * pipe.vae_scale_factor
-        a["max_sequence_length"] = a["max_sequence_length"] or pipe.default_max_sequence_length
-        pipe.check_inputs(
-            a["prompt"], height, width, negative_prompt=a["negative_prompt"], prompt_embeds=a["prompt_embeds"],
-            prompt_embeds_mask=a["prompt_embeds_mask"], negative_prompt_embeds=a["negative_prompt_embeds"],
-            negative_prompt_embeds_mask=a["negative_prompt_embeds_mask"],
-            callback_on_step_end_tensor_inputs=a["callback_on_step_end_tensor_inputs"],
-            max_sequence_length=a["max_sequence_length"], return_index=a["return_index"])
-        cond = self._encode(a)
-        patch = self.transformer.config.patch_size
-        x = pipe.prepare_latents(cond.batch, self.transformer.config.in_channels // 4, patch, height, width,
-                                 cond.data["embeds"].dtype, pipe._execution_device, a["generator"], a["latents"])
-        rows, cols = height // pipe.vae_scale_factor // patch, width // pipe.vae_scale_factor // patch
-        cond.data["img_shape"] = (1, rows, cols)  # (frames, rows, cols) of every sample, for the rotary ids
-        self._grid_hw = (rows, cols)
-        grid = self.time_grid(a["num_inference_steps"], a["sigmas"], image_seq_len=x.shape[1])
+        """As FlowDenoiser.prepare, then reset the text K/V cache as the pipeline does at the start of each call."""
+        prepared = super().prepare(**call)
         self.reset_text_cache()
-        return Prepared(x, cond, grid, {"height": height, "width": width, "output_type": a["output_type"],
-                                        "return_dict": a["return_dict"]})
+        return prepared
 
-    def _encode(self, a: dict[str, Any]) -> Cond:
+    def resolve(self, a: dict[str, Any]) -> None:
+        a["max_sequence_length"] = a["max_sequence_length"] or self.pipe.default_max_sequence_length
+        super().resolve(a)
+
+    def encode(self, a: dict[str, Any]) -> Cond:
         """Prompt embeddings (B, T, D) and masks (B, T) or None; the negative ones too with CFG (an empty negative
         prompt where none was given, as the pipeline does)."""
         pipe = self.pipe
@@ -109,32 +73,31 @@ class NucleusDenoiser(Denoiser):
             a["negative_prompt_embeds"] is not None and a["negative_prompt_embeds_mask"] is not None)
         if cfg and not has_negative:
             negative_prompt = [""] * n
-        common = dict(device=pipe._execution_device, num_images_per_prompt=a["num_images_per_prompt"],
-                      max_sequence_length=a["max_sequence_length"], return_index=a["return_index"])
-        embeds, mask = pipe.encode_prompt(prompt=a["prompt"], prompt_embeds=a["prompt_embeds"],
-                                          prompt_embeds_mask=a["prompt_embeds_mask"], **common)
+        device = pipe._execution_device
+        embeds, mask = call_by_name(pipe.encode_prompt, a, device=device)
         data = {"embeds": embeds, "mask": mask, "neg_embeds": None, "neg_mask": None,
                 "guidance_scale": a["guidance_scale"], "attention_kwargs": a["attention_kwargs"] or {}}
         if cfg:
-            data["neg_embeds"], data["neg_mask"] = pipe.encode_prompt(
-                prompt=negative_prompt, prompt_embeds=a["negative_prompt_embeds"],
-                prompt_embeds_mask=a["negative_prompt_embeds_mask"], **common)
+            data["neg_embeds"], data["neg_mask"] = call_by_name(
+                pipe.encode_prompt, a, prompt=negative_prompt, prompt_embeds=a["negative_prompt_embeds"],
+                prompt_embeds_mask=a["negative_prompt_embeds_mask"], device=device)
         return Cond(batch=n * a["num_images_per_prompt"], passes=2 if cfg else 1, data=data)
 
-    def time_grid(self, num_inference_steps: int, sigmas: list[float] | None, image_seq_len: int) -> TimeGrid:
-        """The pipeline's schedule: linspace(1, 1/N, N) (or the given sigmas), shifted by mu(image_seq_len).
+    def latents(self, a: dict[str, Any], cond: Cond) -> torch.Tensor:
+        pipe, patch = self.pipe, self.transformer.config.patch_size
+        x = pipe.prepare_latents(cond.batch, self.transformer.config.in_channels // 4, patch, a["height"],
+                                 a["width"], cond.data["embeds"].dtype, pipe._execution_device, a["generator"],
+                                 a["latents"])
+        rows, cols = a["height"] // pipe.vae_scale_factor // patch, a["width"] // pipe.vae_scale_factor // patch
+        cond.data["img_shape"] = (1, rows, cols)  # (frames, rows, cols) of every sample, for the rotary ids
+        self.set_packed_layout(1, rows, cols)
+        return x
 
-        Runs on a copy of the pipeline's scheduler so the pipeline's own state is untouched.
-        """
-        scheduler = copy.deepcopy(self.pipe.scheduler)
-        if sigmas is None:
-            sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-        config = scheduler.config
-        mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),
-                             config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                             config.get("max_shift", 1.15))
-        retrieve_timesteps(scheduler, num_inference_steps, self.pipe._execution_device, sigmas=sigmas, mu=mu)
-        return TimeGrid(scheduler.sigmas.float().cpu())
+    def time_grid(self, a: dict[str, Any], x: torch.Tensor) -> TimeGrid:
+        """linspace(1, 1/N, N) (or the given sigmas), shifted by mu(image tokens)."""
+        sigmas = default_sigmas(a["num_inference_steps"]) if a["sigmas"] is None else a["sigmas"]
+        return scheduler_grid(self.pipe, a["num_inference_steps"], sigmas,
+                              mu=shift_mu(self.pipe.scheduler.config, x.shape[1]))
 
     def reset_text_cache(self) -> None:
         """Empty diffusers' text K/V cache, if the user enabled it (a no-op otherwise)."""
@@ -150,58 +113,17 @@ class NucleusDenoiser(Denoiser):
             self.reset_text_cache()
             self._text_keys[embeds.data_ptr()] = key
 
-    def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
-        """v (B, L, 4 * C) at sigma (0-d or (B,)): minus the transformer's (guided) prediction."""
-        d = cond.data
-        timestep = self._timestep(x, sigma)
-        pred = self._forward(x, timestep, d["embeds"], d["mask"], cond)
-        if cond.passes == 2:
-            neg_pred = self._forward(x, timestep, d["neg_embeds"], d["neg_mask"], cond)
-            pred = guided_prediction(pred, neg_pred, d["guidance_scale"])
-        return -pred
-
-    def _timestep(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """(B,) t / num_train_timesteps in x's dtype, with the pipeline's arithmetic on t = sigma * 1000."""
-        sigma = sigma.to(x.device)
-        if sigma.ndim not in (0, 1) or (sigma.ndim == 1 and sigma.shape[0] != x.shape[0]):
-            raise ValueError(f"Nucleus takes sigma as a scalar or per sample ({x.shape[0]},), "
-                             f"got {tuple(sigma.shape)}")
-        num_train = self.pipe.scheduler.config.num_train_timesteps
-        t = sigma * num_train  # == scheduler.timesteps[i], bit for bit
-        return t.expand(x.shape[0]).to(x.dtype) / num_train
-
-    def _forward(self, x, timestep, embeds, mask, cond: Cond) -> torch.Tensor:
-        # No cache_context: the pipeline calls the transformer without one (its text K/V cache sets its own).
+    def forward(self, x, t, cond: Cond, branch: str) -> torch.Tensor:
+        d, neg = cond.data, "neg_" if branch == "uncond" else ""
         if self.transformer.is_cache_enabled:
-            self._check_text_key(embeds)
-        return self.transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds,
-                                encoder_hidden_states_mask=mask, img_shapes=[cond.data["img_shape"]] * x.shape[0],
-                                attention_kwargs=cond.data["attention_kwargs"], return_dict=False)[0]
+            self._check_text_key(d[neg + "embeds"])
+        num_train = self.pipe.scheduler.config.num_train_timesteps
+        return self.transformer(hidden_states=x, timestep=t.to(x.dtype) / num_train,
+                                encoder_hidden_states=d[neg + "embeds"], encoder_hidden_states_mask=d[neg + "mask"],
+                                img_shapes=[d["img_shape"]] * x.shape[0], attention_kwargs=d["attention_kwargs"],
+                                return_dict=False)[0]
 
-    def decode(self, x: torch.Tensor, prepared: Prepared) -> NucleusMoEImagePipelineOutput | tuple:
-        """Packed latents (B, L, 4 * C) -> NucleusMoEImagePipelineOutput(images) in the call's output_type."""
-        pipe, options = self.pipe, prepared.options
-        if options["output_type"] == "latent":
-            image = x
-        else:
-            vae = pipe.vae
-            latents = pipe._unpack_latents(x, options["height"], options["width"], self.transformer.config.patch_size,
-                                           pipe.vae_scale_factor)
-            latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)
-            shape = (1, vae.config.z_dim, 1, 1, 1)
-            mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
-            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
-            image = vae.decode(latents / inv_std + mean, return_dict=False)[0][:, :, 0]
-            image = pipe.image_processor.postprocess(image, output_type=options["output_type"])
-        pipe.maybe_free_model_hooks()
-        return NucleusMoEImagePipelineOutput(images=image) if options["return_dict"] else (image,)
-
-    def token_layout(self, x: torch.Tensor) -> TokenLayout:
-        """1 x (H / 16) x (W / 16), row-major as _pack_latents lays the 2x2 patches out (from the last prepare())."""
-        if self._grid_hw is None:
-            raise ValueError("NucleusDenoiser.token_layout needs the image size: call prepare() first")
-        layout = TokenLayout(1, *self._grid_hw)
-        if x.ndim != 3 or x.shape[1] != layout.num_tokens:
-            raise ValueError(f"x of shape {tuple(x.shape)} does not match the prepared {layout.rows}x{layout.cols} "
-                             "token grid")
-        return layout
+    def decode_latents(self, x: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+        latents = self.pipe._unpack_latents(x, options["height"], options["width"],
+                                            self.transformer.config.patch_size, self.pipe.vae_scale_factor)
+        return mean_std_decode(self.pipe.vae, latents)[:, :, 0]

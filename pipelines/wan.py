@@ -9,28 +9,20 @@ guidance scale; Wan 2.2 TI2V (`expand_timesteps`) gives every token its own time
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
 import torch
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
-from diffusers.utils.torch_utils import get_module_execution_device
 
-from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout
+from accel.core.denoiser import Cond, TokenLayout
 from accel.core.grid import TimeGrid
+from accel.pipelines.base import FlowDenoiser, batch_size, call_by_name, mean_std_decode, scheduler_grid
 
 logger = logging.getLogger(__name__)
 
 
-def batch_size(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> int:
-    """Prompts in the call, counted as the pipeline counts them."""
-    if isinstance(prompt, str):
-        return 1
-    return len(prompt) if isinstance(prompt, list) else prompt_embeds.shape[0]
-
-
-class WanDenoiser(Denoiser):
+class WanDenoiser(FlowDenoiser):
     """Wan (Wan Team, 2025, "Wan: Open and Advanced Large-Scale Video Generative Models") over a WanPipeline.
 
     x is the video latent (B, C, F', h, w), float32 as the pipeline keeps it between steps. NFE per velocity: 1 per
@@ -44,31 +36,20 @@ class WanDenoiser(Denoiser):
         "output_type", "return_dict", "attention_kwargs", "max_sequence_length",
     })
     batched_cond_keys = ("embeds", "neg_embeds")
+    output_class = WanPipelineOutput
+    output_field = "frames"
+    extra_options = frozenset({"hsa_cache", "fused_kernels"})
 
     @property
     def transformer(self) -> torch.nn.Module:
         """The high-noise expert (Wan 2.2), or the only transformer (Wan 2.1)."""
         return self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
 
-    def prepare(self, **call: Any) -> Prepared:
-        """Validate and round the size as WanPipeline.__call__ does, encode the prompts, draw noise, build the grid.
-
-        Returns:
-            Prepared with x (B, C, F', h, w) float32, B = prompts * num_videos_per_prompt.
-        """
-        a = self.bind(call)
-        self.check_supported(call)
-        pipe = self.pipe
-        pipe.check_inputs(a["prompt"], a["negative_prompt"], a["height"], a["width"], a["prompt_embeds"],
-                          a["negative_prompt_embeds"], a["callback_on_step_end_tensor_inputs"], a["guidance_scale_2"])
-        num_frames = self._round_frames(a["num_frames"])
-        height, width = self._round_size(a["height"], a["width"])
-        cond = self._encode(a)
-        grid = self.time_grid(a["num_inference_steps"])
-        cond.data["sigmas"] = grid.sigmas.tolist()  # to tell the cache hooks the step index, as the pipeline does
-        x = pipe.prepare_latents(cond.batch, self.transformer.config.in_channels, height, width, num_frames,
-                                 torch.float32, pipe._execution_device, a["generator"], a["latents"])
-        return Prepared(x, cond, grid, {"output_type": a["output_type"], "return_dict": a["return_dict"]})
+    def resolve(self, a: dict[str, Any]) -> None:
+        """Check the inputs, then round the frames and the size as WanPipeline.__call__ does."""
+        call_by_name(self.pipe.check_inputs, a)
+        a["num_frames"] = self._round_frames(a["num_frames"])
+        a["height"], a["width"] = self._round_size(a["height"], a["width"])
 
     def _round_frames(self, num_frames: int) -> int:
         """num_frames rounded down to 4k + 1 (the VAE's temporal stride), as the pipeline rounds it."""
@@ -88,15 +69,12 @@ class WanDenoiser(Denoiser):
                            f"({height}, {width}) -> {rounded}.")
         return rounded
 
-    def _encode(self, a: dict[str, Any]) -> Cond:
+    def encode(self, a: dict[str, Any]) -> Cond:
         """Prompt embeddings (B, T, D) in the transformer's dtype; negative ones too with CFG."""
         pipe = self.pipe
         cfg = a["guidance_scale"] > 1.0  # the pipeline's do_classifier_free_guidance
-        embeds, neg_embeds = pipe.encode_prompt(
-            prompt=a["prompt"], negative_prompt=a["negative_prompt"], do_classifier_free_guidance=cfg,
-            num_videos_per_prompt=a["num_videos_per_prompt"], prompt_embeds=a["prompt_embeds"],
-            negative_prompt_embeds=a["negative_prompt_embeds"], max_sequence_length=a["max_sequence_length"],
-            device=pipe._execution_device)
+        embeds, neg_embeds = call_by_name(pipe.encode_prompt, a, do_classifier_free_guidance=cfg,
+                                          device=pipe._execution_device)
         dtype = self.transformer.dtype
         boundary_ratio = pipe.config.boundary_ratio
         guidance_scale_2 = a["guidance_scale_2"]
@@ -112,29 +90,38 @@ class WanDenoiser(Denoiser):
         return Cond(batch=batch_size(a["prompt"], a["prompt_embeds"]) * a["num_videos_per_prompt"],
                     passes=2 if cfg else 1, data=data)
 
-    def time_grid(self, num_inference_steps: int) -> TimeGrid:
-        """The pipeline's schedule (its scheduler's shift), computed on a copy of its scheduler."""
-        scheduler = copy.deepcopy(self.pipe.scheduler)
-        scheduler.set_timesteps(num_inference_steps, device=self.pipe._execution_device)
-        return TimeGrid(scheduler.sigmas.float().cpu())
+    def latents(self, a: dict[str, Any], cond: Cond) -> torch.Tensor:
+        pipe = self.pipe
+        return pipe.prepare_latents(cond.batch, self.transformer.config.in_channels, a["height"], a["width"],
+                                    a["num_frames"], torch.float32, pipe._execution_device, a["generator"],
+                                    a["latents"])
+
+    def time_grid(self, a: dict[str, Any], x: torch.Tensor) -> TimeGrid:
+        """The pipeline's schedule (its scheduler's own shift)."""
+        grid = scheduler_grid(self.pipe, a["num_inference_steps"])
+        self._sigmas = grid.sigmas.tolist()  # to tell the cache hooks the step index, as the pipeline does
+        return grid
 
     def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         """v (B, C, F', h, w) at sigma: 0-d, per sample (B,) or per token (B, L); CFG as a second forward."""
-        d = cond.data
-        t = sigma.to(x.device) * self.pipe.scheduler.config.num_train_timesteps  # == scheduler.timesteps[i]
-        model, guidance_scale = self._expert(t, d)
-        x_in, timestep = x.to(d["dtype"]), self._timestep(x, t)
-        context = self._cache_context(sigma, d)
+        self._context = self._cache_context(sigma, getattr(self, "_sigmas", []))
+        return super()._velocity(x, sigma, cond)
+
+    def train_t(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """t = sigma * num_train_timesteps as given (0-d, (B,) or (B, L)); _timestep checks the shape."""
+        return sigma.to(x.device) * self.pipe.scheduler.config.num_train_timesteps  # == scheduler.timesteps[i]
+
+    def guidance_scale(self, cond: Cond, t: torch.Tensor) -> float:
+        return self._expert(t, cond.data)[1]
+
+    def _branch(self, x, t, cond: Cond, branch: str) -> torch.Tensor:
         # Named cache contexts, as the pipeline uses, keep diffusers' cache hooks' state per CFG branch.
-        with model.cache_context("cond", **context):
-            v = model(hidden_states=x_in, timestep=timestep, encoder_hidden_states=d["embeds"],
-                      attention_kwargs=d["attention_kwargs"], return_dict=False)[0]
-        if cond.passes == 2:
-            with model.cache_context("uncond", **context):
-                v_uncond = model(hidden_states=x_in, timestep=timestep, encoder_hidden_states=d["neg_embeds"],
-                                 attention_kwargs=d["attention_kwargs"], return_dict=False)[0]
-            v = v_uncond + guidance_scale * (v - v_uncond)
-        return v
+        model = self._expert(t, cond.data)[0]
+        d = cond.data
+        with model.cache_context(branch, **self._context):
+            return model(hidden_states=x.to(d["dtype"]), timestep=self._timestep(x, t),
+                         encoder_hidden_states=d["neg_embeds" if branch == "uncond" else "embeds"],
+                         attention_kwargs=d["attention_kwargs"], return_dict=False)[0]
 
     def _expert(self, t: torch.Tensor, data: dict[str, Any]) -> tuple[torch.nn.Module, float]:
         """Wan 2.2: the high-noise transformer for t >= boundary, transformer_2 below; Wan 2.1: the transformer."""
@@ -165,30 +152,16 @@ class WanDenoiser(Denoiser):
         return (ones[None] * t[:, None, None, None]).flatten(1)
 
     @staticmethod
-    def _cache_context(sigma: torch.Tensor, data: dict[str, Any]) -> dict[str, Any]:
+    def _cache_context(sigma: torch.Tensor, sigmas: list[float]) -> dict[str, Any]:
         """Where the loop is, for diffusers' cache hooks; step_index is None off the prepared grid."""
-        sigmas = data.get("sigmas", [])
         if sigma.ndim != 0:
             return {"num_inference_steps": max(len(sigmas) - 1, 0)}
         s = float(sigma)
         step = sigmas.index(s) if s in sigmas else None
         return {"step_index": step, "sigma": s, "num_inference_steps": max(len(sigmas) - 1, 0)}
 
-    def decode(self, x: torch.Tensor, prepared: Prepared) -> WanPipelineOutput | tuple:
-        """Latents (B, C, F', h, w) -> WanPipelineOutput(frames) in the call's output_type ("latent": x)."""
-        pipe, options = self.pipe, prepared.options
-        if options["output_type"] == "latent":
-            video = x
-        else:
-            vae = pipe.vae
-            latents = x.to(get_module_execution_device(vae), dtype=vae.dtype)
-            shape = (1, vae.config.z_dim, 1, 1, 1)
-            mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
-            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
-            video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-            video = pipe.video_processor.postprocess_video(video, output_type=options["output_type"])
-        pipe.maybe_free_model_hooks()
-        return WanPipelineOutput(frames=video) if options["return_dict"] else (video,)
+    def decode_latents(self, x: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+        return mean_std_decode(self.pipe.vae, x)
 
     def hsa_velocity(self, cond: Cond, kv: str = "auto"):
         """Active tokens only through the blocks, against cached K/V (accel.pipelines.dit_hsa)."""
