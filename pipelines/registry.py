@@ -14,6 +14,9 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "StableDiffusion3Pipeline": ("accel.pipelines.sd3", "SD3Denoiser"),
     "WanPipeline": ("accel.pipelines.wan", "WanDenoiser"),
     "NucleusMoEImagePipeline": ("accel.pipelines.nucleus", "NucleusDenoiser"),
+    "QwenImagePipeline": ("accel.pipelines.qwenimage", "QwenImageDenoiser"),
+    "FluxKontextPipeline": ("accel.pipelines.flux_kontext", "FluxKontextDenoiser"),
+    "ChromaPipeline": ("accel.pipelines.chroma", "ChromaDenoiser"),
 }
 
 

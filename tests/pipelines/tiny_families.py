@@ -1,0 +1,106 @@
+"""Tiny, seeded pipelines of the newer flow families, built offline from configs (no hub access).
+
+Real model classes with random weights; text encoders are the real transformers classes at a tiny width, and
+their tokenizers word-level vocabularies built in this file (with the special tokens the pipelines' chat templates
+use), so each pipeline's own encode_prompt runs unchanged. Every module is put in eval() mode (tiny.finish).
+"""
+
+from __future__ import annotations
+
+import torch
+from tiny import finish, t5_config, t5_tokenizer
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+WORDS = ("a photo of cat dog red blue green circle square on the moon at night with two describe image by detailing "
+         "color shape size texture quantity text spatial relationships objects and background system user "
+         "assistant").split()
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+           "<|video_pad|>", "[UNK]"]
+
+
+def word_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizerFast:
+    """Words, punctuation runs and newlines as tokens (Qwen's templates count their newlines: Qwen-Image drops the
+    template's first 34 tokens), pad = <|endoftext|>, vocabulary < 128."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL)}
+    for word in WORDS + list("abcdefghijklmnopqrstuvwxyz.,:'\n"):
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\n"), behavior="removed", invert=True)
+    backend.normalizer = None
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                                        unk_token="[UNK]", additional_special_tokens=SPECIAL[1:7])
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def qwen_image_vae(z_dim: int = 4):
+    """AutoencoderKLQwenImage at x4 spatial (2 downsamples), per-channel mean / std normalisation."""
+    from diffusers import AutoencoderKLQwenImage
+
+    return AutoencoderKLQwenImage(base_dim=z_dim * 6, z_dim=z_dim, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                  temperal_downsample=[False, True], latents_mean=[0.1 * i for i in range(z_dim)],
+                                  latents_std=[1.0 + 0.1 * i for i in range(z_dim)])
+
+
+def dynamic_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                           base_image_seq_len=256, max_image_seq_len=4096)
+
+
+def qwen25_vl(hidden: int = 16):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": hidden, "intermediate_size": 16, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 128,
+                     "bos_token_id": None, "eos_token_id": 2, "pad_token_id": 0,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                         "mrope_section": [1, 1, 2]}},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                       "out_hidden_size": hidden},
+        image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4)
+    return Qwen2_5_VLForConditionalGeneration(config)
+
+
+def build_qwenimage(seed: int = 0):
+    """Qwen-Image-like: 2 MMDiT blocks of width 32, x4 VAE with 4 latent channels (a 64 x 64 image: 8 x 8 tokens)."""
+    from diffusers import QwenImagePipeline, QwenImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                              axes_dims_rope=(8, 4, 4))
+    torch.manual_seed(seed)
+    return finish(QwenImagePipeline(transformer=transformer, scheduler=dynamic_scheduler(), vae=qwen_image_vae(),
+                                    text_encoder=qwen25_vl(), tokenizer=word_tokenizer()))
+
+
+def build_flux_kontext(seed: int = 0):
+    """FLUX.1-Kontext-dev-like: the tiny Flux of tiny.py (embedded guidance) in a FluxKontextPipeline."""
+    from diffusers import FluxKontextPipeline
+    from tiny import build_flux
+
+    flux = build_flux(guidance_embeds=True, seed=seed)
+    return finish(FluxKontextPipeline(**{k: flux.components[k] for k in (
+        "scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")}))
+
+
+def build_chroma(seed: int = 0):
+    """Chroma-like: 1 double + 1 single block of width 32, the x8 KL VAE of tiny.py, a tiny T5."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel
+    from tiny import kl_vae
+    from transformers import T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = ChromaTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                           attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                           axes_dims_rope=(4, 4, 8), approximator_num_channels=8,
+                                           approximator_hidden_dim=32, approximator_layers=1)
+    torch.manual_seed(seed)
+    return finish(ChromaPipeline(scheduler=dynamic_scheduler(), vae=kl_vae(0.3611, 0.1159),
+                                 text_encoder=T5EncoderModel(t5_config(32)), tokenizer=t5_tokenizer(),
+                                 transformer=transformer))
