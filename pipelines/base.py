@@ -90,10 +90,16 @@ class Guidance(enum.Enum):
     CFG = "cfg"  # v_neg + s * (v - v_neg)
     CFG_RENORM = "cfg_renorm"  # the same, rescaled per token to v's norm over the last dim (Qwen-Image, Nucleus)
 
-    def combine(self, v: torch.Tensor, v_neg: torch.Tensor, scale: float) -> torch.Tensor:
+    def combine(self, v: torch.Tensor, v_neg: torch.Tensor, scale: float, rescale: float = 0.0) -> torch.Tensor:
+        """rescale > 0: diffusers' rescale_noise_cfg (Lin et al., 2023, "Common Diffusion Noise Schedules and Sample
+        Steps are Flawed", section 3.4) towards v's standard deviation, as the pipelines with guidance_rescale."""
         combined = v_neg + scale * (v - v_neg)
         if self is Guidance.CFG_RENORM:
             combined = combined * (torch.norm(v, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
+        if rescale > 0:
+            from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+            combined = rescale_noise_cfg(combined, v, guidance_rescale=rescale)
         return combined
 
 
@@ -144,7 +150,7 @@ class FlowDenoiser(Denoiser):
         cond = self.encode(a)
         x = self.latents(a, cond)
         grid = self.time_grid(a, x)
-        return Prepared(x, cond, grid, self.options(a))
+        return Prepared(x, cond, grid, self.options(a, cond))
 
     def resolve(self, a: dict[str, Any]) -> None:
         """Validate and fill in what the pipeline derives before encoding; by default: height and width of
@@ -164,7 +170,7 @@ class FlowDenoiser(Denoiser):
     def time_grid(self, a: dict[str, Any], x: torch.Tensor) -> TimeGrid:
         raise NotImplementedError
 
-    def options(self, a: dict[str, Any]) -> dict[str, Any]:
+    def options(self, a: dict[str, Any], cond: Cond) -> dict[str, Any]:
         """What decode needs again: the output type, return_dict and the resolved size."""
         return {k: a[k] for k in ("output_type", "return_dict", "height", "width", "num_frames") if k in a}
 
@@ -192,7 +198,8 @@ class FlowDenoiser(Denoiser):
         else:
             v = self._branch(x, t, cond, "cond")
             v_neg = self._branch(x, t, cond, "uncond")
-        return self.sign * self.guidance.combine(v, v_neg, self.guidance_scale(cond, t))
+        return self.sign * self.guidance.combine(v, v_neg, self.guidance_scale(cond, t),
+                                                 cond.data.get("guidance_rescale", 0.0))
 
     def _branch(self, x, t, cond: Cond, branch: str) -> torch.Tensor:
         if not self.cache_contexts:

@@ -17,6 +17,8 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "QwenImagePipeline": ("accel.pipelines.qwenimage", "QwenImageDenoiser"),
     "FluxKontextPipeline": ("accel.pipelines.flux_kontext", "FluxKontextDenoiser"),
     "ChromaPipeline": ("accel.pipelines.chroma", "ChromaDenoiser"),
+    "ZImagePipeline": ("accel.pipelines.zimage", "ZImageDenoiser"),
+    "LTXPipeline": ("accel.pipelines.ltx", "LTXDenoiser"),
 }
 
 

@@ -7,12 +7,14 @@ transformer sees; search-style conditioning (expand_cond) equals one sample at a
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_adapters import ForwardCounter, pixels, run_adapter
-from tiny_families import build_chroma, build_flux_kontext, build_qwenimage
+from test_adapters import pixels, run_adapter
+from tiny_families import build_chroma, build_flux_kontext, build_ltx, build_qwenimage, build_zimage
 
 from accel.core.denoiser import TokenLayout
 from accel.pipelines.registry import adapter_class
@@ -27,6 +29,8 @@ BUILDERS = {
     "qwenimage": build_qwenimage,
     "flux_kontext": build_flux_kontext,
     "chroma": build_chroma,
+    "zimage": build_zimage,
+    "ltx": build_ltx,
 }
 
 # (builder, call, expected NFE = samples * steps * passes, token layout (frames, rows, cols))
@@ -46,9 +50,34 @@ CASES = [
                     guidance_scale=4.0), 1 * 3 * 2, (1, 4, 4)),
     ("chroma", dict(prompt=["a red circle", "two squares"], height=64, width=96, num_inference_steps=2,
                     guidance_scale=1.0, num_images_per_prompt=2), 4 * 2 * 1, (1, 4, 6)),
+    ("zimage", dict(prompt="a red circle", negative_prompt="a dog", guidance_scale=3.0, height=64, width=64,
+                    num_inference_steps=3), 1 * 3 * 2, (1, 4, 4)),
+    ("zimage", dict(prompt=["a red circle", "two cats"], guidance_scale=0.0, height=64, width=96,
+                    num_inference_steps=2, num_images_per_prompt=2, sigmas=[1.0, 0.5]), 4 * 2 * 1, (1, 4, 6)),
+    ("zimage", dict(prompt=["a blue square", "the moon"], guidance_scale=4.0, cfg_normalization=1.2, height=64,
+                    width=64, num_inference_steps=2), 2 * 2 * 2, (1, 4, 4)),
+    ("ltx", dict(prompt="a red circle", negative_prompt="a dog", guidance_scale=3.0, height=32, width=32,
+                 num_frames=9, num_inference_steps=3, decode_timestep=0.05, decode_noise_scale=0.025),
+     1 * 3 * 2, (3, 8, 8)),
+    ("ltx", dict(prompt=["a red circle", "two cats"], guidance_scale=4.0, guidance_rescale=0.7, height=32, width=64,
+                 num_frames=5, num_inference_steps=2), 2 * 2 * 2, (2, 8, 16)),
 ]
 
 COMMON = dict(max_sequence_length=16, output_type="np")
+
+
+class ForwardCounter:
+    """Samples through the transformer: the batch of hidden_states (Z-Image: the length of its list of latents)."""
+
+    def __init__(self, pipe):
+        self.samples = 0
+        self.handle = pipe.transformer.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        self.samples += len(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+
+    def remove(self):
+        self.handle.remove()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +98,8 @@ def test_adapter_reproduces_pipeline(pipes, name, kw, nfe, layout):
     call = {**kw, **COMMON}
     counter = ForwardCounter(pipe)
     try:
-        ref = pixels(pipe(**call, generator=torch.Generator().manual_seed(0)))
+        # A copy: Z-Image's pipeline writes its chat template into a prompt list in place.
+        ref = pixels(pipe(**copy.deepcopy(call), generator=torch.Generator().manual_seed(0)))
         pipe_nfe, counter.samples = counter.samples, 0
         timesteps = pipe.scheduler.timesteps.clone()
         adapter = adapter_class(pipe)(pipe)
@@ -90,6 +120,8 @@ EXPAND = {
     "flux_kontext": dict(image=image(), prompt="a cat", negative_prompt="a dog", true_cfg_scale=2.0,
                          max_area=64 * 64, _auto_resize=False),
     "chroma": dict(prompt="a cat", negative_prompt="a dog", guidance_scale=3.0),
+    "zimage": dict(prompt="a cat", negative_prompt="a dog", guidance_scale=3.0),
+    "ltx": dict(prompt="a cat", negative_prompt="a dog", guidance_scale=3.0, height=32, width=32, num_frames=5),
 }
 
 
@@ -98,8 +130,8 @@ def test_expand_cond_equals_one_sample_at_a_time(pipes, name):
     """Search's particles of one prompt: the shared conditioning repeated per particle."""
     adapter = adapter_class(pipes(name))(pipes(name))
     with torch.no_grad():
-        prep = adapter.prepare(**EXPAND[name], height=64, width=64, num_inference_steps=2, max_sequence_length=16,
-                               generator=torch.Generator().manual_seed(3))
+        prep = adapter.prepare(**{"height": 64, "width": 64, **EXPAND[name]}, num_inference_steps=2,
+                               max_sequence_length=16, generator=torch.Generator().manual_seed(3))
         x = torch.cat([prep.x, -prep.x, 0.5 * prep.x])
         cond = adapter.expand_cond(prep.cond, 3)
         v = adapter.velocity(x, prep.grid.sigmas[0], cond)

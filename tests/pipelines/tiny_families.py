@@ -104,3 +104,56 @@ def build_chroma(seed: int = 0):
     return finish(ChromaPipeline(scheduler=dynamic_scheduler(), vae=kl_vae(0.3611, 0.1159),
                                  text_encoder=T5EncoderModel(t5_config(32)), tokenizer=t5_tokenizer(),
                                  transformer=transformer))
+
+
+QWEN3_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def qwen3(hidden: int = 16, layers: int = 2, cls_name: str = "Qwen3Model"):
+    import transformers
+
+    config = transformers.Qwen3Config(hidden_size=hidden, intermediate_size=16, num_hidden_layers=layers,
+                                      num_attention_heads=2, num_key_value_heads=2, head_dim=8, vocab_size=128,
+                                      bos_token_id=None, eos_token_id=2, pad_token_id=0)
+    return getattr(transformers, cls_name)(config)
+
+
+def build_zimage(seed: int = 0):
+    """Z-Image-like: 2 single-stream blocks (+1 refiner each side) of width 32, the x8 KL VAE, a 2-layer Qwen3."""
+    from diffusers import ZImagePipeline, ZImageTransformer2DModel
+    from tiny import kl_vae
+
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32,
+                                           n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16,
+                                           axes_dims=[8, 4, 4], axes_lens=[64, 32, 32])
+    torch.manual_seed(seed)
+    return finish(ZImagePipeline(scheduler=dynamic_scheduler(), vae=kl_vae(0.3611, 0.1159), text_encoder=qwen3(),
+                                 tokenizer=word_tokenizer(QWEN3_CHAT), transformer=transformer))
+
+
+def build_ltx(seed: int = 0, timestep_conditioning: bool = True):
+    """LTX-Video-like: 1 block of width 16, a x4-space / x4-time VAE with 8 latent channels (timestep-conditioned
+    decoder, as LTX-Video 0.9.1+), a tiny T5."""
+    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
+                           LTXVideoTransformer3DModel)
+    from transformers import T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                             num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                             num_layers=1, caption_channels=32)
+    torch.manual_seed(seed)
+    vae = AutoencoderKLLTXVideo(in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+                                decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+                                decoder_layers_per_block=(1, 1, 1, 1, 1),
+                                spatio_temporal_scaling=(True, True, False, False),
+                                decoder_spatio_temporal_scaling=(True, True, False, False),
+                                decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4,
+                                upsample_factor=(1,) * 4, timestep_conditioning=timestep_conditioning, patch_size=1,
+                                patch_size_t=1, encoder_causal=True, decoder_causal=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
+                                                base_image_seq_len=1024, max_image_seq_len=4096)
+    return finish(LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=T5EncoderModel(t5_config(32)),
+                              tokenizer=t5_tokenizer(), transformer=transformer))
