@@ -101,11 +101,29 @@ def fewstep_table(runs: list[list[dict]]) -> list[str]:
 
 
 def dllm_table(runs: list[list[dict]]) -> list[str]:
-    """One row per decoder of `accel bench dllm`: tokens/s, speedup over the first (baseline), exact match, cost."""
+    """One row per decoder of `accel bench dllm`: tokens/s, speedup over the first (baseline), exact match, cost.
+
+    Rows of the interleaved benchmark (with `speedup_spread`) also give the speed-up's spread across repeats and
+    exact match's 95% interval, and the task when the files hold more than one; rows recorded before (one timed
+    pass, decoders in sequence) render as they were recorded, and without spread or interval in a mixed table."""
     rows = [r for run in runs for r in run]
-    return _table(["decoder", "tokens/s", "speedup", "exact match", "NFE", "token-forwards"],
-                  [[r["decoder"], f"{r['tokens_per_s']:,.0f}", f"{r['speedup']:.1f}x", f"{r['accuracy']:.3f}",
-                    f"{r['nfe']:.0f}", f"{r['positions']:,.0f}"] for r in rows])
+    if not any("speedup_spread" in r for r in rows):
+        return _table(["decoder", "tokens/s", "speedup", "exact match", "NFE", "token-forwards"],
+                      [[r["decoder"], f"{r['tokens_per_s']:,.0f}", f"{r['speedup']:.1f}x", f"{r['accuracy']:.3f}",
+                        f"{r['nfe']:.0f}", f"{r['positions']:,.0f}"] for r in rows])
+    tasks = len({r.get("task", "counting") for r in rows}) > 1  # rows from before tasks had names: counting
+
+    def spread(r: dict) -> str:
+        return "" if r.get("speedup_spread") is None else f" ({r['speedup_spread']:.0%})"
+
+    def interval(r: dict) -> str:
+        return f" [{r['accuracy_ci95_low']:.2f}, {r['accuracy_ci95_high']:.2f}]" if "accuracy_ci95_low" in r else ""
+
+    return _table(["task"] * tasks + ["decoder", "tokens/s (median)", "speedup (spread)", "exact match [95% CI]",
+                                      "NFE", "token-forwards"],
+                  [[r.get("task", "counting")] * tasks + [
+                      r["decoder"], f"{r['tokens_per_s']:,.0f}", f"{r['speedup']:.1f}x{spread(r)}",
+                      f"{r['accuracy']:.3f}{interval(r)}", f"{r['nfe']:.0f}", f"{r['positions']:,.0f}"] for r in rows])
 
 
 def forward_table(runs: list[list[dict]]) -> list[str]:

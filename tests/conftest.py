@@ -55,3 +55,21 @@ def tiny_shapes_folder(tmp_path_factory) -> str:
             param.add_(0.05 * torch.randn(param.shape, generator=g))
     p.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_folder(tmp_path_factory):
+    """make(vocab, dim=32, max_len=128) -> the path of a tiny seeded masked-diffusion LM folder (random weights,
+    one layer) with that vocabulary, for the dLLM CLI tests."""
+    from accel.pipelines.mdlm import CharTokenizer, MaskedDiffusionLM, MDLMConfig
+
+    def make(vocab, dim: int = 32, max_len: int = 128) -> str:
+        folder = tmp_path_factory.mktemp("tiny-mdlm")
+        tok = CharTokenizer(list(vocab))
+        torch.manual_seed(0)
+        MaskedDiffusionLM(MDLMConfig(vocab_size=len(tok), mask_id=tok.mask_id, dim=dim, layers=1, heads=2,
+                                     max_len=max_len)).save_pretrained(folder)
+        tok.save(folder)
+        return str(folder)
+
+    return make

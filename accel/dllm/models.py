@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-BUILTIN_TEXT = {"counting": "counting-mdlm"}
+# Built-in text models by task name (accel.dllm.task.TASKS): the folder under assets/ and how it was (or is to be)
+# trained. addition-mdlm is registered before it is trained: until then loading it says how to train it.
+BUILTIN_TEXT = {"counting": "counting-mdlm", "addition": "addition-mdlm"}
+TRAINING = {"counting": "assets/counting-mdlm/README.md", "addition": "assets/addition-mdlm.TRAINING.md"}
 
 
 def builtin_text_model_path(name: str = "counting") -> Path:
@@ -15,8 +18,9 @@ def builtin_text_model_path(name: str = "counting") -> Path:
 
     path = Path(str(files("accel.assets"))) / BUILTIN_TEXT[name]
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the built-in text model {name!r} is missing at {path}; reinstall accel or train "
-                                "it with scripts/train_mdlm.py (assets/counting-mdlm/README.md)")
+        raise FileNotFoundError(f"the built-in text model {name!r} is not at {path} (not trained yet, or not "
+                                f"installed): train it with scripts/train_mdlm.py --task {name} (commands in "
+                                f"{TRAINING[name]})")
     return path
 
 

@@ -10,7 +10,6 @@ from accel.cli.main import app
 from accel.dllm import generate
 from accel.dllm.hf import load_hf_dllm
 from accel.dllm.task import VOCAB
-from accel.pipelines.mdlm import CharTokenizer, MaskedDiffusionLM, MDLMConfig
 
 runner = CliRunner()
 
@@ -57,14 +56,8 @@ def test_hf_dream_logits_are_shifted(tiny_hf):
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-mdlm")
-    tok = CharTokenizer(list(VOCAB))
-    torch.manual_seed(0)
-    MaskedDiffusionLM(MDLMConfig(vocab_size=len(tok), mask_id=tok.mask_id, dim=32, layers=1, heads=2,
-                                 max_len=128)).save_pretrained(folder)
-    tok.save(folder)
-    return str(folder)
+def tiny_folder(tiny_text_folder):
+    return tiny_text_folder(VOCAB)
 
 
 def test_text_command(tiny_folder):
