@@ -19,6 +19,8 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "ChromaPipeline": ("accel.pipelines.chroma", "ChromaDenoiser"),
     "ZImagePipeline": ("accel.pipelines.zimage", "ZImageDenoiser"),
     "LTXPipeline": ("accel.pipelines.ltx", "LTXDenoiser"),
+    "Flux2Pipeline": ("accel.pipelines.flux2", "Flux2Denoiser"),
+    "Flux2KleinPipeline": ("accel.pipelines.flux2", "Flux2Denoiser"),
 }
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 from test_adapters import pixels, run_adapter
-from tiny_families import build_chroma, build_flux_kontext, build_ltx, build_qwenimage, build_zimage
+from tiny_families import (build_chroma, build_flux2, build_flux2_klein, build_flux_kontext, build_ltx,
+                           build_qwenimage, build_zimage)
 
 from accel.core.denoiser import TokenLayout
 from accel.pipelines.registry import adapter_class
@@ -31,6 +32,8 @@ BUILDERS = {
     "chroma": build_chroma,
     "zimage": build_zimage,
     "ltx": build_ltx,
+    "flux2": build_flux2,
+    "flux2_klein": build_flux2_klein,
 }
 
 # (builder, call, expected NFE = samples * steps * passes, token layout (frames, rows, cols))
@@ -61,6 +64,16 @@ CASES = [
      1 * 3 * 2, (3, 8, 8)),
     ("ltx", dict(prompt=["a red circle", "two cats"], guidance_scale=4.0, guidance_rescale=0.7, height=32, width=64,
                  num_frames=5, num_inference_steps=2), 2 * 2 * 2, (2, 8, 16)),
+    ("flux2", dict(prompt="a red circle", guidance_scale=3.0, height=64, width=64, num_inference_steps=3,
+                   text_encoder_out_layers=(1, 2, 3)), 1 * 3 * 1, (1, 4, 4)),
+    ("flux2", dict(prompt=["a red circle", "two cats"], guidance_scale=2.0, height=64, width=96,
+                   num_inference_steps=2, num_images_per_prompt=2, text_encoder_out_layers=(1, 2, 3)),
+     4 * 2 * 1, (1, 4, 6)),
+    ("flux2_klein", dict(prompt="a red circle", guidance_scale=3.0, height=64, width=64, num_inference_steps=3,
+                         text_encoder_out_layers=(1, 2, 3)), 1 * 3 * 2, (1, 4, 4)),
+    ("flux2_klein", dict(prompt=["a blue square", "two cats"], guidance_scale=1.0, height=64, width=96,
+                         num_inference_steps=2, num_images_per_prompt=2, text_encoder_out_layers=(1, 2, 3)),
+     4 * 2 * 1, (1, 4, 6)),
 ]
 
 COMMON = dict(max_sequence_length=16, output_type="np")
@@ -122,6 +135,7 @@ EXPAND = {
     "chroma": dict(prompt="a cat", negative_prompt="a dog", guidance_scale=3.0),
     "zimage": dict(prompt="a cat", negative_prompt="a dog", guidance_scale=3.0),
     "ltx": dict(prompt="a cat", negative_prompt="a dog", guidance_scale=3.0, height=32, width=32, num_frames=5),
+    "flux2_klein": dict(prompt="a cat", guidance_scale=3.0, text_encoder_out_layers=(1, 2, 3)),
 }
 
 
@@ -138,3 +152,14 @@ def test_expand_cond_equals_one_sample_at_a_time(pipes, name):
         v_one = torch.cat([adapter.velocity(x[i:i + 1], prep.grid.sigmas[0], prep.cond) for i in range(3)])
     torch.testing.assert_close(v, v_one, rtol=1e-5, atol=1e-5)
     assert cond.batch == 3 and adapter.nfe == 2 * 3 * 2
+
+
+def test_klein_latent_output_is_the_vaes_latents(pipes):
+    """[klein]'s pipeline unpacks and un-normalises before its output_type check: so does the adapter."""
+    pipe = pipes("flux2_klein")
+    call = dict(prompt="a cat", guidance_scale=3.0, height=64, width=96, num_inference_steps=2, max_sequence_length=16,
+                text_encoder_out_layers=(1, 2, 3), output_type="latent", return_dict=False)
+    ref = pipe(**call, generator=torch.Generator().manual_seed(1))[0]
+    _, out = run_adapter(adapter_class(pipe)(pipe), {**call, "generator": torch.Generator().manual_seed(1)})
+    assert out[0].shape == ref.shape == (1, 4, 8, 12)
+    torch.testing.assert_close(out[0], ref, rtol=0, atol=1e-6)

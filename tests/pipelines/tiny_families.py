@@ -157,3 +157,63 @@ def build_ltx(seed: int = 0, timestep_conditioning: bool = True):
                                                 base_image_seq_len=1024, max_image_seq_len=4096)
     return finish(LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=T5EncoderModel(t5_config(32)),
                               tokenizer=t5_tokenizer(), transformer=transformer))
+
+
+def flux2_vae():
+    """AutoencoderKLFlux2 at x8 with 4 latent channels (16 after its 2x2 patchify), batch-norm statistics drawn."""
+    from diffusers import AutoencoderKLFlux2
+
+    vae = AutoencoderKLFlux2(block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4,
+                             norm_num_groups=4, sample_size=64)
+    with torch.no_grad():
+        vae.bn.running_mean.copy_(0.1 * torch.randn(vae.bn.running_mean.shape))
+        vae.bn.running_var.copy_(1.0 + 0.1 * torch.rand(vae.bn.running_var.shape))
+    return vae
+
+
+def build_flux2_klein(seed: int = 0):
+    """FLUX.2-[klein]-like (base, not distilled: CFG on an empty prompt): 1 double + 1 single block of width 32, a
+    4-layer Qwen3 whose layers (1, 2, 3) are stacked as the text embedding."""
+    from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                          timestep_guidance_channels=16, axes_dims_rope=(4, 4, 4, 4),
+                                          guidance_embeds=False)
+    torch.manual_seed(seed)
+    return finish(Flux2KleinPipeline(scheduler=dynamic_scheduler(), vae=flux2_vae(), transformer=transformer,
+                                     text_encoder=qwen3(layers=4, cls_name="Qwen3ForCausalLM"),
+                                     tokenizer=word_tokenizer(QWEN3_CHAT), is_distilled=False))
+
+
+LIST_CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{{ c['text'] }}"
+             "{% endfor %}<|im_end|>\n{% endfor %}")
+
+
+def mistral3(hidden: int = 16, layers: int = 4):
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    config = Mistral3Config(
+        text_config={"model_type": "mistral", "hidden_size": hidden, "intermediate_size": 16,
+                     "num_hidden_layers": layers, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 8,
+                     "vocab_size": 128, "bos_token_id": None, "eos_token_id": 2, "pad_token_id": 0},
+        vision_config={"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "head_dim": 8, "patch_size": 4, "image_size": 16},
+        image_token_index=5)
+    return Mistral3ForConditionalGeneration(config)
+
+
+def build_flux2(seed: int = 0):
+    """FLUX.2-[dev]-like (embedded guidance): the [klein] builder's transformer and VAE, a 4-layer Mistral 3 text
+    encoder whose layers (1, 2, 3) are stacked, a word-level tokenizer in the processor's place."""
+    from diffusers import Flux2Pipeline, Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                          timestep_guidance_channels=16, axes_dims_rope=(4, 4, 4, 4),
+                                          guidance_embeds=True)
+    torch.manual_seed(seed)
+    return finish(Flux2Pipeline(scheduler=dynamic_scheduler(), vae=flux2_vae(), transformer=transformer,
+                                text_encoder=mistral3(), tokenizer=word_tokenizer(LIST_CHAT)))
