@@ -133,9 +133,6 @@ class FlowDenoiser(Denoiser):
     # Where the pipeline wraps its forwards in the transformer's named cache contexts (diffusers' cache hooks keep
     # their state per branch); False where it does not.
     cache_contexts: ClassVar[bool] = True
-    # Which accel options apply beyond the Denoiser contract's (search, steps="hsa" by gathering, fewstep on a
-    # distilled student): "hsa_cache" (an active-token forward) and "fused_kernels" (accel.kernels).
-    extra_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -247,10 +244,3 @@ class FlowDenoiser(Denoiser):
         """Flux-style packed 2x2 latents (B, L, 4C) -> (B, C, H / 8, W / 8) through the pipeline's _unpack_latents."""
         return self.pipe._unpack_latents(x, options["height"], options["width"], self.pipe.vae_scale_factor)
 
-
-def options_of(adapter_class: type[Denoiser]) -> list[str]:
-    """The accel options a family supports: the Denoiser contract's, plus its declared extras."""
-    options = ["search", "hsa"]
-    extra = getattr(adapter_class, "extra_options", frozenset())
-    options += [o for o in ("hsa_cache", "fused_kernels") if o in extra]
-    return options + ["fewstep"]

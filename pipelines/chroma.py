@@ -34,7 +34,6 @@ class ChromaDenoiser(FluxDenoiser):
     batched_cond_keys = ("embeds", "neg_embeds", "attention_mask", "neg_attention_mask")
     output_class = ChromaPipelineOutput
     cache_contexts = False
-    extra_options = frozenset()
 
     def encode(self, a: dict[str, Any]) -> Cond:
         """Embeddings (B, T, D), text ids and masks (B, T); the negative ones too with CFG."""

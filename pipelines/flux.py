@@ -36,7 +36,6 @@ class FluxDenoiser(FlowDenoiser):
     })
     batched_cond_keys = ("embeds", "pooled", "neg_embeds", "neg_pooled", "guidance")
     output_class = FluxPipelineOutput
-    extra_options = frozenset({"hsa_cache", "fused_kernels"})
 
     def encode(self, a: dict[str, Any]) -> Cond:
         """Prompt (and, for true CFG, negative prompt) embeddings, as the pipeline encodes them."""

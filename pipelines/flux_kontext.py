@@ -28,7 +28,6 @@ class FluxKontextDenoiser(FluxDenoiser):
     family = "flux-kontext"
     call_args = FluxDenoiser.call_args | {"image", "max_area", "_auto_resize"}
     batched_cond_keys = FluxDenoiser.batched_cond_keys + ("image_latents",)
-    extra_options = frozenset({"fused_kernels"})  # the active-token forward knows no context tokens
 
     def resolve(self, a: dict[str, Any]) -> None:
         """Size fitted to max_area, inputs checked, the input image resized and preprocessed (the pipeline's)."""

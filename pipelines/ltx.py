@@ -73,11 +73,10 @@ class LTXDenoiser(FlowDenoiser):
                               mu=shift_mu(self.pipe.scheduler.config, frames * p_t * rows * p * cols * p))
 
     def options(self, a: dict[str, Any], cond: Cond) -> dict[str, Any]:
-        """Also what the timestep-conditioned decode takes: the generator, decode_timestep and noise scale (one per
-        prompt, as the pipeline counts them), the latent grid and the prompt embeddings' dtype."""
+        """Also what the timestep-conditioned decode takes: the generator, decode_timestep and noise scale, the
+        latent grid and the prompt embeddings' dtype."""
         return super().options(a, cond) | {k: a[k] for k in ("generator", "decode_timestep", "decode_noise_scale")} | {
-            "prompts": batch_size(a["prompt"], a["prompt_embeds"]), "grid": cond.data["grid"],
-            "dtype": cond.data["embeds"].dtype}
+            "grid": cond.data["grid"], "dtype": cond.data["embeds"].dtype}
 
     def forward(self, x, t, cond: Cond, branch: str) -> torch.Tensor:
         d = cond.data
@@ -100,7 +99,9 @@ class LTXDenoiser(FlowDenoiser):
         latents = latents.to(options["dtype"])
         timestep = None
         if vae.config.timestep_conditioning:
-            n = options["prompts"]
+            # One per sample; the pipeline makes one per prompt, which is the same wherever its decode runs (with
+            # num_videos_per_prompt > 1 its VAE fails on the shapes), and search decodes many samples of one prompt.
+            n = latents.shape[0]
             noise = randn_tensor(latents.shape, generator=options["generator"], device=latents.device,
                                  dtype=latents.dtype)
             decode_timestep = options["decode_timestep"]

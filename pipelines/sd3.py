@@ -35,7 +35,6 @@ class SD3Denoiser(FlowDenoiser):
     batched_cond_keys = ("embeds", "pooled")
     cfg_batched = True
     output_class = StableDiffusion3PipelineOutput
-    extra_options = frozenset({"fused_kernels"})
 
     def encode(self, a: dict[str, Any]) -> Cond:
         """Embeddings (2B, T, D) and pooled (2B, P) as [negative; positive] with CFG, else (B, ...)."""

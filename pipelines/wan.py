@@ -38,7 +38,6 @@ class WanDenoiser(FlowDenoiser):
     batched_cond_keys = ("embeds", "neg_embeds")
     output_class = WanPipelineOutput
     output_field = "frames"
-    extra_options = frozenset({"hsa_cache", "fused_kernels"})
 
     @property
     def transformer(self) -> torch.nn.Module:

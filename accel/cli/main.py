@@ -635,7 +635,8 @@ def bench_steps_cmd(
 
 @app.command()
 def info():
-    """Versions, device, and whether fused Triton kernels are active."""
+    """Versions, device, whether fused Triton kernels are active, and the supported pipeline families with the
+    options each supports."""
     import importlib.metadata as md
 
     import torch
@@ -657,6 +658,20 @@ def info():
     k = status()
     table.add_row("triton kernels", f"{'active' if k['active'] else 'inactive'}: {k['reason']}")
     Console().print(table)
+    Console().print(families_table())
+
+
+def families_table() -> Table:
+    """The supported pipeline classes, their family and the accel options each supports (accel.pipelines.registry)."""
+    from accel.pipelines.registry import ADAPTERS, CONTRACT_OPTIONS, EXTRA_OPTIONS
+
+    options = CONTRACT_OPTIONS + EXTRA_OPTIONS
+    table = Table(title="pipeline families (a class derived from one is matched through it)")
+    for col in ("pipeline", "family", *options):
+        table.add_column(col)
+    for name, family in ADAPTERS.items():
+        table.add_row(name, family.name, *("yes" if o in family.options else "-" for o in options))
+    return table
 
 
 # Commands defined in their own modules register on `app` / `bench_app` when imported (after those exist).
@@ -664,6 +679,7 @@ from accel.cli import dllm as _dllm  # noqa: E402,F401
 from accel.cli import distill as _distill  # noqa: E402,F401
 from accel.cli import evals as _evals  # noqa: E402,F401
 from accel.cli import fewstep as _fewstep  # noqa: E402,F401
+from accel.cli import lmeval as _lmeval  # noqa: E402,F401
 from accel.cli import moe as _moe  # noqa: E402,F401
 from accel.cli import report as _report  # noqa: E402,F401
 from accel.cli import vbench as _vbench  # noqa: E402,F401

@@ -163,3 +163,70 @@ def test_klein_latent_output_is_the_vaes_latents(pipes):
     _, out = run_adapter(adapter_class(pipe)(pipe), {**call, "generator": torch.Generator().manual_seed(1)})
     assert out[0].shape == ref.shape == (1, 4, 8, 12)
     torch.testing.assert_close(out[0], ref, rtol=0, atol=1e-6)
+
+
+class Brightness:
+    """A pixel reward (mean intensity): enough to drive a search through each family's decode."""
+
+    reads = "pixels"
+
+    def score(self, samples: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return samples.float().flatten(1).mean(1)
+
+
+OPTION_CALLS = {
+    "qwenimage": dict(height=64, width=64),
+    "flux_kontext": dict(image=image(), height=64, width=64, max_area=64 * 64, _auto_resize=False),
+    "chroma": dict(height=64, width=64),
+    "zimage": dict(height=64, width=64),
+    "ltx": dict(height=32, width=32, num_frames=5),
+    "flux2_klein": dict(height=64, width=64, text_encoder_out_layers=(1, 2, 3)),
+}
+
+
+@pytest.mark.parametrize("name", OPTION_CALLS)
+def test_search_and_hsa_run_through_the_contract(pipes, name):
+    """search= and steps="hsa" need nothing of a family but the Denoiser contract: each runs, within its budget."""
+    from accel import accelerate_pipeline
+
+    fast = accelerate_pipeline(pipes(name))
+    call = dict(prompt="a cat", max_sequence_length=16, output_type="np", **OPTION_CALLS[name])
+    out = fast(**call, num_inference_steps=2, generator=torch.Generator().manual_seed(0), search="bon",
+               reward=Brightness(), nfe=8)
+    assert out.stats.path == "accel" and 0 < out.stats.nfe <= 8 and np.isfinite(pixels(out)).all()
+    out = fast(**call, num_inference_steps=4, generator=torch.Generator().manual_seed(0), steps="hsa", runtime=0.5)
+    assert out.stats.extra["steps"] == "hsa" and np.isfinite(pixels(out)).all()
+
+
+def test_registry_matches_derived_classes_and_names_the_families():
+    from diffusers import QwenImagePipeline
+
+    from accel.pipelines.registry import families_with, require_option, supported_families
+    from accel.pipelines.qwenimage import QwenImageDenoiser
+
+    class CommunityQwenImage(QwenImagePipeline):  # a fork: matched through its base class
+        pass
+
+    fork = CommunityQwenImage.__new__(CommunityQwenImage)
+    assert adapter_class(fork) is QwenImageDenoiser
+    with pytest.raises(ValueError, match="unsupported pipeline object; supported: .*LTXPipeline.*ZImagePipeline"):
+        adapter_class(object())
+    with pytest.raises(ValueError, match="fused_kernels does not apply to QwenImagePipeline .*it does to: .*"
+                                         "FluxPipeline"):
+        require_option(fork, "fused_kernels")
+    assert "WanPipeline" in families_with("hsa_cache") and "LTXPipeline" not in families_with("hsa_cache")
+    assert set(families_with("search")) == set(supported_families())
+    with pytest.raises(ValueError, match="allowed: search"):
+        families_with("bogus")
+
+
+def test_info_lists_every_family():
+    from rich.console import Console
+
+    from accel.cli.main import families_table
+    from accel.pipelines.registry import ADAPTERS
+
+    console = Console(width=200, record=True)
+    console.print(families_table())
+    text = console.export_text()
+    assert all(name in text for name in ADAPTERS) and "fused_kernels" in text
