@@ -165,7 +165,14 @@ class FlowDenoiser(Denoiser):
         raise NotImplementedError
 
     def time_grid(self, a: dict[str, Any], x: torch.Tensor) -> TimeGrid:
-        raise NotImplementedError
+        """The Flux-style schedule (Flux, Kontext, Chroma, Qwen-Image, Nucleus): linspace(1, 1/N, N) or the call's
+        sigmas (none where the scheduler uses flow sigmas), shifted by mu from the image token count."""
+        n, sigmas = a["num_inference_steps"], a.get("sigmas")
+        sigmas = default_sigmas(n) if sigmas is None else sigmas
+        if getattr(self.pipe.scheduler.config, "use_flow_sigmas", False):
+            sigmas = None
+        return scheduler_grid(self.pipe, n, sigmas,
+                              mu=shift_mu(self.pipe.scheduler.config, self.token_layout(x).num_tokens))
 
     def options(self, a: dict[str, Any], cond: Cond) -> dict[str, Any]:
         """What decode needs again: the output type, return_dict and the resolved size."""

@@ -15,9 +15,7 @@ import torch
 from diffusers.pipelines.flux.pipeline_flux import FluxPipelineOutput
 
 from accel.core.denoiser import Cond
-from accel.core.grid import TimeGrid
-from accel.pipelines.base import (FlowDenoiser, batch_size, call_by_name, default_sigmas, embedded_guidance,
-                                  kl_decode, scheduler_grid, shift_mu)
+from accel.pipelines.base import FlowDenoiser, batch_size, call_by_name, embedded_guidance, kl_decode
 
 
 class FluxDenoiser(FlowDenoiser):
@@ -73,14 +71,6 @@ class FluxDenoiser(FlowDenoiser):
         patch = pipe.vae_scale_factor * 2  # pixels per token side: the VAE's x8, then 2x2 packing
         self.set_packed_layout(1, int(a["height"]) // patch, int(a["width"]) // patch)
         return x
-
-    def time_grid(self, a: dict[str, Any], x: torch.Tensor) -> TimeGrid:
-        """linspace(1, 1/N, N) (or the given sigmas; none with use_flow_sigmas), shifted by mu(image tokens)."""
-        config = self.pipe.scheduler.config
-        sigmas = default_sigmas(a["num_inference_steps"]) if a["sigmas"] is None else a["sigmas"]
-        if getattr(config, "use_flow_sigmas", False):
-            sigmas = None
-        return scheduler_grid(self.pipe, a["num_inference_steps"], sigmas, mu=shift_mu(config, x.shape[1]))
 
     def forward(self, x, t, cond: Cond, branch: str) -> torch.Tensor:
         d, neg = cond.data, "neg_" if branch == "uncond" else ""

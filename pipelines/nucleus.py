@@ -20,10 +20,8 @@ import torch
 from diffusers.pipelines.nucleusmoe_image.pipeline_output import NucleusMoEImagePipelineOutput
 
 from accel.core.denoiser import Cond, Prepared
-from accel.core.grid import TimeGrid
 from accel.moe.engine import check_capacity_factors
-from accel.pipelines.base import (FlowDenoiser, Guidance, batch_size, call_by_name, default_sigmas,
-                                  mean_std_decode, scheduler_grid, shift_mu)
+from accel.pipelines.base import FlowDenoiser, Guidance, batch_size, call_by_name, mean_std_decode
 
 
 class NucleusDenoiser(FlowDenoiser):
@@ -92,12 +90,6 @@ class NucleusDenoiser(FlowDenoiser):
         cond.data["img_shape"] = (1, rows, cols)  # (frames, rows, cols) of every sample, for the rotary ids
         self.set_packed_layout(1, rows, cols)
         return x
-
-    def time_grid(self, a: dict[str, Any], x: torch.Tensor) -> TimeGrid:
-        """linspace(1, 1/N, N) (or the given sigmas), shifted by mu(image tokens)."""
-        sigmas = default_sigmas(a["num_inference_steps"]) if a["sigmas"] is None else a["sigmas"]
-        return scheduler_grid(self.pipe, a["num_inference_steps"], sigmas,
-                              mu=shift_mu(self.pipe.scheduler.config, x.shape[1]))
 
     def reset_text_cache(self) -> None:
         """Empty diffusers' text K/V cache, if the user enabled it (a no-op otherwise)."""

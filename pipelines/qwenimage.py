@@ -15,9 +15,7 @@ import torch
 from diffusers.pipelines.qwenimage.pipeline_output import QwenImagePipelineOutput
 
 from accel.core.denoiser import Cond
-from accel.core.grid import TimeGrid
-from accel.pipelines.base import (FlowDenoiser, Guidance, batch_size, call_by_name, default_sigmas,
-                                  embedded_guidance, mean_std_decode, scheduler_grid, shift_mu)
+from accel.pipelines.base import FlowDenoiser, Guidance, batch_size, call_by_name, embedded_guidance, mean_std_decode
 
 
 class QwenImageDenoiser(FlowDenoiser):
@@ -63,12 +61,6 @@ class QwenImageDenoiser(FlowDenoiser):
         cond.data["guidance"] = embedded_guidance(self.transformer, a["guidance_scale"], x.shape[0], device)
         self.set_packed_layout(1, rows, cols)
         return x
-
-    def time_grid(self, a: dict[str, Any], x: torch.Tensor) -> TimeGrid:
-        """linspace(1, 1/N, N) (or the given sigmas), shifted by mu(image tokens)."""
-        sigmas = default_sigmas(a["num_inference_steps"]) if a["sigmas"] is None else a["sigmas"]
-        return scheduler_grid(self.pipe, a["num_inference_steps"], sigmas,
-                              mu=shift_mu(self.pipe.scheduler.config, x.shape[1]))
 
     def forward(self, x, t, cond: Cond, branch: str) -> torch.Tensor:
         d, neg = cond.data, "neg_" if branch == "uncond" else ""

@@ -171,16 +171,23 @@ def flux2_vae():
     return vae
 
 
+def flux2_transformer(guidance_embeds: bool, seed: int = 0):
+    """1 double + 1 single block of width 32, 4-axis rotary ids; text embeddings of 3 stacked layers of 16."""
+    from diffusers import Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    return Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                   timestep_guidance_channels=16, axes_dims_rope=(4, 4, 4, 4),
+                                   guidance_embeds=guidance_embeds)
+
+
 def build_flux2_klein(seed: int = 0):
     """FLUX.2-[klein]-like (base, not distilled: CFG on an empty prompt): 1 double + 1 single block of width 32, a
     4-layer Qwen3 whose layers (1, 2, 3) are stacked as the text embedding."""
-    from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import Flux2KleinPipeline
 
-    torch.manual_seed(seed)
-    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
-                                          timestep_guidance_channels=16, axes_dims_rope=(4, 4, 4, 4),
-                                          guidance_embeds=False)
+    transformer = flux2_transformer(guidance_embeds=False, seed=seed)
     torch.manual_seed(seed)
     return finish(Flux2KleinPipeline(scheduler=dynamic_scheduler(), vae=flux2_vae(), transformer=transformer,
                                      text_encoder=qwen3(layers=4, cls_name="Qwen3ForCausalLM"),
@@ -207,13 +214,9 @@ def mistral3(hidden: int = 16, layers: int = 4):
 def build_flux2(seed: int = 0):
     """FLUX.2-[dev]-like (embedded guidance): the [klein] builder's transformer and VAE, a 4-layer Mistral 3 text
     encoder whose layers (1, 2, 3) are stacked, a word-level tokenizer in the processor's place."""
-    from diffusers import Flux2Pipeline, Flux2Transformer2DModel
+    from diffusers import Flux2Pipeline
 
-    torch.manual_seed(seed)
-    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
-                                          timestep_guidance_channels=16, axes_dims_rope=(4, 4, 4, 4),
-                                          guidance_embeds=True)
+    transformer = flux2_transformer(guidance_embeds=True, seed=seed)
     torch.manual_seed(seed)
     return finish(Flux2Pipeline(scheduler=dynamic_scheduler(), vae=flux2_vae(), transformer=transformer,
                                 text_encoder=mistral3(), tokenizer=word_tokenizer(LIST_CHAT)))
