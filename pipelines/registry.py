@@ -47,6 +47,7 @@ ADAPTERS: dict[str, Family] = {
     "NucleusMoEImagePipeline": Family("accel.pipelines.nucleus", "NucleusDenoiser", "nucleus"),
     "WanPipeline": Family("accel.pipelines.wan", "WanDenoiser", "wan", EXTRA_OPTIONS),
     "LTXPipeline": Family("accel.pipelines.ltx", "LTXDenoiser", "ltx"),
+    "HunyuanVideo15Pipeline": Family("accel.pipelines.hunyuanvideo15", "HunyuanVideo15Denoiser", "hunyuanvideo15"),
 }
 
 

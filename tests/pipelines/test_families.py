@@ -8,14 +8,16 @@ transformer sees; search-style conditioning (expand_cond) equals one sample at a
 from __future__ import annotations
 
 import copy
+import inspect
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from test_adapters import pixels, run_adapter
-from tiny_families import (build_chroma, build_flux2, build_flux2_klein, build_flux_kontext, build_ltx,
-                           build_qwenimage, build_zimage)
+from diffusers.guiders import ClassifierFreeGuidance
+from tiny_families import (build_chroma, build_flux2, build_flux2_klein, build_flux_kontext, build_hunyuanvideo15,
+                           build_ltx, build_qwenimage, build_zimage)
 
 from accel.core.denoiser import TokenLayout
 from accel.pipelines.registry import adapter_class
@@ -34,6 +36,13 @@ BUILDERS = {
     "ltx": build_ltx,
     "flux2": build_flux2,
     "flux2_klein": build_flux2_klein,
+    "hunyuanvideo15": build_hunyuanvideo15,
+    # The guider is a pipeline component: the original CFG formulation with rescale, and guidance off (one forward,
+    # the rescale still applied by the guider).
+    "hunyuanvideo15_rescale": lambda: build_hunyuanvideo15(guider=ClassifierFreeGuidance(
+        guidance_scale=4.0, guidance_rescale=0.7, use_original_formulation=True)),
+    "hunyuanvideo15_nocfg": lambda: build_hunyuanvideo15(guider=ClassifierFreeGuidance(guidance_scale=1.0,
+                                                                                        guidance_rescale=0.5)),
 }
 
 # (builder, call, expected NFE = samples * steps * passes, token layout (frames, rows, cols))
@@ -74,9 +83,24 @@ CASES = [
     ("flux2_klein", dict(prompt=["a blue square", "two cats"], guidance_scale=1.0, height=64, width=96,
                          num_inference_steps=2, num_images_per_prompt=2, text_encoder_out_layers=(1, 2, 3)),
      4 * 2 * 1, (1, 4, 6)),
+    ("hunyuanvideo15", dict(prompt='a sign that says "cat"', negative_prompt="a dog", height=32, width=32,
+                            num_frames=5, num_inference_steps=3), 1 * 3 * 2, (3, 16, 16)),  # ByT5 reads "cat"
+    # Latents: the pipeline's VAE decodes one video only (its mid-block attention mask fails on a batch).
+    ("hunyuanvideo15", dict(prompt=["a cat", 'the "moon" at night'], height=32, width=48, num_frames=5,
+                            num_inference_steps=2, output_type="latent"), 2 * 2 * 2, (3, 16, 24)),
+    ("hunyuanvideo15_rescale", dict(prompt="a red circle", negative_prompt="a dog", height=32, width=48,
+                                    num_frames=3, num_inference_steps=2, sigmas=[1.0, 0.5]), 1 * 2 * 2, (2, 16, 24)),
+    ("hunyuanvideo15_nocfg", dict(prompt="two cats", height=32, width=32, num_frames=5, num_inference_steps=2),
+     1 * 2 * 1, (3, 16, 16)),
 ]
 
 COMMON = dict(max_sequence_length=16, output_type="np")
+
+
+def with_common(pipe, **kw):
+    """kw over the COMMON arguments the pipeline takes (HunyuanVideo 1.5 has no max_sequence_length)."""
+    params = inspect.signature(pipe.__call__).parameters
+    return {**{k: v for k, v in COMMON.items() if k in params}, **kw}
 
 
 class ForwardCounter:
@@ -108,7 +132,7 @@ def pipes():
 @pytest.mark.parametrize("name, kw, nfe, layout", CASES, ids=[f"{n}-{i}" for i, (n, *_) in enumerate(CASES)])
 def test_adapter_reproduces_pipeline(pipes, name, kw, nfe, layout):
     pipe = pipes(name)
-    call = {**kw, **COMMON}
+    call = with_common(pipe, **kw)
     counter = ForwardCounter(pipe)
     try:
         # A copy: Z-Image's pipeline writes its chat template into a prompt list in place.
@@ -136,6 +160,7 @@ EXPAND = {
     "zimage": dict(prompt="a cat", negative_prompt="a dog", guidance_scale=3.0),
     "ltx": dict(prompt="a cat", negative_prompt="a dog", guidance_scale=3.0, height=32, width=32, num_frames=5),
     "flux2_klein": dict(prompt="a cat", guidance_scale=3.0, text_encoder_out_layers=(1, 2, 3)),
+    "hunyuanvideo15": dict(prompt="a cat", negative_prompt="a dog", height=32, width=32, num_frames=5),
 }
 
 
@@ -144,8 +169,9 @@ def test_expand_cond_equals_one_sample_at_a_time(pipes, name):
     """Search's particles of one prompt: the shared conditioning repeated per particle."""
     adapter = adapter_class(pipes(name))(pipes(name))
     with torch.no_grad():
-        prep = adapter.prepare(**{"height": 64, "width": 64, **EXPAND[name]}, num_inference_steps=2,
-                               max_sequence_length=16, generator=torch.Generator().manual_seed(3))
+        call = with_common(pipes(name), **{"height": 64, "width": 64, **EXPAND[name]}, num_inference_steps=2,
+                           generator=torch.Generator().manual_seed(3))
+        prep = adapter.prepare(**call)
         x = torch.cat([prep.x, -prep.x, 0.5 * prep.x])
         cond = adapter.expand_cond(prep.cond, 3)
         v = adapter.velocity(x, prep.grid.sigmas[0], cond)
@@ -181,6 +207,7 @@ OPTION_CALLS = {
     "zimage": dict(height=64, width=64),
     "ltx": dict(height=32, width=32, num_frames=5),
     "flux2_klein": dict(height=64, width=64, text_encoder_out_layers=(1, 2, 3)),
+    "hunyuanvideo15": dict(height=32, width=32, num_frames=5),
 }
 
 
@@ -190,12 +217,31 @@ def test_search_and_hsa_run_through_the_contract(pipes, name):
     from accel import accelerate_pipeline
 
     fast = accelerate_pipeline(pipes(name))
-    call = dict(prompt="a cat", max_sequence_length=16, output_type="np", **OPTION_CALLS[name])
+    call = with_common(pipes(name), prompt="a cat", **OPTION_CALLS[name])
     out = fast(**call, num_inference_steps=2, generator=torch.Generator().manual_seed(0), search="bon",
                reward=Brightness(), nfe=8)
     assert out.stats.path == "accel" and 0 < out.stats.nfe <= 8 and np.isfinite(pixels(out)).all()
     out = fast(**call, num_inference_steps=4, generator=torch.Generator().manual_seed(0), steps="hsa", runtime=0.5)
     assert out.stats.extra["steps"] == "hsa" and np.isfinite(pixels(out)).all()
+
+
+def test_hunyuanvideo15_other_guiders_run_the_pipeline():
+    """A CFG window (here: CFG on the first step only) changes the forwards per step: the pipeline's own __call__
+    runs, with its forwards counted; search, which needs the adapter, says why it cannot."""
+    from accel import accelerate_pipeline
+
+    def windowed():  # fresh each call: the pipeline skips the negative prompt on a guider's stale window state
+        return ClassifierFreeGuidance(guidance_scale=4.0, stop=0.5)
+
+    pipe = build_hunyuanvideo15(guider=windowed())
+    call = dict(prompt="a cat", height=32, width=32, num_frames=5, num_inference_steps=2)
+    ref = pixels(pipe(**call, generator=torch.Generator().manual_seed(0)))
+    pipe.guider = windowed()
+    fast = accelerate_pipeline(pipe)
+    out = fast(**call, generator=torch.Generator().manual_seed(0))
+    assert out.stats.path == "pipeline" and out.stats.nfe == 2 + 1 and np.array_equal(pixels(out), ref)
+    with pytest.raises(ValueError, match="ClassifierFreeGuidance guider with start=0 and stop=1 only.*stop=0.5"):
+        fast(**call, search="bon", reward=Brightness(), nfe=8)
 
 
 def test_registry_matches_derived_classes_and_names_the_families():

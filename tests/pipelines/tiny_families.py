@@ -220,3 +220,36 @@ def build_flux2(seed: int = 0):
     torch.manual_seed(seed)
     return finish(Flux2Pipeline(scheduler=dynamic_scheduler(), vae=flux2_vae(), transformer=transformer,
                                 text_encoder=mistral3(), tokenizer=word_tokenizer(LIST_CHAT)))
+
+
+def build_hunyuanvideo15(seed: int = 0, guider=None):
+    """HunyuanVideo-1.5-like: 1 block of width 16 over 4 latent channels (+ 4 + 1 conditioning channels), a x2
+    space / x2 time VAE, a 2-layer Qwen2.5-VL text model, a 1-layer ByT5 (the byte-level ByT5Tokenizer needs no
+    files), CFG through the pipeline's ClassifierFreeGuidance guider. Text lengths shrunk (instance attributes):
+    16 Qwen tokens after the template's system prefix (98 tokens with this tokenizer, 108 with Qwen's), 8 ByT5 tokens, 4
+    image-embedding tokens. guider: the pipeline's guider (default ClassifierFreeGuidance(guidance_scale=6.0))."""
+    from diffusers import (AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline,
+                           HunyuanVideo15Transformer3DModel)
+    from diffusers.guiders import ClassifierFreeGuidance
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = HunyuanVideo15Transformer3DModel(in_channels=9, out_channels=4, num_attention_heads=2,
+                                                   attention_head_dim=8, num_layers=1, num_refiner_layers=1,
+                                                   text_embed_dim=16, text_embed_2_dim=32, image_embed_dim=16,
+                                                   rope_axes_dim=(2, 2, 4), target_size=32, task_type="t2v")
+    torch.manual_seed(seed)
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8), layers_per_block=1,
+                                      spatial_compression_ratio=2, temporal_compression_ratio=2)
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=128, bos_token_id=None, eos_token_id=2, pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [1, 1, 2]}))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    pipe = HunyuanVideo15Pipeline(text_encoder=text_encoder, tokenizer=word_tokenizer(QWEN3_CHAT),
+                                  transformer=transformer, vae=vae, scheduler=scheduler,
+                                  text_encoder_2=T5EncoderModel(t5_config(32)), tokenizer_2=ByT5Tokenizer(),
+                                  guider=guider or ClassifierFreeGuidance(guidance_scale=6.0))
+    pipe.prompt_template_encode_start_idx, pipe.tokenizer_max_length = 98, 16
+    pipe.tokenizer_2_max_length, pipe.vision_num_semantic_tokens = 8, 4
+    return finish(pipe)
