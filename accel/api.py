@@ -19,7 +19,7 @@ import torch
 
 from accel.config import AccelConfig
 from accel.core.denoiser import UnsupportedCall
-from accel.pipelines.registry import adapter_for
+from accel.pipelines.registry import adapter_for, require_option
 from accel.schedulers.flow import get_step, sample
 
 
@@ -44,7 +44,8 @@ class _ForwardCounter:
 
     def _hook(self, module, args, kwargs):
         x = args[0] if args else kwargs.get("hidden_states")
-        self.count += x.shape[0] if isinstance(x, torch.Tensor) else 1
+        # A list holds one latent per sample (Z-Image's transformer takes its batch that way).
+        self.count += x.shape[0] if isinstance(x, torch.Tensor) else len(x) if isinstance(x, (list, tuple)) else 1
 
     def remove(self):
         for handle in self._handles:
@@ -80,8 +81,9 @@ class AcceleratedPipeline:
     def _apply_kernels(self) -> list:
         from accel.kernels import apply_fused_kernels, supports_fused_kernels
 
+        require_option(self.pipe, "fused_kernels")  # a family without them: the error names the families with them
         modules = self.adapter.denoising_modules()
-        if not all(supports_fused_kernels(m) for m in modules):
+        if not all(supports_fused_kernels(m) for m in modules):  # a supported family with another transformer class
             names = ", ".join(type(m).__name__ for m in modules)
             raise ValueError(f"fused kernels do not support {names}; supported: the built-in DiT, "
                              "FluxTransformer2DModel, WanTransformer3DModel, SD3Transformer2DModel")

@@ -121,6 +121,11 @@ def mean_std_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents / inv_std + mean, return_dict=False)[0]
 
 
+# What diffusers' VideoProcessor.postprocess_video returns (np: (B, F, H, W, 3), pt: (B, F, 3, H, W), pil: lists of
+# frames), and the latents themselves.
+VIDEO_OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+
+
 class FlowDenoiser(Denoiser):
     """The skeleton of a diffusers flow-matching pipeline's __call__, cut at the family's own steps (see the
     module docstring). NFE per velocity: 1 per sample, cond.passes (2 with CFG) in all."""
@@ -137,6 +142,15 @@ class FlowDenoiser(Denoiser):
     def __init__(self, pipe):
         super().__init__(pipe)
         self._layout: TokenLayout | None = None  # packed families: the token grid of the last prepare()
+
+    def check_supported(self, call: dict[str, Any]) -> None:
+        """Also, before any compute: a video family's output_type is one diffusers' VideoProcessor produces (the
+        pipeline fails on another only after decoding)."""
+        kind = call.get("output_type", "np")
+        if self.output_field == "frames" and kind not in VIDEO_OUTPUT_TYPES:
+            raise ValueError(f"{type(self.pipe).__name__} returns videos: output_type must be one of "
+                             f"{', '.join(VIDEO_OUTPUT_TYPES)} ('pil': a list of PIL frames per video), got {kind!r}")
+        super().check_supported(call)
 
     # -- prepare ---------------------------------------------------------------------------------------------
     def prepare(self, **call: Any) -> Prepared:

@@ -13,9 +13,9 @@ import inspect
 import numpy as np
 import pytest
 import torch
+from diffusers.guiders import ClassifierFreeGuidance
 from PIL import Image
 from test_adapters import pixels, run_adapter
-from diffusers.guiders import ClassifierFreeGuidance
 from tiny_families import (build_chroma, build_flux2, build_flux2_klein, build_flux_kontext, build_hunyuanvideo15,
                            build_ltx, build_qwenimage, build_zimage)
 
@@ -242,6 +242,68 @@ def test_hunyuanvideo15_other_guiders_run_the_pipeline():
     assert out.stats.path == "pipeline" and out.stats.nfe == 2 + 1 and np.array_equal(pixels(out), ref)
     with pytest.raises(ValueError, match="ClassifierFreeGuidance guider with start=0 and stop=1 only.*stop=0.5"):
         fast(**call, search="bon", reward=Brightness(), nfe=8)
+
+
+def test_fused_kernels_on_a_family_without_them_names_the_families_with_them(pipes):
+    from accel import accelerate_pipeline
+    from accel.config import AccelConfig
+
+    pipe = pipes("qwenimage")
+    with pytest.raises(ValueError, match="fused_kernels does not apply to QwenImagePipeline .*it does to: .*"
+                                         "FluxPipeline.*WanPipeline"):
+        accelerate_pipeline(pipe, AccelConfig(fused_kernels=True))
+    assert not pipe.transformer._forward_pre_hooks and not pipe.transformer._forward_hooks  # nothing installed
+
+
+def test_pipeline_path_counts_each_sample_of_a_list_batch(pipes):
+    """Z-Image's transformer takes a list of latents, one per sample (here 2 prompts x CFG): a callback runs the
+    pipeline's own __call__, whose forwards are counted per sample, as the adapter counts them."""
+    from accel import accelerate_pipeline
+
+    pipe = pipes("zimage")
+    call = with_common(pipe, prompt=["a red circle", "two cats"], guidance_scale=3.0, height=64, width=64,
+                       num_inference_steps=2)
+    counter = ForwardCounter(pipe)
+    try:
+        out = accelerate_pipeline(pipe)(**call, callback_on_step_end=lambda p, i, t, kw: kw)
+    finally:
+        counter.remove()
+    assert out.stats.path == "pipeline" and out.stats.nfe == counter.samples == 2 * 2 * 2
+
+
+@pytest.mark.parametrize("name", ["ltx", "hunyuanvideo15"])
+def test_video_output_types(pipes, name):
+    """'pil' is the pipeline's own (a list of PIL frames per video): the adapter gives the same frames. An output
+    type no video pipeline produces fails before any forward, naming the allowed ones (the pipeline fails only
+    after decoding)."""
+    from accel import accelerate_pipeline
+
+    pipe = pipes(name)
+    call = with_common(pipe, prompt="a cat", height=32, width=32, num_frames=5, num_inference_steps=2,
+                       output_type="pil")
+    ref = pipe(**call, generator=torch.Generator().manual_seed(0)).frames
+    out = accelerate_pipeline(pipe)(**call, generator=torch.Generator().manual_seed(0))
+    assert out.stats.path == "accel" and isinstance(out.frames[0][0], Image.Image)
+    assert len(out.frames[0]) == len(ref[0]) == 5
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out.frames[0], ref[0]))
+    counter = ForwardCounter(pipe)
+    try:
+        with pytest.raises(ValueError, match="returns videos: output_type must be one of np, pt, pil, latent .*"
+                                             "got 'png'"):
+            accelerate_pipeline(pipe)(**(call | {"output_type": "png"}))
+    finally:
+        counter.remove()
+    assert counter.samples == 0
+
+
+def test_unsupported_pipeline_lists_the_families():
+    from diffusers import WanImageToVideoPipeline
+
+    from accel import accelerate_pipeline
+
+    with pytest.raises(ValueError, match="unsupported pipeline WanImageToVideoPipeline; supported: .*"
+                                         "HunyuanVideo15Pipeline.*WanPipeline.*derived from one"):
+        accelerate_pipeline(WanImageToVideoPipeline.__new__(WanImageToVideoPipeline))
 
 
 def test_registry_matches_derived_classes_and_names_the_families():
