@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UniPCMultistepScheduler
-from tiny import build_flux, build_sd3, build_wan
 
 from accel.core.denoiser import TokenLayout
 from accel.pipelines.flux import FluxDenoiser
 from accel.pipelines.sd3 import SD3Denoiser
+from accel.pipelines.tiny import build_flux, build_sd3, build_wan
 from accel.pipelines.wan import WanDenoiser
 from accel.schedulers import sample
 

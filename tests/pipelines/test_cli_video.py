@@ -2,10 +2,10 @@
 
 import imageio.v3 as iio
 import pytest
-from tiny import build_wan
 from typer.testing import CliRunner
 
 from accel.cli.main import app
+from accel.pipelines.tiny import build_wan
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import build_flux, build_wan
 
 from accel.pipelines.dit_hsa import FluxActiveTokens, WanActiveTokens
 from accel.pipelines.flux import FluxDenoiser
+from accel.pipelines.tiny import build_flux, build_wan
 from accel.pipelines.wan import WanDenoiser
 from accel.schedulers import sample
 from accel.schedulers.hsa import Fp8Rows, HSAConfig, hsa_sample, latent_to_tokens

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UniPCMultistepScheduler
-from tiny import build_flux, build_wan
 
 from accel import accelerate_pipeline
+from accel.pipelines.tiny import build_flux, build_wan
 
 
 def gen():

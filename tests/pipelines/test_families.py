@@ -16,11 +16,11 @@ import torch
 from diffusers.guiders import ClassifierFreeGuidance
 from PIL import Image
 from test_adapters import pixels, run_adapter
-from tiny_families import (build_chroma, build_flux2, build_flux2_klein, build_flux_kontext, build_hunyuanvideo15,
-                           build_ltx, build_qwenimage, build_zimage)
 
 from accel.core.denoiser import TokenLayout
 from accel.pipelines.registry import adapter_class
+from accel.pipelines.tiny_families import (build_chroma, build_flux2, build_flux2_klein, build_flux_kontext,
+                                           build_hunyuanvideo15, build_ltx, build_qwenimage, build_zimage)
 
 
 def image(size: int = 64, seed: int = 0) -> Image.Image:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers.hooks import TextKVCacheConfig
-from tiny_nucleus import build_nucleus
 
 from accel import accelerate_pipeline
 from accel.core.denoiser import TokenLayout
 from accel.pipelines.nucleus import NucleusDenoiser
+from accel.pipelines.tiny_nucleus import build_nucleus
 
 COMMON = dict(max_sequence_length=128, output_type="np")
 

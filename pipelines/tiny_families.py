@@ -1,4 +1,5 @@
-"""Tiny, seeded pipelines of the newer flow families, built offline from configs (no hub access).
+"""Tiny, seeded pipelines of the newer flow families, built offline from configs (no hub access), for the tests and
+the wrapper overhead benchmark.
 
 Real model classes with random weights; text encoders are the real transformers classes at a tiny width, and
 their tokenizers word-level vocabularies built in this file (with the special tokens the pipelines' chat templates
@@ -8,7 +9,7 @@ use), so each pipeline's own encode_prompt runs unchanged. Every module is put i
 from __future__ import annotations
 
 import torch
-from tiny import finish, t5_config, t5_tokenizer
+from accel.pipelines.tiny import finish, t5_config, t5_tokenizer
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -82,7 +83,7 @@ def build_qwenimage(seed: int = 0):
 def build_flux_kontext(seed: int = 0):
     """FLUX.1-Kontext-dev-like: the tiny Flux of tiny.py (embedded guidance) in a FluxKontextPipeline."""
     from diffusers import FluxKontextPipeline
-    from tiny import build_flux
+    from accel.pipelines.tiny import build_flux
 
     flux = build_flux(guidance_embeds=True, seed=seed)
     return finish(FluxKontextPipeline(**{k: flux.components[k] for k in (
@@ -92,7 +93,7 @@ def build_flux_kontext(seed: int = 0):
 def build_chroma(seed: int = 0):
     """Chroma-like: 1 double + 1 single block of width 32, the x8 KL VAE of tiny.py, a tiny T5."""
     from diffusers import ChromaPipeline, ChromaTransformer2DModel
-    from tiny import kl_vae
+    from accel.pipelines.tiny import kl_vae
     from transformers import T5EncoderModel
 
     torch.manual_seed(seed)
@@ -122,7 +123,7 @@ def qwen3(hidden: int = 16, layers: int = 2, cls_name: str = "Qwen3Model"):
 def build_zimage(seed: int = 0):
     """Z-Image-like: 2 single-stream blocks (+1 refiner each side) of width 32, the x8 KL VAE, a 2-layer Qwen3."""
     from diffusers import ZImagePipeline, ZImageTransformer2DModel
-    from tiny import kl_vae
+    from accel.pipelines.tiny import kl_vae
 
     torch.manual_seed(seed)
     transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32,
