@@ -64,15 +64,16 @@ def shift_mu(config, seq_len: int, max_shift: float = 1.15) -> float:
 
 
 def scheduler_grid(pipe, num_inference_steps: int, sigmas=None, mu: float | None = None,
-                   timesteps: list[int] | None = None) -> TimeGrid:
+                   timesteps: list[int] | None = None, device: torch.device | None = None) -> TimeGrid:
     """The pipeline's sigma schedule: its retrieve_timesteps on a copy of its scheduler (the pipeline's own state is
-    untouched), sigmas as the scheduler holds them (shifted, with the final 0)."""
+    untouched) on `device` (default: the pipeline's execution device), sigmas as the scheduler holds them (shifted,
+    with the final 0)."""
     from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 
     scheduler = copy.deepcopy(pipe.scheduler)
     extra = {} if mu is None else {"mu": mu}
-    retrieve_timesteps(scheduler, num_inference_steps, pipe._execution_device, timesteps=timesteps, sigmas=sigmas,
-                       **extra)
+    device = pipe._execution_device if device is None else device
+    retrieve_timesteps(scheduler, num_inference_steps, device, timesteps=timesteps, sigmas=sigmas, **extra)
     return TimeGrid(scheduler.sigmas.float().cpu())
 
 
@@ -142,6 +143,7 @@ class FlowDenoiser(Denoiser):
     def __init__(self, pipe):
         super().__init__(pipe)
         self._layout: TokenLayout | None = None  # packed families: the token grid of the last prepare()
+        self.device: torch.device | None = None  # the pipeline's execution device, read by prepare()
 
     def check_supported(self, call: dict[str, Any]) -> None:
         """Also, before any compute: a video family's output_type is one diffusers' VideoProcessor produces (the
@@ -157,6 +159,9 @@ class FlowDenoiser(Denoiser):
         """Validate as the pipeline does, encode the prompts, draw the start noise, build the time grid."""
         a = self.bind(call)
         self.check_supported(call)
+        # Read once per call, as the pipeline does: diffusers walks every module of the pipeline for it (8 ms a
+        # read on the overhead benchmark's tiny Flux, more on a real one).
+        self.device = self.pipe._execution_device
         self.resolve(a)
         cond = self.encode(a)
         x = self.latents(a, cond)
@@ -185,7 +190,7 @@ class FlowDenoiser(Denoiser):
         sigmas = default_sigmas(n) if sigmas is None else sigmas
         if getattr(self.pipe.scheduler.config, "use_flow_sigmas", False):
             sigmas = None
-        return scheduler_grid(self.pipe, n, sigmas,
+        return scheduler_grid(self.pipe, n, sigmas, device=self.device,
                               mu=shift_mu(self.pipe.scheduler.config, self.token_layout(x).num_tokens))
 
     def options(self, a: dict[str, Any], cond: Cond) -> dict[str, Any]:

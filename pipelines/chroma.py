@@ -40,7 +40,7 @@ class ChromaDenoiser(FluxDenoiser):
         cfg = a["guidance_scale"] > 1  # the pipeline's do_classifier_free_guidance
         attention_kwargs = a["joint_attention_kwargs"]
         out = call_by_name(self.pipe.encode_prompt, a, do_classifier_free_guidance=cfg,
-                           device=self.pipe._execution_device,
+                           device=self.device,
                            lora_scale=attention_kwargs.get("scale") if attention_kwargs is not None else None)
         keys = ("embeds", "text_ids", "mask", "neg_embeds", "neg_text_ids", "neg_mask")
         data = dict(zip(keys, out)) | {"guidance_scale": a["guidance_scale"],
@@ -52,7 +52,7 @@ class ChromaDenoiser(FluxDenoiser):
         """Packed noise (B, L, 4 * C); the image ids, and the text masks extended over the image tokens."""
         pipe, d = self.pipe, cond.data
         x, d["img_ids"] = pipe.prepare_latents(cond.batch, pipe.transformer.config.in_channels // 4, a["height"],
-                                               a["width"], d["embeds"].dtype, pipe._execution_device,
+                                               a["width"], d["embeds"].dtype, self.device,
                                                a["generator"], a["latents"])
         for neg in ("", "neg_"):
             d[neg + "attention_mask"] = pipe._prepare_attention_mask(x.shape[0], x.shape[1], x.dtype, d[neg + "mask"])

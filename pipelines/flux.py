@@ -47,7 +47,7 @@ class FluxDenoiser(FlowDenoiser):
                                  f"{tuple(a['prompt_embeds'].shape)} and {tuple(a['negative_prompt_embeds'].shape)}")
         attention_kwargs = a["joint_attention_kwargs"]
         lora_scale = attention_kwargs.get("scale") if attention_kwargs is not None else None
-        encode = dict(device=pipe._execution_device, lora_scale=lora_scale)
+        encode = dict(device=self.device, lora_scale=lora_scale)
         embeds, pooled, text_ids = call_by_name(pipe.encode_prompt, a, **encode)
         data = {"embeds": embeds, "pooled": pooled, "text_ids": text_ids, "guidance_scale": a["true_cfg_scale"],
                 # The pipeline hands the transformer {} when no kwargs were given.
@@ -65,9 +65,9 @@ class FluxDenoiser(FlowDenoiser):
         pipe = self.pipe
         x, cond.data["img_ids"] = pipe.prepare_latents(
             cond.batch, pipe.transformer.config.in_channels // 4, a["height"], a["width"], cond.data["embeds"].dtype,
-            pipe._execution_device, a["generator"], a["latents"])
+            self.device, a["generator"], a["latents"])
         cond.data["guidance"] = embedded_guidance(self.transformer, a["guidance_scale"], x.shape[0],
-                                                  pipe._execution_device)
+                                                  self.device)
         patch = pipe.vae_scale_factor * 2  # pixels per token side: the VAE's x8, then 2x2 packing
         self.set_packed_layout(1, int(a["height"]) // patch, int(a["width"]) // patch)
         return x

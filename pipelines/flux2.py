@@ -49,7 +49,7 @@ class Flux2Denoiser(FlowDenoiser):
 
     def encode(self, a: dict[str, Any]) -> Cond:
         """Stacked text hidden states (B, T, D) and text ids (B, T, 4); [klein] with CFG: the empty prompt's too."""
-        pipe, device = self.pipe, self.pipe._execution_device
+        pipe, device = self.pipe, self.device
         cfg = self.klein and a["guidance_scale"] > 1 and not pipe.config.is_distilled
         embeds, text_ids = call_by_name(pipe.encode_prompt, a, device=device)
         data = {"embeds": embeds, "text_ids": text_ids, "guidance_scale": a["guidance_scale"],
@@ -66,10 +66,10 @@ class Flux2Denoiser(FlowDenoiser):
         pipe, d = self.pipe, cond.data
         x, d["img_ids"] = pipe.prepare_latents(
             batch_size=cond.batch, num_latents_channels=self.transformer.config.in_channels // 4, height=a["height"],
-            width=a["width"], dtype=d["embeds"].dtype, device=pipe._execution_device, generator=a["generator"],
+            width=a["width"], dtype=d["embeds"].dtype, device=self.device, generator=a["generator"],
             latents=a["latents"])
         d["guidance"] = None if self.klein else torch.full(
-            [1], a["guidance_scale"], device=pipe._execution_device, dtype=torch.float32).expand(x.shape[0])
+            [1], a["guidance_scale"], device=self.device, dtype=torch.float32).expand(x.shape[0])
         patch = pipe.vae_scale_factor * 2
         self.set_packed_layout(1, int(a["height"]) // patch, int(a["width"]) // patch)
         return x
@@ -82,7 +82,8 @@ class Flux2Denoiser(FlowDenoiser):
         sigmas = default_sigmas(n) if a["sigmas"] is None else a["sigmas"]
         if getattr(self.pipe.scheduler.config, "use_flow_sigmas", False):
             sigmas = None
-        return scheduler_grid(self.pipe, n, sigmas, mu=compute_empirical_mu(image_seq_len=x.shape[1], num_steps=n))
+        mu = compute_empirical_mu(image_seq_len=x.shape[1], num_steps=n)
+        return scheduler_grid(self.pipe, n, sigmas, mu=mu, device=self.device)
 
     def options(self, a: dict[str, Any], cond: Cond) -> dict[str, Any]:
         return super().options(a, cond) | {"img_ids": cond.data["img_ids"]}

@@ -58,9 +58,9 @@ class FluxKontextDenoiser(FluxDenoiser):
         pipe, d = self.pipe, cond.data
         x, d["image_latents"], latent_ids, image_ids = pipe.prepare_latents(
             a["image"], cond.batch, pipe.transformer.config.in_channels // 4, a["height"], a["width"],
-            d["embeds"].dtype, pipe._execution_device, a["generator"], a["latents"])
+            d["embeds"].dtype, self.device, a["generator"], a["latents"])
         d["img_ids"] = latent_ids if image_ids is None else torch.cat([latent_ids, image_ids], dim=0)
-        d["guidance"] = embedded_guidance(self.transformer, a["guidance_scale"], x.shape[0], pipe._execution_device)
+        d["guidance"] = embedded_guidance(self.transformer, a["guidance_scale"], x.shape[0], self.device)
         patch = pipe.vae_scale_factor * 2
         self.set_packed_layout(1, int(a["height"]) // patch, int(a["width"]) // patch)
         return x

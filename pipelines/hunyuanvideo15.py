@@ -71,7 +71,7 @@ class HunyuanVideo15Denoiser(FlowDenoiser):
         negative prompt's too (under "neg_" keys) where the guider runs CFG."""
         pipe = self.pipe
         passes = pipe.guider.num_conditions if pipe.guider._enabled else 1  # the pipeline's test for a negative
-        common = dict(device=pipe._execution_device, dtype=self.transformer.dtype,
+        common = dict(device=self.device, dtype=self.transformer.dtype,
                       batch_size=batch_size(a["prompt"], a["prompt_embeds"]),
                       num_videos_per_prompt=a["num_videos_per_prompt"])
         data = dict(zip(TEXT_INPUTS.values(), call_by_name(pipe.encode_prompt, a, **common)))
@@ -88,13 +88,13 @@ class HunyuanVideo15Denoiser(FlowDenoiser):
     def latents(self, a: dict[str, Any], cond: Cond) -> torch.Tensor:
         pipe = self.pipe
         return pipe.prepare_latents(cond.batch, pipe.num_channels_latents, a["height"], a["width"], a["num_frames"],
-                                    self.transformer.dtype, pipe._execution_device, a["generator"], a["latents"])
+                                    self.transformer.dtype, self.device, a["generator"], a["latents"])
 
     def time_grid(self, a: dict[str, Any], x: torch.Tensor) -> TimeGrid:
         """linspace(1, 0, N + 1) without its final 0 (or the call's sigmas), through the scheduler's shift."""
         n = a["num_inference_steps"]
         sigmas = np.linspace(1.0, 0.0, n + 1)[:-1] if a["sigmas"] is None else a["sigmas"]
-        return scheduler_grid(self.pipe, n, sigmas)
+        return scheduler_grid(self.pipe, n, sigmas, device=self.device)
 
     def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The guider's combination of the conditional (and unconditional) prediction, as the pipeline calls it

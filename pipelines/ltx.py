@@ -43,7 +43,7 @@ class LTXDenoiser(FlowDenoiser):
         """Embeddings (2B, T, D) and masks (2B, T) as [negative; positive] with CFG, else (B, ...)."""
         cfg = a["guidance_scale"] > 1.0  # the pipeline's do_classifier_free_guidance
         embeds, mask, neg_embeds, neg_mask = call_by_name(self.pipe.encode_prompt, a, do_classifier_free_guidance=cfg,
-                                                          device=self.pipe._execution_device)
+                                                          device=self.device)
         if cfg:
             embeds, mask = torch.cat([neg_embeds, embeds], dim=0), torch.cat([neg_mask, mask], dim=0)
         return Cond(batch=batch_size(a["prompt"], a["prompt_embeds"]) * a["num_videos_per_prompt"],
@@ -55,7 +55,7 @@ class LTXDenoiser(FlowDenoiser):
         """Packed noise (B, L, C) float32; the token grid and the rope interpolation scale into cond."""
         pipe = self.pipe
         x = pipe.prepare_latents(cond.batch, self.transformer.config.in_channels, a["height"], a["width"],
-                                 a["num_frames"], torch.float32, pipe._execution_device, a["generator"], a["latents"])
+                                 a["num_frames"], torch.float32, self.device, a["generator"], a["latents"])
         temporal, spatial = pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio
         frames, rows, cols = (a["num_frames"] - 1) // temporal + 1, a["height"] // spatial, a["width"] // spatial
         cond.data["grid"] = (frames, rows, cols)
@@ -69,7 +69,7 @@ class LTXDenoiser(FlowDenoiser):
         frames, rows, cols = self._layout.frames, self._layout.rows, self._layout.cols
         p, p_t = self.pipe.transformer_spatial_patch_size, self.pipe.transformer_temporal_patch_size
         n = a["num_inference_steps"]
-        return scheduler_grid(self.pipe, n, default_sigmas(n),
+        return scheduler_grid(self.pipe, n, default_sigmas(n), device=self.device,
                               mu=shift_mu(self.pipe.scheduler.config, frames * p_t * rows * p * cols * p))
 
     def options(self, a: dict[str, Any], cond: Cond) -> dict[str, Any]:

@@ -71,7 +71,7 @@ class NucleusDenoiser(FlowDenoiser):
             a["negative_prompt_embeds"] is not None and a["negative_prompt_embeds_mask"] is not None)
         if cfg and not has_negative:
             negative_prompt = [""] * n
-        device = pipe._execution_device
+        device = self.device
         embeds, mask = call_by_name(pipe.encode_prompt, a, device=device)
         data = {"embeds": embeds, "mask": mask, "neg_embeds": None, "neg_mask": None,
                 "guidance_scale": a["guidance_scale"], "attention_kwargs": a["attention_kwargs"] or {}}
@@ -84,7 +84,7 @@ class NucleusDenoiser(FlowDenoiser):
     def latents(self, a: dict[str, Any], cond: Cond) -> torch.Tensor:
         pipe, patch = self.pipe, self.transformer.config.patch_size
         x = pipe.prepare_latents(cond.batch, self.transformer.config.in_channels // 4, patch, a["height"],
-                                 a["width"], cond.data["embeds"].dtype, pipe._execution_device, a["generator"],
+                                 a["width"], cond.data["embeds"].dtype, self.device, a["generator"],
                                  a["latents"])
         rows, cols = a["height"] // pipe.vae_scale_factor // patch, a["width"] // pipe.vae_scale_factor // patch
         cond.data["img_shape"] = (1, rows, cols)  # (frames, rows, cols) of every sample, for the rotary ids

@@ -37,7 +37,7 @@ class QwenImageDenoiser(FlowDenoiser):
 
     def encode(self, a: dict[str, Any]) -> Cond:
         """Prompt embeddings (B, T, D) and masks (B, T); the negative ones too with CFG."""
-        pipe, device = self.pipe, self.pipe._execution_device
+        pipe, device = self.pipe, self.device
         has_negative = a["negative_prompt"] is not None or a["negative_prompt_embeds"] is not None
         cfg = a["true_cfg_scale"] > 1 and has_negative
         embeds, mask = call_by_name(pipe.encode_prompt, a, device=device)
@@ -51,7 +51,7 @@ class QwenImageDenoiser(FlowDenoiser):
                     passes=2 if cfg else 1, data=data)
 
     def latents(self, a: dict[str, Any], cond: Cond) -> torch.Tensor:
-        pipe, device = self.pipe, self.pipe._execution_device
+        pipe, device = self.pipe, self.device
         x = pipe.prepare_latents(cond.batch, self.transformer.config.in_channels // 4, a["height"], a["width"],
                                  cond.data["embeds"].dtype, device, a["generator"], a["latents"])
         rows, cols = a["height"] // pipe.vae_scale_factor // 2, a["width"] // pipe.vae_scale_factor // 2

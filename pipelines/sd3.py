@@ -41,7 +41,7 @@ class SD3Denoiser(FlowDenoiser):
         cfg = a["guidance_scale"] > 1  # the pipeline's do_classifier_free_guidance
         attention_kwargs = a["joint_attention_kwargs"]
         embeds, neg_embeds, pooled, neg_pooled = call_by_name(
-            self.pipe.encode_prompt, a, do_classifier_free_guidance=cfg, device=self.pipe._execution_device,
+            self.pipe.encode_prompt, a, do_classifier_free_guidance=cfg, device=self.device,
             lora_scale=attention_kwargs.get("scale") if attention_kwargs is not None else None)
         if cfg:
             embeds, pooled = torch.cat([neg_embeds, embeds], dim=0), torch.cat([neg_pooled, pooled], dim=0)
@@ -53,14 +53,14 @@ class SD3Denoiser(FlowDenoiser):
     def latents(self, a: dict[str, Any], cond: Cond) -> torch.Tensor:
         pipe = self.pipe
         return pipe.prepare_latents(cond.batch, pipe.transformer.config.in_channels, a["height"], a["width"],
-                                    cond.data["embeds"].dtype, pipe._execution_device, a["generator"], a["latents"])
+                                    cond.data["embeds"].dtype, self.device, a["generator"], a["latents"])
 
     def time_grid(self, a: dict[str, Any], x: torch.Tensor) -> TimeGrid:
         """The scheduler's own shift; mu from the token count if the shift is dynamic and the call gave none."""
         config, mu = self.pipe.scheduler.config, a["mu"]
         if config.get("use_dynamic_shifting", None) and mu is None:
             mu = shift_mu(config, self.token_layout(x).num_tokens, max_shift=1.16)
-        return scheduler_grid(self.pipe, a["num_inference_steps"], a["sigmas"], mu=mu)
+        return scheduler_grid(self.pipe, a["num_inference_steps"], a["sigmas"], mu=mu, device=self.device)
 
     def forward(self, x, t, cond: Cond, branch: str) -> torch.Tensor:
         d = cond.data

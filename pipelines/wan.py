@@ -73,7 +73,7 @@ class WanDenoiser(FlowDenoiser):
         pipe = self.pipe
         cfg = a["guidance_scale"] > 1.0  # the pipeline's do_classifier_free_guidance
         embeds, neg_embeds = call_by_name(pipe.encode_prompt, a, do_classifier_free_guidance=cfg,
-                                          device=pipe._execution_device)
+                                          device=self.device)
         dtype = self.transformer.dtype
         boundary_ratio = pipe.config.boundary_ratio
         guidance_scale_2 = a["guidance_scale_2"]
@@ -92,12 +92,12 @@ class WanDenoiser(FlowDenoiser):
     def latents(self, a: dict[str, Any], cond: Cond) -> torch.Tensor:
         pipe = self.pipe
         return pipe.prepare_latents(cond.batch, self.transformer.config.in_channels, a["height"], a["width"],
-                                    a["num_frames"], torch.float32, pipe._execution_device, a["generator"],
+                                    a["num_frames"], torch.float32, self.device, a["generator"],
                                     a["latents"])
 
     def time_grid(self, a: dict[str, Any], x: torch.Tensor) -> TimeGrid:
         """The pipeline's schedule (its scheduler's own shift)."""
-        grid = scheduler_grid(self.pipe, a["num_inference_steps"])
+        grid = scheduler_grid(self.pipe, a["num_inference_steps"], device=self.device)
         self._sigmas = grid.sigmas.tolist()  # to tell the cache hooks the step index, as the pipeline does
         return grid
 

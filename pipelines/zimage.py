@@ -56,7 +56,7 @@ class ZImageDenoiser(FlowDenoiser):
             # encode_prompt writes the chat template into a prompt list in place: hand it a copy.
             prompt = list(a["prompt"]) if isinstance(a["prompt"], list) else a["prompt"]
             embeds, neg_embeds = call_by_name(self.pipe.encode_prompt, a, prompt=prompt,
-                                              do_classifier_free_guidance=cfg, device=self.pipe._execution_device)
+                                              do_classifier_free_guidance=cfg, device=self.device)
         k = a["num_images_per_prompt"]
         embeds = [e for e in embeds for _ in range(k)]
         neg_embeds = [e for e in neg_embeds for _ in range(k)] if cfg and neg_embeds else neg_embeds
@@ -68,7 +68,7 @@ class ZImageDenoiser(FlowDenoiser):
     def latents(self, a: dict[str, Any], cond: Cond) -> torch.Tensor:
         pipe = self.pipe
         return pipe.prepare_latents(cond.batch, self.transformer.in_channels, a["height"], a["width"], torch.float32,
-                                    pipe._execution_device, a["generator"], a["latents"])
+                                    self.device, a["generator"], a["latents"])
 
     def time_grid(self, a: dict[str, Any], x: torch.Tensor) -> TimeGrid:
         """linspace(1, 1/N, N) (or the given sigmas), shifted by mu(image tokens)."""
@@ -76,7 +76,7 @@ class ZImageDenoiser(FlowDenoiser):
 
         n = a["num_inference_steps"]
         sigmas = get_default_z_image_sigmas(n) if a["sigmas"] is None else a["sigmas"]
-        return scheduler_grid(self.pipe, n, sigmas,
+        return scheduler_grid(self.pipe, n, sigmas, device=self.device,
                               mu=shift_mu(self.pipe.scheduler.config, self.token_layout(x).num_tokens))
 
     def _velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
