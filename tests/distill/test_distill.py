@@ -4,8 +4,6 @@ on tiny Flux / Wan / shapes teachers, bit-exact resume, the saved student sampli
 import copy
 import json
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +13,7 @@ from accel.distill import DistillConfig, DistillDiverged, Distiller, distill
 from accel.distill.grids import sc_times
 from accel.distill.losses import dmd_direction, dmd_loss, sc_endpoints, sc_loss
 from accel.pipelines.shapes import build_shapes_pipeline
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
-from tiny import build_flux, build_wan  # noqa: E402
+from accel.pipelines.tiny import build_flux, build_wan
 
 FAST = dict(batch_size=2, critic_per_generator=2, lr_generator=1e-4, lr_critic=1e-3, ema_start=0)
 

@@ -2,8 +2,6 @@
 
 import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +12,7 @@ from accel.distill import DistillConfig, DistillDiverged, Distiller, distill
 from accel.distill import checkpoint
 from accel.models import load_pipeline
 from accel.pipelines.shapes import build_shapes_pipeline
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipelines.tiny import build_wan  # noqa: E402
+from accel.pipelines.tiny import build_wan
 
 # 2 ODE-pair iterations, then DMD with a generator update every 2nd iteration; EMA from iteration 3.
 CONFIG = DistillConfig(steps=4, batch_size=2, critic_per_generator=2, lr_generator=1e-3, lr_critic=1e-3,

@@ -3,7 +3,6 @@ refusal, native scoring end to end on a tiny video pipeline, the vbench-package 
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,11 +278,8 @@ def test_cli_scores_and_reports(model_folder, info_file, weights, tmp_path):
 
 def test_cli_on_a_diffusers_wan_pipeline(info_file, tmp_path):
     """Any video family accel adapts makes VBench's videos the same way (here Wan 2.1, tiny, built offline)."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "pipelines"))
-    try:
-        from tiny import build_wan
-    finally:
-        sys.path.pop(0)
+    from accel.pipelines.tiny import build_wan
+
     build_wan().save_pretrained(tmp_path / "wan")
     r = CliRunner().invoke(app, ["eval", "vbench", "--model", str(tmp_path / "wan"), "--dimensions",
                                  "subject_consistency", "--out", str(tmp_path / "out"), "--info", str(info_file),

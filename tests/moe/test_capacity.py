@@ -7,18 +7,13 @@ unhooked pipeline after every call (bit for bit).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
-from tiny_nucleus import build_nucleus  # noqa: E402
-
-from accel import accelerate_pipeline  # noqa: E402
-from accel.moe import ExpertChoiceConfig, apply_expert_choice, capacity_tokens, engine_of, moe_layers  # noqa: E402
+from accel import accelerate_pipeline
+from accel.moe import ExpertChoiceConfig, apply_expert_choice, capacity_tokens, engine_of, moe_layers
+from accel.pipelines.tiny_nucleus import build_nucleus
 
 CALL = dict(prompt="a photo of a red circle", height=64, width=64, num_inference_steps=3, guidance_scale=4.0,
             max_sequence_length=128, output_type="np")

@@ -7,18 +7,13 @@ reordering), and the unpatched model after `handle.remove()` (bit for bit).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
-from tiny_nucleus import transformer  # noqa: E402
-
-from accel.moe import (  # noqa: E402
+from accel.moe import (
     ExpertChoiceConfig, apply_expert_choice, capacity_tokens, engine_of, expert_choice, moe_layers, router_scores,
 )
+from accel.pipelines.tiny_nucleus import transformer
 
 
 def inputs(model, batch: int = 2, rows: int = 6, cols: int = 5, text: int = 7, seed: int = 0) -> dict:

@@ -1,20 +1,14 @@
 """RAISE through the Denoiser contract on other families (tiny seeded Flux and Wan): rewritten prompts and SDEdit
 edits run, the budget is the adapter's own NFE count."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from accel import accelerate_pipeline
+from accel.pipelines.tiny import build_flux, build_wan
 from accel.search.raise_agents import Analysis, Rewrite, Verdict
 
 from conftest import MeanPixel
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
-
-from tiny import build_flux, build_wan  # noqa: E402
 
 
 class Rephrase:
