@@ -2,9 +2,9 @@
 
 Method (so that a change of machine load falls on every decoder alike, and every number comes with its spread):
 - Every decoder decodes the same seeded problem set (the task's held-out problems) at one gen_length.
-- Interleaved: the decoders take turns per prompt, round-robin, in a fixed order rotated by one decoder each round
-  (a round: one prompt in one repeat); `repeats` passes over the prompts time every decoder that many times. One
-  untimed warm-up round comes first.
+- Interleaved (accel.evals.timing.round_orders): the decoders take turns per prompt, round-robin, in a fixed order
+  rotated by one decoder each round (a round: one prompt in one repeat); `repeats` passes over the prompts time
+  every decoder that many times. One untimed warm-up round comes first.
 - tokens_per_s: the median over repeats of that repeat's answer tokens over its decoding seconds (min and max
   beside it). speedup: the median over repeats of the paired ratio, the decoder's tokens/s over the first decoder's
   (the baseline's) in the same repeat; speedup_spread: (max - min) / median of those ratios (None with one repeat).
@@ -28,6 +28,7 @@ import torch
 
 from accel.dllm.decode import DecoderConfig, Generation, get_decoder, generate
 from accel.dllm.task import get_task, score
+from accel.evals.timing import median_spread, round_orders
 
 # The baseline first (speedups are relative to it), then each method over its main knob.
 DEFAULT_DECODERS: tuple[str, ...] = (
@@ -58,17 +59,6 @@ def parse_decoder(spec: str) -> DecoderConfig:
                 pass
         options[key] = value
     return get_decoder(name, **options)
-
-
-def round_orders(decoders: int, prompts: int, repeats: int) -> list[tuple[int, int, list[int]]]:
-    """The benchmark's schedule: (repeat, prompt, order of the decoder indices) per round, in run order. Round k
-    (k = repeat * prompts + prompt) runs the decoders round-robin starting at decoder k mod decoders."""
-    rounds = []
-    for r in range(repeats):
-        for i in range(prompts):
-            start = (r * prompts + i) % decoders
-            rounds.append((r, i, [(start + j) % decoders for j in range(decoders)]))
-    return rounds
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -113,13 +103,6 @@ def _run_rounds(model, ids: list[list[int]], configs: list[DecoderConfig], gen_l
     return timings
 
 
-def _spread(values: list[float]) -> tuple[float, float, float, float | None]:
-    """(median, min, max, (max - min) / median or None for a single value)."""
-    median = statistics.median(values)
-    spread = (max(values) - min(values)) / median if len(values) > 1 and median > 0 else None
-    return median, min(values), max(values), spread
-
-
 @torch.no_grad()
 def bench_dllm(model, tokenizer, prompts: int = 24, seed: int = 0, gen_length: int = 256,
                decoders: tuple[str, ...] = DEFAULT_DECODERS, task: str = "counting", repeats: int = 3,
@@ -147,15 +130,17 @@ def bench_dllm(model, tokenizer, prompts: int = 24, seed: int = 0, gen_length: i
     for label, config, t in zip(decoders, configs, timings):
         scores = [score(tokenizer.decode(out.tokens), p, gen_length) for out, p in zip(t.outputs, problems)]
         exact = sum(ok for ok, _ in scores)
-        tps = _spread([gen_length * len(problems) / s for s in t.seconds])
-        speedup = _spread([b / s for b, s in zip(base, t.seconds)])  # the same tokens: time ratio = tokens/s ratio
+        tps = median_spread([gen_length * len(problems) / s for s in t.seconds])
+        # The same tokens: the time ratio is the tokens/s ratio.
+        speedup = median_spread([b / s for b, s in zip(base, t.seconds)])
         low, high = wilson_interval(exact, len(problems))
         knob = KNOBS[config.name]
         rows.append({
             "decoder": label, "method": config.name, "knob": knob, "knob_value": getattr(config, knob),
             "config": repr(config), "task": task, "gen_length": gen_length,
-            "tokens_per_s": tps[0], "tokens_per_s_min": tps[1], "tokens_per_s_max": tps[2],
-            "speedup": speedup[0], "speedup_min": speedup[1], "speedup_max": speedup[2], "speedup_spread": speedup[3],
+            "tokens_per_s": tps.median, "tokens_per_s_min": tps.min, "tokens_per_s_max": tps.max,
+            "speedup": speedup.median, "speedup_min": speedup.min, "speedup_max": speedup.max,
+            "speedup_spread": speedup.spread,
             "accuracy": exact / len(problems), "accuracy_ci95_low": low, "accuracy_ci95_high": high,
             "token_accuracy": float(np.mean([frac for _, frac in scores])),
             "nfe": float(np.mean([o.stats.nfe for o in t.outputs])),

@@ -57,6 +57,7 @@ def run(args) -> list[dict]:
     from accel.dllm import generate
     from accel.dllm.bench import parse_decoder
     from accel.dllm.models import load_text_model
+    from accel.evals.timing import round_orders
 
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
     model, tok = load_text_model(args.model, device=args.device, dtype=dtype, mask_id=args.mask_id)
@@ -66,10 +67,9 @@ def run(args) -> list[dict]:
     delimiter = tok.index.get("Ċ", tok.index.get("\n"))  # the newline token (byte-level BPE spells it Ċ)
     cuda = args.device.startswith("cuda")
     stats = {d: {"seconds": 0.0, "exact": 0, "nfe": 0, "positions": 0} for d in args.decoders}
-    for i, (question, gold) in enumerate(problems):
+    for _, i, order in round_orders(len(configs), len(problems), 1):  # rotated: no decoder always runs first
+        question, gold = problems[i]
         ids = prompt_ids(tok, question)
-        order = list(range(len(configs)))
-        order = order[i % len(order):] + order[:i % len(order)]  # rotate: no decoder always runs first
         for j in order:
             if cuda:
                 torch.cuda.synchronize()

@@ -46,6 +46,7 @@ def load(model: str):
 
 def paired(run: Callable[[], tuple[float, object]], transformer, repeats: int) -> tuple[dict, bool]:
     """Alternate baseline and fused runs; returns their times and whether every pair gave identical outputs."""
+    from accel.evals.timing import round_orders
     from accel.kernels import apply_fused_kernels
 
     def fused():
@@ -57,9 +58,10 @@ def paired(run: Callable[[], tuple[float, object]], transformer, repeats: int) -
 
     run()  # warm-up (allocator, first-call paths)
     times, identical = {"baseline": [], "fused": []}, True
-    for i in range(repeats):
-        order = ("baseline", "fused") if i % 2 else ("fused", "baseline")
-        results = {name: (run() if name == "baseline" else fused()) for name in order}
+    methods = {"fused": fused, "baseline": run}  # fused first in even pairs, baseline first in odd ones
+    names = list(methods)
+    for _, _, order in round_orders(len(names), 1, repeats):
+        results = {names[k]: methods[names[k]]() for k in order}
         for name, (seconds, _) in results.items():
             times[name].append(seconds)
         identical &= torch.equal(results["baseline"][1], results["fused"][1])
@@ -67,8 +69,9 @@ def paired(run: Callable[[], tuple[float, object]], transformer, repeats: int) -
 
 
 def summary(times: dict) -> dict:
-    ratios = sorted(f / b for f, b in zip(times["fused"], times["baseline"]))
-    q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    from accel.evals.timing import quartiles
+
+    q1, median, q3 = quartiles([f / b for f, b in zip(times["fused"], times["baseline"])])
     return {"fused_over_baseline_paired_median": median, "fused_over_baseline_paired_q1": q1,
             "fused_over_baseline_paired_q3": q3,
             "fused_over_baseline_of_medians": statistics.median(times["fused"]) / statistics.median(times["baseline"])}

@@ -102,6 +102,7 @@ PROVIDERS = ("diffusers_loop", "diffusers_grouped_mm", "accel_engine")
 def interleaved(run: Callable[[], torch.Tensor], model, repeats: int) -> tuple[dict, dict]:
     """Every provider once per repeat, in a rotating order (load and order effects hit all alike); times per
     provider and each provider's largest output difference from diffusers' loop."""
+    from accel.evals.timing import round_orders
 
     def timed(name):
         with provider(model, name):
@@ -112,9 +113,8 @@ def interleaved(run: Callable[[], torch.Tensor], model, repeats: int) -> tuple[d
     for name in PROVIDERS:  # warm-up
         timed(name)
     times, diff = {name: [] for name in PROVIDERS}, {name: 0.0 for name in PROVIDERS}
-    for i in range(repeats):
-        order = PROVIDERS[i % 3:] + PROVIDERS[:i % 3]
-        results = {name: timed(name) for name in order}
+    for _, _, order in round_orders(len(PROVIDERS), 1, repeats):
+        results = {PROVIDERS[k]: timed(PROVIDERS[k]) for k in order}
         for name, (seconds, out) in results.items():
             times[name].append(seconds)
             diff[name] = max(diff[name], float((out - results["diffusers_loop"][1]).abs().max()))
@@ -144,8 +144,9 @@ def routing_identical(model, inputs) -> bool:
 
 def summary(times: dict, name: str) -> dict:
     """The provider's speed-up over diffusers' loop: the paired ratio (loop / provider within a repeat)."""
-    ratios = sorted(b / e for b, e in zip(times["diffusers_loop"], times[name]))
-    q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    from accel.evals.timing import quartiles
+
+    q1, median, q3 = quartiles([b / e for b, e in zip(times["diffusers_loop"], times[name])])
     return {"speedup_vs_loop_paired_median": median, "speedup_vs_loop_paired_q1": q1,
             "speedup_vs_loop_paired_q3": q3}
 

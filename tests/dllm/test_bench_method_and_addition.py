@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from accel.cli.main import app
 from accel.dllm import bench
-from accel.dllm.bench import bench_dllm, round_orders, wilson_interval
+from accel.dllm.bench import bench_dllm, wilson_interval
 from accel.dllm.decode import DecodeStats, Generation
 from accel.dllm.models import builtin_text_model_path, load_text_model
 from accel.dllm.task import (ADDITION_LINE, ADDITION_VOCAB, VOCAB, AdditionProblem, add_with_carries, get_task,
@@ -24,18 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
-# -- the schedule and the statistics ------------------------------------------------------------------------------
-
-
-def test_rounds_interleave_every_decoder_and_rotate_the_order():
-    rounds = round_orders(decoders=3, prompts=4, repeats=2)
-    assert [(r, i) for r, i, _ in rounds] == [(r, i) for r in range(2) for i in range(4)]
-    for k, (_, _, order) in enumerate(rounds):
-        assert sorted(order) == [0, 1, 2]  # every decoder once per round, round-robin from a rotated start
-        assert order == [(k + j) % 3 for j in range(3)]
-    # Over 6 rounds (a multiple of 3) every decoder runs first, second and third equally often.
-    for position in range(3):
-        assert sorted(order[position] for _, _, order in rounds[:6]) == [0, 0, 1, 1, 2, 2]
+# -- the statistics (the schedule: tests/evals/test_timing.py) ----------------------------------------------------
 
 
 def test_wilson_interval_matches_its_closed_forms():
