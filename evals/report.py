@@ -177,6 +177,21 @@ def moe_engine_table(runs: list[list[dict]]) -> list[str]:
                     f"{r['speedup_vs_loop_paired_q3']:.2f})", f"{r['max_abs_diff_vs_loop']:.2g}"] for r in rows])
 
 
+def overhead_table(runs: list[list[dict]]) -> list[str]:
+    """One row per family of `accel bench overhead`: the pipeline's ms per call, the wrapper's overhead in ms per call
+    (the figure that carries over to real model sizes), the paired ratio with its spread, the outputs' difference."""
+    rows = [r for run in runs for r in run]
+
+    def spread(r: dict) -> str:
+        return "" if r.get("ratio_spread") is None else f" ({r['ratio_spread']:.0%})"
+
+    return _table(["family", "pipeline", "path", "steps", "pipeline ms/call", "overhead ms/call",
+                   "accel / pipeline (paired median, spread)", "max abs diff"],
+                  [[r["family"], r["pipeline_class"], r["path"], str(r["steps"]), f"{r['pipeline_ms']:.1f}",
+                    f"{r['overhead_ms']:+.2f}", f"{r['ratio']:.3f}{spread(r)}", f"{r['max_abs_diff']:.1e}"]
+                   for r in rows])
+
+
 def vbench_table(runs: list[list[dict]]) -> list[str]:
     """One row per `accel eval vbench` results file: settings, computed dimensions, Quality / Semantic / Total."""
     from accel.evals.vbench import vbench_table as table
@@ -186,7 +201,7 @@ def vbench_table(runs: list[list[dict]]) -> list[str]:
 
 TABLES = {"eval": eval_table, "search": search_table, "steps": steps_table, "fewstep": fewstep_table,
           "dllm": dllm_table, "forward": forward_table, "memory": memory_table, "kernels": kernels_table,
-          "moe-engine": moe_engine_table, "vbench": vbench_table}
+          "moe-engine": moe_engine_table, "overhead": overhead_table, "vbench": vbench_table}
 # The keyword arguments each builder takes from a block's spec.
 OPTIONS = {"steps": {"methods"}, "search": {"strategies"}}
 
@@ -196,7 +211,7 @@ SIGNATURES = [("vbench", {"benchmark", "dimensions", "aggregate"}),
               ("fewstep", {"label", "nfe", "accuracy", "runtime"}), ("steps", {"method", "runtime", "psnr"}),
               ("dllm", {"decoder", "tokens_per_s"}), ("forward", {"active_fraction", "speedup"}),
               ("memory", {"cache_bytes_stale", "size"}), ("moe-engine", {"speedup_vs_loop_paired_median", "level"}),
-              ("kernels", {"op", "provider", "s_median"})]
+              ("kernels", {"op", "provider", "s_median"}), ("overhead", {"family", "overhead_ms", "ratio"})]
 
 
 def kind_of(rows: list[dict], path: str | Path = "rows") -> str:

@@ -1,5 +1,5 @@
 """Tiny, seeded Flux / SD3 / Wan pipelines built offline from configs (no hub access), for the tests and the wrapper
-overhead benchmark (benchmarks/families/bench_overhead.py).
+overhead benchmark (`accel bench overhead`, accel.evals.overhead).
 
 Real model classes with random weights, a few thousand parameters each, and tokenizers built from an in-file
 vocabulary. Every module is put in eval() mode: modules built from a config start in train() mode, where T5's

@@ -80,16 +80,20 @@ def saving(path: Path):
         raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def _load(model: str, device: Optional[str]):
+def quiet_loaders() -> None:
+    """Silence diffusers' and transformers' progress bars and warnings: they would bury the one line a user needs."""
     import diffusers
     import transformers
 
-    from accel.models import load_pipeline
-
-    # The loaders' own progress bars and warnings would bury the one line a user needs.
     for lib in (diffusers, transformers):
         lib.utils.logging.disable_progress_bar()
         lib.utils.logging.set_verbosity_error()
+
+
+def _load(model: str, device: Optional[str]):
+    from accel.models import load_pipeline
+
+    quiet_loaders()
     try:
         return load_pipeline(model, device=device)
     except Exception as e:  # our own checks, and hub / config errors from diffusers: which model, in one line
@@ -681,6 +685,7 @@ from accel.cli import evals as _evals  # noqa: E402,F401
 from accel.cli import fewstep as _fewstep  # noqa: E402,F401
 from accel.cli import lmeval as _lmeval  # noqa: E402,F401
 from accel.cli import moe as _moe  # noqa: E402,F401
+from accel.cli import overhead as _overhead  # noqa: E402,F401
 from accel.cli import report as _report  # noqa: E402,F401
 from accel.cli import vbench as _vbench  # noqa: E402,F401
 

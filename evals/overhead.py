@@ -1,41 +1,38 @@
-"""Wrapper overhead at the default path: each family's pipeline call against the same call through
-accelerate_pipeline (issue 23's target: within 2% of the pipeline's own call).
+"""Wrapper overhead at the default path (`accel bench overhead`): each family's pipeline call against the same call
+through accelerate_pipeline (issue 23's target: within 2% of the pipeline's own call).
 
 Method (STYLE.md, Benchmarks):
 - Pipelines: a tiny seeded one per family (accel.pipelines.tiny, tiny_families, tiny_nucleus: the real model
   classes at a tiny width, random weights, built offline), fp32, and the built-in shapes image / video models
-  (accel.assets). Every call uses the family's guidance (CFG or embedded), `--steps` steps, output_type "np".
-- Each family runs `--prompts` prompts of the shapes prompt set (seed `--seed`), each with a generator seeded from
-  `--seed`, through the pipeline's own __call__ ("pipeline") and through the wrapper ("accel"), with the same
+  (accel.assets). Every call uses the family's guidance (CFG or embedded), `steps` steps, output_type "np".
+- Each family runs `prompts` prompts of the shapes prompt set (seed `seed`), each with a generator seeded from
+  `seed`, through the pipeline's own __call__ ("pipeline") and through the wrapper ("accel"), with the same
   arguments. The outputs must be equal (max_abs_diff, 0 expected), so both did the same work.
 - Interleaved: rounds over (repeat, prompt); in each round the two methods run in an order that alternates round by
-  round (accel.dllm.bench.round_orders), after one untimed warm-up round; threads set explicitly (`--threads`).
+  round (accel.evals.timing.round_orders), after one untimed warm-up round.
 - Per repeat each method's seconds are summed over the prompts; ratio = accel / pipeline within a repeat (paired).
   A row gives ratio (median over repeats) with ratio_min / ratio_max and ratio_spread ((max - min) / median),
-  pipeline_ms (median per call) and overhead_ms (median over repeats of (accel - pipeline) seconds per call).
+  pipeline_ms and accel_ms (median per call) and overhead_ms (median over repeats of (accel - pipeline) per call).
 
 On these tiny CPU models a call takes milliseconds, so the wrapper's fixed Python cost per call and per step
 (binding the call, the adapter's prepare, the sampler's bookkeeping) weighs far more in the ratio than on a real
 model, whose call takes seconds to minutes: overhead_ms is the figure that carries over to real sizes (the ratio
 there is about 1 + overhead_ms / the real call's ms).
-
-    OMP_NUM_THREADS=1 python benchmarks/families/bench_overhead.py --prompts 4 --repeats 5 \\
-        --json benchmarks/families/overhead-cpu.json
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from accel.evals.timing import median_spread, round_orders
+
 STEPS = 4
+ORDER = "interleaved per prompt, alternating each round, one warm-up round"
 
 
 def _image(size: int = 64):
@@ -72,14 +69,25 @@ def families() -> dict[str, tuple[Callable[[], Any], dict[str, Any]]]:
     }
 
 
+FAMILIES = ("flux", "flux-kontext", "flux2", "flux2-klein", "chroma", "sd3", "qwenimage", "zimage", "nucleus", "wan",
+            "wan2.2", "ltx", "hunyuanvideo15", "shapes", "shapes-video")
+
+
+def check_families(names: list[str]) -> None:
+    """Raise ValueError naming the allowed families unless every name is one (and there is at least one)."""
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown or not names:
+        raise ValueError(f"unknown families {', '.join(unknown) or '(none given)'}; allowed: {', '.join(FAMILIES)}")
+
+
 def _frames(out) -> np.ndarray:
     return np.asarray(out.images if hasattr(out, "images") else out.frames)
 
 
+@torch.no_grad()
 def bench_family(pipe, call: dict[str, Any], prompts: list[str], seed: int, steps: int, repeats: int) -> dict:
     """One row: the pipeline's call and the wrapped call on every prompt, interleaved (see the module docstring)."""
     from accel import accelerate_pipeline
-    from accel.dllm.bench import _spread, round_orders
 
     fast = accelerate_pipeline(pipe)
     methods = {"pipeline": pipe, "accel": fast}
@@ -101,80 +109,36 @@ def bench_family(pipe, call: dict[str, Any], prompts: list[str], seed: int, step
             seconds[names[k]][r] += elapsed
             if r == 0:
                 outputs[names[k], i] = _frames(out)
-    path = fast.stats.path
     diff = max(float(np.abs(outputs["accel", i] - outputs["pipeline", i]).max()) for i in range(len(prompts)))
     n = len(prompts)
-    ratio = _spread([a / p for a, p in zip(seconds["accel"], seconds["pipeline"])])
+    ratio = median_spread([a / p for a, p in zip(seconds["accel"], seconds["pipeline"])])
     return {
-        "pipeline_class": type(pipe).__name__, "path": path, "nfe_per_call": fast.stats.nfe, "steps": steps,
-        "ratio": ratio[0], "ratio_min": ratio[1], "ratio_max": ratio[2], "ratio_spread": ratio[3],
+        "pipeline_class": type(pipe).__name__, "path": fast.stats.path, "nfe_per_call": fast.stats.nfe,
+        "steps": steps, "ratio": ratio.median, "ratio_min": ratio.min, "ratio_max": ratio.max,
+        "ratio_spread": ratio.spread,
         "pipeline_ms": 1e3 * statistics.median(seconds["pipeline"]) / n,
         "accel_ms": 1e3 * statistics.median(seconds["accel"]) / n,
         "overhead_ms": 1e3 * statistics.median([(a - p) / n for a, p in zip(seconds["accel"], seconds["pipeline"])]),
-        "max_abs_diff": diff, "prompts": n, "repeats": repeats, "seed": seed,
-        "order": "interleaved per prompt, alternating each round, one warm-up round",
+        "max_abs_diff": diff, "prompts": n, "repeats": repeats, "seed": seed, "order": ORDER,
     }
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", default=None,
-                        help="comma-separated families (default: all): " + ", ".join(families()))
-    parser.add_argument("--prompts", type=int, default=4, help="prompts per family (the shapes prompt set)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed passes over the prompts")
-    parser.add_argument("--steps", type=int, default=STEPS, help="num_inference_steps of every call")
-    parser.add_argument("--seed", type=int, default=0, help="picks the prompts and seeds every call's generator")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--json", type=Path, default=None, help="write the rows to this JSON file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    parser.add_argument("--allow-dirty", action="store_true",
-                        help="record --json rows from a checkout with uncommitted changes (marked dirty)")
-    args = parser.parse_args()
-    known = families()
-    args.families = list(known) if args.families is None else [f.strip() for f in args.families.split(",")]
-    unknown = [f for f in args.families if f not in known]
-    if unknown:
-        parser.error(f"unknown families {', '.join(unknown)}; allowed: {', '.join(known)}")
-    if args.prompts < 1 or args.repeats < 1 or args.steps < 1:
-        parser.error("--prompts, --repeats and --steps must be >= 1")
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        parser.error(f"{args.json} exists (pass --overwrite to replace it)")
-    return args
+def bench_overhead(names: tuple[str, ...] = FAMILIES, prompts: int = 4, seed: int = 0, steps: int = STEPS,
+                   repeats: int = 5, progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """One row per family (`family` plus bench_family's keys), in the order given; see the module docstring.
 
-
-def main() -> None:
-    from accel.evals.io import check_writable, require_clean, run_info, write_json
+    Raises ValueError for an unknown family or prompts, steps or repeats < 1."""
     from accel.shapes.prompts import prompt_set
 
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    import diffusers
-    import transformers
-
-    # Loading bars and the tiny tokenizers' truncation warnings would bury the rows.
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    state = require_clean(args.allow_dirty) if args.json is not None else None
-    if args.json is not None:
-        check_writable(args.json)
-    prompts = [p["prompt"] for p in prompt_set(args.prompts, args.seed)]
+    check_families(list(names))
+    if prompts < 1 or steps < 1 or repeats < 1:
+        raise ValueError(f"prompts, steps and repeats must be >= 1, got {prompts}, {steps} and {repeats}")
+    texts = [p["prompt"] for p in prompt_set(prompts, seed)]
+    known = families()
     rows = []
-    for name in args.families:
-        builder, call = families()[name]
-        with torch.no_grad():
-            row = {"family": name} | bench_family(builder(), call, prompts, args.seed, args.steps, args.repeats)
-        rows.append(row)
-        spread = "-" if row["ratio_spread"] is None else f"{row['ratio_spread']:.0%}"
-        print(f"{name:15s} {row['path']:8s} ratio {row['ratio']:.3f} (spread {spread})  pipeline "
-              f"{row['pipeline_ms']:8.1f} ms  overhead {row['overhead_ms']:+7.2f} ms/call  "
-              f"diff {row['max_abs_diff']:.1e}", flush=True)
-    info = run_info(state) | {"command": " ".join(["python", *sys.argv]), "threads": args.threads}
-    if args.json is not None:
-        write_json(args.json, [row | info for row in rows])
-
-
-if __name__ == "__main__":
-    main()
+    for name in names:
+        builder, call = known[name]
+        rows.append({"family": name} | bench_family(builder(), call, texts, seed, steps, repeats))
+        if progress is not None:
+            progress(rows[-1])
+    return rows
