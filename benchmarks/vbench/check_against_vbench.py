@@ -282,8 +282,10 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name}: {row}")
     if args.json:
+        # run_info's command names the accel CLI; this is a script
+        command = " ".join(["python", "benchmarks/vbench/check_against_vbench.py", *sys.argv[1:]])
         write_json(args.json, {"rows": rows, "vbench_checkout": str(args.vbench), "dino_checkout": str(args.dino)}
-                   | run_info())
+                   | run_info() | {"command": command})
 
 
 if __name__ == "__main__":
