@@ -50,6 +50,24 @@ def eval_table(runs: list[list[dict]]) -> list[str]:
                                                  *(f"{r['per_tag'][t]:.3f}" for t in tags)] for r in results])
 
 
+def geneval_table(runs: list[list[dict]]) -> list[str]:
+    """One row per `accel eval geneval` summary.json: model, detector, images, seed, the pipeline call's options,
+    GenEval's overall (the tags' mean) and each tag's accuracy (tags in order of first appearance)."""
+    results = [rows[0] for rows in runs]
+    tags = list(dict.fromkeys(t for r in results for t in r["per_tag"]))
+
+    def cells(r: dict) -> list[str]:
+        s = r.get("settings", {})  # absent from a --score-only summary, whose folder any tool may have made
+        per_prompt = f" ({r['images_per_prompt']} per prompt)" if "images_per_prompt" in r else ""
+        options = "score only" if r.get("score_only") else \
+            ", ".join(f"{k}={v}" for k, v in s.get("call", {}).items()) or "-"
+        return [Path(str(s["model"])).name if s.get("model") else "-", str(s.get("detector", r.get("detector"))),
+                f"{r['images']}{per_prompt}", str(s.get("seed", "-")), options, f"**{r['overall']:.3f}**",
+                *(f"{r['per_tag'][t]:.3f}" if t in r["per_tag"] else "-" for t in tags)]
+
+    return _table(["model", "detector", "images", "seed", "options", "overall", *tags], [cells(r) for r in results])
+
+
 def search_table(runs: list[list[dict]], strategies: str | None = None) -> list[str]:
     """Checker accuracy of each strategy (rows) at each budget (columns) from `accel bench search`.
 
@@ -199,15 +217,17 @@ def vbench_table(runs: list[list[dict]]) -> list[str]:
     return table(runs)
 
 
-TABLES = {"eval": eval_table, "search": search_table, "steps": steps_table, "fewstep": fewstep_table,
-          "dllm": dllm_table, "forward": forward_table, "memory": memory_table, "kernels": kernels_table,
-          "moe-engine": moe_engine_table, "overhead": overhead_table, "vbench": vbench_table}
+TABLES = {"eval": eval_table, "geneval": geneval_table, "search": search_table, "steps": steps_table,
+          "fewstep": fewstep_table, "dllm": dllm_table, "forward": forward_table, "memory": memory_table,
+          "kernels": kernels_table, "moe-engine": moe_engine_table, "overhead": overhead_table,
+          "vbench": vbench_table}
 # The keyword arguments each builder takes from a block's spec.
 OPTIONS = {"steps": {"methods"}, "search": {"strategies"}}
 
 # How a results file's kind is recognised: the first kind whose keys its first row has.
 SIGNATURES = [("vbench", {"benchmark", "dimensions", "aggregate"}),
-              ("eval", {"overall", "per_tag"}), ("search", {"strategy", "budget", "accuracy"}),
+              ("geneval", {"overall", "per_tag", "correct_per_tag", "images"}), ("eval", {"overall", "per_tag"}),
+              ("search", {"strategy", "budget", "accuracy"}),
               ("fewstep", {"label", "nfe", "accuracy", "runtime"}), ("steps", {"method", "runtime", "psnr"}),
               ("dllm", {"decoder", "tokens_per_s"}), ("forward", {"active_fraction", "speedup"}),
               ("memory", {"cache_bytes_stale", "size"}), ("moe-engine", {"speedup_vs_loop_paired_median", "level"}),

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from accel.cli.main import app
 from accel.evals.geneval import (Thresholds, load_metadata, make_grid, sample_seed, score_image, select_detections,
                                  summarize, summary_text)
+from accel.evals.report import report
 from accel.shapes import Detection, check_detections, prompt_set
 
 GENEVAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
@@ -171,6 +172,12 @@ def test_geneval_shapes_equals_eval_shapes(tmp_path):
     assert 0 < sum(verdicts) < 12  # the comparison sees both verdicts
     assert summary["per_tag"] == result["per_tag"] and summary["overall"] == result["overall"]
     assert summary["nfe"] == result["nfe"]
+    # accel report tells the two results files apart and renders each (a GenEval summary has its seed in settings)
+    report([str(out / "summary.json"), str(tmp_path / "shapes.json")], tmp_path / "r.md", plots=False)
+    text = (tmp_path / "r.md").read_text()
+    assert "## geneval" in text and "## eval" in text
+    assert (f"| shapes | shapes | 12 (1 per prompt) | 1 | num_inference_steps=8 | **{summary['overall']:.3f}** | "
+            f"{summary['per_tag']['single_object']:.3f} |") in text
 
 
 def test_layout_with_samples_and_grid(tmp_path):
@@ -251,6 +258,8 @@ def test_score_only_scores_any_geneval_layout(tmp_path):
                "--allow-dirty").exit_code == 0
     verdicts = [json.loads(line)["correct"] for line in rows.splitlines()]
     assert [json.loads(line)["correct"] for line in (theirs / "results.jsonl").read_text().splitlines()] == verdicts
+    report([str(theirs / "summary.json")], tmp_path / "r.md", plots=False)  # no settings: another tool's folder
+    assert "| - | shapes | 6 | - | score only | **" in (tmp_path / "r.md").read_text()
     r = run("eval", "geneval", "--score-only", "--out", tmp_path, "--detector", "shapes")
     assert r.exit_code == 2 and "holds no GenEval samples" in r.output
 
