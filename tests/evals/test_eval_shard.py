@@ -42,8 +42,17 @@ def test_run_folder_refuses_another_run(tmp_path):
     (other / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="holds no accel run"):
         RunFolder(other, {}).check()
-    RunFolder(out, {"steps": 3}).prepare(overwrite=True)  # our files go; the folder is the new run's
-    assert RunFolder(out, {"steps": 3}).check() == 0 and not list((out / "accel-run").iterdir())
+    new_run = {"eval": "shapes", "steps": 3}
+    RunFolder(out, new_run).prepare(overwrite=True)  # our files go; the folder is the new run's
+    assert RunFolder(out, new_run).check() == 0 and not list((out / "accel-run").iterdir())
+    with pytest.raises(ValueError, match=r"holds a different run \(eval 'shapes' there, 'geneval' here; steps"):
+        RunFolder(out, {"eval": "geneval", "steps": 2}).check()  # the other eval named first
+    deep = tmp_path / "new" / "runs" / "a"  # missing parents are made, as `mkdir -p` does
+    assert RunFolder(deep, {}).check() == 0
+    RunFolder(deep, {}).prepare()
+    assert (deep / "accel-run.json").is_file()
+    with pytest.raises(ValueError, match="notes.txt is a file, not a folder"):
+        RunFolder(other / "notes.txt" / "a", {}).check()
 
 
 def test_run_chunks_skips_what_is_done(tmp_path):
