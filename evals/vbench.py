@@ -233,8 +233,9 @@ class VideoSettings:
 
 
 def _check_folder(out: Path, settings: dict, overwrite: bool) -> bool:
-    """Raise ValueError if `out` cannot take this run: its videos were made with other settings (named) or its
-    results exist, unless overwrite. Returns whether the videos there must be discarded first."""
+    """Raise ValueError if `out` cannot take this run: its videos were made with other settings (named), it holds
+    files but no run.json, or its results exist, unless overwrite. Returns whether the videos there must be
+    discarded first."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not an output folder")
     discard = False
@@ -250,6 +251,12 @@ def _check_folder(out: Path, settings: dict, overwrite: bool) -> bool:
                              f"{k}={settings.get(k)!r}; use another output folder, or pass overwrite (--overwrite) "
                              "to discard them")
         discard = bool(differ)
+    elif out.is_dir() and any(p.is_file() for p in out.rglob("*")):
+        # No run.json: whatever is here (another eval's run, videos of unknown settings) is not this run's.
+        if not overwrite:
+            raise ValueError(f"{out} holds files but no accel VBench run ({RUN_FILE}); use another output folder, "
+                             "or pass overwrite (--overwrite) to write there (videos already in it are discarded)")
+        discard = True
     if (out / RESULTS_FILE).exists() and not overwrite:
         raise ValueError(f"{out / RESULTS_FILE} exists; pass overwrite (--overwrite) to replace it (matching videos "
                          "are reused)")

@@ -49,7 +49,7 @@ def eval_vbench(
                                                   "(aesthetic_quality)."),
     device: Optional[str] = typer.Option(None, help="torch device (default: cuda if available, else cpu)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results.json; first discard the videos if "
-                                   "they were made with other settings."),
+                                   "they were made with other settings, or with none recorded (no run.json)."),
     allow_dirty: bool = typer.Option(False, "--allow-dirty", help="Record results from a checkout with uncommitted "
                                      "changes (marked dirty, with a hash of the diff)."),
 ):

@@ -169,6 +169,21 @@ def test_resume_reuses_matching_videos_and_refuses_others(pipe, model_folder, in
     assert len(before) == 6 and len(list((out / "videos").iterdir())) == 4
 
 
+def test_a_folder_without_an_accel_run_is_refused(pipe, model_folder, info_file, tmp_path):
+    """Files but no run.json (another eval's run, videos from elsewhere): their settings are unknown, so they are
+    neither reused nor overwritten unless asked; overwrite discards the videos."""
+    out = tmp_path / "other"
+    (out / "videos").mkdir(parents=True)
+    theirs = out / "videos" / video_name("a red circle moving left", 0)
+    theirs.write_bytes(b"another tool's video")
+    with pytest.raises(ValueError, match="holds files but no accel VBench run"):
+        run(pipe, model_folder, info_file, out)
+    assert theirs.read_bytes() == b"another tool's video" and not (out / "run.json").exists()
+    result = run(pipe, model_folder, info_file, out, overwrite=True)
+    assert (result["videos_generated"], result["videos_reused"]) == (4, 0)
+    assert frames(theirs).shape[0] == 4  # made by this run
+
+
 class OneOfTwo(Shard):
     """Process `rank` of 2 run in this process alone: no group to wait for or gather from (the processes' shares
     are disjoint, so running them one after the other leaves what running them together does)."""
@@ -183,7 +198,8 @@ class OneOfTwo(Shard):
 def test_two_processes_share_the_videos(pipe, model_folder, info_file, tmp_path):
     single = run(pipe, model_folder, info_file, tmp_path / "one", batch_size=3)
     out = tmp_path / "two"
-    (out / "videos").mkdir(parents=True)  # what the main process prepares before either share starts
+    (out / "videos").mkdir(parents=True)  # what the main process prepares before either share starts: the folder
+    (out / "run.json").write_text((tmp_path / "one" / "run.json").read_text())  # and the same settings' run.json
     assert run(pipe, model_folder, info_file, out, batch_size=3, shard=OneOfTwo(1, 2)) is None
     made_by_1 = sorted(p.name for p in (out / "videos").iterdir())
     assert made_by_1 == [video_name("a blue square", 1)]  # items 3.. (chunk 1 of 3-video chunks)
