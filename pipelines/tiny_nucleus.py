@@ -19,6 +19,8 @@ from transformers import ProcessorMixin  # noqa: F401  (diffusers' loader looks 
 from transformers import (PreTrainedTokenizerFast, Qwen2VLImageProcessorPil, Qwen3VLConfig,
                           Qwen3VLForConditionalGeneration, Qwen3VLProcessor)
 
+from accel.pipelines.tiny import finish
+
 WORDS = ("a photo of cat dog red blue green circle square triangle on the left right two three with and at night "
          "moon above below").split()
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
@@ -85,14 +87,6 @@ def init_experts(model: torch.nn.Module, seed: int = 0) -> None:
             if isinstance(module, SwiGLUExperts):
                 for w in (module.gate_up_proj, module.down_proj):
                     w.copy_(torch.randn(w.shape, generator=gen) / w.shape[1] ** 0.5)
-
-
-def finish(pipe):
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def build_nucleus(seed: int = 0, **transformer_kw) -> NucleusMoEImagePipeline:
