@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from accel.config import AccelConfig
-from accel.core.denoiser import UnsupportedCall
+from accel.core.denoiser import UnsupportedCall, signature
 from accel.pipelines.registry import adapter_for, require_option
 from accel.schedulers.flow import get_step, sample
 
@@ -185,7 +185,7 @@ class AcceleratedPipeline:
         return self._run_accel(call, config)
 
     def _positional_names(self) -> list[str]:
-        return [p.name for p in inspect.signature(self.pipe.__call__).parameters.values()
+        return [p.name for p in signature(self.pipe.__call__).parameters.values()
                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     @torch.no_grad()

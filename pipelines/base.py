@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import copy
 import enum
-import inspect
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import get_module_execution_device
 
-from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout, cache_context
+from accel.core.denoiser import Cond, Denoiser, Prepared, TokenLayout, cache_context, signature
 from accel.core.grid import TimeGrid
 
 
@@ -39,7 +38,7 @@ def call_by_name(fn: Callable, values: dict[str, Any], **overrides: Any) -> Any:
     """fn(**arguments) with each of fn's parameters taken from overrides, else from values (the bound call) by
     name, else fn's default: the pipelines' check_inputs and encode_prompt name their parameters as __call__ does.
     A parameter without a default that neither supplies raises TypeError (a family that must say it)."""
-    params = inspect.signature(fn).parameters
+    params = signature(fn).parameters
     unknown = overrides.keys() - params.keys()
     if unknown:
         raise TypeError(f"{fn.__qualname__} has no parameter(s) {', '.join(sorted(unknown))}")
@@ -104,18 +103,23 @@ class Guidance(enum.Enum):
         return combined
 
 
-def kl_decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """AutoencoderKL with scaling and shift factors (Flux, SD3, Chroma, Z-Image): latents -> pixels in [-1, 1]."""
-    latents = latents.to(get_module_execution_device(vae), vae.dtype)
+def kl_decode(vae, latents: torch.Tensor, cast: bool = False) -> torch.Tensor:
+    """AutoencoderKL with scaling and shift factors (Flux, SD3, Chroma, Z-Image): latents -> pixels in [-1, 1].
+    cast: to the VAE's dtype first, where the pipeline does (Z-Image; Flux, SD3 and Chroma decode as they are).
+    Reading vae.dtype or the VAE's execution device walks every module (1-3 ms on the tiny models), so the decodes
+    read them only where the pipeline itself does."""
+    if cast:
+        latents = latents.to(vae.dtype)
     shift = vae.config.get("shift_factor", None) or 0.0
     latents = (latents / vae.config.scaling_factor) + shift
     return vae.decode(latents, return_dict=False)[0]
 
 
-def mean_std_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+def mean_std_decode(vae, latents: torch.Tensor, move: bool = False) -> torch.Tensor:
     """The Wan / Qwen-Image VAE, whose latents are normalised per channel by latents_mean and latents_std:
-    (B, C, F, h, w) latents -> (B, 3, F', H, W) pixels."""
-    latents = latents.to(get_module_execution_device(vae), vae.dtype)
+    (B, C, F, h, w) latents -> (B, 3, F', H, W) pixels. Cast to the VAE's dtype, as every such pipeline does; move:
+    also to the VAE's execution device, where the pipeline does (Wan)."""
+    latents = latents.to(get_module_execution_device(vae), vae.dtype) if move else latents.to(vae.dtype)
     shape = (1, vae.config.z_dim, 1, 1, 1)
     mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
     inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)

@@ -160,7 +160,7 @@ class WanDenoiser(FlowDenoiser):
         return {"step_index": step, "sigma": s, "num_inference_steps": max(len(sigmas) - 1, 0)}
 
     def decode_latents(self, x: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
-        return mean_std_decode(self.pipe.vae, x)
+        return mean_std_decode(self.pipe.vae, x, move=True)
 
     def hsa_velocity(self, cond: Cond, kv: str = "auto"):
         """Active tokens only through the blocks, against cached K/V (accel.pipelines.dit_hsa)."""

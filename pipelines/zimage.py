@@ -116,7 +116,7 @@ class ZImageDenoiser(FlowDenoiser):
         return Cond(batch=n, passes=cond.passes, data=data)
 
     def decode_latents(self, x: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
-        return kl_decode(self.pipe.vae, x)
+        return kl_decode(self.pipe.vae, x, cast=True)
 
     def token_layout(self, x: torch.Tensor) -> TokenLayout:
         """1 x (h / 2) x (w / 2) for x (B, C, h, w): the transformer's 2x2 patches, row-major."""
