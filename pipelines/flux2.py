@@ -53,7 +53,8 @@ class Flux2Denoiser(FlowDenoiser):
         cfg = self.klein and a["guidance_scale"] > 1 and not pipe.config.is_distilled
         embeds, text_ids = call_by_name(pipe.encode_prompt, a, device=device)
         data = {"embeds": embeds, "text_ids": text_ids, "guidance_scale": a["guidance_scale"],
-                "attention_kwargs": a["attention_kwargs"]}
+                "attention_kwargs": a["attention_kwargs"],
+                "dtype": self.transformer.dtype}  # read once a call: each read walks every module
         if cfg:
             negative = [""] * len(a["prompt"]) if isinstance(a["prompt"], list) else ""
             data["neg_embeds"], data["neg_text_ids"] = call_by_name(
@@ -90,7 +91,7 @@ class Flux2Denoiser(FlowDenoiser):
 
     def forward(self, x, t, cond: Cond, branch: str) -> torch.Tensor:
         d, neg = cond.data, "neg_" if branch == "uncond" else ""
-        return self.transformer(hidden_states=x.to(self.transformer.dtype), timestep=t.to(x.dtype) / 1000,
+        return self.transformer(hidden_states=x.to(d["dtype"]), timestep=t.to(x.dtype) / 1000,
                                 guidance=d["guidance"], encoder_hidden_states=d[neg + "embeds"],
                                 txt_ids=d[neg + "text_ids"], img_ids=d["img_ids"],
                                 joint_attention_kwargs=d["attention_kwargs"], return_dict=False)[0][:, :x.shape[1]]

@@ -446,15 +446,18 @@ class ShapesDenoiser(Denoiser):
         width = a["width"] or pipe.default_sample_size
         pipe.check_inputs(a["prompt"], height, width, a["num_inference_steps"])
         prompts, negatives = pipe.expand_prompts(a["prompt"], a["negative_prompt"], a["num_images_per_prompt"])
-        cond = self.encode(prompts, negatives, a["guidance_scale"])
-        x = pipe.prepare_latents(len(prompts), height, width, cond.data["embeds"].dtype, pipe._execution_device,
-                                 a["generator"], a["latents"])
+        device = pipe._execution_device  # read once a call: diffusers walks every module for it
+        cond = self.encode(prompts, negatives, a["guidance_scale"], device)
+        x = pipe.prepare_latents(len(prompts), height, width, cond.data["embeds"].dtype, device, a["generator"],
+                                 a["latents"])
         return Prepared(x, cond, self.time_grid(a["num_inference_steps"], a["sigmas"]),
                         {"output_type": a["output_type"], "return_dict": a["return_dict"]})
 
-    def encode(self, prompts: list[str], negative_prompts: list[str] | None, guidance: float) -> Cond:
+    def encode(self, prompts: list[str], negative_prompts: list[str] | None, guidance: float,
+               device: torch.device | None = None) -> Cond:
         negatives = negative_prompts or [""] * len(prompts)
-        embeds, mask = self.pipe.encode_with_negatives(prompts, negatives, guidance, self.pipe._execution_device)
+        device = self.pipe._execution_device if device is None else device
+        embeds, mask = self.pipe.encode_with_negatives(prompts, negatives, guidance, device)
         return Cond(batch=len(prompts), passes=2 if guidance > 1.0 else 1,
                     data={"embeds": embeds, "mask": mask, "guidance": guidance})
 

@@ -282,9 +282,10 @@ class ShapesVideoDenoiser(ShapesDenoiser):
             c.sample_size
         pipe.check_inputs(a["prompt"], frames, height, width, a["num_inference_steps"])
         prompts, negatives = pipe.expand_prompts(a["prompt"], a["negative_prompt"], a["num_videos_per_prompt"])
-        cond = self.encode(prompts, negatives, a["guidance_scale"])
-        x = pipe.prepare_latents(len(prompts), frames, height, width, cond.data["embeds"].dtype,
-                                 pipe._execution_device, a["generator"], a["latents"])
+        device = pipe._execution_device  # read once a call: diffusers walks every module for it
+        cond = self.encode(prompts, negatives, a["guidance_scale"], device)
+        x = pipe.prepare_latents(len(prompts), frames, height, width, cond.data["embeds"].dtype, device,
+                                 a["generator"], a["latents"])
         return Prepared(x, cond, self.time_grid(a["num_inference_steps"], a["sigmas"]),
                         {"output_type": a["output_type"], "return_dict": a["return_dict"]})
 
