@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import platform
+import re
 import statistics
 import warnings
 from dataclasses import dataclass
@@ -167,7 +168,8 @@ def plot_dllm(rows: list[dict], path: str) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        label = r["method"] + ("" if r["method"] != "fast-dllm" else f" ({r['config'].split('cache=')[1][1:-2]})")
+        cache = re.search(r"cache='(\w+)'", r["config"]) if r["method"] == "fast-dllm" else None
+        label = r["method"] + (f" ({cache.group(1).replace('none', 'no')} cache)" if cache else "")
         if r["method"] == "window" and "threshold=None" not in r["config"]:
             label += " + threshold"
         groups.setdefault(label, []).append(r)

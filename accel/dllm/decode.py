@@ -100,9 +100,9 @@ class FastDLLMConfig:
 class WindowConfig:
     """window: masked positions attended beyond the decoded ones (W, the paper's 64); active: masked positions
     computed per step (A, 16); refresh: steps per phase (R, 32); threshold: None for one token per step (the
-    paper), or commit every active masked token above it (at least one); lookahead: with a threshold, that many
-    masked positions after the active ones are computed too (fresh right context for the commits, never committed
-    in that step); plan: "sliding" (the key set and the
+    paper), or commit every active masked token above it (at least one); lookahead: that many masked positions
+    after the active ones are computed too (fresh right context for the commits, never committed in that step;
+    None: 16 with a threshold, 0 without, the paper's setting); plan: "sliding" (the key set and the
     post-decode transient recomputed every step, all of the phase's commits transient) or "frozen" (Window-Diffusion's
     released code: the key set fixed at the phase start, the phase-start commit active for one step only; one token
     per step only)."""
@@ -114,13 +114,14 @@ class WindowConfig:
     threshold: float | None = None
     confidence: str = "prob"
     plan: str = "sliding"
-    lookahead: int = 16
+    lookahead: int | None = None
 
     def __post_init__(self):
         check_choice("confidence", self.confidence, CONFIDENCES)
         check_choice("plan", self.plan, ("sliding", "frozen"))
-        if not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool) or self.lookahead < 0:
-            raise ValueError(f"lookahead must be an integer >= 0, got {self.lookahead!r}")
+        if self.lookahead is not None and (not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool)
+                                           or self.lookahead < 0):
+            raise ValueError(f"lookahead must be an integer >= 0 (or None for the default), got {self.lookahead!r}")
         _check_int("window", self.window)
         _check_int("active", self.active)
         _check_int("refresh", self.refresh)
@@ -433,7 +434,7 @@ def _window(s: _State, c: WindowConfig) -> None:
             # With parallel commits, `lookahead` more masks are computed as fresh right context: measured, the
             # threshold variant's wrong commits were confident tokens at the right edge of the active set, next to
             # masks whose K/V were those of the phase start; a full forward predicted them right (docs/dllm.md).
-            ahead = c.lookahead if c.threshold is not None else 0
+            ahead = c.lookahead if c.lookahead is not None else (16 if c.threshold is not None else 0)
             active = torch.unique(torch.cat([masked_idx[:c.active + ahead],
                                              torch.tensor(phase_committed, dtype=torch.long, device=device)]))
             if c.plan == "frozen":

@@ -162,7 +162,8 @@ def test_task_and_loss(model):
 
 def test_window_lookahead_computes_fresh_right_context_but_commits_in_the_frontier(model):
     """With a threshold, each pruned step computes the first active + lookahead masks and commits only among the
-    first `active` (the phase start too); without a threshold, lookahead changes nothing (the paper's setting)."""
+    first `active` (the phase start too); without a threshold the default is none (the paper's setting) and an
+    explicit lookahead computes the extra masks without committing them."""
     out = generate(model, PROMPT, "window", 64, window=64, active=4, lookahead=8, threshold=0.2, refresh=64)
     masked = list(range(64))
     for step, committed in enumerate(out.stats.order):
@@ -173,3 +174,12 @@ def test_window_lookahead_computes_fresh_right_context_but_commits_in_the_fronti
     one = generate(model, PROMPT, "window", 64, window=32, active=8, refresh=16)
     same = generate(model, PROMPT, "window", 64, window=32, active=8, refresh=16, lookahead=0)
     assert one.stats.order == same.stats.order and one.stats.per_step == same.stats.per_step
+    ahead = generate(model, PROMPT, "window", 64, window=32, active=8, refresh=16, lookahead=8)
+    masked = list(range(64))
+    for step, committed in enumerate(ahead.stats.order):
+        assert len(committed) == 1, step
+        if step % 16 and len(masked) >= 16:  # a pruned step: commits among the first 8, computes 8 + 8 masks
+            assert committed[0] in masked[:8] and ahead.stats.per_step[step] >= 16, step
+        masked = [i for i in masked if i not in committed]
+    with pytest.raises(ValueError, match="lookahead"):
+        generate(model, PROMPT, "window", 64, lookahead=-1)
