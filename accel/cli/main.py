@@ -437,6 +437,11 @@ def _shapes_eval(command: str, pipeline_class: str, evaluate, model: str, prompt
         pipe = _load(model, device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if type(pipe).__name__ != pipeline_class:
             raise UsageError(f"{command} needs a {pipeline_class}, got {type(pipe).__name__}")
+        from accel.schedulers.fewstep import find_student
+
+        if find_student(pipe) is not None:  # it would be sampled as a teacher (its steps with CFG): wrong numbers
+            raise UsageError(f"{model} is a distilled student, which {command} would sample as a teacher; "
+                             f"measure it with: accel bench fewstep --students {model}")
         with _eval_bar(disable=not main_process) as progress:
             result = evaluate(pipe, prompts=prompts, seed=seed, steps=steps, batch_size=batch_size,
                               progress=_eval_progress(progress), state=state, **call)

@@ -197,8 +197,11 @@ class Distiller:
             self.generator, self.prompt_rng, self.choices = saved
 
     def _ode_step(self) -> float:
-        """ODE-pair regression: the student's x0 at a point of the teacher's CFG trajectory (from the same noise,
-        ode_substeps Euler steps per training-grid interval) against the trajectory's end."""
+        """ODE-pair regression: the student's x0 at every training-grid point of the teacher's CFG trajectory (from
+        the same noise, ode_substeps Euler steps per interval) against the trajectory's end, averaged over the
+        points. Self Forcing regresses one drawn point per trajectory; every point is the same objective in
+        expectation at a fraction of the teacher calls per regressed pair (the trajectory costs far more than a
+        student forward)."""
         from accel.schedulers.flow import euler_step, sample
 
         c = self.config
@@ -211,9 +214,8 @@ class Distiller:
             x0_teacher = sample(self.roles.teacher, x, TimeGrid(torch.cat([fine, torch.zeros(1)])),
                                 self._teacher_cond(prompts, x), euler_step,
                                 lambda i, xi: states.append(xi) if (i + 1) % m == 0 else None)
-        i = self._exit_index()
-        v = self.roles.student.velocity(states[i], self.sigmas[i], cond)
-        loss = ode_loss(states[i], v, self.sigmas[i], x0_teacher)
+        loss = torch.stack([ode_loss(x_i, self.roles.student.velocity(x_i, sigma, cond), sigma, x0_teacher)
+                            for x_i, sigma in zip(states, self.sigmas)]).mean()
         self._update("student", loss, "ODE-pair")
         self._ema_update()
         return loss.item()

@@ -114,6 +114,8 @@ def test_cli_generates_with_a_student_folder(pipe, tmp_path):
     r = runner.invoke(app, ["generate", "a photo of a red circle", "--model", str(plain), "--sampler", "fewstep",
                             "--out", str(tmp_path / "c.png")])
     assert r.exit_code == 2 and "needs a distilled student" in " ".join(r.output.split())
+    r = runner.invoke(app, ["eval", "shapes", "--model", str(folder), "--prompts", "2"])
+    assert r.exit_code == 2 and "accel bench fewstep --students" in " ".join(r.output.split())
 
 
 def test_search_runs_on_the_students_grid(pipe):
