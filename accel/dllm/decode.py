@@ -96,13 +96,16 @@ class FastDLLMConfig:
             raise ValueError(f"factor must be a number > 0 or None, got {self.factor!r}")
 
 
+LOOKAHEAD = 16  # the threshold variant's default lookahead (chosen on seeds 1-5, checked on 6-10: docs/dllm.md)
+
+
 @dataclass(frozen=True)
 class WindowConfig:
     """window: masked positions attended beyond the decoded ones (W, the paper's 64); active: masked positions
     computed per step (A, 16); refresh: steps per phase (R, 32); threshold: None for one token per step (the
     paper), or commit every active masked token above it (at least one); lookahead: that many masked positions
     after the active ones are computed too (fresh right context for the commits, never committed in that step;
-    None: 16 with a threshold, 0 without, the paper's setting); plan: "sliding" (the key set and the
+    None: LOOKAHEAD with a threshold, 0 without, the paper's setting); plan: "sliding" (the key set and the
     post-decode transient recomputed every step, all of the phase's commits transient) or "frozen" (Window-Diffusion's
     released code: the key set fixed at the phase start, the phase-start commit active for one step only; one token
     per step only)."""
@@ -116,12 +119,17 @@ class WindowConfig:
     plan: str = "sliding"
     lookahead: int | None = None
 
+    @property
+    def ahead(self) -> int:
+        """The masked positions computed after the active ones: `lookahead`, or its default for the setting."""
+        if self.lookahead is not None:
+            return self.lookahead
+        return LOOKAHEAD if self.threshold is not None else 0
+
     def __post_init__(self):
         check_choice("confidence", self.confidence, CONFIDENCES)
         check_choice("plan", self.plan, ("sliding", "frozen"))
-        if self.lookahead is not None and (not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool)
-                                           or self.lookahead < 0):
-            raise ValueError(f"lookahead must be an integer >= 0 (or None for the default), got {self.lookahead!r}")
+        _check_int("lookahead", self.lookahead, optional=True, minimum=0)
         _check_int("window", self.window)
         _check_int("active", self.active)
         _check_int("refresh", self.refresh)
@@ -164,11 +172,11 @@ DecoderConfig = Union[LLaDAConfig, FastDLLMConfig, WindowConfig, AdaBlockConfig]
 DECODERS: dict[str, type] = {c.name: c for c in (LLaDAConfig, FastDLLMConfig, WindowConfig, AdaBlockConfig)}
 
 
-def _check_int(name, value, optional=False):
+def _check_int(name, value, optional=False, minimum=1):
     if optional and value is None:
         return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1{' or None' if optional else ''}, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, got {value!r}")
 
 
 def _check_threshold(value, name="threshold"):
@@ -434,8 +442,7 @@ def _window(s: _State, c: WindowConfig) -> None:
             # With parallel commits, `lookahead` more masks are computed as fresh right context: measured, the
             # threshold variant's wrong commits were confident tokens at the right edge of the active set, next to
             # masks whose K/V were those of the phase start; a full forward predicted them right (docs/dllm.md).
-            ahead = c.lookahead if c.lookahead is not None else (16 if c.threshold is not None else 0)
-            active = torch.unique(torch.cat([masked_idx[:c.active + ahead],
+            active = torch.unique(torch.cat([masked_idx[:c.active + c.ahead],
                                              torch.tensor(phase_committed, dtype=torch.long, device=device)]))
             if c.plan == "frozen":
                 keys = frozen_keys
