@@ -150,7 +150,9 @@ def model_pool(pipe, n: int, seed: int, steps: int, folder: Path, chunk: int = 1
             gens = [torch.Generator().manual_seed(seed * 1_000_003 + start + j) for j in range(len(part))]
             with torch.no_grad():
                 out = pipe([m["prompt"] for m in part], num_inference_steps=steps, generator=gens, output_type="np")
-            arr = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
+            # C order: safetensors writes an array's memory as it lies, so a strided view (the pipeline's NHWC is a
+            # permuted NCHW tensor) would be stored scrambled.
+            arr = np.ascontiguousarray((np.clip(out.images, 0, 1) * 255).round().astype(np.uint8))
             tmp = path.with_suffix(".tmp")
             save_file({"images": arr}, str(tmp))
             tmp.replace(path)

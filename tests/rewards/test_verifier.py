@@ -120,3 +120,17 @@ def test_training_script_stops_in_the_pool_when_out_of_time(tmp_path, tiny_model
                          "--sample-steps", "1", "--threads", "1", "--minutes", "1e-9", "--work", str(work),
                          "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists() and not list((work / "pool-train").glob("chunk-*"))
+
+
+def test_pool_holds_the_pipelines_own_images(tmp_path, tiny_model):
+    # The pool is what the verifier learns the model's artefacts from: it must store the images as sampled (a
+    # strided array written through safetensors once came back scrambled, and the verifier never saw a real sample).
+    from accel.models import load_pipeline
+
+    pipe = load_pipeline(tiny_model)
+    pipe.set_progress_bar_config(disable=True)
+    images, metas = train_verifier.model_pool(pipe, 3, 5, 2, tmp_path / "pool")
+    out = pipe([m["prompt"] for m in metas], num_inference_steps=2, output_type="np",
+               generator=[torch.Generator().manual_seed(5 * 1_000_003 + j) for j in range(3)])
+    expected = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
+    assert images.shape == expected.shape and np.array_equal(images, expected)
