@@ -2,7 +2,7 @@
 
 Data, every label from the exact checker (never from how an image was made):
 - renders of the shapes world: scenes that satisfy a random prompt, half of them perturbed (an object recoloured,
-  reshaped, dropped, added or moved), so that both answers are common;
+  reshaped, dropped, added or moved, or two objects' colours swapped), so that both answers are common;
 - the built-in model's own samples for random prompts (generated once into WORK/pool, resumable), so the verifier
   sees the artefacts it will judge at search time.
 Questions: the requirement questions of the image's prompt (accel.rewards.verifier.requirements), the whole prompt,
@@ -73,12 +73,18 @@ class OutOfTime(Exception):
 
 
 def perturb(scene: list, rng: np.random.Generator) -> list:
-    """One random change to a scene: recolour, reshape, drop, add or move an object."""
+    """One random change to a scene: recolour, reshape, drop, add or move an object, or swap two objects' colours
+    (the binding error text-to-image models make; a lone object is recoloured instead)."""
     scene = list(scene)
     k = int(rng.integers(len(scene)))
     obj = scene[k]
-    op = ["recolour", "reshape", "drop", "add", "move"][int(rng.integers(5))]
-    if op == "recolour":
+    op = ["recolour", "reshape", "drop", "add", "move", "swap"][int(rng.integers(6))]
+    if op == "swap" and len({o.color for o in scene}) > 1:
+        j = int(rng.choice([j for j, o in enumerate(scene) if o.color != obj.color]))
+        other = scene[j]
+        scene[k] = type(obj)(obj.shape, other.color, obj.cx, obj.cy, obj.r)
+        scene[j] = type(other)(other.shape, obj.color, other.cx, other.cy, other.r)
+    elif op in ("recolour", "swap"):
         scene[k] = type(obj)(obj.shape, str(rng.choice([c for c in COLORS if c != obj.color])), obj.cx, obj.cy, obj.r)
     elif op == "reshape":
         scene[k] = type(obj)(str(rng.choice([s for s in SHAPES if s != obj.shape])), obj.color, obj.cx, obj.cy, obj.r)
