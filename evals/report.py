@@ -86,6 +86,29 @@ def search_table(runs: list[list[dict]], strategies: str | None = None) -> list[
                   [[s, *(f"{acc[s, b]:.3f}" if (s, b) in acc else "-" for b in budgets)] for s in strategies])
 
 
+def search_detail_table(runs: list[list[dict]], strategies: str | None = None) -> list[str]:
+    """One line per (strategy, budget) of `accel bench search`: NFE spent, checker accuracy, the checker's own
+    pick among the returned samples (oracle), the reward-hacking gap, and the reward / verifier / agent calls per
+    prompt (verifier and agent calls are RAISE's)."""
+    rows = [r for run in runs for r in run]
+    if strategies is not None:
+        keep = strategies.split("|")
+        missing = [k for k in keep if k not in {r["strategy"] for r in rows}]
+        if missing:
+            raise ValueError(f"strategies not in the rows: {', '.join(missing)}")
+        rows = sorted((r for r in rows if r["strategy"] in keep), key=lambda r: keep.index(r["strategy"]))
+
+    def calls(r: dict, key: str) -> str:
+        return f"{r[key]:.1f}" if key in r else "-"
+
+    return _table(["strategy", "budget", "NFE / prompt", "reward", "accuracy", "oracle", "hacking gap",
+                   "reward calls", "verifier calls", "agent calls"],
+                  [[r["strategy"], f"{r['budget']:g}x", f"{r['nfe']:.0f}", str(r.get("reward", "exact")),
+                    f"**{r['accuracy']:.3f}**", f"{r['oracle_accuracy']:.3f}" if "oracle_accuracy" in r else "-",
+                    f"{r['hacking_gap']:+.3f}" if "hacking_gap" in r else "-", calls(r, "reward_calls"),
+                    calls(r, "verifier_calls"), calls(r, "agent_calls")] for r in rows])
+
+
 def steps_table(runs: list[list[dict]], methods: str | None = None) -> list[str]:
     """One row per method of `accel bench steps`: measured runtime, checker accuracy, PSNR / SSIM to full steps.
     With several files (runs on other prompt sets), a first column gives each row's seed.
@@ -217,12 +240,13 @@ def vbench_table(runs: list[list[dict]]) -> list[str]:
     return table(runs)
 
 
-TABLES = {"eval": eval_table, "geneval": geneval_table, "search": search_table, "steps": steps_table,
+TABLES = {"eval": eval_table, "geneval": geneval_table, "search": search_table,
+          "search-detail": search_detail_table, "steps": steps_table,
           "fewstep": fewstep_table, "dllm": dllm_table, "forward": forward_table, "memory": memory_table,
           "kernels": kernels_table, "moe-engine": moe_engine_table, "overhead": overhead_table,
           "vbench": vbench_table}
 # The keyword arguments each builder takes from a block's spec.
-OPTIONS = {"steps": {"methods"}, "search": {"strategies"}}
+OPTIONS = {"steps": {"methods"}, "search": {"strategies"}, "search-detail": {"strategies"}}
 
 # How a results file's kind is recognised: the first kind whose keys its first row has.
 SIGNATURES = [("vbench", {"benchmark", "dimensions", "aggregate"}),

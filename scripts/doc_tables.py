@@ -6,7 +6,7 @@ A generated table sits in a markdown file between
     ...
     <!-- /table -->
 
-with KIND one of accel.evals.report.TABLES (eval, search, steps, fewstep, dllm, forward, memory, kernels), FILE paths
+with KIND one of accel.evals.report.TABLES (eval, search, search-detail, steps, fewstep, dllm, ...), FILE paths
 relative to the repository root and OPTION one of the builder's keyword arguments (steps: methods=NAME|NAME|... keeps
 those rows in that order). The block is the table and a line naming the rows' files, git sha, dirty flag and command,
 so a quoted number always traces to a row and the code that made it. `python scripts/doc_tables.py README.md

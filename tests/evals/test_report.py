@@ -109,3 +109,13 @@ def test_search_table_keeps_the_named_strategies_in_order(tmp_path):
     assert out[2].startswith("| smc |") and out[3].startswith("| bon |") and len(out) == 6
     with pytest.raises(ValueError, match="strategies not in the rows: beam"):
         render(f"search {f} strategies=beam")
+
+
+def test_search_detail_table_shows_the_gap_and_the_calls(tmp_path):
+    rows = _search_rows(["bon", "raise"], (4,))
+    rows[1] |= {"reward": "shapes-verifier", "oracle_accuracy": 0.9, "hacking_gap": 0.25, "reward_calls": 8.0,
+                "verifier_calls": 2.0, "agent_calls": 4.0}
+    f = _write(tmp_path / "s.json", rows)
+    out = render(f"search-detail {f} strategies=raise").splitlines()
+    assert out[0].startswith("| strategy | budget | NFE / prompt | reward | accuracy | oracle | hacking gap")
+    assert out[2].startswith("| raise | 4x |") and "| +0.250 | 8.0 | 2.0 | 4.0 |" in out[2] and len(out) == 5
