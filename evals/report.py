@@ -68,10 +68,16 @@ def geneval_table(runs: list[list[dict]]) -> list[str]:
     return _table(["model", "detector", "images", "seed", "options", "overall", *tags], [cells(r) for r in results])
 
 
-def search_table(runs: list[list[dict]], strategies: str | None = None) -> list[str]:
+SEARCH_VALUES = ("accuracy", "accuracy_strict", "oracle_accuracy", "hacking_gap")
+
+
+def search_table(runs: list[list[dict]], strategies: str | None = None, value: str = "accuracy") -> list[str]:
     """Checker accuracy of each strategy (rows) at each budget (columns) from `accel bench search`.
 
-    strategies: "|"-separated strategy names to keep, in that order; default every strategy of the files."""
+    strategies: "|"-separated strategy names to keep, in that order; default every strategy of the files.
+    value: the cell, one of SEARCH_VALUES (the oracle pick and the hacking gap are the learned-reward rows')."""
+    if value not in SEARCH_VALUES:
+        raise ValueError(f"unknown search table value {value!r}; allowed: {', '.join(SEARCH_VALUES)}")
     rows = [r for run in runs for r in run]
     if strategies is not None:
         keep = strategies.split("|")
@@ -81,9 +87,10 @@ def search_table(runs: list[list[dict]], strategies: str | None = None) -> list[
         rows = sorted((r for r in rows if r["strategy"] in keep), key=lambda r: keep.index(r["strategy"]))
     budgets = sorted({r["budget"] for r in rows})
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    acc = {(r["strategy"], r["budget"]): r["accuracy"] for r in rows}
+    acc = {(r["strategy"], r["budget"]): r[value] for r in rows if value in r}
+    cell = "{:+.3f}" if value == "hacking_gap" else "{:.3f}"
     return _table(["strategy", *(f"{b:g}x" for b in budgets)],
-                  [[s, *(f"{acc[s, b]:.3f}" if (s, b) in acc else "-" for b in budgets)] for s in strategies])
+                  [[s, *(cell.format(acc[s, b]) if (s, b) in acc else "-" for b in budgets)] for s in strategies])
 
 
 def search_detail_table(runs: list[list[dict]], strategies: str | None = None) -> list[str]:
@@ -246,7 +253,7 @@ TABLES = {"eval": eval_table, "geneval": geneval_table, "search": search_table,
           "kernels": kernels_table, "moe-engine": moe_engine_table, "overhead": overhead_table,
           "vbench": vbench_table}
 # The keyword arguments each builder takes from a block's spec.
-OPTIONS = {"steps": {"methods"}, "search": {"strategies"}, "search-detail": {"strategies"}}
+OPTIONS = {"steps": {"methods"}, "search": {"strategies", "value"}, "search-detail": {"strategies"}}
 
 # How a results file's kind is recognised: the first kind whose keys its first row has.
 SIGNATURES = [("vbench", {"benchmark", "dimensions", "aggregate"}),

@@ -119,3 +119,13 @@ def test_search_detail_table_shows_the_gap_and_the_calls(tmp_path):
     out = render(f"search-detail {f} strategies=raise").splitlines()
     assert out[0].startswith("| strategy | budget | NFE / prompt | reward | accuracy | oracle | hacking gap")
     assert out[2].startswith("| raise | 4x |") and "| +0.250 | 8.0 | 2.0 | 4.0 |" in out[2] and len(out) == 5
+
+
+def test_search_table_value_option(tmp_path):
+    rows = _search_rows(["bon"], (1, 4))
+    for r, gap in zip(rows, (0.0, 0.125)):
+        r |= {"oracle_accuracy": r["accuracy"] + gap, "hacking_gap": gap}
+    f = _write(tmp_path / "s.json", rows)
+    assert render(f"search {f} value=hacking_gap").splitlines()[2] == "| bon | +0.000 | +0.125 |"
+    with pytest.raises(ValueError, match="allowed: accuracy"):
+        render(f"search {f} value=seconds")
