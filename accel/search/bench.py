@@ -149,7 +149,8 @@ def bench_search(pipe, prompts: int | list[dict] = 24, seed: int = 0,
     for label, config in zip(labels, configs):
         if isinstance(config, RAISEConfig) and min(budgets) < config.population:
             raise ValueError(f"{label} needs a budget of at least one round, {config.population} samples; got "
-                             f"{min(budgets):g} (lower its population, e.g. raise:population=2)")
+                             f"{min(budgets):g}: give budgets >= {config.population}, or a population of at most "
+                             f"the smallest budget")
     if reward_name is None:
         reward_name = "exact" if reward is None else type(reward).__name__
     reward = reward or ShapesReward(strict=True)

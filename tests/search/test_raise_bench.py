@@ -35,6 +35,8 @@ def test_rows_with_raise_and_a_learned_reward(tiny_pipe):
 def test_raise_budget_below_one_round(tiny_pipe):
     with pytest.raises(ValueError, match="at least one round"):
         bench_search(tiny_pipe, prompts=1, strategies=("raise",), budgets=(4, 8), steps=2)
+    with pytest.raises(ValueError, match="give budgets >= 2, or a population of at most the smallest budget"):
+        bench_search(tiny_pipe, prompts=1, strategies=("raise:population=2",), budgets=(1, 4), steps=2)
 
 
 class AntiReward(ShapesReward):
