@@ -71,6 +71,18 @@ def geneval_table(runs: list[list[dict]]) -> list[str]:
 SEARCH_VALUES = ("accuracy", "accuracy_strict", "oracle_accuracy", "hacking_gap")
 
 
+def _search_rows(runs: list[list[dict]], strategies: str | None) -> list[dict]:
+    """The rows of every file; with `strategies` ("|"-separated names) only those, in that order."""
+    rows = [r for run in runs for r in run]
+    if strategies is None:
+        return rows
+    keep = strategies.split("|")
+    missing = [k for k in keep if k not in {r["strategy"] for r in rows}]
+    if missing:
+        raise ValueError(f"strategies not in the rows: {', '.join(missing)}")
+    return sorted((r for r in rows if r["strategy"] in keep), key=lambda r: keep.index(r["strategy"]))
+
+
 def search_table(runs: list[list[dict]], strategies: str | None = None, value: str = "accuracy") -> list[str]:
     """Checker accuracy of each strategy (rows) at each budget (columns) from `accel bench search`.
 
@@ -78,13 +90,7 @@ def search_table(runs: list[list[dict]], strategies: str | None = None, value: s
     value: the cell, one of SEARCH_VALUES (the oracle pick and the hacking gap are the learned-reward rows')."""
     if value not in SEARCH_VALUES:
         raise ValueError(f"unknown search table value {value!r}; allowed: {', '.join(SEARCH_VALUES)}")
-    rows = [r for run in runs for r in run]
-    if strategies is not None:
-        keep = strategies.split("|")
-        missing = [k for k in keep if k not in {r["strategy"] for r in rows}]
-        if missing:
-            raise ValueError(f"strategies not in the rows: {', '.join(missing)}")
-        rows = sorted((r for r in rows if r["strategy"] in keep), key=lambda r: keep.index(r["strategy"]))
+    rows = _search_rows(runs, strategies)
     budgets = sorted({r["budget"] for r in rows})
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     acc = {(r["strategy"], r["budget"]): r[value] for r in rows if value in r}
@@ -97,13 +103,7 @@ def search_detail_table(runs: list[list[dict]], strategies: str | None = None) -
     """One line per (strategy, budget) of `accel bench search`: NFE spent, checker accuracy, the checker's own
     pick among the returned samples (oracle), the reward-hacking gap, and the reward / verifier / agent calls per
     prompt (verifier and agent calls are RAISE's)."""
-    rows = [r for run in runs for r in run]
-    if strategies is not None:
-        keep = strategies.split("|")
-        missing = [k for k in keep if k not in {r["strategy"] for r in rows}]
-        if missing:
-            raise ValueError(f"strategies not in the rows: {', '.join(missing)}")
-        rows = sorted((r for r in rows if r["strategy"] in keep), key=lambda r: keep.index(r["strategy"]))
+    rows = _search_rows(runs, strategies)
 
     def calls(r: dict, key: str) -> str:
         return f"{r[key]:.1f}" if key in r else "-"
