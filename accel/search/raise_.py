@@ -47,7 +47,9 @@ class RAISEConfig:
     rest use the adjusted prompt; None: half, the paper's 4 of 8); edits: edit candidates per round after k_min
     (at most 3 and the population: the top-1 edit, the comprehensive edit, a random other planned edit);
     edit_strength: the sigma in (0, 1) the best image is
-    re-noised to for an SDEdit edit (higher: freer edits); sampler: the flow ODE by default (as plain sampling).
+    re-noised to for an SDEdit edit (higher: freer edits); sampler: the flow ODE by default (as plain sampling);
+    verified: the verifier's P(yes) from which a requirement counts as met (0.5: its own yes; higher trusts a
+    learned verifier's yes only when it is sure, so that its false yes stops refinement less often).
     """
 
     name: ClassVar[str] = "raise"
@@ -58,6 +60,7 @@ class RAISEConfig:
     edits: int = 3
     edit_strength: float = 0.6
     sampler: SDEConfig = SDEConfig.ode()
+    verified: float = 0.5
 
     def __post_init__(self):
         check_int("population", self.population)
@@ -74,6 +77,9 @@ class RAISEConfig:
             raise ValueError(f"edit_strength must be a number in (0, 1) (the sigma the best image is re-noised to), "
                              f"got {self.edit_strength!r}")
         check_sampler(self.sampler)
+        if not (isinstance(self.verified, (int, float)) and 0.0 < self.verified <= 1.0):
+            raise ValueError(f"verified must be a probability in (0, 1] (the P(yes) from which a requirement counts "
+                             f"as met), got {self.verified!r}")
 
 
 class Editor(Protocol):
@@ -361,6 +367,10 @@ class _Raise:
         verdict = self.ledger.timed("verifier", self.agent.verify, candidate.image, analysis)
         if not isinstance(verdict, Verdict):
             raise ValueError(f"the agent's verify must return a Verdict, got {type(verdict).__name__}")
+        if self.config.verified != 0.5:  # a stricter (or looser) reading of the verifier's answers
+            th = self.config.verified
+            verdict = Verdict(verdict.answers, verdict.all_satisfied and all(p >= th for p in verdict.answers),
+                              verdict.explanations, threshold=th)
         return verdict
 
     def _agent(self, role: str, *args):

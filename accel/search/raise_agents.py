@@ -27,11 +27,12 @@ class Verdict:
     answers: list[float]
     all_satisfied: bool
     explanations: list[str] = field(default_factory=list)
+    threshold: float = 0.5  # P(yes) from which a question counts as answered yes (RAISEConfig.verified)
 
     @property
     def failed(self) -> list[int]:
-        """Indices of the questions answered no."""
-        return [i for i, p in enumerate(self.answers) if p < 0.5]
+        """Indices of the questions not answered yes."""
+        return [i for i, p in enumerate(self.answers) if p < self.threshold]
 
 
 @dataclass

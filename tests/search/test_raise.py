@@ -71,6 +71,18 @@ def test_stops_when_the_global_best_is_verified(denoiser):
     assert result.trace.extra["verifier_calls"] == 2 and result.trace.extra["best_verified"]
 
 
+def test_a_stricter_verified_threshold_keeps_refining(denoiser):
+    unsure = ShapesAgent(verifier=lambda image, question: 0.7)  # a learned verifier's lukewarm yes
+    assert run(denoiser, 4 * 4 * SAMPLE, agent=unsure).trace.extra["stop"] == "verified"
+    strict = run(denoiser, 4 * 4 * SAMPLE, "raise:population=4:originals=2:verified=0.8", agent=unsure)
+    rows = strict.trace.steps
+    assert strict.trace.extra["stop"] == "rounds" and not strict.trace.extra["best_verified"]
+    assert rows[2]["edit"] == 3 and "a photo of a blue square" in rows[2]["prompts"]  # every requirement unmet
+    sure = ShapesAgent(verifier=lambda image, question: 0.9)
+    assert run(denoiser, 4 * 4 * SAMPLE, "raise:population=4:originals=2:verified=0.8",
+               agent=sure).trace.extra["rounds"] == 2
+
+
 class Ending(NeverSatisfied):
     def analyze(self, prompt, image, verdict):
         return Analysis(**{**super().analyze(prompt, image, verdict).__dict__, "ending": True})
@@ -158,6 +170,9 @@ def test_bad_input(denoiser, tiny_pipe):
         get_config("raise:edit_strength=1.0")
     with pytest.raises(ValueError, match="k_min"):
         RAISEConfig(k_min=5, k_max=4)
+    for bad in (0, 1.5, "high"):
+        with pytest.raises(ValueError, match=r"verified must be a probability in \(0, 1\]"):
+            RAISEConfig(verified=bad)
     with pytest.raises(ValueError, match="cannot find requirements"):
         refine(denoiser, {"prompt": "a cat on a mat", "num_inference_steps": 4}, MeanPixel(), "raise", 10_000,
                ShapesAgent())
