@@ -152,7 +152,7 @@ def test_shipped_verifier_reads_colour_and_shape():
         own.append(verifier(x[0], f"is there a {colour} {shape}?"))
         other_colour.append(verifier(x[0], f"is there a {wrong_colour} {shape}?"))
         other_shape.append(verifier(x[0], f"is there a {colour} {wrong_shape}?"))
-    # Measured at the shipped weights: 0.89 own, 0.00 another colour, 0.48 another shape of the same colour (its
-    # shape binding is the weaker; the model card says so).
+    # Measured at the shipped weights: 0.95 own, 0.22 another colour of the same shape, 0.00 another shape (the
+    # model card has the held-out report).
     assert np.mean(own) > 0.7 and np.mean(own) - np.mean(other_colour) > 0.3 and \
         np.mean(own) - np.mean(other_shape) > 0.25, (np.mean(own), np.mean(other_colour), np.mean(other_shape))
