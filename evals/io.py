@@ -44,30 +44,35 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def source_state() -> dict:
-    """The code a result comes from: git_sha (full), dirty (uncommitted or untracked changes) and, when dirty,
-    diff_sha256 (a hash of `git diff HEAD` and the untracked files, so two dirty rows can be told apart).
+def source_state(where: Path | None = None) -> dict:
+    """The code a result comes from: git_sha (full), dirty (uncommitted changes, or untracked files anywhere in the
+    checkout except results: non-Python files under benchmarks/) and, when dirty, diff_sha256 (a hash of
+    `git diff HEAD` and the untracked files, so two dirty rows can be told apart).
 
-    All three are None outside a git checkout (a regular install: its version names the code).
+    where: a folder inside the checkout (default: this package's). All three are None outside a git checkout (a
+    regular install: its version names the code).
     """
     import hashlib
     import subprocess
 
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> bytes | None:
+    def git(*args: str, cwd: Path) -> bytes | None:
         try:
-            out = subprocess.run(["git", *args], capture_output=True, timeout=20, cwd=here)
+            out = subprocess.run(["git", *args], capture_output=True, timeout=20, cwd=cwd)
         except (OSError, subprocess.SubprocessError):
             return None
         return out.stdout if out.returncode == 0 else None
 
-    sha = git("rev-parse", "HEAD")
-    diff, untracked = git("diff", "HEAD", "--binary"), git("ls-files", "--others", "--exclude-standard", "-z")
-    if not sha or diff is None or untracked is None:
+    here = Path(where) if where is not None else Path(__file__).resolve().parent
+    sha, top = git("rev-parse", "HEAD", cwd=here), git("rev-parse", "--show-toplevel", cwd=here)
+    if not sha or not top:
         return {"git_sha": None, "dirty": None, "diff_sha256": None}
-    root = Path(git("rev-parse", "--show-toplevel").decode().strip())
-    names = sorted(n for n in untracked.decode().split("\0") if n)
+    root = Path(top.decode().strip())
+    # From the top: `git ls-files` run in a subfolder lists only that subfolder's files.
+    diff, untracked = git("diff", "HEAD", "--binary", cwd=root), git("ls-files", "--others", "--exclude-standard",
+                                                                      "-z", cwd=root)
+    if diff is None or untracked is None:
+        return {"git_sha": None, "dirty": None, "diff_sha256": None}
+    names = sorted(n for n in untracked.decode().split("\0") if n and not _is_result(n))
     if not diff and not names:
         return {"git_sha": sha.decode().strip(), "dirty": False, "diff_sha256": None}
     h = hashlib.sha256(diff)
@@ -76,6 +81,12 @@ def source_state() -> dict:
         if (root / name).is_file():
             h.update((root / name).read_bytes())
     return {"git_sha": sha.decode().strip(), "dirty": True, "diff_sha256": h.hexdigest()}
+
+
+def _is_result(name: str) -> bool:
+    """An untracked file that a run writes rather than code it runs: a non-Python file under benchmarks/ (the rows
+    and plots of one recording must not mark the next one dirty)."""
+    return name.startswith("benchmarks/") and not name.endswith(".py")
 
 
 def require_clean(allow_dirty: bool = False) -> dict:

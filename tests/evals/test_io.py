@@ -36,3 +36,41 @@ def test_check_writable(tmp_path):
         check_writable(tmp_path / "missing" / "x.png")
     with pytest.raises(ValueError, match="directory"):
         check_writable(tmp_path)
+
+
+def test_source_state_sees_untracked_code_anywhere_but_not_results(tmp_path):
+    import subprocess
+
+    from accel.evals.io import source_state
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    sub = tmp_path / "pkg"
+    assert source_state(sub)["dirty"] is False
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "rows.json").write_text("[]")  # a result: not code
+    assert source_state(sub)["dirty"] is False
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "new.py").write_text("y = 2\n")  # untracked code outside the folder asked from
+    state = source_state(sub)
+    assert state["dirty"] is True and state["diff_sha256"]
+    (tmp_path / "other" / "new.py").unlink()
+    (tmp_path / "benchmarks" / "bench.py").write_text("z = 3\n")  # a benchmark script is code
+    assert source_state(sub)["dirty"] is True
+    (tmp_path / "benchmarks" / "bench.py").unlink()
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert source_state(sub)["dirty"] is True
+
+
+def test_source_state_outside_a_checkout(tmp_path_factory):
+    from accel.evals.io import source_state
+
+    outside = tmp_path_factory.mktemp("not-a-checkout")
+    assert source_state(outside) == {"git_sha": None, "dirty": None, "diff_sha256": None}
