@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--sample-steps", type=int, default=25, help="sampling steps of the pool's images")
     ap.add_argument("--model-fraction", type=float, default=0.5, help="share of each batch from the pool")
     ap.add_argument("--eval-renders", type=int, default=600)
+    ap.add_argument("--relation-slots", type=int, default=0,
+                    help="text-queried spatial attention slots for relation questions (0: pooled features only)")
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -271,7 +273,7 @@ def main(argv=None) -> None:
         return
 
     torch.manual_seed(args.seed)
-    model = ShapesVerifier(VerifierConfig(image_size=SIZE))
+    model = ShapesVerifier(VerifierConfig(image_size=SIZE, relation_slots=args.relation_slots))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     step, log = 0, []
     if (found := ckpt.latest(work / "checkpoints")) is not None:

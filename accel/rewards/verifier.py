@@ -225,6 +225,7 @@ class VerifierConfig:
     text_dim: int = 64
     text_layers: int = 2
     heads: int = 4
+    relation_slots: int = 0  # 0: pooled image features only; k: k text-queried spatial attention slots (see below)
 
 
 class ShapesVerifier(torch.nn.Module):
@@ -234,7 +235,10 @@ class ShapesVerifier(torch.nn.Module):
     matters: "a circle left of a square" is not "a square left of a circle"). Image: a CNN over RGB plus two
     coordinate channels (positions are what relations ask about), each stage modulated by the text (FiLM, Perez et
     al. 2018) so that the question picks what the image features look for; mean- and max-pooled, then an MLP to one
-    logit. About 0.1 M parameters; trains on a CPU (scripts/train_verifier.py).
+    logit. With `relation_slots` k > 0, k slots each attend over the question's words (a learned query: e.g. the
+    subject, the object) and then over the last feature map, adding the attended features and the attention's
+    centroid (x, y) per slot and the slots' centroid differences: pooled features cannot say which object is left
+    of which. About 0.1 M parameters; trains on a CPU (scripts/train_verifier.py).
 
     forward(images (B, 3, H, W) in [0, 1], ids (B, T)) -> logits (B,); probabilities(images, texts) -> (B,).
     """
@@ -257,13 +261,37 @@ class ShapesVerifier(torch.nn.Module):
             films.append(nn.Linear(d, 2 * cout))
             cin = cout
         self.convs, self.films = nn.ModuleList(convs), nn.ModuleList(films)
-        self.head = nn.Sequential(nn.Linear(2 * cin + d, 128), nn.SiLU(), nn.Linear(128, 1))
+        k = cfg.relation_slots
+        if k:
+            self.slot_queries = nn.Parameter(torch.randn(k, d) / d ** 0.5)  # attend over the question's words
+            self.slot_keys = nn.Linear(cin, d)  # image features -> keys for the slots' spatial attention
+        extra = k * (cin + 2) + k * (k - 1)  # per slot: features + centroid; per slot pair: centroid difference
+        self.head = nn.Sequential(nn.Linear(2 * cin + d + extra, 128), nn.SiLU(), nn.Linear(128, 1))
+
+    def encode_words(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-word features (B, T, d) and the padding mask (B, T)."""
+        pad = ids == 0
+        return self.text(self.embed(ids) + self.position[: ids.shape[1]], src_key_padding_mask=pad), pad
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        pad = ids == 0  # (B, T)
-        h = self.text(self.embed(ids) + self.position[: ids.shape[1]], src_key_padding_mask=pad)  # (B, T, d)
+        h, pad = self.encode_words(ids)
         keep = (~pad).unsqueeze(-1).float()
         return (h * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, d)
+
+    def _slots(self, h: torch.Tensor, words: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """Relation features (B, k (C + 2) + k (k - 1)) of the feature map h (B, C, S, S) for the question."""
+        b, c, size, _ = h.shape
+        d = words.shape[-1]
+        w = torch.einsum("btd,kd->bkt", words, self.slot_queries).masked_fill(pad[:, None], float("-inf"))
+        queries = torch.einsum("bkt,btd->bkd", w.softmax(-1), words)  # (B, k, d): e.g. the subject, the object
+        flat = h.flatten(2).transpose(1, 2)  # (B, N, C)
+        a = (torch.einsum("bnd,bkd->bkn", self.slot_keys(flat), queries) / d ** 0.5).softmax(-1)  # (B, k, N)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+        grid = torch.stack([xs.flatten(), ys.flatten()], -1).to(h)  # (N, 2)
+        centroids = a @ grid  # (B, k, 2)
+        k = centroids.shape[1]
+        diffs = [centroids[:, i] - centroids[:, j] for i in range(k) for j in range(i + 1, k)]
+        return torch.cat([(a @ flat).flatten(1), centroids.flatten(1), *diffs], dim=1)
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -276,11 +304,16 @@ class ShapesVerifier(torch.nn.Module):
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
         coords = torch.stack([xs, ys]).to(x).expand(b, 2, size, size)
         h = torch.cat([x * 2 - 1, coords], dim=1)  # (B, 5, S, S)
-        t = self.encode_text(ids.to(x.device))  # (B, d)
+        words, pad = self.encode_words(ids.to(x.device))
+        keep = (~pad).unsqueeze(-1).float()
+        t = (words * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, d)
         for conv, film in zip(self.convs, self.films):
             gamma, beta = film(t).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
             h = F.silu(conv(h) * (1 + gamma) + beta)
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3)), t], dim=1)
+        parts = [h.mean(dim=(2, 3)), h.amax(dim=(2, 3)), t]
+        if self.config.relation_slots:
+            parts.append(self._slots(h, words, pad))
+        pooled = torch.cat(parts, dim=1)
         return self.head(pooled).squeeze(-1)  # (B,)
 
     @torch.no_grad()

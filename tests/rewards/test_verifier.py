@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from accel.rewards import ShapesReward, ShapesVerifier, VerifierReward, get_reward
-from accel.rewards.verifier import ExactVerifier, question_clause, requirements
+from accel.rewards.verifier import ExactVerifier, VerifierConfig, question_clause, requirements
 from accel.search.raise_agents import ShapesAgent
 from accel.shapes import prompt_set, render, scene_for
 
@@ -52,9 +52,10 @@ def test_exact_product_over_requirements_is_the_strict_checker():
     assert 0 < int(strict.sum()) < len(prompts)  # both answers occur: the test can fail
 
 
-def test_learned_verifier_model(tmp_path):
+@pytest.mark.parametrize("slots", [0, 2])
+def test_learned_verifier_model(tmp_path, slots):
     torch.manual_seed(0)
-    model = ShapesVerifier().eval()
+    model = ShapesVerifier(VerifierConfig(relation_slots=slots)).eval()
     images, metas = scenes(4)
     p = model.probabilities(images, ["is there a red circle?"] * 4)
     assert p.shape == (4,) and bool(((p > 0) & (p < 1)).all())
