@@ -274,21 +274,16 @@ class ShapesVerifier(torch.nn.Module):
         return self.text(self.embed(ids) + self.position[: ids.shape[1]], src_key_padding_mask=pad), pad
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        h, pad = self.encode_words(ids)
-        keep = (~pad).unsqueeze(-1).float()
-        return (h * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, d)
+        return _mean_words(*self.encode_words(ids))  # (B, d)
 
     def _slots(self, h: torch.Tensor, words: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """Relation features (B, k (C + 2) + k (k - 1)) of the feature map h (B, C, S, S) for the question."""
-        b, c, size, _ = h.shape
         d = words.shape[-1]
         w = torch.einsum("btd,kd->bkt", words, self.slot_queries).masked_fill(pad[:, None], float("-inf"))
         queries = torch.einsum("bkt,btd->bkd", w.softmax(-1), words)  # (B, k, d): e.g. the subject, the object
         flat = h.flatten(2).transpose(1, 2)  # (B, N, C)
         a = (torch.einsum("bnd,bkd->bkn", self.slot_keys(flat), queries) / d ** 0.5).softmax(-1)  # (B, k, N)
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-        grid = torch.stack([xs.flatten(), ys.flatten()], -1).to(h)  # (N, 2)
-        centroids = a @ grid  # (B, k, 2)
+        centroids = a @ _coords(h.shape[-1]).to(h).flatten(1).T  # (B, k, 2): attention-weighted (x, y)
         k = centroids.shape[1]
         diffs = [centroids[:, i] - centroids[:, j] for i in range(k) for j in range(i + 1, k)]
         return torch.cat([(a @ flat).flatten(1), centroids.flatten(1), *diffs], dim=1)
@@ -301,12 +296,10 @@ class ShapesVerifier(torch.nn.Module):
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         b = x.shape[0]
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-        coords = torch.stack([xs, ys]).to(x).expand(b, 2, size, size)
+        coords = _coords(size).to(x).expand(b, 2, size, size)
         h = torch.cat([x * 2 - 1, coords], dim=1)  # (B, 5, S, S)
         words, pad = self.encode_words(ids.to(x.device))
-        keep = (~pad).unsqueeze(-1).float()
-        t = (words * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, d)
+        t = _mean_words(words, pad)  # (B, d)
         for conv, film in zip(self.convs, self.films):
             gamma, beta = film(t).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
             h = F.silu(conv(h) * (1 + gamma) + beta)
@@ -359,6 +352,18 @@ class ShapesVerifier(torch.nn.Module):
         model = cls(VerifierConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()}))
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
         return model.to(device or "cpu").eval()
+
+
+def _coords(size: int) -> torch.Tensor:
+    """(x, y) in [-1, 1] of each pixel of a size x size map: (2, size, size)."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    return torch.stack([xs, ys])
+
+
+def _mean_words(words: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """Mean of the per-word features (B, T, d) over the words that are not padding (pad: (B, T))."""
+    keep = (~pad).unsqueeze(-1).float()
+    return (words * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
 def default_verifier_path() -> Path:

@@ -26,7 +26,7 @@ round returns both the generation and the edit prompts.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Protocol
 
 import torch
@@ -367,10 +367,10 @@ class _Raise:
         verdict = self.ledger.timed("verifier", self.agent.verify, candidate.image, analysis)
         if not isinstance(verdict, Verdict):
             raise ValueError(f"the agent's verify must return a Verdict, got {type(verdict).__name__}")
-        if self.config.verified != 0.5:  # a stricter (or looser) reading of the verifier's answers
-            th = self.config.verified
-            verdict = Verdict(verdict.answers, verdict.all_satisfied and all(p >= th for p in verdict.answers),
-                              verdict.explanations, threshold=th)
+        th = self.config.verified
+        if th != verdict.threshold:  # a stricter (or looser) reading of the verifier's answers than the agent's
+            verdict = replace(verdict, threshold=th,
+                              all_satisfied=verdict.all_satisfied and all(p >= th for p in verdict.answers))
         return verdict
 
     def _agent(self, role: str, *args):
