@@ -36,7 +36,7 @@ from accel.distill import checkpoint as ckpt
 from accel.evals.io import write_json
 from accel.rewards.verifier import (ShapesVerifier, VerifierConfig, exact_answer, question_clause, requirements,
                                     tokenize)
-from accel.shapes import COLORS, SHAPES, random_metadata, render, scene_for
+from accel.shapes import COLORS, RELATIONS, SHAPES, random_metadata, render, scene_for
 from accel.shapes.world import fits, random_object
 
 SIZE = 32
@@ -55,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-renders", type=int, default=600)
     ap.add_argument("--relation-slots", type=int, default=0,
                     help="text-queried spatial attention slots for relation questions (0: pooled features only)")
+    ap.add_argument("--relation-questions", type=float, default=0.0,
+                    help="share of questions that ask a relation between the image's prompt's shapes (random order "
+                    "and relation); the rest follow the prompt's requirements, whose relations are ~5%% of questions")
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -124,9 +127,24 @@ def question_kind(question: str) -> str:
     return "colour" if "color" in clause["include"][0] else "object"
 
 
-def ask(image: np.ndarray, meta: dict, rng: np.random.Generator) -> tuple[str, bool]:
-    """A question about the image (its prompt's requirement, the whole prompt, or another prompt's) and the
-    checker's answer."""
+def relation_question(meta: dict, rng: np.random.Generator) -> str | None:
+    """A relation question about two shapes of the image's prompt in random order, under a random relation, so
+    left/right/above/below and the order of the two objects decide the answer, not which shapes are present; None
+    when the prompt names fewer than two shapes."""
+    shapes = list(dict.fromkeys(r["class"] for r in meta.get("include", [])))
+    if len(shapes) < 2:
+        return None
+    a, b = (str(s) for s in rng.choice(shapes, 2, replace=False))
+    rel = RELATIONS[int(rng.integers(len(RELATIONS)))]
+    clause = {"include": [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [rel, 0]}]}
+    return requirements(clause, strict=False)[-1].question  # [0] asks for b alone
+
+
+def ask(image: np.ndarray, meta: dict, rng: np.random.Generator, relations: float = 0.0) -> tuple[str, bool]:
+    """A question about the image (a relation between its prompt's shapes with probability `relations`; else its
+    prompt's requirement, the whole prompt, or another prompt's) and the checker's answer."""
+    if relations and rng.random() < relations and (question := relation_question(meta, rng)) is not None:
+        return question, exact_answer(image, question_clause(question))
     u = rng.random()
     if u < 0.2:
         question = meta["prompt"]
@@ -169,7 +187,7 @@ def model_pool(pipe, n: int, seed: int, steps: int, folder: Path, chunk: int = 1
     return (np.concatenate(images) if images else np.zeros((0, SIZE, SIZE, 3), np.uint8)), metas
 
 
-def batch(step: int, seed: int, size: int, pool, model_fraction: float):
+def batch(step: int, seed: int, size: int, pool, model_fraction: float, relations: float = 0.0):
     """Batch `step`: (images (B, 3, 32, 32) in [0, 1], questions, labels (B,) float); a function of (seed, step)."""
     rng = np.random.default_rng([seed, step])
     images, questions, labels = [], [], []
@@ -179,7 +197,7 @@ def batch(step: int, seed: int, size: int, pool, model_fraction: float):
             image, meta = pool[0][k], pool[1][k]
         else:
             image, meta = render_example(rng)
-        q, y = ask(image, meta, rng)
+        q, y = ask(image, meta, rng, relations)
         images.append(image)
         questions.append(q)
         labels.append(float(y))
@@ -286,7 +304,8 @@ def main(argv=None) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.train()
-            x, questions, labels = batch(step, args.seed, args.batch_size, train_pool, args.model_fraction)
+            x, questions, labels = batch(step, args.seed, args.batch_size, train_pool, args.model_fraction,
+                                           args.relation_questions)
             logits = model(x, tokenize(questions))
             loss = F.binary_cross_entropy_with_logits(logits, labels)
             optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from accel.rewards import ShapesReward, ShapesVerifier, VerifierReward, get_reward
 from accel.rewards.verifier import ExactVerifier, VerifierConfig, question_clause, requirements
 from accel.search.raise_agents import ShapesAgent
-from accel.shapes import prompt_set, render, scene_for
+from accel.shapes import make_metadata, prompt_set, render, scene_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
@@ -113,6 +113,25 @@ def test_training_script_smoke_and_exact_resume(tmp_path, tiny_model):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The pool of model samples was made once and reused.
     assert len(list((tmp_path / "resumed/work/pool-train").glob("chunk-*.safetensors"))) == 1
+
+
+def test_relation_questions_ask_about_the_prompts_two_shapes_in_both_orders():
+    rng = np.random.default_rng(0)
+    meta = make_metadata("position", rng)
+    shapes = {r["class"] for r in meta["include"]}
+    asked = {train_verifier.relation_question(meta, rng) for _ in range(200)}
+    clauses = [question_clause(q)["include"] for q in asked]
+    assert all({c["class"] for c in inc} == shapes and "position" in inc[1] for inc in clauses)
+    assert len(asked) == 8  # 2 orders x 4 relations: where the objects are decides the answer, not which they are
+    assert train_verifier.relation_question({"include": [{"class": "circle", "count": 2}]}, rng) is None
+    # The checker answers them: a scene that satisfies the prompt says yes to its own relation, no to the reverse.
+    scene = scene_for(meta, rng)
+    (b, a), rel = (r["class"] for r in meta["include"]), meta["include"][1]["position"][0]
+    own = requirements(meta)[1].question
+    swapped = requirements({"include": [{"class": a, "count": 1}, {"class": b, "count": 1, "position": [rel, 0]}]},
+                           strict=False)[-1].question
+    assert train_verifier.exact_answer(render(scene), question_clause(own))
+    assert not train_verifier.exact_answer(render(scene), question_clause(swapped))
 
 
 def test_training_script_stops_in_the_pool_when_out_of_time(tmp_path, tiny_model):
