@@ -6,7 +6,7 @@ Data, every label from the exact checker (never from how an image was made):
 - the built-in model's own samples for random prompts (generated once into WORK/pool, resumable), so the verifier
   sees the artefacts it will judge at search time.
 Questions: the requirement questions of the image's prompt (accel.rewards.verifier.requirements), the whole prompt,
-or a distractor question from another prompt.
+or a distractor question from another prompt; with --relation-questions, also relations between the prompt's shapes.
 Held out by seed: the evaluation renders and model samples come from their own seeds, never drawn in training.
 The report (OUT/training.json) gives the verifier's accuracy against the checker per tag, per question kind and per
 source, its false-yes / false-no rates and examples of disagreement: the verifier is imperfect, and this says how.
@@ -143,15 +143,16 @@ def relation_question(meta: dict, rng: np.random.Generator) -> str | None:
 def ask(image: np.ndarray, meta: dict, rng: np.random.Generator, relations: float = 0.0) -> tuple[str, bool]:
     """A question about the image (a relation between its prompt's shapes with probability `relations`; else its
     prompt's requirement, the whole prompt, or another prompt's) and the checker's answer."""
-    if relations and rng.random() < relations and (question := relation_question(meta, rng)) is not None:
-        return question, exact_answer(image, question_clause(question))
-    u = rng.random()
-    if u < 0.2:
-        question = meta["prompt"]
-    else:
-        source = random_metadata(rng) if u < 0.35 else meta
-        reqs = requirements(source)
-        question = reqs[int(rng.integers(len(reqs)))].question
+    # No draw at all when `relations` is 0, so the shipped recipe's question stream stays as it was.
+    question = relation_question(meta, rng) if relations and rng.random() < relations else None
+    if question is None:
+        u = rng.random()
+        if u < 0.2:
+            question = meta["prompt"]
+        else:
+            source = random_metadata(rng) if u < 0.35 else meta
+            reqs = requirements(source)
+            question = reqs[int(rng.integers(len(reqs)))].question
     return question, exact_answer(image, question_clause(question))
 
 
