@@ -220,10 +220,11 @@ def eval_set(seed: int, renders: int, pool) -> list[tuple[np.ndarray, str, bool,
 
 
 @torch.no_grad()
-def evaluate(model: ShapesVerifier, items: list, chunk: int = 256) -> dict:
-    """Accuracy against the checker: overall, per tag, per question kind, per source; false-yes / false-no rates;
-    a few disagreements."""
-    model.eval()
+def evaluate(model, items: list, chunk: int = 256) -> dict:
+    """Accuracy against the checker of a verifier (ShapesVerifier, or anything with `probabilities`): overall, per
+    tag, per question kind, per source; false-yes / false-no rates; a few disagreements."""
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     probs = []
     for s in range(0, len(items), chunk):
         part = items[s:s + chunk]

@@ -199,14 +199,14 @@ def generate(
                                      "the paper's cache)."),
     search: Optional[str] = typer.Option(None, help="Search strategy: bon, sop, smc, epf, svdd, rbf, beam."),
     reward: str = typer.Option("shapes", help="Reward for --search, the fitness for --refine (shapes, shapes-lenient, "
-                               "shapes-verifier)."),
+                               "shapes-verifier, shapes-detector)."),
     nfe: Optional[int] = typer.Option(None, help="NFE budget per prompt for --search (default: 4 x steps x 2) or "
                                       "--refine (default: 16 x steps x 2)."),
     refine: Optional[str] = typer.Option(None, help="Refinement: raise (RAISE rounds of rewritten prompts and edits; "
                                          "options as raise:population=4:k_max=3)."),
     agent: str = typer.Option("shapes", help="RAISE's agent: shapes (offline; the exact checker verifies), "
-                              "shapes-verifier (offline; the learned verifier), or an OpenAI-compatible endpoint "
-                              "URL (Ollama, vLLM) with --agent-model."),
+                              "shapes-verifier / shapes-detector (offline; the learned verifier / detector), or an "
+                              "OpenAI-compatible endpoint URL (Ollama, vLLM) with --agent-model."),
     agent_model: Optional[str] = typer.Option(None, help="Model name at the --agent endpoint."),
     fused_kernels: bool = typer.Option(False, "--fused-kernels", help="Fused Triton kernels (CUDA; exact twins "
                                        "elsewhere)."),
@@ -345,7 +345,12 @@ def _raise_agent(agent: str, model: Optional[str]):
         from accel.rewards.verifier import ShapesVerifier
 
         return ShapesAgent(verifier=ShapesVerifier.from_pretrained())
-    raise UsageError(f"unknown --agent {agent!r}; allowed: shapes, shapes-verifier, or an endpoint URL")
+    if agent == "shapes-detector":
+        from accel.rewards.detector import DetectorVerifier
+
+        return ShapesAgent(verifier=DetectorVerifier.from_pretrained())
+    raise UsageError(f"unknown --agent {agent!r}; allowed: shapes, shapes-verifier, shapes-detector, or an endpoint "
+                     "URL")
 
 
 def _generate_files(pipe, call: dict, paths: list[Path], search: Optional[str], main_process: bool):
@@ -533,9 +538,10 @@ def bench_search_cmd(
              "options, raise:population=4) runs RAISE with the offline shapes agent."),
     reward: str = typer.Option("exact", help="Search reward (accuracy is always the exact checker's): exact, "
                                "exact-lenient, shapes-verifier (the learned verifier, product over requirements), "
-                               "shapes-verifier:prompt (asked of the whole prompt), clip:<folder or hub id>."),
-    verifier: Optional[Path] = typer.Option(None, help="Learned shapes verifier folder for --reward "
-                                            "shapes-verifier (default: the built-in one)."),
+                               "shapes-verifier:prompt (asked of the whole prompt), shapes-detector[:prompt] (the "
+                               "learned detector with GenEval's rules), clip:<folder or hub id>."),
+    verifier: Optional[Path] = typer.Option(None, help="Learned shapes verifier (or detector) folder for --reward "
+                                            "shapes-verifier (shapes-detector); default: the built-in one."),
     budgets: str = typer.Option("1,2,4,8,16", help="Comma-separated budgets, in plain samples' NFE."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the pipeline's)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON to this file."),

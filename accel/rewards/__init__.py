@@ -18,14 +18,17 @@ __all__ = [
     "clip_preprocess", "evaluate", "fit_weights", "get_reward", "open_clip_available", "parse_shapes_prompt",
 ]
 
-REWARDS = ("shapes", "shapes-lenient", "shapes-verifier", "shapes-verifier:prompt")
+REWARDS = ("shapes", "shapes-lenient", "shapes-verifier", "shapes-verifier:prompt", "shapes-detector",
+           "shapes-detector:prompt")
 
 
 def get_reward(name: str):
     """A reward by name: "shapes" (strict checker score, the built-in model's default), "shapes-lenient" (GenEval's
     rules only), "shapes-verifier" (the built-in learned verifier: the product of P(yes) over the prompt's
-    requirements; ":prompt": P(yes) asked of the whole prompt). Other weighted rewards (CLIP, aesthetic) are built
-    from their weights: CLIPReward.from_pretrained(...), VerifierReward(ShapesVerifier.from_pretrained(folder))."""
+    requirements; ":prompt": P(yes) asked of the whole prompt), "shapes-detector" (the same questions answered by
+    the built-in learned detector and GenEval's rules, accel.rewards.detector). Other weighted rewards (CLIP,
+    aesthetic) are built from their weights: CLIPReward.from_pretrained(...),
+    VerifierReward(ShapesVerifier.from_pretrained(folder))."""
     if name == "shapes":
         return ShapesReward(strict=True)
     if name == "shapes-lenient":
@@ -33,4 +36,9 @@ def get_reward(name: str):
     if name in ("shapes-verifier", "shapes-verifier:prompt"):
         mode = "prompt" if name.endswith(":prompt") else "product"
         return VerifierReward(ShapesVerifier.from_pretrained(), mode)
+    if name in ("shapes-detector", "shapes-detector:prompt"):
+        from accel.rewards.detector import DetectorVerifier
+
+        mode = "prompt" if name.endswith(":prompt") else "product"
+        return VerifierReward(DetectorVerifier.from_pretrained(), mode)
     raise ValueError(f"unknown reward {name!r}; allowed: {', '.join(REWARDS)} (or pass a Reward object)")

@@ -172,19 +172,26 @@ def bench_search(pipe, prompts: int | list[dict] = 24, seed: int = 0,
     return rows
 
 
-BENCH_REWARDS = ("exact", "exact-lenient", "shapes-verifier", "shapes-verifier:prompt", "clip:<folder or hub id>")
+BENCH_REWARDS = ("exact", "exact-lenient", "shapes-verifier", "shapes-verifier:prompt", "shapes-detector",
+                 "shapes-detector:prompt", "clip:<folder or hub id>")
 
 
 def bench_reward(name: str, verifier_path: str | None = None):
     """(reward, RAISE's verifier) for a benchmark reward name (see BENCH_REWARDS): the exact checker's score
-    (strict or lenient), the learned shapes verifier (product over requirements, or asked of the whole prompt),
-    or a CLIP score. RAISE's verifier is the learned verifier when the reward is, else the exact checker."""
+    (strict or lenient), the learned shapes verifier or the learned detector with GenEval's rules (product over
+    requirements, or asked of the whole prompt; `verifier_path`: its folder), or a CLIP score. RAISE's verifier is
+    the learned one when the reward is, else the exact checker."""
     from accel.rewards.verifier import ExactVerifier, ShapesVerifier, VerifierReward
 
     if name in ("exact", "exact-lenient"):
         return ShapesReward(strict=name == "exact"), ExactVerifier()
     if name in ("shapes-verifier", "shapes-verifier:prompt"):
         model = ShapesVerifier.from_pretrained(verifier_path)
+        return VerifierReward(model, "prompt" if name.endswith(":prompt") else "product"), model
+    if name in ("shapes-detector", "shapes-detector:prompt"):
+        from accel.rewards.detector import DetectorVerifier
+
+        model = DetectorVerifier.from_pretrained(verifier_path)
         return VerifierReward(model, "prompt" if name.endswith(":prompt") else "product"), model
     if name.startswith("clip:") and len(name) > 5:
         from accel.rewards.clip import CLIPReward

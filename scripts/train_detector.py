@@ -1,0 +1,181 @@
+"""Train the learned shapes detector (accel.rewards.detector.ShapesDetector), the reward `shapes-detector`.
+
+Data as scripts/train_verifier.py draws it (renders of random prompts, half perturbed, and a pool of the built-in
+model's own samples), every label from the checker's programmatic detector (accel.shapes.detect): the objects'
+boxes, shapes (circle, square, triangle or unknown) and colours. Held out by seed: the evaluation renders and model
+samples come from their own seeds. The report (OUT/training.json) gives, on them, the detections' recall and
+precision against the checker's, and the verifier's answers against the checker's per tag, question kind and
+source, with its false-yes / false-no rates and examples of disagreement.
+
+The pools are the verifier's (same seeds and steps): --work may point at a verifier run's folder to reuse them.
+A CPU session can stop at any time: --minutes ends this invocation after a checkpoint, and the same command resumes
+exactly (batch k is drawn from seed (seed, k)). The detector folder is written when the run reaches --steps.
+
+    OMP_WAIT_POLICY=PASSIVE python scripts/train_detector.py --steps 3000 --minutes 55
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from accel.distill import checkpoint as ckpt
+from accel.evals.io import write_json
+from accel.rewards.detector import DetectorConfig, DetectorVerifier, ShapesDetector, detector_loss, targets
+from accel.shapes import detect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_verifier import (EVAL_SEED_OFFSET, SIZE, OutOfTime, eval_set, evaluate, load_checkpoint,  # noqa: E402
+                            model_pool, render_example, save_checkpoint)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="assets/shapes-detector", help="the detector folder written at the end")
+    ap.add_argument("--work", default="runs/detector", help="checkpoints and the model-sample pools")
+    ap.add_argument("--model", default="shapes", help="the pipeline whose samples the detector also learns from")
+    ap.add_argument("--model-samples", type=int, default=2000, help="training pool of model samples (0: renders only)")
+    ap.add_argument("--eval-model-samples", type=int, default=400)
+    ap.add_argument("--sample-steps", type=int, default=25, help="sampling steps of the pool's images")
+    ap.add_argument("--model-fraction", type=float, default=0.5, help="share of each batch from the pool")
+    ap.add_argument("--eval-renders", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--minutes", type=float, default=0, help="stop this invocation after this long (0: no limit)")
+    ap.add_argument("--stop-at", type=int, default=0, help="end this invocation after this step, with a checkpoint "
+                    "(0: never); the same command without it resumes")
+    ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def batch(step: int, seed: int, size: int, pool, model_fraction: float) -> tuple[torch.Tensor, dict]:
+    """Batch `step`: images (B, 3, 32, 32) in [0, 1] and their targets from the checker's detections."""
+    rng = np.random.default_rng([seed, step])
+    images = []
+    for _ in range(size):
+        if len(pool[0]) and rng.random() < model_fraction:
+            images.append(pool[0][int(rng.integers(len(pool[0])))])
+        else:
+            images.append(render_example(rng)[0])
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    return x, targets([detect(image) for image in images], SIZE)
+
+
+def match_report(model: ShapesDetector, images: np.ndarray, sources: list[str], threshold: float = 0.5) -> dict:
+    """Detections (score >= threshold, most probable label and colour) against the checker's, per source: recall
+    and precision of objects matched by centre within 2 pixels with the same label and colour, and how often the
+    image's whole detection list matches."""
+    out: dict[str, dict] = {}
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    found = [d for s in range(0, len(x), 256) for d in model.detect(x[s:s + 256])]
+    for source in sorted(set(sources)):
+        tp = n_true = n_found = exact = images_n = 0
+        for image, dets, src in zip(images, found, sources):
+            if src != source:
+                continue
+            truth = [(d.label, d.color, (d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2) for d in detect(image)]
+            mine = [(("circle", "square", "triangle", "unknown")[int(np.argmax(d.labels))],
+                     ("red", "green", "blue", "yellow")[int(np.argmax(d.colors))],
+                     (d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2) for d in dets if d.score >= threshold]
+            hits, free = 0, list(truth)
+            for m in mine:
+                near = [t for t in free if t[:2] == m[:2] and abs(t[2] - m[2]) <= 2 and abs(t[3] - m[3]) <= 2]
+                if near:
+                    free.remove(near[0])
+                    hits += 1
+            tp, n_true, n_found = tp + hits, n_true + len(truth), n_found + len(mine)
+            exact += hits == len(truth) == len(mine)
+            images_n += 1
+        out[source] = {"recall": tp / max(n_true, 1), "precision": tp / max(n_found, 1),
+                       "images_all_objects_right": exact / max(images_n, 1), "images": images_n}
+    return out
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work, out = Path(args.work), Path(args.out)
+    start = time.time()
+    deadline = start + 60 * args.minutes if args.minutes else None
+    pipe = None
+    if args.model_samples or args.eval_model_samples:
+        from accel.models import load_pipeline
+
+        pipe = load_pipeline(args.model)
+        pipe.set_progress_bar_config(disable=True)
+    try:
+        train_pool = model_pool(pipe, args.model_samples, args.seed, args.sample_steps, work / "pool-train",
+                                deadline=deadline)
+        eval_pool = model_pool(pipe, args.eval_model_samples, args.seed + EVAL_SEED_OFFSET, args.sample_steps,
+                               work / "pool-eval", deadline=deadline)
+    except OutOfTime:
+        print("out of time while sampling the pool of model samples; run the same command to go on", flush=True)
+        return
+
+    torch.manual_seed(args.seed)
+    model = ShapesDetector(DetectorConfig(image_size=SIZE))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    step, log = 0, []
+    if (found := ckpt.latest(work / "checkpoints")) is not None:
+        step, log = load_checkpoint(found, model, optimizer)
+        print(f"resumed at step {step}/{args.steps}", flush=True)
+    last_save = time.time()
+    try:
+        while step < args.steps:
+            lr = args.lr * min(1.0, (step + 1) / 200) * min(1.0, 4 * (args.steps - step) / args.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            x, target = batch(step, args.seed, args.batch_size, train_pool, args.model_fraction)
+            losses = detector_loss(model(x), target)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            step += 1
+            log.append({"step": step, **{k: round(float(v.detach()), 5) for k, v in losses.items()}})
+            if step % 50 == 0 or step == args.steps:
+                parts = " ".join(f"{k} {v:.3f}" for k, v in log[-1].items() if k != "step")
+                print(f"step {step}/{args.steps} {parts}", flush=True)
+            if time.time() - last_save > 60 * args.checkpoint_minutes and step < args.steps:
+                save_checkpoint(work, step, model, optimizer, log)
+                last_save = time.time()
+            out_of_time = args.minutes and time.time() - start > 60 * args.minutes
+            if (out_of_time or step == args.stop_at) and step < args.steps:
+                raise OutOfTime
+    except OutOfTime:
+        save_checkpoint(work, step, model, optimizer, log)
+        print(f"stopped at step {step}/{args.steps}; run the same command to resume", flush=True)
+        return
+    save_checkpoint(work, step, model, optimizer, log)
+    model.eval()
+    items = eval_set(args.seed, args.eval_renders, eval_pool)
+    report = evaluate(DetectorVerifier(model), items)
+    rng = np.random.default_rng(args.seed + EVAL_SEED_OFFSET)
+    renders = [render_example(rng)[0] for _ in range(args.eval_renders)]
+    images = np.stack(renders + list(eval_pool[0])) if renders or len(eval_pool[0]) else np.zeros((0, SIZE, SIZE, 3))
+    detections = match_report(model, images, ["render"] * len(renders) + ["model"] * len(eval_pool[0]))
+    model.save_pretrained(out)
+    write_json(out / "training.json", {
+        "command": "python " + " ".join(sys.argv), "steps": step, "batch_size": args.batch_size,
+        "model_samples": args.model_samples, "sample_steps": args.sample_steps, "model": args.model,
+        "seed": args.seed, "held_out": report, "detections": detections,
+        "final_loss": log[-1]["loss"] if log else None,
+        "machine": f"{platform.machine()} {platform.processor()} threads={args.threads}",
+        "torch": torch.__version__})
+    print(f"detector written to {out}: held-out answers {report['accuracy']:.3f} (per kind {report['per_kind']}); "
+          f"detections {detections}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
