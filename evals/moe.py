@@ -9,8 +9,9 @@ Rows: model, capacity (the factor, or the schedule's name), method ("constant" o
 (GenEval's per-tag mean, the exact checker), accuracy_images, seconds (the best of `repeats` timing rounds),
 expert_flops_fraction and routed_flops_fraction (accel.moe.ExpertStats), dropped_token_fraction (tokens no
 routed expert took: expert choice balances the experts by construction, so load balance shows up here instead)
-and dropped_by_sigma (the same per sigma of the grid: the router-input ablation's measure), nfe, prompts, seed,
-steps. The CLI adds machine, versions, command and git sha (run_info).
+and dropped_by_sigma (the same per sigma of the grid: the router-input ablation's measure), ffn_macs_per_token
+(the active compute of the feed-forward layers per token, summed over blocks: what "no more active compute than the
+dense model" compares), nfe, prompts, seed, steps. The CLI adds machine, versions, command and git sha (run_info).
 """
 
 from __future__ import annotations
@@ -47,6 +48,23 @@ def parse_schedule(text: str) -> tuple[str, object]:
         return next((f for s, f in steps if sigma >= s), steps[-1][1])
 
     return name, schedule
+
+
+def ffn_macs_per_token(transformer: torch.nn.Module, routed_per_token: float | None = None) -> float:
+    """Multiply-accumulates per token of a shapes DiT's feed-forward layers, summed over its blocks: a dense block's
+    MLP (its linear layers); an MoE block's router, shared expert and `routed_per_token` routed experts (SwiGLU:
+    three matmuls each; every expert of a Nucleus layer has the shared expert's width)."""
+    from diffusers.models.transformers.transformer_nucleusmoe_image import NucleusMoELayer
+
+    total = 0.0
+    for block in transformer.blocks:
+        mlp = block.mlp
+        if isinstance(mlp, NucleusMoELayer):
+            expert = 3 * mlp.hidden_size * mlp.moe_intermediate_dim
+            total += mlp.gate.in_features * mlp.gate.out_features + expert * (1 + (routed_per_token or 0.0))
+        else:
+            total += sum(m.in_features * m.out_features for m in mlp.modules() if isinstance(m, torch.nn.Linear))
+    return total
 
 
 def _accuracy(images: torch.Tensor, metas: list[dict]) -> tuple[float, float]:
@@ -90,7 +108,8 @@ def bench_moe(models: dict[str, object], prompts: int = 24, seed: int = 0, steps
                 seconds += time.perf_counter() - start
                 images.append(out.images.float().cpu())
                 nfe += out.stats.nfe
-                for key in ("expert_flops_fraction", "routed_flops_fraction", "dropped_token_fraction"):
+                for key in ("expert_flops_fraction", "routed_flops_fraction", "routed_experts_per_token",
+                            "dropped_token_fraction"):
                     if key in out.stats.extra:
                         extra[key] += out.stats.extra[key] * len(chunk) / len(metas)
                 for sigma, frac in out.stats.extra.get("dropped_by_sigma", {}).items():
@@ -115,7 +134,9 @@ def bench_moe(models: dict[str, object], prompts: int = 24, seed: int = 0, steps
                    "seconds": round(best[name], 3), "expert_flops_fraction": extra.get("expert_flops_fraction"),
                    "routed_flops_fraction": extra.get("routed_flops_fraction"),
                    "dropped_token_fraction": extra.get("dropped_token_fraction"),
-                   "dropped_by_sigma": extra.get("dropped_by_sigma") or None, "nfe": nfe, "prompts": prompts,
+                   "dropped_by_sigma": extra.get("dropped_by_sigma") or None,
+                   "ffn_macs_per_token": ffn_macs_per_token(pipe.transformer, extra.get("routed_experts_per_token")),
+                   "nfe": nfe, "prompts": prompts,
                    "seed": seed, "steps": steps, "repeats": repeats}
             rows.append(row)
             if progress:

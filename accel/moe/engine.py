@@ -86,6 +86,12 @@ class ExpertStats:
         return {s: float(d) / n for s, (d, n) in sorted(self.by_sigma.items(), reverse=True)}
 
     @property
+    def routed_experts_per_token(self) -> float:
+        """Routed experts that processed a token, on average over the tokens of every MoE layer call (the trained
+        capacity factor, up to rounding, at factor 1)."""
+        return self.routed_rows / self.shared_rows if self.shared_rows else 0.0
+
+    @property
     def routed_flops_fraction(self) -> float:
         """Routed-expert FLOPs as a fraction of the trained capacities' (1.0 before any call)."""
         return self.routed_rows / self.trained_rows if self.trained_rows else 1.0
@@ -159,6 +165,7 @@ class ExpertChoiceHandle:
         capacity = constant[0] if constant is not None and len(set(constant)) == 1 else self.plan.name
         return {"capacity": capacity, "expert_flops_fraction": self.stats.expert_flops_fraction,
                 "routed_flops_fraction": self.stats.routed_flops_fraction,
+                "routed_experts_per_token": self.stats.routed_experts_per_token,
                 "dropped_token_fraction": self.stats.dropped_token_fraction,
                 "dropped_by_sigma": self.stats.dropped_by_sigma()}
 

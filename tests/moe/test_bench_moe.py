@@ -45,6 +45,13 @@ def test_rows(folders, tmp_path):
     assert by[None]["expert_flops_fraction"] is None
     assert 0 <= by[0.5]["dropped_token_fraction"] <= 1
     assert len(by[0.5]["dropped_by_sigma"]) == 2 and by[None]["dropped_by_sigma"] is None  # one per step
+    # Active feed-forward compute per token: the dense model's two GELU MLPs (32 -> 128 -> 32) exactly; the MoE
+    # model's dense block, routers (64 -> 4) and shared experts, plus its routed experts (3 x 32 x 16 MACs each) at
+    # 2 and 1 experts per token (the trained capacities; ceil rounding adds a little), fewer at half capacity.
+    assert by[None]["ffn_macs_per_token"] == 2 * 2 * 32 * 128
+    fixed = 2 * 32 * 128 + 2 * (64 * 4 + 3 * 32 * 16)
+    assert by[1.0]["ffn_macs_per_token"] == pytest.approx(fixed + 3 * 32 * 16 * 3, rel=0.05)
+    assert fixed < by[0.5]["ffn_macs_per_token"] < by[1.0]["ffn_macs_per_token"]
 
 
 def test_bad_input(folders):
