@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
-BUILTIN = {"shapes": "shapes-t2i", "shapes-video": "shapes-t2v"}
+BUILTIN = {"shapes": "shapes-t2i", "shapes-video": "shapes-t2v", "shapes-moe": "shapes-moe-t2i"}
 # Distilled few-step students of the built-in models (accel distill; scripts/train_fewstep.py): name -> (teacher,
 # folder in accel.assets). Listed by builtin_students only where the folder has been trained and shipped.
 STUDENTS = {"shapes-4step": ("shapes", "shapes-t2i-4step"), "shapes-4step-dmd": ("shapes", "shapes-t2i-4step-dmd"),
@@ -31,11 +32,27 @@ def builtin_model_path(name: str = "shapes") -> Path:
         raise ValueError(f"unknown built-in model {name!r}; allowed: {', '.join([*BUILTIN, *STUDENTS])}")
     path = _assets() / (BUILTIN[name] if name in BUILTIN else STUDENTS[name][1])
     if not (path / "model_index.json").is_file():
-        script = ("train_fewstep.py" if name in STUDENTS else
-                  "train_shapes_video.py" if name == "shapes-video" else "train_shapes.py")
+        script = ("train_fewstep.py" if name in STUDENTS else "train_shapes_video.py" if name == "shapes-video" else
+                  "train_shapes_moe.py" if name == "shapes-moe" else "train_shapes.py")
         raise FileNotFoundError(f"built-in model {name!r} is missing at {path}; reinstall accel or train it with "
                                 f"scripts/{script}")
     return path
+
+
+def _import_accel_components(index: dict, folder: str) -> None:
+    """Import the accel.pipelines modules a pipeline folder names as component libraries (the MoE and causal
+    shapes transformers live there), so that diffusers resolves them; diffusers imports no module a folder names.
+    Only accel's own installed modules are imported: nothing from the folder runs."""
+    for value in index.values():
+        if isinstance(value, list) and value and isinstance(value[0], str) and value[0].startswith("accel."):
+            if not value[0].startswith("accel.pipelines."):
+                raise ValueError(f"{folder} names the component library {value[0]!r}; accel loads its own components "
+                                 "from accel.pipelines only")
+            try:
+                importlib.import_module(value[0])
+            except ModuleNotFoundError:
+                raise ValueError(f"{folder} names the component library {value[0]!r}, which this accel version does "
+                                 "not have") from None
 
 
 def load_pipeline(model: str = "shapes", device: str | None = None, dtype=None):
@@ -53,7 +70,9 @@ def load_pipeline(model: str = "shapes", device: str | None = None, dtype=None):
     kwargs = {"use_safetensors": True}
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
-    name = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    meta = json.loads(index.read_text()) if index.is_file() else {}
+    _import_accel_components(meta, model)
+    name = meta.get("_class_name")
     if name == "ShapesPipeline":
         from accel.pipelines.shapes import ShapesPipeline
 

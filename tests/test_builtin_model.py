@@ -57,3 +57,30 @@ def test_builtin_video_model_loads_and_draws_the_prompted_colours():
     assert np.mean(hits) >= 0.6
     checks = [check_video((clip * 255).round().astype(np.uint8), m) for clip, m in zip(out.frames, metas)]
     assert sum(c.correct for c in checks) >= 1 and np.mean([c.frame_accuracy for c in checks]) >= 0.5
+
+
+def test_builtin_moe_model_loads_by_name_in_a_fresh_process():
+    """The MoE transformer's class lives in accel.pipelines.shapes_moe, which diffusers does not import by itself:
+    load_pipeline imports accel's own component modules a folder names (a fresh process has none imported)."""
+    import subprocess
+    import sys
+
+    code = ("from accel.models import load_pipeline; p = load_pipeline('shapes-moe'); "
+            "print(type(p.transformer).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ShapesMoETransformer2DModel", out.stderr[-2000:]
+
+
+def test_folders_naming_foreign_component_modules_are_refused(tmp_path):
+    import json
+
+    import pytest
+
+    for library, message in (("accel.rewards.verifier", "from accel.pipelines only"),
+                             ("accel.pipelines.nope", "does not have")):
+        folder = tmp_path / library
+        folder.mkdir()
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": "ShapesPipeline",
+                                                              "transformer": [library, "X"]}))
+        with pytest.raises(ValueError, match=message):
+            load_pipeline(str(folder))

@@ -14,7 +14,7 @@ from rich.table import Table
 from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _load, _progress, bench_app, check_outputs, console,
                             record_state, saving, user_errors)
 
-MOE_FOLDER = "assets/shapes-moe-t2i"  # where scripts/train_shapes_moe.py writes the built-in MoE model
+MOE_MODEL = "shapes-moe"  # the built-in MoE model (assets/shapes-moe-t2i, trained by scripts/train_shapes_moe.py)
 
 
 def _models(spec: str) -> dict[str, str]:
@@ -34,9 +34,10 @@ def _models(spec: str) -> dict[str, str]:
 
 @bench_app.command("moe")
 def bench_moe_cmd(
-    models: str = typer.Option(f"moe={MOE_FOLDER}", help="Comma-separated label=folder pairs: MoE shapes models "
+    models: str = typer.Option(f"moe={MOE_MODEL}", help="Comma-separated label=folder pairs: MoE shapes models "
                                "(scripts/train_shapes_moe.py; its --coactivation 1 and --router-input modulated "
-                               "runs are the ablations) and dense ShapesPipeline folders."),
+                               "runs are the ablations) and dense ShapesPipeline folders; built-in names (shapes, "
+                               "shapes-moe) work as folders."),
     prompts: int = typer.Option(24, help="Number of prompts (the six tags in turn)."),
     seed: int = typer.Option(0, help="Picks the prompt set and the sampling seeds."),
     steps: int = typer.Option(25, help="Sampling steps (with the model's CFG)."),
@@ -55,6 +56,7 @@ def bench_moe_cmd(
     schedules, and of dense models, on one seeded prompt set."""
     from accel.evals.io import run_info, write_json
     from accel.evals.moe import bench_moe, parse_schedule, plot_moe
+    from accel.models import BUILTIN
 
     with user_errors():
         try:
@@ -69,9 +71,8 @@ def bench_moe_cmd(
                              f"{steps}, {repeats} and {capacities}")
         folders = _models(models)
         for label, folder in folders.items():
-            if not Path(folder).is_dir():
-                hint = " (train it: python scripts/train_shapes_moe.py)" if folder == MOE_FOLDER else ""
-                raise UsageError(f"model {label}: no folder {folder}{hint}")
+            if folder not in BUILTIN and not Path(folder).is_dir():
+                raise UsageError(f"model {label}: no folder {folder} (built-in models: {', '.join(BUILTIN)})")
         check_outputs([json_out, plot], overwrite)
         state = record_state(json_out, allow_dirty)
         loaded = {label: _load(folder, None) for label, folder in folders.items()}
