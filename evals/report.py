@@ -225,6 +225,22 @@ def moe_engine_table(runs: list[list[dict]]) -> list[str]:
                     f"{r['speedup_vs_loop_paired_q3']:.2f})", f"{r['max_abs_diff_vs_loop']:.2g}"] for r in rows])
 
 
+def moe_table(runs: list[list[dict]]) -> list[str]:
+    """One row per (model, capacity option) of `accel bench moe`: checker accuracy, the expert FLOPs spent (fraction
+    of the trained capacities'), the feed-forward compute per token, tokens no routed expert took, seconds."""
+    rows = [r for run in runs for r in run]
+
+    def num(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    return _table(["model", "capacity", "method", "accuracy", "expert FLOPs", "FFN kMAC / token", "dropped tokens",
+                   "seconds"],
+                  [[r["model"], "-" if r["capacity"] is None else str(r["capacity"]), r["method"],
+                    f"{r['accuracy']:.3f}", num(r["expert_flops_fraction"], ".2f"),
+                    num(r["ffn_macs_per_token"] / 1e3 if r.get("ffn_macs_per_token") is not None else None, ".0f"),
+                    num(r["dropped_token_fraction"], ".2f"), f"{r['seconds']:.1f}"] for r in rows])
+
+
 def overhead_table(runs: list[list[dict]]) -> list[str]:
     """One row per family of `accel bench overhead`: the pipeline's ms per call, the wrapper's overhead in ms per call
     (the figure that carries over to real model sizes), the paired ratio with its spread, the outputs' difference."""
@@ -250,8 +266,8 @@ def vbench_table(runs: list[list[dict]]) -> list[str]:
 TABLES = {"eval": eval_table, "geneval": geneval_table, "search": search_table,
           "search-detail": search_detail_table, "steps": steps_table,
           "fewstep": fewstep_table, "dllm": dllm_table, "forward": forward_table, "memory": memory_table,
-          "kernels": kernels_table, "moe-engine": moe_engine_table, "overhead": overhead_table,
-          "vbench": vbench_table}
+          "kernels": kernels_table, "moe-engine": moe_engine_table, "moe": moe_table,
+          "overhead": overhead_table, "vbench": vbench_table}
 # The keyword arguments each builder takes from a block's spec.
 OPTIONS = {"steps": {"methods"}, "search": {"strategies", "value"}, "search-detail": {"strategies"}}
 
@@ -262,6 +278,7 @@ SIGNATURES = [("vbench", {"benchmark", "dimensions", "aggregate"}),
               ("fewstep", {"label", "nfe", "accuracy", "runtime"}), ("steps", {"method", "runtime", "psnr"}),
               ("dllm", {"decoder", "tokens_per_s"}), ("forward", {"active_fraction", "speedup"}),
               ("memory", {"cache_bytes_stale", "size"}), ("moe-engine", {"speedup_vs_loop_paired_median", "level"}),
+              ("moe", {"model", "capacity", "method", "expert_flops_fraction"}),
               ("kernels", {"op", "provider", "s_median"}), ("overhead", {"family", "overhead_ms", "ratio"})]
 
 

@@ -1,6 +1,7 @@
 """The shipped model: loads offline from safetensors, and draws what simple prompts ask for."""
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -15,10 +16,12 @@ def test_folder_is_safetensors_only():
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")) for f in files)
 
 
-def test_draws_single_objects_and_pairs():
+@pytest.mark.parametrize("name", ["shapes", "shapes-moe"])
+def test_draws_single_objects_and_pairs(name):
     # Recorded accuracy on these tags is 1.0 over 80 prompts (assets/shapes-t2i/README.md); 12 samples at a 0.75
-    # floor tolerate sampling noise and still fail for a broken model or loader (which scores ~0).
-    pipe = accelerate_pipeline(load_pipeline("shapes"))
+    # floor tolerate sampling noise and still fail for a broken model or loader (which scores ~0). The MoE model
+    # matches the dense one overall (docs/moe.md).
+    pipe = accelerate_pipeline(load_pipeline(name))
     rng = np.random.default_rng(11)
     metas = [make_metadata(tag, rng) for tag in ("single_object", "two_object") for _ in range(6)]
     out = pipe([m["prompt"] for m in metas], num_inference_steps=25, output_type="np",
@@ -73,8 +76,6 @@ def test_builtin_moe_model_loads_by_name_in_a_fresh_process():
 
 def test_folders_naming_foreign_component_modules_are_refused(tmp_path):
     import json
-
-    import pytest
 
     for library, message in (("accel.rewards.verifier", "from accel.pipelines only"),
                              ("accel.pipelines.nope", "does not have")):

@@ -103,6 +103,18 @@ def test_moe_engine_rows_render_paired_speedups(tmp_path):
     assert "| MoE layers (5) | accel engine | 92.8 | 1.69 (1.55-1.81) | 0 |" in render(f"moe-engine {f}")
 
 
+def test_moe_bench_rows_render(tmp_path):
+    moe = RUN | {"model": "moe", "capacity": 0.5, "method": "constant", "accuracy": 0.625, "seconds": 34.8,
+                 "expert_flops_fraction": 0.667, "ffn_macs_per_token": 432128, "dropped_token_fraction": 0.404}
+    dense = moe | {"model": "dense", "capacity": None, "method": "dense", "expert_flops_fraction": None,
+                   "ffn_macs_per_token": 524288, "dropped_token_fraction": None}
+    f = _write(tmp_path / "moe.json", [moe, dense])
+    assert kind_of([moe]) == "moe"
+    out = render(f"moe {f}")
+    assert "| moe | 0.5 | constant | 0.625 | 0.67 | 432 | 0.40 | 34.8 |" in out
+    assert "| dense | - | dense | 0.625 | - | 524 | - | 34.8 |" in out
+
+
 def test_search_table_keeps_the_named_strategies_in_order(tmp_path):
     f = _write(tmp_path / "s.json", _search_rows(["bon", "rbf", "smc"], (1, 2)))
     out = render(f"search {f} strategies=smc|bon").splitlines()
