@@ -25,15 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from accel.distill import checkpoint as ckpt
 from accel.evals.io import write_json
-from accel.rewards.detector import DetectorConfig, DetectorVerifier, ShapesDetector, detector_loss, targets
-from accel.shapes import detect
+from accel.rewards.detector import LABELS, DetectorConfig, DetectorVerifier, ShapesDetector, detector_loss, targets
+from accel.shapes import COLORS, detect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_verifier import (EVAL_SEED_OFFSET, SIZE, OutOfTime, eval_set, evaluate, load_checkpoint,  # noqa: E402
-                            model_pool, render_example, save_checkpoint)
+from train_verifier import (SIZE, OutOfTime, eval_images, eval_set, evaluate, fit, pools,  # noqa: E402
+                            render_example)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,8 +83,7 @@ def match_report(model: ShapesDetector, images: np.ndarray, sources: list[str], 
             if src != source:
                 continue
             truth = [(d.label, d.color, (d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2) for d in detect(image)]
-            mine = [(("circle", "square", "triangle", "unknown")[int(np.argmax(d.labels))],
-                     ("red", "green", "blue", "yellow")[int(np.argmax(d.colors))],
+            mine = [(LABELS[int(np.argmax(d.labels))], COLORS[int(np.argmax(d.colors))],
                      (d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2) for d in dets if d.score >= threshold]
             hits, free = 0, list(truth)
             for m in mine:
@@ -106,18 +104,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     work, out = Path(args.work), Path(args.out)
     start = time.time()
-    deadline = start + 60 * args.minutes if args.minutes else None
-    pipe = None
-    if args.model_samples or args.eval_model_samples:
-        from accel.models import load_pipeline
-
-        pipe = load_pipeline(args.model)
-        pipe.set_progress_bar_config(disable=True)
     try:
-        train_pool = model_pool(pipe, args.model_samples, args.seed, args.sample_steps, work / "pool-train",
-                                deadline=deadline)
-        eval_pool = model_pool(pipe, args.eval_model_samples, args.seed + EVAL_SEED_OFFSET, args.sample_steps,
-                               work / "pool-eval", deadline=deadline)
+        train_pool, eval_pool = pools(args, work, start + 60 * args.minutes if args.minutes else None)
     except OutOfTime:
         print("out of time while sampling the pool of model samples; run the same command to go on", flush=True)
         return
@@ -125,46 +113,21 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     model = ShapesDetector(DetectorConfig(image_size=SIZE))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    step, log = 0, []
-    if (found := ckpt.latest(work / "checkpoints")) is not None:
-        step, log = load_checkpoint(found, model, optimizer)
-        print(f"resumed at step {step}/{args.steps}", flush=True)
-    last_save = time.time()
-    try:
-        while step < args.steps:
-            lr = args.lr * min(1.0, (step + 1) / 200) * min(1.0, 4 * (args.steps - step) / args.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            model.train()
-            x, target = batch(step, args.seed, args.batch_size, train_pool, args.model_fraction)
-            losses = detector_loss(model(x), target)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            step += 1
-            log.append({"step": step, **{k: round(float(v.detach()), 5) for k, v in losses.items()}})
-            if step % 50 == 0 or step == args.steps:
-                parts = " ".join(f"{k} {v:.3f}" for k, v in log[-1].items() if k != "step")
-                print(f"step {step}/{args.steps} {parts}", flush=True)
-            if time.time() - last_save > 60 * args.checkpoint_minutes and step < args.steps:
-                save_checkpoint(work, step, model, optimizer, log)
-                last_save = time.time()
-            out_of_time = args.minutes and time.time() - start > 60 * args.minutes
-            if (out_of_time or step == args.stop_at) and step < args.steps:
-                raise OutOfTime
-    except OutOfTime:
-        save_checkpoint(work, step, model, optimizer, log)
-        print(f"stopped at step {step}/{args.steps}; run the same command to resume", flush=True)
+
+    def train_step(step: int):
+        x, target = batch(step, args.seed, args.batch_size, train_pool, args.model_fraction)
+        losses = detector_loss(model(x), target)
+        entry = {k: round(float(v.detach()), 5) for k, v in losses.items()}
+        return losses["loss"], entry, " ".join(f"{k} {v:.3f}" for k, v in entry.items())
+
+    if (done := fit(args, work, model, optimizer, train_step, start, clip=5.0)) is None:
         return
-    save_checkpoint(work, step, model, optimizer, log)
+    step, log = done
     model.eval()
-    items = eval_set(args.seed, args.eval_renders, eval_pool)
-    report = evaluate(DetectorVerifier(model), items)
-    rng = np.random.default_rng(args.seed + EVAL_SEED_OFFSET)
-    renders = [render_example(rng)[0] for _ in range(args.eval_renders)]
-    images = np.stack(renders + list(eval_pool[0])) if renders or len(eval_pool[0]) else np.zeros((0, SIZE, SIZE, 3))
-    detections = match_report(model, images, ["render"] * len(renders) + ["model"] * len(eval_pool[0]))
+    images = eval_images(args.seed, args.eval_renders, eval_pool)
+    report = evaluate(DetectorVerifier(model), eval_set(images))
+    detections = match_report(model, np.stack([image for image, _, _ in images]) if images else
+                              np.zeros((0, SIZE, SIZE, 3), np.uint8), [source for _, _, source in images])
     model.save_pretrained(out)
     write_json(out / "training.json", {
         "command": "python " + " ".join(sys.argv), "steps": step, "batch_size": args.batch_size,

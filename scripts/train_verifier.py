@@ -206,14 +206,18 @@ def batch(step: int, seed: int, size: int, pool, model_fraction: float, relation
     return x, questions, torch.tensor(labels)
 
 
-def eval_set(seed: int, renders: int, pool) -> list[tuple[np.ndarray, str, bool, str, str]]:
-    """Held-out (image, question, checker's answer, tag, source): every requirement question and the whole prompt
-    of each held-out image."""
+def eval_images(seed: int, renders: int, pool) -> list[tuple[np.ndarray, dict, str]]:
+    """The held-out images (image, metadata, source): `renders` renders from the evaluation seed, then the pool's."""
     rng = np.random.default_rng(seed + EVAL_SEED_OFFSET)
     items = [(*render_example(rng), "render") for _ in range(renders)]
-    items += [(img, meta, "model") for img, meta in zip(*pool)]
+    return items + [(img, meta, "model") for img, meta in zip(*pool)]
+
+
+def eval_set(images: list[tuple[np.ndarray, dict, str]]) -> list[tuple[np.ndarray, str, bool, str, str]]:
+    """Held-out (image, question, checker's answer, tag, source): every requirement question and the whole prompt
+    of each held-out image of `eval_images`."""
     out = []
-    for image, meta, source in items:
+    for image, meta, source in images:
         for q in [r.question for r in requirements(meta)] + [meta["prompt"]]:
             out.append((image, q, exact_answer(image, question_clause(q)), meta["tag"], source))
     return out
@@ -271,30 +275,27 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list[dict]]:
     return state["step"], state["log"]
 
 
-def main(argv=None) -> None:
-    args = parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    work, out = Path(args.work), Path(args.out)
-    start = time.time()
-    deadline = start + 60 * args.minutes if args.minutes else None
+def pools(args: argparse.Namespace, work: Path, deadline: float | None):
+    """(training pool, evaluation pool) of the model's samples (--model-samples, --eval-model-samples) under WORK,
+    made once and reused; OutOfTime past `deadline`."""
     pipe = None
     if args.model_samples or args.eval_model_samples:
         from accel.models import load_pipeline
 
         pipe = load_pipeline(args.model)
         pipe.set_progress_bar_config(disable=True)
-    try:
-        train_pool = model_pool(pipe, args.model_samples, args.seed, args.sample_steps, work / "pool-train",
-                                deadline=deadline)
-        eval_pool = model_pool(pipe, args.eval_model_samples, args.seed + EVAL_SEED_OFFSET, args.sample_steps,
-                               work / "pool-eval", deadline=deadline)
-    except OutOfTime:
-        print("out of time while sampling the pool of model samples; run the same command to go on", flush=True)
-        return
+    train_pool = model_pool(pipe, args.model_samples, args.seed, args.sample_steps, work / "pool-train",
+                            deadline=deadline)
+    eval_pool = model_pool(pipe, args.eval_model_samples, args.seed + EVAL_SEED_OFFSET, args.sample_steps,
+                           work / "pool-eval", deadline=deadline)
+    return train_pool, eval_pool
 
-    torch.manual_seed(args.seed)
-    model = ShapesVerifier(VerifierConfig(image_size=SIZE, relation_slots=args.relation_slots))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+
+def fit(args: argparse.Namespace, work: Path, model, optimizer, train_step, start: float,
+        clip: float | None = None) -> tuple[int, list[dict]] | None:
+    """Train (or resume from WORK/checkpoints) to --steps: warm-up then linear decay of --lr, `train_step(step) ->
+    (loss, log entry, progress text)` per step, optional gradient clipping, wall-clock checkpoints, and --minutes /
+    --stop-at ending the invocation after a checkpoint (None then). Returns (steps, log) once --steps is reached."""
     step, log = 0, []
     if (found := ckpt.latest(work / "checkpoints")) is not None:
         step, log = load_checkpoint(found, model, optimizer)
@@ -306,18 +307,16 @@ def main(argv=None) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.train()
-            x, questions, labels = batch(step, args.seed, args.batch_size, train_pool, args.model_fraction,
-                                           args.relation_questions)
-            logits = model(x, tokenize(questions))
-            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            loss, entry, text = train_step(step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             step += 1
-            acc = float(((logits > 0).float() == labels).float().mean())
-            log.append({"step": step, "loss": round(float(loss.detach()), 5), "accuracy": round(acc, 4)})
+            log.append({"step": step, **entry})
             if step % 50 == 0 or step == args.steps:
-                print(f"step {step}/{args.steps} loss {log[-1]['loss']:.4f} batch accuracy {acc:.3f}", flush=True)
+                print(f"step {step}/{args.steps} {text}", flush=True)
             if time.time() - last_save > 60 * args.checkpoint_minutes and step < args.steps:
                 save_checkpoint(work, step, model, optimizer, log)
                 last_save = time.time()
@@ -327,9 +326,39 @@ def main(argv=None) -> None:
     except OutOfTime:
         save_checkpoint(work, step, model, optimizer, log)
         print(f"stopped at step {step}/{args.steps}; run the same command to resume", flush=True)
-        return
+        return None
     save_checkpoint(work, step, model, optimizer, log)
-    report = evaluate(model, eval_set(args.seed, args.eval_renders, eval_pool))
+    return step, log
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work, out = Path(args.work), Path(args.out)
+    start = time.time()
+    try:
+        train_pool, eval_pool = pools(args, work, start + 60 * args.minutes if args.minutes else None)
+    except OutOfTime:
+        print("out of time while sampling the pool of model samples; run the same command to go on", flush=True)
+        return
+
+    torch.manual_seed(args.seed)
+    model = ShapesVerifier(VerifierConfig(image_size=SIZE, relation_slots=args.relation_slots))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+
+    def train_step(step: int):
+        x, questions, labels = batch(step, args.seed, args.batch_size, train_pool, args.model_fraction,
+                                     args.relation_questions)
+        logits = model(x, tokenize(questions))
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        acc = float(((logits > 0).float() == labels).float().mean())
+        entry = {"loss": round(float(loss.detach()), 5), "accuracy": round(acc, 4)}
+        return loss, entry, f"loss {entry['loss']:.4f} batch accuracy {acc:.3f}"
+
+    if (done := fit(args, work, model, optimizer, train_step, start)) is None:
+        return
+    step, log = done
+    report = evaluate(model, eval_set(eval_images(args.seed, args.eval_renders, eval_pool)))
     model.save_pretrained(out)
     write_json(out / "training.json", {
         "command": "python " + " ".join(sys.argv), "steps": step, "batch_size": args.batch_size,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from accel.rewards.base import check_pixels
+from accel.rewards.verifier import _coords, question_clause
 from accel.shapes import COLORS, SHAPES, Detection, check_detections
 
 LABELS: tuple[str, ...] = (*SHAPES, "unknown")  # the checker's labels ("unknown": an object of no clear shape)
@@ -56,11 +57,6 @@ class SoftDetection:
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
                          nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
-
-
-def _coords(size: int) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    return torch.stack([xs, ys])  # (2, size, size)
 
 
 class ShapesDetector(nn.Module):
@@ -211,7 +207,7 @@ def detector_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor])
 
 
 def clause_holds(dets: list[Detection], clause: dict) -> bool:
-    """A clause of accel.rewards.verifier.question_clause under GenEval's rules, for hard detections."""
+    """A clause of `question_clause` under GenEval's rules, for hard detections."""
     if "objects" in clause:
         return len(dets) == clause["objects"]
     return check_detections(dets, clause, strict=bool(clause.get("strict"))).correct
@@ -245,8 +241,6 @@ class DetectorVerifier:
 
     def probabilities(self, images: torch.Tensor, questions: list[str]) -> torch.Tensor:
         """P(yes) (B,) for images (B, 3, H, W) in [0, 1] and one question each."""
-        from accel.rewards.verifier import question_clause
-
         if len(questions) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(questions)} questions; pass one question each")
         clauses = [question_clause(q) for q in questions]  # ValueError for questions outside the grammar
