@@ -60,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ema-start", type=int, default=200)
     ap.add_argument("--minutes", type=float, default=0, help="stop this invocation after this long (0: no limit)")
     ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    ap.add_argument("--export-every", type=int, default=0,
+                    help="also write the student (EMA) to WORK/RUN/snapshots/step-N every N iterations (0: never), "
+                         "to pick a training length on a tuning prompt set")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     return ap
@@ -93,6 +96,8 @@ def main(argv=None) -> None:
             losses = " ".join(f"{k} {v:.4f}" for k, v in entry.items() if k in ("dmd", "sc", "align", "critic", "ode")
                               and v is not None)
             print(f"step {step}/{total} {losses} {entry['seconds'] / 60:.1f} min", flush=True)
+        if args.export_every and step % args.export_every == 0 and step < total:
+            export_student(d, work / "snapshots" / f"step-{step}")
         if time.time() - last_save > 60 * args.checkpoint_minutes and step < total:
             d.save_checkpoint()
             last_save = time.time()

@@ -35,7 +35,7 @@ def test_script_stops_resumes_and_writes_the_student(tmp_path):
     work = tmp_path / "work" / "image-sc-dmd"
     assert checkpoint.load(checkpoint.latest(work))[1]["step"] == 1
     assert not (tmp_path / "student").exists()
-    train_fewstep.main(args)  # resumes at step 1 and finishes
+    train_fewstep.main(args + ["--export-every", "2"])  # resumes at step 1 and finishes; a snapshot at step 2
     log = [json.loads(line)["step"] for line in (work / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3]
     info = json.loads((tmp_path / "student" / "training.json").read_text())
@@ -43,6 +43,9 @@ def test_script_stops_resumes_and_writes_the_student(tmp_path):
     pipe = accelerate_pipeline(load_pipeline(str(tmp_path / "student")))
     pipe("a photo of a circle", sampler="fewstep", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert pipe.stats.nfe == 2
+    snapshots = sorted(p.name for p in (work / "snapshots").iterdir())
+    assert snapshots == ["step-2"]  # not at the end: the student folder is the last one
+    assert json.loads((work / "snapshots" / "step-2" / "distill.json").read_text())["steps"] == 2
 
 
 def test_the_autoregressive_run_trains_a_causal_student_with_salts_recipe():
