@@ -17,9 +17,7 @@ exactly (batch k is drawn from seed (seed, k)). The detector folder is written w
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +29,8 @@ from accel.shapes import COLORS, detect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_verifier import (SIZE, OutOfTime, eval_images, eval_set, evaluate, fit, pools,  # noqa: E402
-                            render_example)
+from train_verifier import (SIZE, eval_images, eval_set, evaluate, fit, render_example, start_run,  # noqa: E402
+                            training_record)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -101,15 +99,9 @@ def match_report(model: ShapesDetector, images: np.ndarray, sources: list[str], 
 
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    work, out = Path(args.work), Path(args.out)
-    start = time.time()
-    try:
-        train_pool, eval_pool = pools(args, work, start + 60 * args.minutes if args.minutes else None)
-    except OutOfTime:
-        print("out of time while sampling the pool of model samples; run the same command to go on", flush=True)
+    if (run := start_run(args)) is None:
         return
-
+    work, out, start, train_pool, eval_pool = run
     torch.manual_seed(args.seed)
     model = ShapesDetector(DetectorConfig(image_size=SIZE))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
@@ -129,13 +121,7 @@ def main(argv=None) -> None:
     detections = match_report(model, np.stack([image for image, _, _ in images]) if images else
                               np.zeros((0, SIZE, SIZE, 3), np.uint8), [source for _, _, source in images])
     model.save_pretrained(out)
-    write_json(out / "training.json", {
-        "command": "python " + " ".join(sys.argv), "steps": step, "batch_size": args.batch_size,
-        "model_samples": args.model_samples, "sample_steps": args.sample_steps, "model": args.model,
-        "seed": args.seed, "held_out": report, "detections": detections,
-        "final_loss": log[-1]["loss"] if log else None,
-        "machine": f"{platform.machine()} {platform.processor()} threads={args.threads}",
-        "torch": torch.__version__})
+    write_json(out / "training.json", training_record(args, step, log, held_out=report, detections=detections))
     print(f"detector written to {out}: held-out answers {report['accuracy']:.3f} (per kind {report['per_kind']}); "
           f"detections {detections}", flush=True)
 

@@ -331,8 +331,9 @@ def fit(args: argparse.Namespace, work: Path, model, optimizer, train_step, star
     return step, log
 
 
-def main(argv=None) -> None:
-    args = parser().parse_args(argv)
+def start_run(args: argparse.Namespace):
+    """Threads, folders and the pools of model samples for a training script's run: (work, out, start time,
+    train pool, eval pool), or None when --minutes ran out while sampling the pools (the same command goes on)."""
     torch.set_num_threads(args.threads)
     work, out = Path(args.work), Path(args.out)
     start = time.time()
@@ -340,8 +341,25 @@ def main(argv=None) -> None:
         train_pool, eval_pool = pools(args, work, start + 60 * args.minutes if args.minutes else None)
     except OutOfTime:
         print("out of time while sampling the pool of model samples; run the same command to go on", flush=True)
-        return
+        return None
+    return work, out, start, train_pool, eval_pool
 
+
+def training_record(args: argparse.Namespace, step: int, log: list[dict], **results) -> dict:
+    """training.json of a trained model: the command, the data and run settings, `results` (held-out reports),
+    the last loss, machine and torch version."""
+    return {"command": "python " + " ".join(sys.argv), "steps": step, "batch_size": args.batch_size,
+            "model_samples": args.model_samples, "sample_steps": args.sample_steps, "model": args.model,
+            "seed": args.seed, **results, "final_loss": log[-1]["loss"] if log else None,
+            "machine": f"{platform.machine()} {platform.processor()} threads={args.threads}",
+            "torch": torch.__version__}
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    if (run := start_run(args)) is None:
+        return
+    work, out, start, train_pool, eval_pool = run
     torch.manual_seed(args.seed)
     model = ShapesVerifier(VerifierConfig(image_size=SIZE, relation_slots=args.relation_slots))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
@@ -360,12 +378,7 @@ def main(argv=None) -> None:
     step, log = done
     report = evaluate(model, eval_set(eval_images(args.seed, args.eval_renders, eval_pool)))
     model.save_pretrained(out)
-    write_json(out / "training.json", {
-        "command": "python " + " ".join(sys.argv), "steps": step, "batch_size": args.batch_size,
-        "model_samples": args.model_samples, "sample_steps": args.sample_steps, "model": args.model,
-        "seed": args.seed, "held_out": report, "final_loss": log[-1]["loss"] if log else None,
-        "machine": f"{platform.machine()} {platform.processor()} threads={args.threads}",
-        "torch": torch.__version__})
+    write_json(out / "training.json", training_record(args, step, log, held_out=report))
     print(f"verifier written to {out}: held-out accuracy {report['accuracy']:.3f} "
           f"(per kind {json.dumps(report['per_kind'])})", flush=True)
 
