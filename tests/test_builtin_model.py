@@ -16,19 +16,23 @@ def test_folder_is_safetensors_only():
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt")) for f in files)
 
 
+def _singles_and_pairs(pipe, **call) -> tuple[list[bool], int]:
+    """The checker's verdicts on 6 single-object and 6 two-object prompts (fixed by a seed) and the NFE spent."""
+    rng = np.random.default_rng(11)
+    metas = [make_metadata(tag, rng) for tag in ("single_object", "two_object") for _ in range(6)]
+    out = pipe([m["prompt"] for m in metas], output_type="np", **call)
+    return [check((img * 255).round().astype(np.uint8), m).correct for img, m in zip(out.images, metas)], out.stats.nfe
+
+
 @pytest.mark.parametrize("name", ["shapes", "shapes-moe"])
 def test_draws_single_objects_and_pairs(name):
     # Recorded accuracy on these tags is 1.0 over 80 prompts (assets/shapes-t2i/README.md); 12 samples at a 0.75
     # floor tolerate sampling noise and still fail for a broken model or loader (which scores ~0). The MoE model
     # matches the dense one overall (docs/moe.md).
-    pipe = accelerate_pipeline(load_pipeline(name))
-    rng = np.random.default_rng(11)
-    metas = [make_metadata(tag, rng) for tag in ("single_object", "two_object") for _ in range(6)]
-    out = pipe([m["prompt"] for m in metas], num_inference_steps=25, output_type="np",
-               generator=[torch.Generator().manual_seed(i) for i in range(len(metas))])
-    correct = [check((img * 255).round().astype(np.uint8), m).correct for img, m in zip(out.images, metas)]
+    correct, nfe = _singles_and_pairs(accelerate_pipeline(load_pipeline(name)), num_inference_steps=25,
+                                      generator=[torch.Generator().manual_seed(i) for i in range(12)])
     assert np.mean(correct) >= 0.75
-    assert out.stats.nfe == len(metas) * 25 * 2
+    assert nfe == len(correct) * 25 * 2
 
 
 def test_quick_start_generate(tmp_path):
@@ -95,11 +99,8 @@ def test_shipped_student_loads_by_name_and_draws_single_objects_and_pairs():
 
     assert builtin_students("shapes") == ["shapes-4step"]
     pipe = accelerate_pipeline(load_pipeline("shapes-4step"))
-    rng = np.random.default_rng(11)
-    metas = [make_metadata(tag, rng) for tag in ("single_object", "two_object") for _ in range(6)]
     for steps, floor in ((4, 0.75), (2, 0.5)):
-        out = pipe([m["prompt"] for m in metas], sampler="fewstep", num_inference_steps=steps, output_type="np",
-                   generator=torch.Generator().manual_seed(0))
-        correct = [check((img * 255).round().astype(np.uint8), m).correct for img, m in zip(out.images, metas)]
+        correct, nfe = _singles_and_pairs(pipe, sampler="fewstep", num_inference_steps=steps,
+                                          generator=torch.Generator().manual_seed(0))
         assert np.mean(correct) >= floor, (steps, correct)
-        assert out.stats.nfe == len(metas) * steps  # one forward a step, no CFG
+        assert nfe == len(correct) * steps  # one forward a step, no CFG
