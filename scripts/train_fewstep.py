@@ -55,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr-generator", type=float, default=5e-5)
     ap.add_argument("--lr-critic", type=float, default=1e-4)
     ap.add_argument("--critic-per-generator", type=int, default=5)
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="the teacher's CFG weight in the DMD real score, as the pipeline's guidance_scale "
+                         "(default: the teacher pipeline's own)")
     ap.add_argument("--ode-init-steps", type=int, default=0)
     ap.add_argument("--ema-decay", type=float, default=0.99)
     ap.add_argument("--ema-start", type=int, default=200)
@@ -71,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
 def config_for(args: argparse.Namespace) -> DistillConfig:
     _, method, nfe, _ = RUNS[args.run]
     ar = ARConfig(chunk_frames=1) if args.run == "video-ar" else None
-    return DistillConfig(method=method, ar=ar, steps=args.steps, batch_size=args.batch_size, nfe=nfe,
+    return DistillConfig(method=method, ar=ar, steps=args.steps, batch_size=args.batch_size, nfe=nfe, guidance=args.guidance,
                          lr_generator=args.lr_generator, lr_critic=args.lr_critic,
                          critic_per_generator=args.critic_per_generator, ode_init_steps=args.ode_init_steps,
                          ema_decay=args.ema_decay, ema_start=args.ema_start, seed=args.seed,

@@ -54,3 +54,9 @@ def test_the_autoregressive_run_trains_a_causal_student_with_salts_recipe():
     assert config.ar.chunk_frames == 1 and config.ar.mixed_steps == {8: 0.4, 4: 0.4, 2: 0.2}
     assert config.ar.align_pairs == {2: 4}
     assert train_fewstep.config_for(train_fewstep.parser().parse_args(["--run", "video-sc-dmd"])).ar is None
+
+
+def test_the_teacher_guidance_is_an_option_and_defaults_to_the_pipelines():
+    parse = train_fewstep.parser().parse_args
+    assert train_fewstep.config_for(parse(["--run", "image-sc-dmd"])).cfg_weight is None
+    assert train_fewstep.config_for(parse(["--run", "image-sc-dmd", "--guidance", "4"])).cfg_weight == 4.0
