@@ -74,8 +74,8 @@ def parser() -> argparse.ArgumentParser:
 def config_for(args: argparse.Namespace) -> DistillConfig:
     _, method, nfe, _ = RUNS[args.run]
     ar = ARConfig(chunk_frames=1) if args.run == "video-ar" else None
-    return DistillConfig(method=method, ar=ar, steps=args.steps, batch_size=args.batch_size, nfe=nfe, guidance=args.guidance,
-                         lr_generator=args.lr_generator, lr_critic=args.lr_critic,
+    return DistillConfig(method=method, ar=ar, steps=args.steps, batch_size=args.batch_size, nfe=nfe,
+                         guidance=args.guidance, lr_generator=args.lr_generator, lr_critic=args.lr_critic,
                          critic_per_generator=args.critic_per_generator, ode_init_steps=args.ode_init_steps,
                          ema_decay=args.ema_decay, ema_start=args.ema_start, seed=args.seed,
                          checkpoint_every=10**9)  # checkpoints by wall clock (below) and at the end
