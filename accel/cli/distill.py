@@ -44,6 +44,8 @@ def distill(
                                         "cache-distribution-aware recipe; 0: a bidirectional student."),
     ar_align: str = typer.Option("released", help="With --ar-chunk-frames: the token-relation alignment pairs, "
                                  "released (2 -> 4 steps, Salt's code), paper (also 4 -> 8) or off."),
+    fsdp: bool = typer.Option(False, help="Shard every model over the processes (FSDP2; with accelerate launch) "
+                              "for models that do not fit one device."),
     seed: int = typer.Option(0, help="Seed of every random draw of the run."),
     checkpoint_every: int = typer.Option(100, help="Iterations between checkpoints."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoints if there is one."),
@@ -68,7 +70,7 @@ def distill(
                                lr_critic=lr_critic, critic_per_generator=critic_per_generator,
                                ode_init_steps=ode_init_steps, ema_decay=ema_decay, ema_start=ema_start,
                                lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every, call_args=size,
-                               ar=ar)
+                               ar=ar, fsdp=fsdp)
         if prompts_file is not None and not prompts_file.is_file():
             raise UsageError(f"--prompts-file {prompts_file} does not exist")
         teacher = _load(model, None)

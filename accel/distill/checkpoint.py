@@ -26,13 +26,16 @@ POINTER = "latest.json"
 # -- optimizer state ---------------------------------------------------------------------------------------------
 
 
-def optimizer_to_flat(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer's state_dict split into tensors ({prefix}.{param index}.{key}) and a JSON-able rest."""
+def optimizer_to_flat(optimizer: torch.optim.Optimizer, prefix: str, gather=None
+                      ) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's state_dict split into tensors ({prefix}.{param index}.{key}) and a JSON-able rest; `gather`
+    turns a sharded state into a whole one (FSDP)."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for idx, state in sd["state"].items():
         for key, value in state.items():
             if torch.is_tensor(value):
+                value = gather(value) if gather is not None else value
                 tensors[f"{prefix}.{idx}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
@@ -41,11 +44,16 @@ def optimizer_to_flat(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[di
 
 
 def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict,
-                        prefix: str) -> None:
+                        prefix: str, place=None) -> None:
+    """The inverse of optimizer_to_flat; `place(value, param)` shards a whole state like its parameter (FSDP)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state = {}
     for idx, keys in meta["keys"].items():
         scalars = meta["scalars"].get(idx, {})
         state[int(idx)] = {k: scalars[k] if k in scalars else tensors[f"{prefix}.{idx}.{k}"] for k in keys}
+        if place is not None:
+            state[int(idx)] = {k: place(v, params[int(idx)]) if torch.is_tensor(v) else v
+                               for k, v in state[int(idx)].items()}
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 

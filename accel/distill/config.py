@@ -16,7 +16,8 @@ SC_WEIGHT = {"dmd": 0.0, "sc-dmd": 0.2}
 RESERVED_CALL_ARGS = frozenset({"prompt", "generator", "latents", "guidance_scale", "num_inference_steps",
                                 "output_type", "return_dict", "num_images_per_prompt", "num_videos_per_prompt"})
 # Fields that may change when a run resumes from its checkpoint (everything else must match).
-RESUMABLE_FIELDS = frozenset({"steps", "checkpoint_every"})
+# fsdp too: a checkpoint holds whole tensors either way.
+RESUMABLE_FIELDS = frozenset({"steps", "checkpoint_every", "fsdp"})
 
 
 def _positive(name: str, value, integer: bool = False, zero: bool = False) -> None:
@@ -100,6 +101,8 @@ class DistillConfig:
     call_args: extra pipeline call arguments for every role (height, width, num_frames, ...).
     ar: train an autoregressive (chunk-causal) student with Salt's cache-distribution-aware recipe (ARConfig);
         None: a student of the teacher's own (bidirectional) architecture.
+    fsdp: shard the teacher, the student, the fake score and the EMA over the processes (FSDP2, one unit per
+        transformer block) for models that do not fit one device; needs several processes (accelerate launch).
     """
 
     method: str = "sc-dmd"
@@ -128,6 +131,7 @@ class DistillConfig:
     seed: int = 0
     call_args: dict[str, Any] = field(default_factory=dict)
     ar: ARConfig | None = None
+    fsdp: bool = False
 
     def __post_init__(self):
         check_choice("method", self.method, METHODS)
@@ -153,6 +157,8 @@ class DistillConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not (0 < self.dmd_t_min < self.dmd_t_max < 1):
             raise ValueError(f"need 0 < dmd_t_min < dmd_t_max < 1, got {self.dmd_t_min}, {self.dmd_t_max}")
+        if not isinstance(self.fsdp, bool):
+            raise ValueError(f"fsdp must be True or False, got {self.fsdp!r}")
         if self.ar is not None:
             if not isinstance(self.ar, ARConfig):
                 raise ValueError(f"ar must be an ARConfig or None, got {type(self.ar).__name__}")

@@ -4,6 +4,11 @@ sharing the random choices of a step (exit index, SC timesteps) and averaging gr
 Gradients are all-reduced here instead of through a DistributedDataParallel wrapper because the adapters call
 the transformer by attribute (config, dtype, cache_context), which a DDP wrapper hides; the update is DDP's
 (mean of the per-process gradients). On one process every method is a no-op.
+
+With `shard` (FSDP2's fully_shard, for students that do not fit one device) each transformer block and the rest of
+the model are split over the processes: a forward gathers a block's weights just in time, the backward
+reduce-scatters (and averages) its gradients, and every process keeps 1/world of the weights and optimizer state.
+fully_shard changes the module in place and keeps its class and attributes, so the adapters call it as before.
 """
 
 from __future__ import annotations
@@ -56,6 +61,48 @@ class Processes:
             p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
             offset += g.numel()
 
+    def shard(self, module: torch.nn.Module) -> None:
+        """FSDP2 over all processes, in place: every element of the module's block lists (ModuleLists, e.g.
+        transformer_blocks), then the module itself."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        if self.world == 1:
+            raise ValueError("fsdp shards a model over several processes: start them with accelerate launch or "
+                             "torchrun (one process has nothing to shard over)")
+        if getattr(self, "_mesh", None) is None:
+            self._mesh = init_device_mesh(self.device.type, (self.world,))
+        done: list[str] = []
+        for name, child in module.named_modules():
+            if not isinstance(child, torch.nn.ModuleList) or any(name.startswith(d + ".") for d in done):
+                continue
+            blocks = [b for b in child if any(True for _ in b.parameters())]
+            for block in blocks:
+                fully_shard(block, mesh=self._mesh)
+            if blocks:
+                done.append(name)
+        fully_shard(module, mesh=self._mesh)
+
     def barrier(self) -> None:
         if self.world > 1:
             self.state.wait_for_everyone()
+
+
+def is_sharded(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a shard (a collective: every process calls it); a plain tensor as it is."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def place(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A whole tensor sharded like `like` (a parameter or its optimizer state); as it is when `like` is plain."""
+    if not is_sharded(like) or is_sharded(value) or value.shape != like.shape:
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(like.device, like.dtype), like.device_mesh, like.placements)

@@ -16,12 +16,16 @@ from accel.schedulers.fewstep import TIMESTEPS, StudentSpec
 
 def export_student(distiller: Distiller, out_dir: str | Path, ema: bool = True) -> Path:
     """The teacher pipeline with the student transformer (EMA weights by default; LoRA merged) saved as a diffusers
-    folder (safetensors), plus student.json (accel.schedulers.fewstep.StudentSpec) and distill.json."""
+    folder (safetensors), plus student.json (accel.schedulers.fewstep.StudentSpec) and distill.json. Every process
+    calls it (under FSDP it gathers the student's shards); the main one writes."""
     from accel.evals.io import write_json
 
     c = distiller.config
-    module = merge_lora(distiller.ema if ema else distiller.roles.student.pipe.transformer)
+    module = distiller.student_module(ema)
     out_dir = Path(out_dir)
+    if not distiller.processes.is_main:
+        return out_dir
+    module = merge_lora(module)
     with_transformer(distiller.roles.teacher.pipe, module).save_pretrained(out_dir, safe_serialization=True)
     StudentSpec(timesteps={n: TIMESTEPS[n] for n in sorted(c.nfe, reverse=True)}, shift=c.shift, rule=c.rule,
                 method="ar" if c.ar is not None else c.method, teacher=distiller.teacher_name,
@@ -65,7 +69,6 @@ def distill(teacher_pipe, config: DistillConfig, prompts=None, out_dir: str | Pa
     elif found is not None and distiller.processes.is_main:
         shutil.rmtree(ckpt_dir)
     distiller.fit(progress)
-    if distiller.processes.is_main:
-        export_student(distiller, out_dir)
+    export_student(distiller, out_dir)
     distiller.processes.barrier()
     return out_dir

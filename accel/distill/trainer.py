@@ -25,7 +25,7 @@ from accel.distill import causal, checkpoint
 from accel.distill.config import RESUMABLE_FIELDS, DistillConfig
 from accel.distill.grids import dmd_sigmas, sc_times, to_sigma
 from accel.distill.losses import critic_loss, dmd_loss, ode_loss, sc_endpoints, sc_loss
-from accel.distill.parallel import Processes
+from accel.distill.parallel import Processes, full, place
 from accel.distill.prompts import PromptSource, as_source
 from accel.distill.roles import build_roles, check_teacher, default_guidance, fingerprint, scheduler_shift
 from accel.distill.rollout import noise_like, rollout
@@ -50,8 +50,15 @@ class Distiller:
                  teacher_name: str = "", processes: Processes | None = None):
         check_teacher(teacher_pipe)
         self.processes = processes or Processes()
+        if config.fsdp and config.ar is not None:
+            raise ValueError("fsdp is not supported with an autoregressive student (ar) yet")
+        if config.fsdp and self.processes.world == 1:
+            raise ValueError("fsdp shards the models over several processes: start them with accelerate launch or "
+                             "torchrun, or leave fsdp off")
         if self.processes.world > 1:
-            teacher_pipe.to(self.processes.device)
+            for name, component in teacher_pipe.components.items():  # under FSDP the transformer moves as shards
+                if isinstance(component, torch.nn.Module) and not (config.fsdp and name == "transformer"):
+                    component.to(self.processes.device)
         guidance = config.cfg_weight if config.cfg_weight is not None else default_guidance(teacher_pipe)
         self.roles = build_roles(teacher_pipe, guidance, config.call_args, config.lora_rank)
         if config.ar is not None:  # an autoregressive student: a chunk-causal copy (accel.distill.causal)
@@ -68,14 +75,19 @@ class Distiller:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.train_t = c.train_timesteps
         self.sigmas = torch.tensor([to_sigma(t, shift) for t in self.train_t], dtype=torch.float32)
+        self.ema = copy.deepcopy(self._module("student")).eval().requires_grad_(False)
+        self.template = None
+        if c.fsdp:  # every model split over the processes (teacher included: it is as large as the student)
+            self.template = copy.deepcopy(self.ema).to("meta")  # the student's structure, for export_student
+            for module in (self._module("teacher"), self._module("student"), self._module("critic"), self.ema):
+                self.processes.shard(module)
+        self.ema_params = dict(self.ema.named_parameters())
         self.params = {role: {n: p for n, p in self._module(role).named_parameters() if p.requires_grad}
                        for role in ("student", "critic")}
         self.optimizers = {
             role: torch.optim.AdamW(list(self.params[role].values()), lr=lr, betas=c.betas,
                                     weight_decay=c.weight_decay)
             for role, lr in (("student", c.lr_generator), ("critic", c.lr_critic))}
-        self.ema = copy.deepcopy(self._module("student")).eval().requires_grad_(False)
-        self.ema_params = dict(self.ema.named_parameters())
         rank = self.processes.rank
         self.generator = torch.Generator().manual_seed(c.seed + 1_000_003 * rank)
         self.prompt_rng = np.random.default_rng([c.seed, rank])
@@ -229,8 +241,9 @@ class Distiller:
         optimizer = self.optimizers[role]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.processes.average_gradients(params)
-        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if not self.config.fsdp:  # FSDP's backward has already reduce-scattered (averaged) the gradients
+            self.processes.average_gradients(params)
+        norm = full(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
         if not torch.isfinite(norm):
             raise DistillDiverged(f"the {what} gradient norm is {norm.item()} at step {self.step + 1}")
         optimizer.step()
@@ -277,12 +290,14 @@ class Distiller:
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path | None:
-        """Everything the next iteration depends on (main process writes; every process waits)."""
+        """Everything the next iteration depends on (main process writes; every process waits). Under FSDP every
+        process gathers its shards first, so a checkpoint holds whole tensors and resumes with or without it."""
         if self.checkpoint_dir is None:
             raise ValueError("this Distiller has no checkpoint_dir")
         path = None
+        gathered = self._state() if self.config.fsdp else None
         if self.processes.is_main:
-            tensors, state = self._state()
+            tensors, state = gathered or self._state()
             path = checkpoint.save(self.checkpoint_dir, self.step, tensors, state)
             checkpoint.write_log(self.checkpoint_dir, self.log)
         self.saved_step = self.step
@@ -292,11 +307,11 @@ class Distiller:
     def _state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors: dict[str, torch.Tensor] = {}
         for role in ("student", "critic"):
-            tensors.update({f"{role}.{n}": p.detach() for n, p in self.params[role].items()})
-        tensors.update({f"ema.{n}": self.ema_params[n] for n in self.params["student"]})
+            tensors.update({f"{role}.{n}": full(p.detach()) for n, p in self.params[role].items()})
+        tensors.update({f"ema.{n}": full(self.ema_params[n]) for n in self.params["student"]})
         meta = {}
         for role, opt in self.optimizers.items():
-            flat, meta[role] = checkpoint.optimizer_to_flat(opt, f"opt.{role}")
+            flat, meta[role] = checkpoint.optimizer_to_flat(opt, f"opt.{role}", gather=full)
             tensors.update(flat)
         rng, rng_meta = checkpoint.rng_to_flat(self.generator, self.choices, self.prompt_rng)
         tensors.update(rng, **{"rng.torch": self.torch_rng})
@@ -311,15 +326,30 @@ class Distiller:
         self._check_compatible(state, path)
         for role in ("student", "critic"):
             for n, p in self.params[role].items():
-                p.data.copy_(tensors[f"{role}.{n}"])
+                p.data.copy_(place(tensors[f"{role}.{n}"], p))
         for n in self.params["student"]:
-            self.ema_params[n].data.copy_(tensors[f"ema.{n}"])
+            self.ema_params[n].data.copy_(place(tensors[f"ema.{n}"], self.ema_params[n]))
         for role, opt in self.optimizers.items():
-            checkpoint.optimizer_from_flat(opt, tensors, state["optimizers"][role], f"opt.{role}")
+            checkpoint.optimizer_from_flat(opt, tensors, state["optimizers"][role], f"opt.{role}", place=place)
         checkpoint.rng_from_flat(tensors, state["rng"], self.generator, self.choices, self.prompt_rng)
         self.torch_rng = tensors["rng.torch"]
         self.step, self.seconds, self.log = state["step"], state["seconds"], list(state["log"])
         self.saved_step = self.step
+
+    def student_module(self, ema: bool = True) -> torch.nn.Module | None:
+        """The student transformer (EMA weights by default) as one whole module. Under FSDP a collective: every
+        process gathers, the main one gets a CPU module built from the run's template, the others None."""
+        module = self.ema if ema else self._module("student")
+        if not self.config.fsdp:
+            return module
+        state = {n: full(t.detach()).cpu() for n, t in module.state_dict().items()}
+        if not self.processes.is_main:
+            return None
+        out = copy.deepcopy(self.template).to_empty(device="cpu")
+        out.load_state_dict(state)
+        for name, buffer in module.named_buffers():  # non-persistent buffers (rotary tables) are not in state
+            out.get_buffer(name).copy_(buffer)
+        return out.eval()
 
     def _check_compatible(self, state: dict, path) -> None:
         if state.get("format") != FORMAT:

@@ -90,7 +90,8 @@ def run_one(pipe, meta: dict, index: int, seed: int, config: SearchConfig, budge
             "oracle": any(correct), "reward": best_reward, "nfe": trace.nfe, "budget_nfe": nfe, "plain_nfe": plain,
             "reward_calls": trace.reward_calls, "verifier_calls": trace.extra.get("verifier_calls", 0),
             "agent_calls": trace.extra.get("agent_calls", 0), "rounds": trace.extra.get("rounds", 0),
-            "seconds": seconds}
+            "seconds": seconds, "prompt": meta["prompt"],
+            **{k: trace.extra[k] for k in ("stop", "best_round", "best_kind") if k in trace.extra}}
 
 
 def _run_raise(denoiser, call: dict, meta: dict, reward: Reward, config, nfe: int, generator, chunk_size: int,
@@ -137,7 +138,9 @@ def bench_search(pipe, prompts: int | list[dict] = 24, seed: int = 0,
         One row per (strategy, budget): strategy, budget, nfe (mean per prompt), budget_nfe, accuracy,
         accuracy_strict, per_tag, mean_reward, reward, oracle_accuracy (the checker's pick among the returned
         samples), hacking_gap (oracle_accuracy - accuracy), reward_calls / verifier_calls / agent_calls (means per
-        prompt; verifier and agent calls are RAISE's), seconds (total), prompts, seed, steps, machine, torch.
+        prompt; verifier and agent calls are RAISE's), seconds (total), prompts, seed, steps, machine, torch, and
+        per_prompt (each prompt's tag, correct / strict / oracle, NFE; for RAISE its rounds, stop reason and the
+        round and kind of the returned candidate).
     """
     metas = prompt_set(prompts, seed) if isinstance(prompts, int) else list(prompts)
     configs = [get_config(s) for s in strategies]
@@ -200,6 +203,11 @@ def bench_reward(name: str, verifier_path: str | None = None):
     raise ValueError(f"unknown benchmark reward {name!r}; allowed: {', '.join(BENCH_REWARDS)}")
 
 
+# What a row keeps of each prompt's run, so that a result can be traced to the prompts behind it (RAISE adds why it
+# stopped and which round and kind of candidate it returned).
+_PER_PROMPT = ("prompt", "tag", "correct", "strict", "oracle", "nfe", "rounds", "stop", "best_round", "best_kind")
+
+
 def _row(label: str, config: SearchConfig, budget: float, records: list[dict], seed: int, steps: int | None) -> dict:
     accuracy, per_tag = _geneval([(r["tag"], r["correct"]) for r in records])
     strict, per_tag_strict = _geneval([(r["tag"], r["strict"]) for r in records])
@@ -215,6 +223,7 @@ def _row(label: str, config: SearchConfig, budget: float, records: list[dict], s
         **{k: float(np.mean([r[k] for r in records])) for k in ("reward_calls", "verifier_calls", "agent_calls",
                                                                 "rounds")},
         "seconds": round(sum(r["seconds"] for r in records), 3), "prompts": len(records), "seed": seed,
+        "per_prompt": [{k: r[k] for k in _PER_PROMPT if k in r} for r in records],
         "steps": steps if steps is not None else "pipeline default",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "torch": torch.__version__,
     }

@@ -1,35 +1,58 @@
-"""One process of the 2-process distillation test (tests/distill/test_parallel.py): trains a tiny student and saves
-its weights, the log and this process's rollout choices to OUT.<rank>."""
+"""One process of the 2-process distillation tests (tests/distill/test_parallel.py): trains a tiny student and saves
+its weights, the log and this process's rollout choices to OUT.<rank>. With `fsdp` as the second argument the
+models are sharded (FSDP2); the run then also checkpoints, resumes that checkpoint in a fresh sharded Distiller and
+exports the student to OUT.student."""
 
 import sys
 
 import torch
 
-from accel.distill import DistillConfig, Distiller
-from accel.distill.parallel import Processes
+from accel.distill import DistillConfig, Distiller, export_student
+from accel.distill import checkpoint as ckpt
+from accel.distill.parallel import Processes, full
 from accel.pipelines.shapes import build_shapes_pipeline
 
 
-def main(out: str) -> None:
-    torch.set_num_threads(1)
-    teacher = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1,
-                                    sample_size=16, seed=0)
+def teacher():
+    pipe = build_shapes_pipeline(width=32, num_layers=2, stem_channels=(8, 16), text_hidden=32, text_layers=1,
+                                 sample_size=16, seed=0)
     torch.manual_seed(2)
     with torch.no_grad():
-        for p in teacher.transformer.parameters():
+        for p in pipe.transformer.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return pipe
+
+
+def whole(d: Distiller, role: str) -> dict[str, torch.Tensor]:
+    return {k: full(v.detach()).clone() for k, v in d.params[role].items()}
+
+
+def main(out: str, mode: str = "") -> None:
+    torch.set_num_threads(1)
+    fsdp = mode == "fsdp"
     config = DistillConfig(steps=3, batch_size=1, critic_per_generator=1, lr_generator=1e-3, lr_critic=1e-3,
-                           ema_start=0, call_args={"height": 16, "width": 16})
+                           ema_start=0, call_args={"height": 16, "width": 16}, fsdp=fsdp)
     processes = Processes(cpu=True)
-    d = Distiller(teacher, config, processes=processes)
+    d = Distiller(teacher(), config, processes=processes, checkpoint_dir=f"{out}.ckpt" if fsdp else None)
     exits = []
     draw = d._exit_index
     d._exit_index = lambda: exits.append(draw()) or exits[-1]
     d.fit()
-    torch.save({"student": {k: v.detach().clone() for k, v in d.params["student"].items()},
-                "critic": {k: v.detach().clone() for k, v in d.params["critic"].items()},
-                "exits": exits, "log": d.log, "world": processes.world}, f"{out}.{processes.rank}")
+    result = {"student": whole(d, "student"), "critic": whole(d, "critic"), "exits": exits, "log": d.log,
+              "world": processes.world}
+    if fsdp:
+        again = Distiller(teacher(), config, processes=processes)
+        again.load_checkpoint(ckpt.latest(f"{out}.ckpt"))
+        result["resumed"] = {"student": whole(again, "student"), "critic": whole(again, "critic"),
+                             "exp_avg": [full(again.optimizers["student"].state[p]["exp_avg"]).clone()
+                                         for p in again.params["student"].values()]}
+        result["exp_avg"] = [full(d.optimizers["student"].state[p]["exp_avg"]).clone()
+                             for p in d.params["student"].values()]
+        result["sharded"] = all(type(p).__name__ == "DTensor" for p in d.params["student"].values())
+        export_student(d, f"{out}.student")
+        result["ema"] = {k: full(v).clone() for k, v in d.ema_params.items()}
+    torch.save(result, f"{out}.{processes.rank}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -127,6 +127,21 @@ def test_resume_continues_bit_for_bit(tmp_path):
         other.load_checkpoint(tmp_path / "b" / "step-00000006")
 
 
+def test_teacher_fingerprint_ignores_diffusers_private_config():
+    """A resumed run (another process, maybe a newer diffusers) must recognise its teacher: diffusers'
+    _use_default_values is a set whose order changes with every process's string hashing."""
+    from diffusers.configuration_utils import FrozenDict
+
+    from accel.distill.roles import fingerprint
+
+    t = shapes_teacher().transformer
+    before = fingerprint(t)
+    t._internal_dict = FrozenDict({**t.config, "_use_default_values": ["b", "a"], "_diffusers_version": "9.9"})
+    assert fingerprint(t) == before
+    t._internal_dict = FrozenDict({**t.config, "width": t.config["width"] * 2})
+    assert fingerprint(t) != before
+
+
 def test_the_student_folder_samples_through_the_wrapper(tmp_path):
     out = distill(shapes_teacher(), DistillConfig(steps=2, checkpoint_every=2, **FAST), out_dir=tmp_path / "student")
     pipe = accelerate_pipeline(load_pipeline(str(out)))
@@ -177,6 +192,7 @@ def test_cli_distils_resumes_and_rejects_bad_input(tmp_path):
     assert r.exit_code == 0, r.output
     for bad, message in ((["--method", "sc"], "allowed: dmd, sc-dmd"), (["--nfe", "four"], "comma-separated"),
                          (["--nfe", "3"], "nfe must be"), (["--prompts-file", "nope.txt"], "does not exist"),
-                         (["--guidance", "4", "--salt-guidance", "3"], "not both")):
+                         (["--guidance", "4", "--salt-guidance", "3"], "not both"),
+                         (["--fsdp", "--no-resume", "--overwrite"], "several processes")):
         r = runner.invoke(app, args + bad)
         assert r.exit_code == 2 and message in " ".join(r.output.split()), (bad, r.output)

@@ -20,13 +20,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(world: int, out: Path) -> list[dict]:
+def _run(world: int, out: Path, mode: str = "") -> list[dict]:
     port, procs = _free_port(), []
     for rank in range(world):
         env = dict(os.environ, WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env, stderr=subprocess.PIPE,
-                                      text=True))
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), mode], env=env,
+                                      stderr=subprocess.PIPE, text=True))
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
@@ -43,6 +43,49 @@ def test_two_processes_share_choices_and_stay_in_sync(tmp_path):
             assert torch.equal(value, rank1[role][name]), (role, name)
     # each process drew its own prompts and noise, so the averaged update differs from one process's
     assert any(not torch.equal(v, single["student"][k]) for k, v in rank0["student"].items())
+
+
+def test_fsdp_trains_like_replicated_processes_and_checkpoints_whole(tmp_path):
+    """Sharded (FSDP2) and replicated training over 2 processes are the same update (mean gradient, global clip
+    norm, elementwise AdamW), so they end at the same weights; the checkpoint holds whole tensors and resumes into
+    shards; the exported student is one whole model that samples."""
+    from accel.api import accelerate_pipeline
+    from accel.distill import checkpoint as ckpt
+    from accel.models import load_pipeline
+
+    replicated = _run(2, tmp_path / "ddp")[0]
+    rank0, rank1 = _run(2, tmp_path / "fsdp", "fsdp")
+    assert rank0["sharded"] and rank0["exits"] == replicated["exits"]
+    for role in ("student", "critic"):
+        for name, value in replicated[role].items():
+            torch.testing.assert_close(rank0[role][name], value, rtol=1e-4, atol=1e-5, msg=f"{role} {name}")
+            assert torch.equal(rank0[role][name], rank1[role][name])
+            # resumed from the checkpoint into a fresh sharded run: bit for bit
+            assert torch.equal(rank0["resumed"][role][name], rank0[role][name])
+    assert all(torch.equal(a, b) for a, b in zip(rank0["resumed"]["exp_avg"], rank0["exp_avg"]))
+    tensors, state = ckpt.load(ckpt.latest(tmp_path / "fsdp.ckpt"))
+    assert state["config"]["fsdp"] and state["step"] == 3
+    name, value = next(iter(rank0["student"].items()))
+    assert torch.equal(tensors[f"student.{name}"], value)  # whole, not one process's shard
+    student = load_pipeline(str(tmp_path / "fsdp.student"))
+    for name, value in rank0["ema"].items():
+        assert torch.equal(student.transformer.get_parameter(name), value), name
+    pipe = accelerate_pipeline(student)
+    image = pipe("a photo of a circle", sampler="fewstep", num_inference_steps=2, output_type="pt",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert pipe.stats.nfe == 2 and torch.isfinite(image).all()
+
+
+def test_fsdp_needs_several_processes():
+    from accel.distill import DistillConfig, Distiller
+    from accel.pipelines.shapes import build_shapes_pipeline
+
+    teacher = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1,
+                                    sample_size=16, seed=0)
+    with pytest.raises(ValueError, match="several processes"):
+        Distiller(teacher, DistillConfig(steps=1, fsdp=True))
+    with pytest.raises(ValueError, match="fsdp must be True or False"):
+        DistillConfig(fsdp="yes")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="needs peft (pip install peft)")

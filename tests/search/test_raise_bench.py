@@ -30,6 +30,14 @@ def test_rows_with_raise_and_a_learned_reward(tiny_pipe):
     # RAISE: one verifier call per round (one round at 2x, two at 4x), analyzer + rewriter per round.
     assert [r["verifier_calls"] for r in raise_] == [1, 2] and [r["agent_calls"] for r in raise_] == [2, 4]
     assert [r["rounds"] for r in raise_] == [1, 2] and all(r["rounds"] == 0 for r in bon)
+    # Per-prompt records add up to the row, and RAISE's say why each prompt stopped and what it returned.
+    for r in rows:
+        assert [p["tag"] for p in r["per_prompt"]] == [p["tag"] for p in rows[0]["per_prompt"]]
+        assert sum(p["nfe"] for p in r["per_prompt"]) / 2 == r["nfe"]
+    assert all("stop" not in p for p in bon[0]["per_prompt"])
+    for p in raise_[1]["per_prompt"]:
+        assert p["stop"] in ("rounds", "verified", "budget", "analyzer") and 1 <= p["best_round"] <= p["rounds"]
+        assert p["best_kind"] in ("resample", "rewrite", "edit")
 
 
 def test_raise_budget_below_one_round(tiny_pipe):
