@@ -84,6 +84,13 @@ def test_fsdp_needs_several_processes():
                                     sample_size=16, seed=0)
     with pytest.raises(ValueError, match="several processes"):
         Distiller(teacher, DistillConfig(steps=1, fsdp=True))
+    with pytest.raises(ValueError, match="not supported with an autoregressive student"):
+        from accel.distill import ARConfig
+        from accel.pipelines.shapes_video import build_shapes_video_pipeline
+
+        video = build_shapes_video_pipeline(width=32, num_layers=1, text_hidden=32, text_layers=1, num_frames=4,
+                                            sample_size=8)
+        Distiller(video, DistillConfig(steps=1, fsdp=True, ar=ARConfig()))
     with pytest.raises(ValueError, match="fsdp must be True or False"):
         DistillConfig(fsdp="yes")
 
