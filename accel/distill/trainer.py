@@ -73,6 +73,7 @@ class Distiller:
         self.teacher_name = (teacher_name or str(getattr(teacher_pipe.config, "_name_or_path", "") or "")
                              or type(teacher_pipe).__name__)
         self.teacher_id = fingerprint(teacher_pipe.transformer)
+        self._legacy_teacher_id = fingerprint(teacher_pipe.transformer, legacy=True)  # checkpoints of accel < e64b1fb
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.train_t = c.train_timesteps
         self.sigmas = torch.tensor([to_sigma(t, shift) for t in self.train_t], dtype=torch.float32)
@@ -355,7 +356,7 @@ class Distiller:
     def _check_compatible(self, state: dict, path) -> None:
         if state.get("format") != FORMAT:
             raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this accel reads {FORMAT}")
-        if state["teacher"] != self.teacher_id:
+        if state["teacher"] not in (self.teacher_id, self._legacy_teacher_id):
             raise ValueError(f"{path} was trained from another teacher (fingerprint {state['teacher']}, this "
                              f"teacher's is {self.teacher_id}); use another output folder or --no-resume --overwrite")
         now = self.config.to_dict()

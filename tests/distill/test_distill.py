@@ -142,6 +142,22 @@ def test_teacher_fingerprint_ignores_diffusers_private_config():
     assert fingerprint(t) != before
 
 
+def test_checkpoints_with_the_legacy_fingerprint_resume(tmp_path):
+    from accel.distill import checkpoint as ckpt
+    from accel.distill.roles import fingerprint
+
+    d = Distiller(shapes_teacher(), DistillConfig(steps=1, checkpoint_every=1, **FAST), checkpoint_dir=tmp_path)
+    d.fit()
+    state_file = ckpt.latest(tmp_path) / "state.json"
+    state = json.loads(state_file.read_text())
+    legacy = fingerprint(d.roles.teacher.pipe.transformer, legacy=True)
+    assert legacy != state["teacher"]
+    state_file.write_text(json.dumps(state | {"teacher": legacy}))
+    again = Distiller(shapes_teacher(), DistillConfig(steps=1, checkpoint_every=1, **FAST))
+    again.load_checkpoint(ckpt.latest(tmp_path))
+    assert again.step == 1
+
+
 def test_the_student_folder_samples_through_the_wrapper(tmp_path):
     out = distill(shapes_teacher(), DistillConfig(steps=2, checkpoint_every=2, **FAST), out_dir=tmp_path / "student")
     pipe = accelerate_pipeline(load_pipeline(str(out)))
