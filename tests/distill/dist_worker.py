@@ -1,7 +1,7 @@
 """One process of the 2-process distillation tests (tests/distill/test_parallel.py): trains a tiny student and saves
-its weights, the log and this process's rollout choices to OUT.<rank>. With `fsdp` as the second argument the
-models are sharded (FSDP2); the run then also checkpoints, resumes that checkpoint in a fresh sharded Distiller and
-exports the student to OUT.student."""
+its weights, the log and this process's rollout choices to OUT.<rank>. Modes (second argument): "" (replicated),
+"fsdp" (sharded with FSDP2; the run also checkpoints, resumes that checkpoint in a fresh sharded Distiller and
+exports the student to OUT.student), "lora" and "fsdp-lora" (a LoRA student, replicated or sharded, exported)."""
 
 import sys
 
@@ -29,9 +29,10 @@ def whole(d: Distiller, role: str) -> dict[str, torch.Tensor]:
 
 def main(out: str, mode: str = "") -> None:
     torch.set_num_threads(1)
-    fsdp = mode == "fsdp"
+    fsdp = mode.startswith("fsdp")
+    lora = {"lora_rank": 2} if mode.endswith("lora") else {}
     config = DistillConfig(steps=3, batch_size=1, critic_per_generator=1, lr_generator=1e-3, lr_critic=1e-3,
-                           ema_start=0, call_args={"height": 16, "width": 16}, fsdp=fsdp)
+                           ema_start=0, call_args={"height": 16, "width": 16}, fsdp=fsdp, **lora)
     processes = Processes(cpu=True)
     d = Distiller(teacher(), config, processes=processes, checkpoint_dir=f"{out}.ckpt" if fsdp else None)
     exits = []
@@ -40,7 +41,7 @@ def main(out: str, mode: str = "") -> None:
     d.fit()
     result = {"student": whole(d, "student"), "critic": whole(d, "critic"), "exits": exits, "log": d.log,
               "world": processes.world}
-    if fsdp:
+    if fsdp and not lora:
         again = Distiller(teacher(), config, processes=processes)
         again.load_checkpoint(ckpt.latest(f"{out}.ckpt"))
         result["resumed"] = {"student": whole(again, "student"), "critic": whole(again, "critic"),
@@ -48,7 +49,8 @@ def main(out: str, mode: str = "") -> None:
                                          for p in again.params["student"].values()]}
         result["exp_avg"] = [full(d.optimizers["student"].state[p]["exp_avg"]).clone()
                              for p in d.params["student"].values()]
-        result["sharded"] = all(type(p).__name__ == "DTensor" for p in d.params["student"].values())
+    result["sharded"] = all(type(p).__name__ == "DTensor" for p in d.params["student"].values())
+    if fsdp or lora:
         export_student(d, f"{out}.student")
         result["ema"] = {k: full(v).clone() for k, v in d.ema_params.items()}
     torch.save(result, f"{out}.{processes.rank}")

@@ -76,6 +76,22 @@ def test_fsdp_trains_like_replicated_processes_and_checkpoints_whole(tmp_path):
     assert pipe.stats.nfe == 2 and torch.isfinite(image).all()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="needs peft (pip install peft)")
+def test_fsdp_with_a_lora_student(tmp_path):
+    from safetensors.torch import load_file
+
+    sharded, replicated = _run(2, tmp_path / "fsdp", "fsdp-lora")[0], _run(2, tmp_path / "ddp", "lora")[0]
+    assert sharded["sharded"] and all("lora_" in name for name in sharded["student"])
+    for name, value in replicated["student"].items():
+        torch.testing.assert_close(sharded["student"][name], value, rtol=1e-4, atol=1e-5)
+    weights = [load_file(tmp_path / f"{m}.student" / "transformer" / "diffusion_pytorch_model.safetensors")
+               for m in ("fsdp", "ddp")]
+    assert weights[0].keys() == weights[1].keys() and not any("lora" in k for k in weights[0])  # merged
+    for k, v in weights[1].items():
+        torch.testing.assert_close(weights[0][k], v, rtol=1e-4, atol=1e-5)
+
+
 def test_fsdp_needs_several_processes():
     from accel.distill import DistillConfig, Distiller
     from accel.pipelines.shapes import build_shapes_pipeline
