@@ -38,6 +38,10 @@ class ChunkCache:
 class CausalShapesVideoTransformer3DModel(ShapesVideoTransformer3DModel):
     """ShapesVideoTransformer3DModel with block-causal attention over chunks of `chunk_frames` token frames."""
 
+    # Entry points besides forward, for FSDP (accel.distill.parallel.Processes.shard): they run the blocks through
+    # _block, not block.forward, so the model is sharded as one unit gathered around each of these calls.
+    fsdp_forward_methods = ("begin", "forward_chunk")
+
     @register_to_config
     def __init__(self, num_frames: int = 8, sample_size: int = 32, in_channels: int = 3, patch_size: int = 4,
                  patch_frames: int = 1, width: int = 128, num_layers: int = 4, num_heads: int = 4,

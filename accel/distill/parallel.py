@@ -63,18 +63,21 @@ class Processes:
 
     def shard(self, module: torch.nn.Module) -> None:
         """FSDP2 over all processes, in place: every element of the module's block lists (ModuleLists, e.g.
-        transformer_blocks), then the module itself."""
+        transformer_blocks), then the module itself. A model whose class names `fsdp_forward_methods` (entry points
+        besides forward that run its blocks directly, e.g. the chunk-causal video model's) is one unit, gathered
+        around each of those calls too."""
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
         if self.world == 1:
             raise ValueError("fsdp shards a model over several processes: start them with accelerate launch or "
                              "torchrun (one process has nothing to shard over)")
         if getattr(self, "_mesh", None) is None:
             self._mesh = init_device_mesh(self.device.type, (self.world,))
-        done: list[str] = []
+        methods = getattr(module, "fsdp_forward_methods", ())
+        done: list[str] = [""] if methods else []  # "": no per-block units
         for name, child in module.named_modules():
-            if not isinstance(child, torch.nn.ModuleList) or any(name.startswith(d + ".") for d in done):
+            if not isinstance(child, torch.nn.ModuleList) or any(name.startswith(d + ".") or not d for d in done):
                 continue
             blocks = [b for b in child if any(True for _ in b.parameters())]
             for block in blocks:
@@ -82,6 +85,8 @@ class Processes:
             if blocks:
                 done.append(name)
         fully_shard(module, mesh=self._mesh)
+        for method in methods:
+            register_fsdp_forward_method(module, method)
 
     def barrier(self) -> None:
         if self.world > 1:

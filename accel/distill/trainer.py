@@ -50,9 +50,6 @@ class Distiller:
                  teacher_name: str = "", processes: Processes | None = None):
         check_teacher(teacher_pipe)
         self.processes = processes or Processes()
-        if config.fsdp and config.ar is not None:
-            raise ValueError("fsdp is not supported with an autoregressive student (ar): its chunk-causal model "
-                             "runs its blocks outside their forward, where FSDP does not gather their weights")
         if config.fsdp and self.processes.world == 1:
             raise ValueError("fsdp shards the models over several processes: start them with accelerate launch or "
                              "torchrun, or leave fsdp off")
