@@ -8,8 +8,9 @@ best candidate only. The global best is kept across rounds; refinement stops aft
 best is verified, when the analyzer says the rest is minor, after K_max rounds, or when the budget is spent.
 
 Population schedule (the paper's code): rounds <= K_min: `originals` samples of the user's prompt with fresh noise
-+ the rest with the adjusted prompt; later rounds: up to `edits` edits of the global best (a random other planned
-edit, the top-1 edit, the comprehensive edit) + the rest with the adjusted prompt.
++ the rest with the adjusted prompt; later rounds: `edits` edits of the global best (a random other planned edit,
+the top-1 edit, the comprehensive edit; by default the paper's 3 of 8 scaled to the population) + the rest with the
+adjusted prompt.
 
 The edit operator is SDEdit (Meng et al., arXiv 2108.01073) with the same pipeline through the Denoiser contract:
 the best image's clean latent is re-noised to sigma = edit_strength (the grid point at or below it) and denoised
@@ -44,8 +45,9 @@ class RAISEConfig:
     """RAISE's knobs (defaults: the paper's, K_min = 2, K_max = 4, 8 candidates a round).
 
     population: candidates per round; originals: of them, samples of the user's prompt in rounds <= k_min (the
-    rest use the adjusted prompt; None: half, the paper's 4 of 8); edits: edit candidates per round after k_min
-    (at most 3 and the population: the top-1 edit, the comprehensive edit, a random other planned edit);
+    rest use the adjusted prompt; None: half, the paper's 4 of 8); edits: edit candidates per round after k_min,
+    the rest fresh samples of the adjusted prompt (at most 3 and the population: the top-1 edit, the comprehensive
+    edit, a random other planned edit; None: the paper's share, 3 of 8, rounded: 1 of 2, 2 of 4);
     edit_strength: the sigma in (0, 1) the best image is
     re-noised to for an SDEdit edit (higher: freer edits); sampler: the flow ODE by default (as plain sampling);
     verified: the verifier's P(yes) from which a requirement counts as met (0.5: its own yes; higher trusts a
@@ -57,18 +59,24 @@ class RAISEConfig:
     originals: int | None = None
     k_min: int = 2
     k_max: int = 4
-    edits: int = 3
+    edits: int | None = None
     edit_strength: float = 0.6
     sampler: SDEConfig = SDEConfig.ode()
     verified: float = 0.5
+
+    @property
+    def edits_per_round(self) -> int:
+        """Edit candidates in a round after k_min (`edits`, or the paper's 3 of 8 scaled to the population)."""
+        share = min(3, int(3 * self.population / 8 + 0.5)) if self.edits is None else self.edits
+        return min(share, self.population)
 
     def __post_init__(self):
         check_int("population", self.population)
         check_int("originals", self.originals, minimum=0, optional=True)
         check_int("k_min", self.k_min)
         check_int("k_max", self.k_max)
-        check_int("edits", self.edits, minimum=0)
-        if (self.originals or 0) > self.population or self.edits > 3:
+        check_int("edits", self.edits, minimum=0, optional=True)
+        if (self.originals or 0) > self.population or (self.edits or 0) > 3:
             raise ValueError(f"originals ({self.originals}) must be <= population ({self.population}) and edits "
                              f"({self.edits}) <= 3")
         if self.k_min > self.k_max:
@@ -249,7 +257,7 @@ class _Raise:
         stop = "rounds"
         for i in range(1, cfg.k_max + 1):
             self.round = i
-            cheapest = self._cost("edit" if i > cfg.k_min and cfg.edits else "resample")
+            cheapest = self._cost("edit" if i > cfg.k_min and cfg.edits_per_round else "resample")
             if self.ctx.remaining < min(cheapest, self.ctx.steps):  # not even one candidate: no agent calls either
                 stop = "budget"
                 break
@@ -284,7 +292,7 @@ class _Raise:
         if others:  # one random planned edit other than the top-1 (the paper's third edit)
             k = int(torch.randint(len(others), (1,), generator=self.ctx.generator))
             picked.append(others[k])
-        picked = picked[:min(cfg.edits, cfg.population)]  # fewer edits: the top-1 first, then the comprehensive one
+        picked = picked[:cfg.edits_per_round]  # fewer edits: the top-1 first, then the comprehensive one
         return [("edit", e) for e in picked] + [("rewrite", rewrite.prompt)] * (cfg.population - len(picked))
 
     def _cost(self, kind: str) -> int:

@@ -29,7 +29,7 @@ class NeverSatisfied(ShapesAgent):
 
 
 def test_population_schedule_and_accounting(denoiser):
-    result = run(denoiser, 4 * 4 * SAMPLE, agent=NeverSatisfied())
+    result = run(denoiser, 4 * 4 * SAMPLE, "raise:population=4:originals=2:edits=3", agent=NeverSatisfied())
     trace = result.trace
     rows = trace.steps
     assert [r["round"] for r in rows] == [1, 2, 3, 4] and trace.extra["stop"] == "rounds"
@@ -74,7 +74,7 @@ def test_stops_when_the_global_best_is_verified(denoiser):
 def test_a_stricter_verified_threshold_keeps_refining(denoiser):
     unsure = ShapesAgent(verifier=lambda image, question: 0.7)  # a learned verifier's lukewarm yes
     assert run(denoiser, 4 * 4 * SAMPLE, agent=unsure).trace.extra["stop"] == "verified"
-    strict = run(denoiser, 4 * 4 * SAMPLE, "raise:population=4:originals=2:verified=0.8", agent=unsure)
+    strict = run(denoiser, 4 * 4 * SAMPLE, "raise:population=4:originals=2:edits=3:verified=0.8", agent=unsure)
     rows = strict.trace.steps
     assert strict.trace.extra["stop"] == "rounds" and not strict.trace.extra["best_verified"]
     assert rows[2]["edit"] == 3 and "a photo of a blue square" in rows[2]["prompts"]  # every requirement unmet
@@ -103,7 +103,7 @@ def test_budget_cuts_the_last_round(denoiser):
 
 def test_sdedit_edits_stay_near_their_parent(denoiser):
     """A weak edit (re-noised to sigma <= 0.3) changes the parent far less than a fresh sample differs from it."""
-    result = run(denoiser, 3 * 4 * SAMPLE, "raise:population=4:originals=2:k_min=2:k_max=3:edit_strength=0.3",
+    result = run(denoiser, 3 * 4 * SAMPLE, "raise:population=4:originals=2:k_min=2:k_max=3:edits=3:edit_strength=0.3",
                  agent=NeverSatisfied())
     parent = max((c for c in zip(result.candidates, result.images) if c[0]["round"] <= 2),
                  key=lambda c: c[0]["fitness"])[1]
@@ -129,9 +129,9 @@ def test_external_editor(denoiser):
     editor = Inverter()
     result = run(denoiser, 4 * 4 * SAMPLE, agent=NeverSatisfied(), editor=editor)
     extra = result.trace.extra
-    assert extra["editor_calls"] == len(editor.calls) == 6 and extra["editor_nfe"] == 42
-    # Its edits cost the generator nothing: rounds 3 and 4 only pay for their one rewritten sample each.
-    assert result.trace.nfe == (4 + 4 + 1 + 1) * SAMPLE
+    assert extra["editor_calls"] == len(editor.calls) == 4 and extra["editor_nfe"] == 28
+    # Its edits cost the generator nothing: rounds 3 and 4 only pay for their two rewritten samples each.
+    assert result.trace.nfe == (4 + 4 + 2 + 2) * SAMPLE
     if result.candidates[0]["kind"] == "edit":
         assert result.latent is None
 
@@ -223,11 +223,15 @@ def test_any_agent_of_the_interface(denoiser):
 
 
 def test_small_populations_keep_the_schedule_shape(denoiser):
-    """population=2 alone is valid: half of it originals, and after k_min its two edits (top-1, comprehensive)."""
+    """population=2 alone is valid: half of it originals, and after k_min one edit (the paper's 3 of 8, rounded)
+    and one fresh sample of the adjusted prompt; edits=2 makes both edits (top-1, comprehensive)."""
     result = run(denoiser, 4 * 2 * SAMPLE, "raise:population=2", agent=NeverSatisfied())
     rows = result.trace.steps
-    assert [(r["resample"], r["rewrite"], r["edit"]) for r in rows] == [(1, 1, 0), (1, 1, 0), (0, 0, 2), (0, 0, 2)]
+    assert [(r["resample"], r["rewrite"], r["edit"]) for r in rows] == [(1, 1, 0), (1, 1, 0), (0, 1, 1), (0, 1, 1)]
+    result = run(denoiser, 4 * 2 * SAMPLE, "raise:population=2:edits=2", agent=NeverSatisfied())
+    assert [r["edit"] for r in result.trace.steps] == [0, 0, 2, 2]
     assert RAISEConfig().population == 8 and RAISEConfig().originals is None  # the paper's 4 + 4
+    assert [RAISEConfig(population=p).edits_per_round for p in (1, 2, 4, 8, 16)] == [0, 1, 2, 3, 3]
     with pytest.raises(ValueError, match="edits"):
         RAISEConfig(edits=4)
     with pytest.raises(ValueError, match="originals"):
