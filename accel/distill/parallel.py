@@ -23,6 +23,7 @@ class Processes:
         from accelerate import PartialState
 
         self.state = PartialState(cpu=cpu)
+        self._mesh = None  # the device mesh of `shard`, made on first use
 
     @property
     def rank(self) -> int:
@@ -72,18 +73,18 @@ class Processes:
         if self.world == 1:
             raise ValueError("fsdp shards a model over several processes: start them with accelerate launch or "
                              "torchrun (one process has nothing to shard over)")
-        if getattr(self, "_mesh", None) is None:
+        if self._mesh is None:
             self._mesh = init_device_mesh(self.device.type, (self.world,))
         methods = getattr(module, "fsdp_forward_methods", ())
-        done: list[str] = [""] if methods else []  # "": no per-block units
-        for name, child in module.named_modules():
-            if not isinstance(child, torch.nn.ModuleList) or any(name.startswith(d + ".") or not d for d in done):
-                continue
-            blocks = [b for b in child if any(True for _ in b.parameters())]
-            for block in blocks:
-                fully_shard(block, mesh=self._mesh)
-            if blocks:
-                done.append(name)
+        if not methods:  # a unit per block of every outermost block list (not the ModuleLists inside a block)
+            lists: list[str] = []
+            for name, child in module.named_modules():
+                if isinstance(child, torch.nn.ModuleList) and not any(name.startswith(f"{n}.") for n in lists):
+                    blocks = [b for b in child if any(True for _ in b.parameters())]
+                    for block in blocks:
+                        fully_shard(block, mesh=self._mesh)
+                    if blocks:
+                        lists.append(name)
         fully_shard(module, mesh=self._mesh)
         for method in methods:
             register_fsdp_forward_method(module, method)
