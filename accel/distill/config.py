@@ -103,6 +103,7 @@ class DistillConfig:
         None: a student of the teacher's own (bidirectional) architecture.
     fsdp: shard the teacher, the student, the fake score and the EMA over the processes (FSDP2, one unit per
         transformer block) for models that do not fit one device; needs several processes (accelerate launch).
+        The teacher pipeline's transformer is sharded in place (as it is frozen in place).
     """
 
     method: str = "sc-dmd"
