@@ -93,8 +93,8 @@ def test_folders_naming_foreign_component_modules_are_refused(tmp_path):
 
 def test_shipped_student_loads_by_name_and_draws_single_objects_and_pairs():
     """The shipped SC-DMD student (assets/shapes-t2i-4step) samples in 4 and 2 model calls without CFG. On these 12
-    prompts it drew 10-12 correct at 4 steps and 9 at 2 when it was shipped (overall 0.46-0.51 at 4 NFE, model
-    card); a broken student or loader scores about 0."""
+    prompts it drew 11 correct at 4 steps and 11 at 2 when it was shipped (held-out overall accuracy: docs/fewstep.md);
+    a broken student or loader scores about 0."""
     from accel.models import builtin_students
 
     assert builtin_students("shapes") == ["shapes-4step"]
