@@ -102,18 +102,20 @@ def search_table(runs: list[list[dict]], strategies: str | None = None, value: s
 def search_detail_table(runs: list[list[dict]], strategies: str | None = None) -> list[str]:
     """One line per (strategy, budget) of `accel bench search`: NFE spent, checker accuracy, the checker's own
     pick among the returned samples (oracle), the reward-hacking gap, and the reward / verifier / agent calls per
-    prompt (verifier and agent calls are RAISE's)."""
+    prompt (verifier and agent calls are RAISE's). Rows of several prompt sets get a leading seed column."""
     rows = _search_rows(runs, strategies)
+    seeds = len({r.get("seed") for r in rows}) > 1
 
     def calls(r: dict, key: str) -> str:
         return f"{r[key]:.1f}" if key in r else "-"
 
-    return _table(["strategy", "budget", "NFE / prompt", "reward", "accuracy", "oracle", "hacking gap",
-                   "reward calls", "verifier calls", "agent calls"],
-                  [[r["strategy"], f"{r['budget']:g}x", f"{r['nfe']:.0f}", str(r.get("reward", "exact")),
-                    f"**{r['accuracy']:.3f}**", f"{r['oracle_accuracy']:.3f}" if "oracle_accuracy" in r else "-",
-                    f"{r['hacking_gap']:+.3f}" if "hacking_gap" in r else "-", calls(r, "reward_calls"),
-                    calls(r, "verifier_calls"), calls(r, "agent_calls")] for r in rows])
+    return _table(["seed"] * seeds + ["strategy", "budget", "NFE / prompt", "reward", "accuracy", "oracle",
+                                      "hacking gap", "reward calls", "verifier calls", "agent calls"],
+                  [[str(r.get("seed"))] * seeds
+                   + [r["strategy"], f"{r['budget']:g}x", f"{r['nfe']:.0f}", str(r.get("reward", "exact")),
+                      f"**{r['accuracy']:.3f}**", f"{r['oracle_accuracy']:.3f}" if "oracle_accuracy" in r else "-",
+                      f"{r['hacking_gap']:+.3f}" if "hacking_gap" in r else "-", calls(r, "reward_calls"),
+                      calls(r, "verifier_calls"), calls(r, "agent_calls")] for r in rows])
 
 
 def steps_table(runs: list[list[dict]], methods: str | None = None) -> list[str]:

@@ -131,6 +131,11 @@ def test_search_detail_table_shows_the_gap_and_the_calls(tmp_path):
     out = render(f"search-detail {f} strategies=raise").splitlines()
     assert out[0].startswith("| strategy | budget | NFE / prompt | reward | accuracy | oracle | hacking gap")
     assert out[2].startswith("| raise | 4x |") and "| +0.250 | 8.0 | 2.0 | 4.0 |" in out[2] and len(out) == 5
+    # rows of several prompt sets (one file per seed) say which set each line is from
+    other = _write(tmp_path / "t.json", [r | {"seed": 7} for r in rows])
+    out = render(f"search-detail {f} {other} strategies=raise").splitlines()
+    assert out[0].startswith("| seed | strategy |") and out[2].startswith(f"| {rows[1]['seed']} | raise | 4x |")
+    assert out[3].startswith("| 7 | raise | 4x |")
 
 
 def test_search_table_value_option(tmp_path):
