@@ -217,6 +217,20 @@ def export(run: Run, out: Path, minutes: float) -> None:
         "torch": torch.__version__})
 
 
+# Options of one session, free to change when a run resumes; every other option defines the run.
+SESSION_OPTIONS = frozenset({"minutes", "session_steps", "checkpoint_minutes", "threads", "out"})
+
+
+def check_resumable(saved: dict, now: dict, path) -> None:
+    """ValueError if the checkpoint at path was written by a run with other options (a resumed run must be the run
+    it continues: another recipe would silently mix two)."""
+    differ = sorted(k for k in set(saved) | set(now) if k not in SESSION_OPTIONS and saved.get(k) != now.get(k))
+    if differ:
+        detail = ", ".join(f"--{k.replace('_', '-')}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in differ)
+        raise ValueError(f"{path} is a checkpoint of a run with other options ({detail}); resume it with its own "
+                         f"options or use another --out")
+
+
 def main(argv: list[str] | None = None) -> Path | None:
     """Train (or resume) until --steps or the end of the session; returns the pipeline folder once written."""
     args = parser().parse_args(argv)
@@ -226,7 +240,9 @@ def main(argv: list[str] | None = None) -> Path | None:
     folder = out / "checkpoints"
     run = Run(args)
     if (path := ckpt.latest(folder)) is not None:
-        run.restore(*ckpt.load(path))
+        tensors, meta = ckpt.load(path)
+        check_resumable(meta.get("args", {}), run.arguments(), path)
+        run.restore(tensors, meta)
         print(f"resumed at step {run.step} from {path}", flush=True)
     engine = None if args.dense else apply_expert_choice(run.tr, ExpertChoiceConfig(coactivation=args.coactivation))
     start = last_save = time.time()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -33,7 +34,9 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     whole = train_shapes_moe.main([*TINY, "--out", str(tmp_path / "whole")])
     assert train_shapes_moe.main([*TINY, "--out", str(tmp_path / "split"), "--session-steps", "2"]) is None
     assert json.loads((tmp_path / "split" / "checkpoints" / "latest.json").read_text())["step"] == 2
-    split = train_shapes_moe.main([*TINY, "--out", str(tmp_path / "split")])
+    with pytest.raises(ValueError, match="--coactivation: 2.0 there, 1.0 now"):  # another recipe is not a resume
+        train_shapes_moe.main([*TINY, "--out", str(tmp_path / "split"), "--coactivation", "1"])
+    split = train_shapes_moe.main([*TINY, "--out", str(tmp_path / "split"), "--minutes", "60"])  # session options
     a, b = weights(whole), weights(split)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((split / "training.json").read_text())["steps"] == 4
