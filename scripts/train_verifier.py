@@ -262,14 +262,33 @@ def evaluate(model, items: list, chunk: int = 256) -> dict:
 # --- the run ------------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(work: Path, step: int, model, optimizer, log: list[dict]) -> None:
+# Options of one invocation, free to change when a run resumes; every other option defines the run.
+SESSION_OPTIONS = frozenset({"minutes", "stop_at", "checkpoint_minutes", "threads", "out", "work"})
+
+
+def run_options(args: argparse.Namespace) -> dict:
+    """The options that define the run, as JSON values."""
+    return {k: (list(v) if isinstance(v, tuple) else v if isinstance(v, (int, float, str, bool, list, type(None)))
+                else str(v)) for k, v in vars(args).items() if k not in SESSION_OPTIONS}
+
+
+def save_checkpoint(work: Path, step: int, model, optimizer, log: list[dict], args: argparse.Namespace) -> None:
     tensors, meta = ckpt.optimizer_to_flat(optimizer, "optimizer")
     tensors |= {f"model.{k}": v for k, v in model.state_dict().items()}
-    ckpt.save(work / "checkpoints", step, tensors, {"step": step, "optimizer": meta, "log": log})
+    ckpt.save(work / "checkpoints", step, tensors, {"step": step, "optimizer": meta, "log": log,
+                                                    "args": run_options(args)})
 
 
-def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list[dict]]:
+def load_checkpoint(path: Path, model, optimizer, args: argparse.Namespace) -> tuple[int, list[dict]]:
+    """The step and log of the checkpoint at path, its weights and optimizer state loaded; ValueError if it was
+    written with other run options (checkpoints from before they were recorded are not checked)."""
     tensors, state = ckpt.load(path)
+    saved, now = state.get("args"), run_options(args)
+    if saved is not None and saved != now:
+        detail = ", ".join(f"--{k.replace('_', '-')}: {saved.get(k)!r} there, {now.get(k)!r} now"
+                           for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+        raise ValueError(f"{path} is a checkpoint of a run with other options ({detail}); resume it with its own "
+                         f"options or use another --work")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ckpt.optimizer_from_flat(optimizer, tensors, state["optimizer"], "optimizer")
     return state["step"], state["log"]
@@ -298,7 +317,7 @@ def fit(args: argparse.Namespace, work: Path, model, optimizer, train_step, star
     --stop-at ending the invocation after a checkpoint (None then). Returns (steps, log) once --steps is reached."""
     step, log = 0, []
     if (found := ckpt.latest(work / "checkpoints")) is not None:
-        step, log = load_checkpoint(found, model, optimizer)
+        step, log = load_checkpoint(found, model, optimizer, args)
         print(f"resumed at step {step}/{args.steps}", flush=True)
     last_save = time.time()
     try:
@@ -318,16 +337,16 @@ def fit(args: argparse.Namespace, work: Path, model, optimizer, train_step, star
             if step % 50 == 0 or step == args.steps:
                 print(f"step {step}/{args.steps} {text}", flush=True)
             if time.time() - last_save > 60 * args.checkpoint_minutes and step < args.steps:
-                save_checkpoint(work, step, model, optimizer, log)
+                save_checkpoint(work, step, model, optimizer, log, args)
                 last_save = time.time()
             out_of_time = args.minutes and time.time() - start > 60 * args.minutes
             if (out_of_time or step == args.stop_at) and step < args.steps:
                 raise OutOfTime
     except OutOfTime:
-        save_checkpoint(work, step, model, optimizer, log)
+        save_checkpoint(work, step, model, optimizer, log, args)
         print(f"stopped at step {step}/{args.steps}; run the same command to resume", flush=True)
         return None
-    save_checkpoint(work, step, model, optimizer, log)
+    save_checkpoint(work, step, model, optimizer, log, args)
     return step, log
 
 

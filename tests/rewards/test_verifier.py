@@ -107,6 +107,8 @@ def test_training_script_smoke_and_exact_resume(tmp_path, tiny_model):
 
     train_verifier.main(args("resumed", "--stop-at", "2"))
     assert not (tmp_path / "resumed/out").exists()  # stopped before the end: a checkpoint, no verifier yet
+    with pytest.raises(ValueError, match="--batch-size: 8 there, 4 now"):  # another recipe is not a resume
+        train_verifier.main(args("resumed") + ["--batch-size", "4"])
     train_verifier.main(args("resumed"))  # the same command resumes at step 2
     a = load_file(str(tmp_path / "straight/out/model.safetensors"))
     b = load_file(str(tmp_path / "resumed/out/model.safetensors"))
