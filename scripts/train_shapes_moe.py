@@ -221,16 +221,6 @@ def export(run: Run, out: Path, minutes: float) -> None:
 SESSION_OPTIONS = frozenset({"minutes", "session_steps", "checkpoint_minutes", "threads", "out"})
 
 
-def check_resumable(saved: dict, now: dict, path) -> None:
-    """ValueError if the checkpoint at path was written by a run with other options (a resumed run must be the run
-    it continues: another recipe would silently mix two)."""
-    differ = sorted(k for k in set(saved) | set(now) if k not in SESSION_OPTIONS and saved.get(k) != now.get(k))
-    if differ:
-        detail = ", ".join(f"--{k.replace('_', '-')}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in differ)
-        raise ValueError(f"{path} is a checkpoint of a run with other options ({detail}); resume it with its own "
-                         f"options or use another --out")
-
-
 def main(argv: list[str] | None = None) -> Path | None:
     """Train (or resume) until --steps or the end of the session; returns the pipeline folder once written."""
     args = parser().parse_args(argv)
@@ -241,7 +231,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     run = Run(args)
     if (path := ckpt.latest(folder)) is not None:
         tensors, meta = ckpt.load(path)
-        check_resumable(meta.get("args", {}), run.arguments(), path)
+        ckpt.check_options(meta.get("args", {}), run.arguments(), path, SESSION_OPTIONS, "--out")
         run.restore(tensors, meta)
         print(f"resumed at step {run.step} from {path}", flush=True)
     engine = None if args.dense else apply_expert_choice(run.tr, ExpertChoiceConfig(coactivation=args.coactivation))

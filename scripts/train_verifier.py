@@ -283,12 +283,8 @@ def load_checkpoint(path: Path, model, optimizer, args: argparse.Namespace) -> t
     """The step and log of the checkpoint at path, its weights and optimizer state loaded; ValueError if it was
     written with other run options (checkpoints from before they were recorded are not checked)."""
     tensors, state = ckpt.load(path)
-    saved, now = state.get("args"), run_options(args)
-    if saved is not None and saved != now:
-        detail = ", ".join(f"--{k.replace('_', '-')}: {saved.get(k)!r} there, {now.get(k)!r} now"
-                           for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
-        raise ValueError(f"{path} is a checkpoint of a run with other options ({detail}); resume it with its own "
-                         f"options or use another --work")
+    if "args" in state:
+        ckpt.check_options(state["args"], run_options(args), path, SESSION_OPTIONS, "--work")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ckpt.optimizer_from_flat(optimizer, tensors, state["optimizer"], "optimizer")
     return state["step"], state["log"]

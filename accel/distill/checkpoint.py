@@ -128,3 +128,14 @@ def write_log(folder: str | Path, log: list[dict]) -> Path:
     path = Path(folder) / LOG
     write_atomic(path, "".join(json.dumps(entry) + "\n" for entry in log).encode())
     return path
+
+
+def check_options(saved: dict, now: dict, path, session: frozenset[str], where: str) -> None:
+    """ValueError naming every option (other than the `session` ones, free to change) in which a script's run now
+    differs from the one that wrote the checkpoint at path: a resume with another recipe would silently mix two.
+    `where` names the option that picks another checkpoint folder (e.g. "--out")."""
+    differ = sorted(k for k in set(saved) | set(now) if k not in session and saved.get(k) != now.get(k))
+    if differ:
+        detail = ", ".join(f"--{k.replace('_', '-')}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in differ)
+        raise ValueError(f"{path} is a checkpoint of a run with other options ({detail}); resume it with its own "
+                         f"options or use another {where}")

@@ -63,16 +63,13 @@ class Processes:
             offset += g.numel()
 
     def shard(self, module: torch.nn.Module) -> None:
-        """FSDP2 over all processes, in place: every element of the module's block lists (ModuleLists, e.g.
-        transformer_blocks), then the module itself. A model whose class names `fsdp_forward_methods` (entry points
-        besides forward that run its blocks directly, e.g. the chunk-causal video model's) is one unit, gathered
-        around each of those calls too."""
+        """FSDP2 over all processes (Distiller checks there are several), in place: every element of the module's
+        block lists (ModuleLists, e.g. transformer_blocks), then the module itself. A model whose class names
+        `fsdp_forward_methods` (entry points besides forward that run its blocks directly, e.g. the chunk-causal
+        video model's) is one unit, gathered around each of those calls too."""
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-        if self.world == 1:
-            raise ValueError("fsdp shards a model over several processes: start them with accelerate launch or "
-                             "torchrun (one process has nothing to shard over)")
         if self._mesh is None:
             self._mesh = init_device_mesh(self.device.type, (self.world,))
         methods = getattr(module, "fsdp_forward_methods", ())
