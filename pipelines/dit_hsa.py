@@ -1,4 +1,5 @@
-"""Active-token forward of diffusers DiTs (Flux, Wan) for heterogeneous step allocation (accel.schedulers.hsa).
+"""Active-token forward of diffusers DiTs (Flux, Wan, Nucleus-Image) for heterogeneous step allocation
+(accel.schedulers.hsa).
 
 The model runs its own forward; reversible hooks, installed for one HSA model call and removed after it, change
 what goes through its blocks:
@@ -19,7 +20,10 @@ tokens' K/V then come, at each partial step that refreshes (HSAConfig.refresh_ev
 (their current embedding plus the block residuals cached at their last computation, with "extrapolate" plus the
 residuals' trend over their last two: accel.schedulers.hsa.BlockInputs) through the block's own norm, modulation at
 the current timestep, K/V projections, qk-norm and rotary embedding, as accel.pipelines.shapes_hsa describes, and stay
-so at the steps between; kv="stale" keeps them as last computed. Caches are kept per transformer (Wan 2.2's two
+so at the steps between; kv="stale" keeps them as last computed. Nucleus-Image's expert-choice MoE layers see the
+active tokens only, so at a partial step each expert picks its top C = ceil(capacity * k / E) of the k active tokens
+(the same experts per token on average as a full step; not the full step's choice, which needs every token's
+router score). Caches are kept per transformer (Wan 2.2's two
 experts) and per CFG branch (the adapter's forwards in order within one velocity call). The adapter's velocity does
 the rest (conditioning, CFG, NFE count), so every family keeps its own arithmetic. The processors are swapped only
 where the model uses the upstream default (FluxAttnProcessor, WanAttnProcessor); anything else (IP adapters, fused
@@ -192,6 +196,10 @@ class DiTActiveTokens:
         """norm_k's output -> the image keys (B, N, H, Dh) after the rotary embedding."""
         raise NotImplementedError
 
+    def _record_v(self, attn, out: torch.Tensor) -> torch.Tensor:
+        """to_v's output -> the image values (B, N, H, Dh)."""
+        return out[:, -self.n:].unflatten(-1, (attn.heads, -1))
+
     def _hidden(self, args: tuple, kwargs: dict) -> torch.Tensor:
         """A block's image-stream input (B, N or k, D) from its call arguments."""
         raise NotImplementedError
@@ -314,7 +322,7 @@ class DiTActiveTokens:
                 if kind == "k":
                     self.kv[self.key][0][i] = self._record_k(attns[i], out)
                 else:
-                    self.kv[self.key][1][i] = out[:, -self.n:].unflatten(-1, (attns[i].heads, -1))
+                    self.kv[self.key][1][i] = self._record_v(attns[i], out)
             return hook
 
         hs = [model.register_forward_pre_hook(model_pre, with_kwargs=True), model.register_forward_hook(model_post),
@@ -570,3 +578,121 @@ class WanActiveTokens(DiTActiveTokens):
         c = self.models[0].config
         d = c.num_attention_heads * c.attention_head_dim
         return 2 / (6 + 2 * c.ffn_dim / d)  # self-attn QKV 3 + out 1, cross-attn Q 1 + out 1, FFN 2 ffn_dim / d
+
+
+def _rope_nucleus(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Nucleus's rotary embedding (diffusers' _apply_rotary_emb_nucleus with complex freqs) of x (B, S, H, Dh), with
+    freqs (S, Dh / 2) or per sample (B, S, Dh / 2)."""
+    f = freqs[:, None] if freqs.ndim == 2 else freqs[:, :, None]
+    rotated = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(rotated * f).flatten(3).type_as(x)
+
+
+class _NucleusProcessor(_ActiveProcessor):
+    """NucleusMoEAttnProcessor2_0's arithmetic: the active image tokens' queries against the layer's cached image
+    K/V (the active ones scattered in) followed by the text K/V (made here, or diffusers' text K/V cache's)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
+                 cached_txt_key=None, cached_txt_value=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_nucleusmoe_image import NucleusMoEAttnProcessor2_0 as up
+
+        run, layer = self.run, self.layer
+        kv_heads = attn.inner_kv_dim // (attn.inner_dim // attn.heads)
+        q = attn.to_q(hidden_states).unflatten(-1, (attn.heads, -1))
+        k = attn.to_k(hidden_states).unflatten(-1, (kv_heads, -1))
+        v = attn.to_v(hidden_states).unflatten(-1, (kv_heads, -1))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if image_rotary_emb is not None:
+            q, k = _rope_nucleus(q, run.rope), _rope_nucleus(k, run.rope)
+        cache = run.kv[run.key]
+        cache[0][layer] = keys = scatter_tokens(cache[0][layer].to(k.dtype), run.active, k, 1)
+        cache[1][layer] = values = scatter_tokens(cache[1][layer].to(v.dtype), run.active, v, 1)
+        if cached_txt_key is not None and cached_txt_value is not None:
+            keys, values = torch.cat([keys, cached_txt_key], 1), torch.cat([values, cached_txt_value], 1)
+        elif encoder_hidden_states is not None:
+            txt_k = attn.add_k_proj(encoder_hidden_states).unflatten(-1, (kv_heads, -1))
+            txt_v = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (kv_heads, -1))
+            if attn.norm_added_k is not None:
+                txt_k = attn.norm_added_k(txt_k)
+            if image_rotary_emb is not None:
+                txt_k = _rope_nucleus(txt_k, image_rotary_emb[1])
+            keys, values = torch.cat([keys, txt_k], 1), torch.cat([values, txt_v], 1)
+        groups = attn.heads // kv_heads
+        if groups > 1:
+            keys, values = keys.repeat_interleave(groups, dim=2), values.repeat_interleave(groups, dim=2)
+        out = dispatch_attention_fn(q, keys, values, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                    backend=up._attention_backend, parallel_config=up._parallel_config)
+        out = attn.to_out[0](out.flatten(2, 3).to(q.dtype))
+        return attn.to_out[1](out) if len(attn.to_out) > 1 else out
+
+
+class NucleusActiveTokens(DiTActiveTokens):
+    """NucleusMoEImageTransformer2DModel: single-stream image blocks whose attention reads the text as extra keys
+    and values (no text queries, so nothing per text token to skip), complex rotary embedding, grouped-query
+    attention, expert-choice MoE feed-forwards (see the module docstring for their routing at partial steps)."""
+
+    from diffusers.models.transformers.transformer_nucleusmoe_image import (
+        NucleusMoEAttnProcessor2_0 as default_processor)
+
+    active_processor = _NucleusProcessor
+
+    def _blocks(self, model):
+        return list(model.transformer_blocks)
+
+    def _block_pre(self, model, i, args, kwargs):
+        rope = kwargs.get("image_rotary_emb")
+        if not self.partial:
+            self.rope = None if rope is None else rope[0]
+            return args, kwargs
+        if i == 0:  # the later blocks receive the active tokens from the one before
+            b = self.active.shape[0]
+            kwargs = dict(kwargs, hidden_states=gather_tokens(kwargs["hidden_states"], self.active, 1))
+            self.rope = None if rope is None else gather_tokens(rope[0].expand(b, -1, -1), self.active, 1)
+        return args, kwargs
+
+    def _record_k(self, attn, out):
+        return out if self.rope is None else _rope_nucleus(out, self.rope)
+
+    def _record_v(self, attn, out):
+        return out.unflatten(-1, (attn.inner_kv_dim // (attn.inner_dim // attn.heads), -1))
+
+    def _hidden(self, args, kwargs):
+        return kwargs["hidden_states"]
+
+    def _kv(self, block, h, args, kwargs, index):
+        scale = block.img_mod(kwargs["temb"]).unsqueeze(1).chunk(4, dim=-1)[0]
+        norm = block.pre_attn_norm(h) * (1 + scale)
+        attn = block.attn
+        kv_heads = attn.inner_kv_dim // (attn.inner_dim // attn.heads)
+        k = attn.to_k(norm).unflatten(-1, (kv_heads, -1))
+        k = attn.norm_k(k) if attn.norm_k is not None else k
+        v = attn.to_v(norm).unflatten(-1, (kv_heads, -1))
+        rope = kwargs.get("image_rotary_emb")
+        if rope is None:
+            return k, v
+        if self.inactive_rope is None:
+            self.inactive_rope = gather_tokens(rope[0].expand(index.shape[0], -1, -1), index, 1)
+        return _rope_nucleus(k, self.inactive_rope), v
+
+    def _kv_share(self):
+        """Per image token, MACs of the attention projections and the feed-forward (a MoE block's routed experts at
+        their trained capacity: C * E token rows of each expert's weights over S tokens is capacity x one expert)."""
+        kv = total = 0.0
+        for block in self._blocks(self.models[0]):
+            a = block.attn
+            kv_b = a.to_k.weight.numel() + a.to_v.weight.numel()
+            total += kv_b + a.to_q.weight.numel() + a.to_out[0].weight.numel()
+            mlp = block.img_mlp
+            if block.moe_enabled:
+                experts = mlp.experts
+                one = (experts.gate_up_proj.numel() + experts.down_proj.numel()) / mlp.num_experts
+                total += mlp.capacity_factor * one + sum(m.weight.numel() for m in mlp.shared_expert.modules()
+                                                         if isinstance(m, torch.nn.Linear)) + mlp.gate.weight.numel()
+            else:
+                total += sum(m.weight.numel() for m in mlp.modules() if isinstance(m, torch.nn.Linear))
+            kv += kv_b
+        return kv / total

@@ -115,6 +115,12 @@ class NucleusDenoiser(FlowDenoiser):
                                 img_shapes=[d["img_shape"]] * x.shape[0], attention_kwargs=d["attention_kwargs"],
                                 return_dict=False)[0]
 
+    def hsa_velocity(self, cond: Cond, kv: str = "auto"):
+        """Active tokens only through the blocks, against cached K/V (accel.pipelines.dit_hsa)."""
+        from accel.pipelines.dit_hsa import NucleusActiveTokens
+
+        return NucleusActiveTokens.for_run(self, cond, kv)
+
     def decode_latents(self, x: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
         latents = self.pipe._unpack_latents(x, options["height"], options["width"],
                                             self.transformer.config.patch_size, self.pipe.vae_scale_factor)

@@ -44,7 +44,7 @@ ADAPTERS: dict[str, Family] = {
     "StableDiffusion3Pipeline": Family("accel.pipelines.sd3", "SD3Denoiser", "sd3", ("fused_kernels",)),
     "QwenImagePipeline": Family("accel.pipelines.qwenimage", "QwenImageDenoiser", "qwenimage"),
     "ZImagePipeline": Family("accel.pipelines.zimage", "ZImageDenoiser", "zimage"),
-    "NucleusMoEImagePipeline": Family("accel.pipelines.nucleus", "NucleusDenoiser", "nucleus"),
+    "NucleusMoEImagePipeline": Family("accel.pipelines.nucleus", "NucleusDenoiser", "nucleus", ("hsa_cache",)),
     "WanPipeline": Family("accel.pipelines.wan", "WanDenoiser", "wan", EXTRA_OPTIONS),
     "LTXPipeline": Family("accel.pipelines.ltx", "LTXDenoiser", "ltx"),
     "HunyuanVideo15Pipeline": Family("accel.pipelines.hunyuanvideo15", "HunyuanVideo15Denoiser", "hunyuanvideo15"),

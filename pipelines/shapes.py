@@ -97,8 +97,16 @@ class DiTBlock(nn.Module):
         x = hidden_states
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(temb).chunk(6, dim=-1)
         x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, attention_mask)
-        x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
-        return x
+        return x + gate2 * self.feed_forward(x, shift2, scale2, temb)
+
+    def feed_forward(self, x: torch.Tensor, shift2: torch.Tensor, scale2: torch.Tensor,
+                     temb: torch.Tensor) -> torch.Tensor:
+        """The MLP branch on the post-attention residual x (before its gate); temb: the block's conditioning."""
+        return self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+    def feed_forward_macs(self) -> float:
+        """Multiply-accumulates of the MLP branch per token."""
+        return 2.0 * self.mlp[0].in_features * self.mlp[0].out_features
 
 
 def register_block_for_caches() -> None:

@@ -71,13 +71,14 @@ class ActiveTokens:
     @property
     def inactive_cost(self) -> float:
         """An inactive token's cost per partial step as a fraction of an active token's block compute (matmul
-        FLOPs) at a step that refreshes: its K/V projections (2 d^2 of 4 d^2 + 2 mlp_ratio d^2) with the refresh
-        (kv="refresh" or "extrapolate"), nothing with "stale"."""
+        FLOPs) at a step that refreshes: its K/V projections (2 d^2 of 4 d^2 + the MLP's, 2 mlp_ratio d^2 in a
+        dense block, averaged over the blocks) with the refresh (kv="refresh" or "extrapolate"), nothing with
+        "stale"."""
         if not self.refresh:
             return 0.0
-        block = self.denoiser.transformer.blocks[0]
-        d, hidden = block.mlp[0].in_features, block.mlp[0].out_features
-        return 2 * d * d / (4 * d * d + 2 * d * hidden)
+        blocks = self.denoiser.transformer.blocks
+        d = blocks[0].attn.to_k.in_features
+        return 2 * d * d / (4 * d * d + sum(b.feed_forward_macs() for b in blocks) / len(blocks))
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         from accel.schedulers.hsa import latent_to_tokens
@@ -176,7 +177,7 @@ class ActiveTokens:
                 self.inputs.record(i, tokens, active)
             tokens = tokens + gate1 * self._attention(block.attn, block.norm1(tokens) * (1 + scale1) + shift1,
                                                        keep, i, t_len, active)
-            tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
+            tokens = tokens + gate2 * block.feed_forward(tokens, shift2, scale2, c)
         return tokens
 
     def _refreshed_blocks(self, model, tokens, c, keep, t_len: int, active: torch.Tensor, embed) -> torch.Tensor:
@@ -204,7 +205,7 @@ class ActiveTokens:
             q = attn.norm_q(attn.to_q(q_in).view(b, k, attn.heads, -1).transpose(1, 2))
             out = F.scaled_dot_product_attention(q, self.kbuf[i], self.vbuf[i], attn_mask=keep)
             tokens = tokens + gate1 * attn.to_out(out.transpose(1, 2).reshape(b, k, -1))
-            tokens = tokens + gate2 * block.mlp(block.norm2(tokens) * (1 + scale2) + shift2)
+            tokens = tokens + gate2 * block.feed_forward(tokens, shift2, scale2, c)
         return torch.cat([text, tokens], 1)  # [text; active] rows, as given
 
     def _attention(self, attn, hidden, keep, layer: int, t_len: int, active: torch.Tensor | None) -> torch.Tensor:

@@ -61,10 +61,24 @@ class MoEDiTBlock(nn.Module):
         x = hidden_states
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(temb).chunk(6, dim=-1)
         x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, attention_mask)
+        return x + gate2 * self.feed_forward(x, shift2, scale2, temb)
+
+    def feed_forward(self, x: torch.Tensor, shift2: torch.Tensor, scale2: torch.Tensor,
+                     temb: torch.Tensor) -> torch.Tensor:
+        """The MoE branch on the post-attention residual x (before its gate); temb (B, 1, D) per sample. The
+        experts choose among the tokens of x, so a partial HSA step routes among the tokens it runs."""
         normed = self.norm2(x)
         modulated = normed * (1 + scale2) + shift2
         router = normed if self.router_input == "unmodulated" else modulated
-        return x + gate2 * self.mlp(modulated, router, timestep=temb[:, 0])
+        return self.mlp(modulated, router, timestep=temb[:, 0])
+
+    def feed_forward_macs(self) -> float:
+        """Multiply-accumulates of the MoE branch per token at the trained capacity: the router, the shared
+        expert, and capacity_factor routed experts on average (every expert takes capacity * S / E tokens)."""
+        mlp = self.mlp
+        one = (mlp.experts.gate_up_proj.numel() + mlp.experts.down_proj.numel()) / mlp.num_experts
+        shared = sum(m.weight.numel() for m in mlp.shared_expert.modules() if isinstance(m, nn.Linear))
+        return mlp.gate.weight.numel() + shared + mlp.capacity_factor * one
 
 
 class ShapesMoETransformer2DModel(ShapesTransformer2DModel):

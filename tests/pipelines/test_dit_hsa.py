@@ -1,15 +1,17 @@
-"""HSA's active-token forward on diffusers DiTs (Flux, Wan 2.1 / 2.2 / TI2V), on tiny seeded models: exact where it
-must be, partial steps really run only the active tokens, caches per model and CFG branch, and the model left
-exactly as it was."""
+"""HSA's active-token forward on diffusers DiTs (Flux, Wan 2.1 / 2.2 / TI2V, Nucleus-Image), on tiny seeded models:
+exact where it must be, partial steps really run only the active tokens, caches per model and CFG branch, and the
+model left exactly as it was."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from accel.pipelines.dit_hsa import FluxActiveTokens, WanActiveTokens
+from accel.pipelines.dit_hsa import FluxActiveTokens, NucleusActiveTokens, WanActiveTokens
 from accel.pipelines.flux import FluxDenoiser
+from accel.pipelines.nucleus import NucleusDenoiser
 from accel.pipelines.tiny import build_flux, build_wan
+from accel.pipelines.tiny_nucleus import build_nucleus
 from accel.pipelines.wan import WanDenoiser
 from accel.schedulers import sample
 from accel.schedulers.hsa import Fp8Rows, HSAConfig, hsa_sample, latent_to_tokens
@@ -28,6 +30,10 @@ CASES = {
     "wan_ti2v": (lambda: WanDenoiser(build_wan(expand_timesteps=True)), WanActiveTokens,
                  dict(prompt="a red car", height=64, width=64, num_frames=5, num_inference_steps=8,
                       guidance_scale=3.0)),
+    # Nucleus-Image with dense blocks (the MoE layers' routing at partial steps is tested on its own below), CFG
+    "nucleus": (lambda: NucleusDenoiser(build_nucleus(moe=False)), NucleusActiveTokens,
+                dict(prompt=["a red circle", "a blue square"], height=64, width=96, num_inference_steps=8,
+                     guidance_scale=4.0)),
 }
 
 
@@ -134,7 +140,7 @@ def test_partial_steps_skip_the_text_with_the_refresh(setup, kv):
     K/V the text is recomputed at every step."""
     d, cls, prepared = setup
     if not cls.text_in_attention:
-        pytest.skip("Wan's text is cross-attention: nothing per text token to skip")
+        pytest.skip("Wan's and Nucleus's text is only keys and values: nothing per text token to skip")
     x, (s0, s1, s2) = prepared.x, prepared.grid.sigmas[1:4]
     n = d.token_layout(x).num_tokens
     b = x.shape[0]
@@ -210,6 +216,57 @@ def test_hsa_exact_at_full_runtime_and_model_untouched(setup):
     assert torch.equal(sample(d, prepared.x, prepared.grid, prepared.cond), ref)
 
 
+@torch.no_grad()
+def test_nucleus_moe_partial_steps_route_among_the_active_tokens():
+    """On Nucleus-Image's MoE blocks a partial step's experts choose among the active tokens at the trained factor:
+    each takes ceil(capacity * k / E) of the k active tokens of a sample, so a token gets the same number of experts
+    on average as at a full step (not the same experts: the full step's choice needs every token's router score),
+    and the velocity stays close to the full forward's."""
+    from accel.moe import apply_expert_choice, capacity_tokens
+
+    d = NucleusDenoiser(build_nucleus())
+    prepared = d.prepare(prompt=["a red circle", "a blue square"], height=64, width=96, num_inference_steps=8,
+                         guidance_scale=4.0, max_sequence_length=16, output_type="latent",
+                         generator=torch.Generator().manual_seed(0))
+    x, sigma = prepared.x, prepared.grid.sigmas[1]
+    n, b = d.token_layout(x).num_tokens, x.shape[0]
+    full = _tokens(d, d.velocity(x, sigma, prepared.cond))
+    handle = apply_expert_choice(d.transformer)
+    try:
+        run = NucleusActiveTokens.for_run(d, prepared.cond)
+        run(x, sigma, torch.arange(n).expand(b, n))
+        handle.reset_stats()
+        k = n // 3
+        active = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(i))[:k] for i in range(b)])
+        part = run(x, sigma, active)
+        rows = sum(m.num_experts * b * capacity_tokens(m.capacity_factor, k, m.num_experts) for m in handle.layers)
+        assert handle.stats.routed_rows == rows * prepared.cond.passes
+        assert handle.stats.shared_rows == len(handle.layers) * b * k * prepared.cond.passes
+    finally:
+        handle.remove()
+    ref = torch.gather(full, 1, active[..., None].expand(-1, -1, full.shape[-1]))
+    assert 0 < (part - ref).abs().mean() < 0.5 * ref.abs().mean()
+
+
+def test_nucleus_hsa_with_diffusers_text_kv_cache():
+    """With diffusers' text K/V cache on (its hook hands the processor the cached text keys and values), HSA's
+    partial steps give what they give without it."""
+    import accel
+    from diffusers.hooks import TextKVCacheConfig
+
+    pipe = build_nucleus()
+    fast = accel.accelerate_pipeline(pipe)
+    call = dict(prompt="a red circle", height=64, width=64, guidance_scale=4.0, num_inference_steps=8,
+                max_sequence_length=16, output_type="latent", steps="hsa", runtime=0.5)
+    plain = fast(**call, generator=torch.Generator().manual_seed(0)).images
+    pipe.transformer.enable_cache(TextKVCacheConfig())
+    try:
+        cached = fast(**call, generator=torch.Generator().manual_seed(0)).images
+    finally:
+        pipe.transformer.disable_cache()
+    torch.testing.assert_close(cached, plain, rtol=0, atol=1e-5)
+
+
 def test_custom_processor_falls_back_to_every_token():
     d = FluxDenoiser(build_flux())
 
@@ -226,19 +283,19 @@ def test_custom_processor_falls_back_to_every_token():
     assert FluxActiveTokens.for_run(d, None) is not None
 
 
-@pytest.mark.parametrize("family", ["flux", "wan"])
+@pytest.mark.parametrize("family", ["flux", "wan", "nucleus"])
 def test_accelerated_pipeline_hsa_runs_active_tokens(family):
-    """pipe(..., steps='hsa', runtime=0.5) on a Flux / Wan pipeline: partial steps run a fraction of the tokens
-    through the blocks, and runtime=1.0 gives the default path's output."""
+    """pipe(..., steps='hsa', runtime=0.5) on a Flux / Wan / Nucleus-Image (MoE) pipeline: partial steps run a
+    fraction of the tokens through the blocks, and runtime=1.0 gives the default path's output."""
     import accel
 
-    pipe = build_flux() if family == "flux" else build_wan()
-    call = (dict(prompt="a red circle", height=64, width=64, guidance_scale=3.5) if family == "flux" else
-            dict(prompt="a red circle", height=64, width=64, num_frames=5, guidance_scale=3.0))
+    pipe = {"flux": build_flux, "wan": build_wan, "nucleus": build_nucleus}[family]()
+    call = (dict(prompt="a red circle", height=64, width=64, num_frames=5, guidance_scale=3.0) if family == "wan"
+            else dict(prompt="a red circle", height=64, width=64, guidance_scale=3.5))
     call.update(num_inference_steps=8, max_sequence_length=16, output_type="latent")
     fast = accel.accelerate_pipeline(pipe)
     seen = []
-    first = (pipe.transformer.transformer_blocks if family == "flux" else pipe.transformer.blocks)[0]
+    first = (pipe.transformer.blocks if family == "wan" else pipe.transformer.transformer_blocks)[0]
     hook = first.register_forward_hook(lambda m, a, o: seen.append((o[1] if isinstance(o, tuple) else o).shape[1]))
     try:
         ref = fast(**call, generator=torch.Generator().manual_seed(0))
@@ -247,7 +304,7 @@ def test_accelerated_pipeline_hsa_runs_active_tokens(family):
         half = fast(**call, steps="hsa", runtime=0.5, generator=torch.Generator().manual_seed(0))
     finally:
         hook.remove()
-    images = (lambda o: o.images) if family == "flux" else (lambda o: o.frames)
+    images = (lambda o: o.frames) if family == "wan" else (lambda o: o.images)
     assert torch.equal(images(out), images(ref))
     assert half.stats.extra["token_fraction"] <= 0.5 and min(seen) < max(seen)  # partial steps ran fewer tokens
 
