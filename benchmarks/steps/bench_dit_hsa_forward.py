@@ -1,6 +1,6 @@
-"""What HSA's active-token forward saves on Flux and Wan transformers: wall time of one model call with every token
-(the model's own forward) and with k active tokens against cached K/V (accel.pipelines.dit_hsa), at several active
-fractions.
+"""What HSA's active-token forward saves on Flux, Wan and Nucleus-Image transformers: wall time of one model call
+with every token (the model's own forward) and with k active tokens against cached K/V (accel.pipelines.dit_hsa),
+at several active fractions.
 
 The transformers are real diffusers classes built from configs (random weights: this measures compute, not
 quality; quality is measured on the built-in models by `accel bench steps`). The adapter is a minimal stand-in
@@ -15,10 +15,12 @@ recomputes the text (HSAConfig.kv). Timings are the best of --repeats rounds, ea
 --text N overrides the configuration's text tokens (real Flux: 512 beside 4,096 image tokens).
 
 --prompts is the batch (prompts per call); --size picks the configuration (small: CPU-sized; flux-dev / wan-1.3b /
-wan-14b / wan-14b-720p: the real models' widths and depths at 1024x1024 / 480p x 81 frames / 720p x 81 frames, for a
-GPU). --memory-only reports, on any machine, what HSA's caches take per forward for the configuration and each K/V
-mode, with the refresh's block inputs in the model's dtype or in fp8 (DiTActiveTokens.cache_bytes, bf16 unless
---dtype; the model is built on the meta device).
+wan-14b / wan-14b-720p / nucleus-image: the real models' widths and depths at 1024x1024 / 480p x 81 frames / 720p
+x 81 frames / 1024x1024, for a GPU). Nucleus's MoE layers run diffusers' expert loop unless --engine (accel's
+expert-choice engine, accel.moe); at a partial step each expert chooses among the active tokens. --memory-only
+reports, on any machine, what HSA's caches take per forward for the configuration and each K/V mode, with the
+refresh's block inputs in the model's dtype or in fp8 (DiTActiveTokens.cache_bytes, bf16 unless --dtype; the model
+is built on the meta device).
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ SIZES = {
                               cross_attn_norm=True, qk_norm="rms_norm_across_heads"),
                          dict(frames=21, h=90, w=160, text=512)),
     },
+    "nucleus": {
+        "small": (dict(patch_size=2, in_channels=64, out_channels=16, num_layers=6, attention_head_dim=64,
+                       num_attention_heads=8, num_key_value_heads=2, joint_attention_dim=256,
+                       axes_dims_rope=(16, 24, 24),
+                       dense_moe_strategy="leave_first_three_blocks_dense", num_experts=16, moe_intermediate_dim=256,
+                       capacity_factors=[0, 0, 0, 4, 2, 2]), dict(rows=32, cols=32, text=64)),
+        # the released checkpoint's configuration (shared/notes: 32 blocks, 64 experts, capacity 4, 4, then 2)
+        "nucleus-image": (dict(patch_size=2, in_channels=64, out_channels=16, num_layers=32, attention_head_dim=128,
+                               num_attention_heads=16, num_key_value_heads=4, joint_attention_dim=4096,
+                               axes_dims_rope=(16, 56, 56), dense_moe_strategy="leave_first_three_blocks_dense",
+                               num_experts=64, moe_intermediate_dim=1344,
+                               capacity_factors=[0, 0, 0, 4, 4] + [2] * 27), dict(rows=64, cols=64, text=512)),
+    },
 }
 
 
@@ -70,7 +85,7 @@ class _Stand:
         self.pipe = type("P", (), {"transformer": transformer, "transformer_2": None})()
         c = transformer.config
         self.layout = TokenLayout(*layout)
-        width = c.joint_attention_dim if model_name == "flux" else c.text_dim
+        width = c.text_dim if model_name == "wan" else c.joint_attention_dim
         self.enc = torch.randn(batch, text, width, generator=gen).to(device, dtype)
         if model_name == "flux":
             self.pooled = torch.randn(batch, c.pooled_projection_dim, generator=gen).to(device, dtype)
@@ -85,6 +100,9 @@ class _Stand:
         b = x.shape[0]
         t = sigma.to(x.device).expand(b).to(x.dtype)
         self.nfe += b
+        if self.name == "nucleus":
+            return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=self.enc,
+                                    img_shapes=[(1, self.layout.rows, self.layout.cols)] * b, return_dict=False)[0]
         if self.name == "flux":
             return self.transformer(hidden_states=x, timestep=t, guidance=torch.full_like(t, 3.5),
                                     pooled_projections=self.pooled, encoder_hidden_states=self.enc,
@@ -116,12 +134,12 @@ def _time_rounds(calls: dict, repeats: int, sync) -> dict:
 
 @torch.no_grad()
 def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[float], repeats: int, device: str,
-          dtype: torch.dtype, kv: str = "extrapolate", text: int | None = None, memory_only: bool = False
-          ) -> list[dict]:
-    from diffusers import FluxTransformer2DModel, WanTransformer3DModel
+          dtype: torch.dtype, kv: str = "extrapolate", text: int | None = None, memory_only: bool = False,
+          engine: bool = False) -> list[dict]:
+    from diffusers import FluxTransformer2DModel, NucleusMoEImageTransformer2DModel, WanTransformer3DModel
 
     from accel.core.denoiser import Cond
-    from accel.pipelines.dit_hsa import FluxActiveTokens, WanActiveTokens
+    from accel.pipelines.dit_hsa import FluxActiveTokens, NucleusActiveTokens, WanActiveTokens
 
     config, shape = SIZES[model_name][size]
     shape = shape | ({"text": text} if text else {})
@@ -137,6 +155,21 @@ def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[flo
         layout = (1, shape["rows"], shape["cols"])
         x = torch.randn(batch, shape["rows"] * shape["cols"], config["in_channels"], generator=gen)
         cls = FluxActiveTokens
+    elif model_name == "nucleus":
+        from accel.pipelines.tiny_nucleus import init_experts
+
+        with build:
+            model = NucleusMoEImageTransformer2DModel(**config)
+        if not memory_only:
+            init_experts(model, seed)  # diffusers leaves the packed expert weights as torch.empty
+        model = model.to(device).eval()
+        layout = (1, shape["rows"], shape["cols"])
+        x = torch.randn(batch, shape["rows"] * shape["cols"], config["in_channels"], generator=gen)
+        cls = NucleusActiveTokens
+        if engine and not memory_only:
+            from accel.moe import apply_expert_choice
+
+            apply_expert_choice(model)
     else:
         with build:
             model = WanTransformer3DModel(**config)
@@ -155,6 +188,8 @@ def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[flo
     params = sum(p.numel() for p in model.parameters())
     info = dict(model=model_name, size=size, tokens=n, text_tokens=shape["text"], batch=batch, params=params,
                 dtype=str(dtype).removeprefix("torch."), seed=seed, kv=kv) | cache
+    if model_name == "nucleus":
+        info["moe"] = "accel engine" if engine else "diffusers loop"
     if memory_only:
         return [info]
     sigma = torch.tensor(0.5)
@@ -185,7 +220,7 @@ def bench(model_name: str, size: str, batch: int, seed: int, fractions: list[flo
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(SIZES), default="flux")
-    ap.add_argument("--size", default="small", help="small (CPU), flux-dev or wan-1.3b (GPU)")
+    ap.add_argument("--size", default="small", help="small (CPU), flux-dev, wan-1.3b, ... (GPU; see above)")
     ap.add_argument("--prompts", type=int, default=1, help="the batch: prompts per model call")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fractions", default="0.75,0.5,0.25")
@@ -197,6 +232,8 @@ def main(argv=None):
     ap.add_argument("--text", type=int, default=None, help="text tokens (default: the size's)")
     ap.add_argument("--memory-only", action="store_true",
                     help="report the HSA caches' size per K/V mode and exit (meta tensors: no weights, no compute)")
+    ap.add_argument("--engine", action="store_true",
+                    help="nucleus: run the MoE layers through accel's expert-choice engine (default: diffusers' loop)")
     ap.add_argument("--json", default=None, help="write the rows here (atomically)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="record --json rows from a checkout with uncommitted changes (marked dirty)")
@@ -223,10 +260,12 @@ def main(argv=None):
             ap.error(str(e))
     if args.text is not None and args.text < 1:
         ap.error("--text must be >= 1")
+    if args.engine and args.model != "nucleus":
+        ap.error("--engine applies to --model nucleus (the MoE transformer)")
     if args.memory_only and args.dtype is None:
         dtype = torch.bfloat16  # as the real models run
     rows = bench(args.model, args.size, args.prompts, args.seed, fractions, args.repeats, args.device, dtype,
-                 args.kv, args.text, args.memory_only)
+                 args.kv, args.text, args.memory_only, args.engine)
     meta = run_info(state) | {"command": "python " + " ".join(sys.argv)}
     for r in rows:
         r.update(meta)

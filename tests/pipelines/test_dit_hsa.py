@@ -427,6 +427,26 @@ def test_cache_memory_of_the_real_sizes(tmp_path):
     assert row["cache_bytes_refresh_fp8"] == row["cache_bytes_stale"] + layers * tokens * (width + 4)
 
 
+def test_cache_memory_of_nucleus_image(tmp_path):
+    """The same for Nucleus-Image at 1024 x 1024: grouped-query attention caches 4 K/V heads of 128 per layer (not
+    the 2,048-wide hidden state), the refresh's block inputs are hidden-wide."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / "steps" / "bench_dit_hsa_forward.py"
+    spec = importlib.util.spec_from_file_location("bench_dit_hsa_forward", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "memory.json"
+    bench.main(["--model", "nucleus", "--size", "nucleus-image", "--memory-only", "--json", str(out), "--allow-dirty"])
+    (row,) = json.loads(out.read_text())
+    tokens, width, kv_width, layers = 64 * 64, 2048, 4 * 128, 32
+    assert row["tokens"] == tokens
+    assert row["cache_bytes_stale"] == (layers * 2 * kv_width + width) * tokens * 2
+    assert row["cache_bytes_refresh"] == row["cache_bytes_stale"] + layers * tokens * width * 2
+
+
 def test_pipeline_reports_caches_that_do_not_fit(monkeypatch):
     """pipe(..., steps='hsa') on a device without room for any of HSA's caches: a ValueError with the sizes from the
     pipeline call, before sampling."""
