@@ -174,6 +174,9 @@ def _row(label, method, n, images, teacher, nfe, seconds, teacher_seconds, metas
         correct = [(m["tag"], check(img, m).correct) for img, m in zip(u8, metas)]
     return {"method": method, "label": label, "steps": n, "nfe": nfe, "model": "video" if video else "image",
             "accuracy": geneval(correct), "accuracy_images": float(np.mean([c for _, c in correct])),
+            "per_tag": {t: float(np.mean([c for u, c in correct if u == t]))
+                        for t in dict.fromkeys(u for u, _ in correct)},
+            "correct": [int(c) for _, c in correct],  # per prompt, in prompt order: paired comparisons between rows
             "psnr": float(psnr(images, teacher).mean()), "ssim": float(ssim(images, teacher).mean()),
             "seconds": round(seconds, 3), "runtime": round(seconds / teacher_seconds, 4)}
 

@@ -64,6 +64,9 @@ def test_rows_per_method_with_nfe(folders):
     assert by["teacher"]["psnr"] == 100.0 and by["sc:nfe=4"]["psnr"] < 100
     assert by["sc:nfe=4"]["method"] == "sc-dmd" and by["sc:nfe=4"]["semigroup_defect"] > 0
     assert "semigroup_defect" not in by["teacher"] and by["sc:nfe=4"]["timesteps"] == [1000, 750, 500, 250]
+    for r in rows:  # per prompt (for paired comparisons between methods) and per tag, consistent with the totals
+        assert len(r["correct"]) == 6 and r["accuracy_images"] == sum(r["correct"]) / 6
+        assert r["accuracy"] == pytest.approx(sum(r["per_tag"].values()) / len(r["per_tag"]))
     again = bench_fewstep(teacher, {"sc": student}, prompts=6, seed=0, steps=4, euler_steps=(2,), batch_size=4)
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
     assert [r["psnr"] for r in again] == [r["psnr"] for r in rows]
