@@ -140,14 +140,38 @@ def steps_table(runs: list[list[dict]], methods: str | None = None) -> list[str]
                     "-" if r["method"] == "full" else f"{r['psnr']:.1f}", f"{r['ssim']:.3f}"] for r in rows])
 
 
+def paired_difference(correct: list, reference: list) -> tuple[float, float]:
+    """Mean of correct - reference over the same prompts (0/1 each) and the half-width of its normal 95% interval:
+    a method against the teacher on the same prompts and start noise, where the per-prompt differences are what
+    varies."""
+    d = [float(a) - float(b) for a, b in zip(correct, reference)]
+    n = len(d)
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    return mean, 1.96 * (var / n) ** 0.5
+
+
 def fewstep_table(runs: list[list[dict]]) -> list[str]:
     """One row per method of `accel bench fewstep`: NFE per sample, accuracy, PSNR / SSIM to the teacher, runtime,
-    and the students' semigroup defect."""
-    rows = [r for run in runs for r in run]
+    and the students' semigroup defect; for rows with per-prompt results, the accuracy difference to the teacher of
+    the same run, paired over prompts, with its 95% interval (prompts in equal numbers per tag, as the benchmark
+    draws them, make it the difference in the tag-averaged accuracy)."""
+    rows, paired = [], []
+    for run in runs:
+        teacher = next((r for r in run if r.get("method") == "teacher" and "correct" in r), None)
+        for r in run:
+            rows.append(r)
+            ok = teacher is not None and r is not teacher and len(r.get("correct", ())) == len(teacher["correct"])
+            paired.append(paired_difference(r["correct"], teacher["correct"]) if ok else None)
     defect = [r.get("semigroup_defect") for r in rows]
-    return _table(["method", "NFE", "accuracy", "PSNR dB", "SSIM", "runtime (measured)", "semigroup defect"],
-                  [[r["label"], f"{r['nfe']:.0f}", f"{r['accuracy']:.3f}", f"{r['psnr']:.1f}", f"{r['ssim']:.3f}",
-                    f"{r['runtime']:.3f}", "-" if d is None else f"{d:.4f}"] for r, d in zip(rows, defect)])
+    head = ["method", "NFE", "accuracy", "PSNR dB", "SSIM", "runtime (measured)", "semigroup defect"]
+    cells = [[r["label"], f"{r['nfe']:.0f}", f"{r['accuracy']:.3f}", f"{r['psnr']:.1f}", f"{r['ssim']:.3f}",
+              f"{r['runtime']:.3f}", "-" if d is None else f"{d:.4f}"] for r, d in zip(rows, defect)]
+    if any(p is not None for p in paired):
+        head.append("vs teacher (paired, 95% interval)")
+        for row, p in zip(cells, paired):
+            row.append("-" if p is None else f"{p[0]:+.3f} ({p[0] - p[1]:+.3f} to {p[0] + p[1]:+.3f})")
+    return _table(head, cells)
 
 
 def dllm_table(runs: list[list[dict]]) -> list[str]:

@@ -97,3 +97,21 @@ def test_forward_table_one_row_per_file_with_the_speedup_per_fraction(tmp_path, 
     assert out[2] == "| flux small, 36M params, float32 | `kv=extrapolate` | 1024 + 64 | 400 ms | 1.50x | 3.00x |"
     assert out[3].endswith("| `kv=stale` | 1024 + 64 | 400 ms | 1.25x | 2.50x |")
     assert "8ad85da (dirty: not recorded)" in out[-1]
+
+
+def test_fewstep_table_pairs_each_method_with_the_teacher_over_prompts(tmp_path, monkeypatch):
+    """Rows with per-prompt results get their difference to the teacher of the same run, paired over the prompts,
+    with a 95% interval; rows recorded without them (and the teacher itself) get '-'."""
+    monkeypatch.setattr(doc_tables, "ROOT", tmp_path)
+    base = {"nfe": 4, "psnr": 20.0, "ssim": 0.5, "runtime": 0.1, "git_sha": "abcdef12", "dirty": False,
+            "command": "accel bench fewstep"}
+    teacher = [1, 1, 0, 1, 0, 1, 1, 0]
+    student = [1, 0, 0, 1, 0, 1, 0, 0]  # loses two prompts, gains none: -0.25
+    rows = [base | {"label": "teacher", "method": "teacher", "accuracy": 0.625, "correct": teacher},
+            base | {"label": "s:nfe=4", "method": "sc-dmd", "accuracy": 0.375, "correct": student},
+            base | {"label": "old", "method": "sc-dmd", "accuracy": 0.5}]
+    out = doc_tables.render("fewstep " + _write(tmp_path, "f.json", rows)).splitlines()
+    assert out[0].endswith("| vs teacher (paired, 95% interval) |")
+    assert out[2].endswith("| - | - |") and out[4].endswith("| - | - |")
+    half = 1.96 * (sum((d + 0.25) ** 2 for d in (0, -1, 0, 0, 0, 0, -1, 0)) / 7 / 8) ** 0.5
+    assert out[3].endswith(f"| -0.250 ({-0.25 - half:+.3f} to {-0.25 + half:+.3f}) |")
