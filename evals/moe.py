@@ -67,14 +67,17 @@ def ffn_macs_per_token(transformer: torch.nn.Module, routed_per_token: float | N
     return total
 
 
-def _accuracy(images: torch.Tensor, metas: list[dict]) -> tuple[float, float]:
-    """GenEval's overall score (accuracy per tag, averaged over the tags) and the plain per-image accuracy."""
+def _accuracy(images: torch.Tensor, metas: list[dict]) -> tuple[float, float, dict[str, float], list[int]]:
+    """GenEval's overall score (accuracy per tag, averaged over the tags), the plain per-image accuracy, the
+    accuracy per tag, and each prompt's result in prompt order (for paired comparisons between options)."""
     u8 = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     by_tag: dict[str, list[bool]] = defaultdict(list)
+    correct = []
     for img, meta in zip(u8, metas):
-        by_tag[meta["tag"]].append(check(img, meta).correct)
-    flags = [ok for v in by_tag.values() for ok in v]
-    return float(np.mean([np.mean(v) for v in by_tag.values()])), float(np.mean(flags))
+        correct.append(int(check(img, meta).correct))
+        by_tag[meta["tag"]].append(correct[-1])
+    per_tag = {t: float(np.mean(v)) for t, v in by_tag.items()}
+    return float(np.mean(list(per_tag.values()))), float(np.mean(correct)), per_tag, correct
 
 
 @torch.no_grad()
@@ -127,10 +130,11 @@ def bench_moe(models: dict[str, object], prompts: int = 24, seed: int = 0, steps
         assert engine_of(pipe.transformer) is None  # every call put the model back
         for name, method, _ in todo:
             images, extra, nfe = results[name]
-            accuracy, per_image = _accuracy(images, metas)
+            accuracy, per_image, per_tag, correct = _accuracy(images, metas)
             row = {"model": label, "capacity": None if method == "dense" else (
                        float(name) if method == "constant" else name),
-                   "method": method, "accuracy": accuracy, "accuracy_images": per_image,
+                   "method": method, "accuracy": accuracy, "accuracy_images": per_image, "per_tag": per_tag,
+                   "correct": correct,
                    "seconds": round(best[name], 3), "expert_flops_fraction": extra.get("expert_flops_fraction"),
                    "routed_flops_fraction": extra.get("routed_flops_fraction"),
                    "dropped_token_fraction": extra.get("dropped_token_fraction"),

@@ -253,18 +253,31 @@ def moe_engine_table(runs: list[list[dict]]) -> list[str]:
 
 def moe_table(runs: list[list[dict]]) -> list[str]:
     """One row per (model, capacity option) of `accel bench moe`: checker accuracy, the expert FLOPs spent (fraction
-    of the trained capacities'), the feed-forward compute per token, tokens no routed expert took, seconds."""
-    rows = [r for run in runs for r in run]
+    of the trained capacities'), the feed-forward compute per token, tokens no routed expert took, seconds; for rows
+    with per-prompt results, the accuracy difference to the same model at its trained capacity (factor 1) in the
+    same run, paired over prompts, with its 95% interval."""
+    rows, paired = [], []
+    for run in runs:
+        full = {r["model"]: r for r in run if r.get("capacity") == 1.0 and "correct" in r}
+        for r in run:
+            rows.append(r)
+            ref = full.get(r["model"])
+            ok = ref is not None and r is not ref and len(r.get("correct", ())) == len(ref["correct"])
+            paired.append(paired_difference(r["correct"], ref["correct"]) if ok else None)
 
     def num(value, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    return _table(["model", "capacity", "method", "accuracy", "expert FLOPs", "FFN kMAC / token", "dropped tokens",
-                   "seconds"],
-                  [[r["model"], "-" if r["capacity"] is None else str(r["capacity"]), r["method"],
-                    f"{r['accuracy']:.3f}", num(r["expert_flops_fraction"], ".2f"),
-                    num(r["ffn_macs_per_token"] / 1e3 if r.get("ffn_macs_per_token") is not None else None, ".0f"),
-                    num(r["dropped_token_fraction"], ".2f"), f"{r['seconds']:.1f}"] for r in rows])
+    head = ["model", "capacity", "method", "accuracy", "expert FLOPs", "FFN kMAC / token", "dropped tokens", "seconds"]
+    cells = [[r["model"], "-" if r["capacity"] is None else str(r["capacity"]), r["method"], f"{r['accuracy']:.3f}",
+              num(r["expert_flops_fraction"], ".2f"),
+              num(r["ffn_macs_per_token"] / 1e3 if r.get("ffn_macs_per_token") is not None else None, ".0f"),
+              num(r["dropped_token_fraction"], ".2f"), f"{r['seconds']:.1f}"] for r in rows]
+    if any(p is not None for p in paired):
+        head.append("vs capacity 1 (paired, 95% interval)")
+        for row, p in zip(cells, paired):
+            row.append("-" if p is None else f"{p[0]:+.3f} ({p[0] - p[1]:+.3f} to {p[0] + p[1]:+.3f})")
+    return _table(head, cells)
 
 
 def overhead_table(runs: list[list[dict]]) -> list[str]:

@@ -115,3 +115,19 @@ def test_fewstep_table_pairs_each_method_with_the_teacher_over_prompts(tmp_path,
     assert out[2].endswith("| - | - |") and out[4].endswith("| - | - |")
     half = 1.96 * (sum((d + 0.25) ** 2 for d in (0, -1, 0, 0, 0, 0, -1, 0)) / 7 / 8) ** 0.5
     assert out[3].endswith(f"| -0.250 ({-0.25 - half:+.3f} to {-0.25 + half:+.3f}) |")
+
+
+def test_moe_table_pairs_each_option_with_the_models_trained_capacity(tmp_path, monkeypatch):
+    monkeypatch.setattr(doc_tables, "ROOT", tmp_path)
+    base = {"method": "constant", "expert_flops_fraction": 1.0, "ffn_macs_per_token": 5e5,
+            "dropped_token_fraction": 0.1, "seconds": 1.0, "git_sha": "abcdef12", "dirty": False,
+            "command": "accel bench moe"}
+    rows = [base | {"model": "moe", "capacity": 0.5, "accuracy": 0.5, "correct": [1, 0, 0, 1]},
+            base | {"model": "moe", "capacity": 1.0, "accuracy": 0.5, "correct": [1, 1, 0, 0]},
+            base | {"model": "dense", "capacity": None, "method": "dense", "accuracy": 0.75,
+                    "expert_flops_fraction": None, "dropped_token_fraction": None, "correct": [1, 1, 1, 0]}]
+    out = doc_tables.render("moe " + _write(tmp_path, "m.json", rows)).splitlines()
+    assert out[0].endswith("| vs capacity 1 (paired, 95% interval) |")
+    half = 1.96 * (2 / 3 / 4) ** 0.5  # differences 0, -1, 0, +1
+    assert out[2].endswith(f"| +0.000 ({-half:+.3f} to {half:+.3f}) |")
+    assert out[3].endswith("| - |") and out[4].endswith("| - |")

@@ -40,6 +40,8 @@ def test_rows(folders, tmp_path):
     for r in rows:
         assert {"accuracy", "seconds", "expert_flops_fraction", "git_sha", "command", "torch", "machine"} <= r.keys()
         assert 0 <= r["accuracy"] <= 1 and r["nfe"] == 2 * 2 * 2  # 2 prompts, 2 steps, CFG
+        assert len(r["correct"]) == 2 and r["accuracy_images"] == sum(r["correct"]) / 2
+        assert r["accuracy"] == pytest.approx(sum(r["per_tag"].values()) / len(r["per_tag"]))
     by = {r["capacity"]: r for r in rows}
     assert by[1.0]["routed_flops_fraction"] == 1.0 and by[0.5]["routed_flops_fraction"] < 1
     assert by[None]["expert_flops_fraction"] is None
