@@ -154,11 +154,7 @@ def resume(work: Path, args, model, opt) -> tuple[int, list[dict], float]:
     if found is None:
         return 0, [], 0.0
     tensors, state = ckpt.load(found)
-    run = run_args(args)
-    differ = [k for k in RUN_ARGS if state["run"].get(k) != run[k]]
-    if differ:
-        raise ValueError(f"the checkpoint in {work} is of another run (it differs in {', '.join(differ)}); remove "
-                         "it or pass another --work")
+    ckpt.check_options({k: state["run"].get(k) for k in RUN_ARGS}, run_args(args), found, frozenset(), "--work")
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     ckpt.optimizer_from_flat(opt, tensors, state["optimizer"], "optimizer")
     print(f"resumed at step {state['step']}/{args.steps} from {found}", flush=True)

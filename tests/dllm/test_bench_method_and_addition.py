@@ -170,7 +170,7 @@ def test_train_mdlm_addition_runs_and_resumes_exactly(tmp_path):
     parted = tmp_path / "parted"
     args = common + ["--out", str(parted), "--work", str(tmp_path / "w2")]
     assert train.main(args + ["--stop-at", "1"]) is None and not parted.exists()
-    with pytest.raises(ValueError, match="another run .* lr"):
+    with pytest.raises(ValueError, match="run with other options .*--lr: 0.002 there, 0.001 now"):
         train.main(args + ["--lr", "1e-3"])
     assert train.main(args) == parted
     a = MaskedDiffusionLM.from_pretrained(straight).state_dict()
