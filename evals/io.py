@@ -65,7 +65,7 @@ def source_state(where: Path | None = None) -> dict:
     here = Path(where) if where is not None else Path(__file__).resolve().parent
     sha, top = git("rev-parse", "HEAD", cwd=here), git("rev-parse", "--show-toplevel", cwd=here)
     if not sha or not top:
-        return {"git_sha": None, "dirty": None, "diff_sha256": None}
+        return _declared_source()
     root = Path(top.decode().strip())
     # From the top: `git ls-files` run in a subfolder lists only that subfolder's files.
     diff, untracked = git("diff", "HEAD", "--binary", cwd=root), git("ls-files", "--others", "--exclude-standard",
@@ -81,6 +81,19 @@ def source_state(where: Path | None = None) -> dict:
         if (root / name).is_file():
             h.update((root / name).read_bytes())
     return {"git_sha": sha.decode().strip(), "dirty": True, "diff_sha256": h.hexdigest()}
+
+
+def _declared_source() -> dict:
+    """The code's state where there is no checkout to read (an installed copy, a device machine that received the
+    files without .git): the commit named by the environment variable ACCEL_SOURCE_SHA, which whoever copies an
+    unmodified checkout of that commit sets (benchmarks/gpu_suite.sh), marked as declared; else unknown."""
+    import os
+    import re
+
+    declared = os.environ.get("ACCEL_SOURCE_SHA", "")
+    if re.fullmatch(r"[0-9a-f]{40}", declared):
+        return {"git_sha": declared, "dirty": False, "diff_sha256": None, "source_declared": True}
+    return {"git_sha": None, "dirty": None, "diff_sha256": None}
 
 
 def _is_result(name: str) -> bool:

@@ -74,3 +74,15 @@ def test_source_state_outside_a_checkout(tmp_path_factory):
 
     outside = tmp_path_factory.mktemp("not-a-checkout")
     assert source_state(outside) == {"git_sha": None, "dirty": None, "diff_sha256": None}
+
+
+def test_source_state_declared_for_a_copy_without_git(tmp_path, monkeypatch):
+    """A copy of a checkout without .git (a device machine) records the commit ACCEL_SOURCE_SHA names, marked as
+    declared; anything but a full sha is ignored."""
+    from accel.evals.io import source_state
+
+    monkeypatch.setenv("ACCEL_SOURCE_SHA", "ab" * 20)
+    assert source_state(tmp_path) == {"git_sha": "ab" * 20, "dirty": False, "diff_sha256": None,
+                                      "source_declared": True}
+    monkeypatch.setenv("ACCEL_SOURCE_SHA", "HEAD")
+    assert source_state(tmp_path)["git_sha"] is None
