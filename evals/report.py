@@ -201,13 +201,15 @@ def dllm_table(runs: list[list[dict]]) -> list[str]:
 
 
 def forward_table(runs: list[list[dict]]) -> list[str]:
-    """One row per file of bench_dit_hsa_forward.py: the full forward's wall time and the speedup at each fraction."""
+    """One row per file of bench_dit_hsa_forward.py: the full forward's wall time and the speedup at each fraction
+    (Nucleus rows name what ran the MoE layers)."""
     fractions = sorted({r["active_fraction"] for rows in runs for r in rows if r["active_fraction"] < 1}, reverse=True)
     table = []
     for rows in runs:
         full = next(r for r in rows if r["active_fraction"] == 1)
         speedup = {r["active_fraction"]: r["speedup"] for r in rows}
-        table.append([f"{full['model']} {full['size']}, {full['params'] / 1e6:.0f}M params, {full['dtype']}",
+        moe = f", MoE: {full['moe']}" if full.get("moe") else ""  # Nucleus: diffusers' expert loop or accel's engine
+        table.append([f"{full['model']} {full['size']}, {full['params'] / 1e6:.0f}M params, {full['dtype']}{moe}",
                       f"`kv={full['kv']}`", f"{full['tokens']} + {full['text_tokens']}",
                       f"{full['seconds'] * 1e3:.0f} ms",
                       *(f"{speedup[a]:.2f}x" if a in speedup else "-" for a in fractions)])

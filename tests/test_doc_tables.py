@@ -97,6 +97,10 @@ def test_forward_table_one_row_per_file_with_the_speedup_per_fraction(tmp_path, 
     assert out[2] == "| flux small, 36M params, float32 | `kv=extrapolate` | 1024 + 64 | 400 ms | 1.50x | 3.00x |"
     assert out[3].endswith("| `kv=stale` | 1024 + 64 | 400 ms | 1.25x | 2.50x |")
     assert "8ad85da (dirty: not recorded)" in out[-1]
+    _write(tmp_path, "n.json", [base | {"model": "nucleus", "kv": "stale", "moe": "accel engine",
+                                        "active_fraction": 1.0, "seconds": 0.4, "speedup": 1.0}])
+    assert doc_tables.render("forward n.json").splitlines()[2].startswith(
+        "| nucleus small, 36M params, float32, MoE: accel engine | `kv=stale` |")
 
 
 def test_fewstep_table_pairs_each_method_with_the_teacher_over_prompts(tmp_path, monkeypatch):
