@@ -58,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--guidance", type=float, default=None,
                     help="the teacher's CFG weight in the DMD real score, as the pipeline's guidance_scale "
                          "(default: the teacher pipeline's own)")
+    ap.add_argument("--nfe", default=None,
+                    help="comma-separated step counts the student is trained for (default: the run's, e.g. 4,2); "
+                         "one count trains a student for that count alone")
     ap.add_argument("--ode-init-steps", type=int, default=0)
     ap.add_argument("--ema-decay", type=float, default=0.99)
     ap.add_argument("--ema-start", type=int, default=200)
@@ -73,6 +76,11 @@ def parser() -> argparse.ArgumentParser:
 
 def config_for(args: argparse.Namespace) -> DistillConfig:
     _, method, nfe, _ = RUNS[args.run]
+    if args.nfe is not None:
+        try:
+            nfe = tuple(int(n) for n in args.nfe.split(","))
+        except ValueError:
+            raise ValueError(f"--nfe takes comma-separated step counts, e.g. 4 or 4,2; got {args.nfe!r}") from None
     ar = ARConfig(chunk_frames=1) if args.run == "video-ar" else None
     return DistillConfig(method=method, ar=ar, steps=args.steps, batch_size=args.batch_size, nfe=nfe,
                          guidance=args.guidance, lr_generator=args.lr_generator, lr_critic=args.lr_critic,

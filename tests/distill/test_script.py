@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from accel import accelerate_pipeline, load_pipeline
@@ -60,3 +61,13 @@ def test_the_teacher_guidance_is_an_option_and_defaults_to_the_pipelines():
     parse = train_fewstep.parser().parse_args
     assert train_fewstep.config_for(parse(["--run", "image-sc-dmd"])).cfg_weight is None
     assert train_fewstep.config_for(parse(["--run", "image-sc-dmd", "--guidance", "4"])).cfg_weight == 4.0
+
+
+def test_the_step_counts_are_an_option():
+    parse = train_fewstep.parser().parse_args
+    assert train_fewstep.config_for(parse(["--run", "image-sc-dmd"])).nfe == (4, 2)
+    assert train_fewstep.config_for(parse(["--run", "image-sc-dmd", "--nfe", "4"])).nfe == (4,)
+    with pytest.raises(ValueError, match="comma-separated step counts"):
+        train_fewstep.config_for(parse(["--run", "image-sc-dmd", "--nfe", "four"]))
+    with pytest.raises(ValueError, match="nfe must be distinct step counts"):
+        train_fewstep.config_for(parse(["--run", "image-sc-dmd", "--nfe", "3"]))
