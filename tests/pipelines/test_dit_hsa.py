@@ -402,10 +402,8 @@ def test_free_memory():
     assert free_memory("meta") is None
 
 
-def test_cache_memory_of_the_real_sizes(tmp_path):
-    """benchmarks/steps/bench_dit_hsa_forward.py --memory-only: the caches' size for a real configuration, built on
-    the meta device (no weights): Wan 14B at 720p x 81 frames keeps, per forward, 40 layers of K and V for 75,600
-    tokens of width 5,120 in bf16 (plus the last block's output), and the refresh adds its block inputs."""
+def _memory_row(tmp_path, model: str, size: str) -> dict:
+    """The one row of `bench_dit_hsa_forward.py --model MODEL --size SIZE --memory-only`."""
     import importlib.util
     import json
     from pathlib import Path
@@ -415,8 +413,16 @@ def test_cache_memory_of_the_real_sizes(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "memory.json"
-    bench.main(["--model", "wan", "--size", "wan-14b-720p", "--memory-only", "--json", str(out), "--allow-dirty"])
+    bench.main(["--model", model, "--size", size, "--memory-only", "--json", str(out), "--allow-dirty"])
     (row,) = json.loads(out.read_text())
+    return row
+
+
+def test_cache_memory_of_the_real_sizes(tmp_path):
+    """benchmarks/steps/bench_dit_hsa_forward.py --memory-only: the caches' size for a real configuration, built on
+    the meta device (no weights): Wan 14B at 720p x 81 frames keeps, per forward, 40 layers of K and V for 75,600
+    tokens of width 5,120 in bf16 (plus the last block's output), and the refresh adds its block inputs."""
+    row = _memory_row(tmp_path, "wan", "wan-14b-720p")
     tokens, width, layers = 21 * 45 * 80, 5120, 40
     assert row["tokens"] == tokens and row["dtype"] == "bfloat16"
     assert row["cache_bytes_stale"] == (layers * 2 + 1) * tokens * width * 2
@@ -430,17 +436,7 @@ def test_cache_memory_of_the_real_sizes(tmp_path):
 def test_cache_memory_of_nucleus_image(tmp_path):
     """The same for Nucleus-Image at 1024 x 1024: grouped-query attention caches 4 K/V heads of 128 per layer (not
     the 2,048-wide hidden state), the refresh's block inputs are hidden-wide."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    path = Path(__file__).parents[2] / "benchmarks" / "steps" / "bench_dit_hsa_forward.py"
-    spec = importlib.util.spec_from_file_location("bench_dit_hsa_forward", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    out = tmp_path / "memory.json"
-    bench.main(["--model", "nucleus", "--size", "nucleus-image", "--memory-only", "--json", str(out), "--allow-dirty"])
-    (row,) = json.loads(out.read_text())
+    row = _memory_row(tmp_path, "nucleus", "nucleus-image")
     tokens, width, kv_width, layers = 64 * 64, 2048, 4 * 128, 32
     assert row["tokens"] == tokens
     assert row["cache_bytes_stale"] == (layers * 2 * kv_width + width) * tokens * 2
