@@ -151,6 +151,16 @@ def paired_difference(correct: list, reference: list) -> tuple[float, float]:
     return mean, 1.96 * (var / n) ** 0.5
 
 
+def _with_paired(head: list[str], cells: list[list[str]], paired: list, reference: str) -> tuple[list, list]:
+    """Add the column of paired differences to `reference` (paired_difference's (mean, half-width) or None per row)
+    where any row has one; tables of older rows stay as they were."""
+    if any(p is not None for p in paired):
+        head = head + [f"vs {reference} (paired, 95% interval)"]
+        cells = [row + ["-" if p is None else f"{p[0]:+.3f} ({p[0] - p[1]:+.3f} to {p[0] + p[1]:+.3f})"]
+                 for row, p in zip(cells, paired)]
+    return head, cells
+
+
 def fewstep_table(runs: list[list[dict]]) -> list[str]:
     """One row per method of `accel bench fewstep`: NFE per sample, accuracy, PSNR / SSIM to the teacher, runtime,
     and the students' semigroup defect; for rows with per-prompt results, the accuracy difference to the teacher of
@@ -167,11 +177,7 @@ def fewstep_table(runs: list[list[dict]]) -> list[str]:
     head = ["method", "NFE", "accuracy", "PSNR dB", "SSIM", "runtime (measured)", "semigroup defect"]
     cells = [[r["label"], f"{r['nfe']:.0f}", f"{r['accuracy']:.3f}", f"{r['psnr']:.1f}", f"{r['ssim']:.3f}",
               f"{r['runtime']:.3f}", "-" if d is None else f"{d:.4f}"] for r, d in zip(rows, defect)]
-    if any(p is not None for p in paired):
-        head.append("vs teacher (paired, 95% interval)")
-        for row, p in zip(cells, paired):
-            row.append("-" if p is None else f"{p[0]:+.3f} ({p[0] - p[1]:+.3f} to {p[0] + p[1]:+.3f})")
-    return _table(head, cells)
+    return _table(*_with_paired(head, cells, paired, "teacher"))
 
 
 def dllm_table(runs: list[list[dict]]) -> list[str]:
@@ -275,11 +281,7 @@ def moe_table(runs: list[list[dict]]) -> list[str]:
               num(r["expert_flops_fraction"], ".2f"),
               num(r["ffn_macs_per_token"] / 1e3 if r.get("ffn_macs_per_token") is not None else None, ".0f"),
               num(r["dropped_token_fraction"], ".2f"), f"{r['seconds']:.1f}"] for r in rows]
-    if any(p is not None for p in paired):
-        head.append("vs capacity 1 (paired, 95% interval)")
-        for row, p in zip(cells, paired):
-            row.append("-" if p is None else f"{p[0]:+.3f} ({p[0] - p[1]:+.3f} to {p[0] + p[1]:+.3f})")
-    return _table(head, cells)
+    return _table(*_with_paired(head, cells, paired, "capacity 1"))
 
 
 def overhead_table(runs: list[list[dict]]) -> list[str]:
