@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _progress, app, bench_app, check_outputs, console,
-                            record_state, saving, user_errors)
+                            record_rows, record_state, user_errors)
 
 
 def _load_text(model: str, device: Optional[str], trust_remote_code: bool, mask_id: Optional[int] = None):
@@ -91,7 +91,6 @@ def bench_dllm_cmd(
     interleaved per prompt, repeated; medians with spreads, exact match with its 95% interval."""
     from accel.dllm.bench import DEFAULT_DECODERS, bench_dllm, parse_decoder, plot_dllm
     from accel.dllm.task import get_task
-    from accel.evals.io import run_info, write_json
 
     with user_errors():
         get_task(task)
@@ -111,13 +110,7 @@ def bench_dllm_cmd(
             progress.advance(bar, len(names))  # the warm-up round is not reported
             rows = bench_dllm(lm, tok, prompts=prompts, seed=seed, gen_length=gen_length, decoders=names, task=task,
                               repeats=repeats, progress=lambda _: progress.advance(bar))
-        info = run_info(state)
-        rows = [row | info for row in rows]
-        if json_out is not None:
-            with saving(json_out):
-                write_json(json_out, rows)
-        if plot is not None and not plot_dllm(rows, str(plot)):
-            console.print("plot skipped: matplotlib is not installed", highlight=False)
+        rows = record_rows(rows, state, json_out, plot, plot_dllm)
     Console().print(_rows_table(rows, f"dLLM decoding, {task}: {prompts} problems, gen length {gen_length}, seed "
                                       f"{seed}, {repeats} repeats interleaved"))
 

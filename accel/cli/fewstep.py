@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _load, _progress, bench_app, check_outputs, console,
-                            record_state, saving, user_errors)
+from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _load, _progress, bench_app, check_outputs, record_rows,
+                            record_state, user_errors)
 
 
 @bench_app.command("fewstep")
@@ -35,7 +35,6 @@ def bench_fewstep_cmd(
     """Checker accuracy, PSNR / SSIM against the teacher's samples, NFE and wall time of few-step students, the
     teacher at its full steps and at fewer Euler steps; students also report their semigroup defect."""
     from accel.evals.fewstep import bench_fewstep, plot_fewstep
-    from accel.evals.io import run_info, write_json
     from accel.models import builtin_students
 
     with user_errors():
@@ -61,13 +60,7 @@ def bench_fewstep_cmd(
             task = progress.add_task("methods", total=None)
             rows = bench_fewstep(teacher, loaded, prompts=prompts, seed=seed, steps=steps, euler_steps=euler,
                                  repeats=repeats, progress=lambda row: progress.advance(task))
-        info = run_info(state)
-        rows = [row | info for row in rows]
-        if json_out is not None:
-            with saving(json_out):
-                write_json(json_out, rows)
-        if plot is not None and not plot_fewstep(rows, str(plot)):
-            console.print("plot skipped: matplotlib is not installed", highlight=False)
+        rows = record_rows(rows, state, json_out, plot, plot_fewstep)
     table = Table(title=f"fewstep: {prompts} prompts, seed {seed}, teacher {steps} steps")
     for col in ("method", "nfe", "accuracy", "psnr", "ssim", "runtime", "defect"):
         table.add_column(col)

@@ -18,8 +18,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="accel: faster, better diffusion sampling.")
@@ -78,6 +77,21 @@ def saving(path: Path):
         yield
     except OSError as e:
         raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def record_rows(rows: list[dict], state: dict | None, json_out: Optional[Path], plot: Optional[Path] = None,
+                plotter=None, extra: dict | None = None) -> list[dict]:
+    """Stamp a benchmark's rows with machine, versions, command and sha, write them atomically, plot if asked."""
+    from accel.evals.io import run_info, write_json
+
+    info = run_info(state) | (extra or {})
+    rows = [row | info for row in rows]
+    if json_out is not None:
+        with saving(json_out):
+            write_json(json_out, rows)
+    if plot is not None and not plotter(rows, str(plot)):
+        console.print("plot skipped: matplotlib is not installed", highlight=False)
+    return rows
 
 
 def quiet_loaders() -> None:
@@ -397,10 +411,10 @@ def _call_keeping_best(pipe, call: dict, paths: list[Path]):
 
 
 def _write_media(path: Path, item) -> None:
+    import imageio.v3 as iio
     import numpy as np
 
     from accel.evals.io import write_atomic
-    import imageio.v3 as iio
 
     arr = (np.clip(np.asarray(item, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
     suffix = path.suffix.lower()
@@ -550,7 +564,6 @@ def bench_search_cmd(
     allow_dirty: bool = ALLOW_DIRTY,
 ):
     """Checker accuracy of each search strategy against its NFE budget, with the exact or a learned reward."""
-    from accel.evals.io import run_info, write_json
     from accel.search import bench_search, get_config, plot_search
     from accel.search.bench import bench_reward
 
@@ -575,13 +588,7 @@ def bench_search_cmd(
             rows = bench_search(pipe, prompts=prompts, seed=seed, strategies=tuple(names), budgets=tuple(levels),
                                 steps=steps, progress=lambda rec: progress.advance(task), reward=search_reward,
                                 reward_name=reward, verifier=raise_verifier)
-        info = run_info(state)
-        rows = [row | info for row in rows]
-        if json_out is not None:
-            with saving(json_out):
-                write_json(json_out, rows)
-        if plot is not None and not plot_search(rows, str(plot)):
-            console.print("plot skipped: matplotlib is not installed", highlight=False)
+        rows = record_rows(rows, state, json_out, plot, plot_search)
     table = Table(title=f"search: {prompts} prompts, seed {seed}, reward {reward}")
     for col in ("strategy", "budget", "nfe", "accuracy", "strict", "oracle", "verifier calls", "seconds"):
         table.add_column(col)
@@ -613,7 +620,6 @@ def bench_steps_cmd(
 ):
     """Quality (checker accuracy, PSNR / SSIM against the full-step run) of step-saving methods against their
     measured runtime."""
-    from accel.evals.io import run_info, write_json
     from accel.evals.steps import bench_steps, parse_method, plot_steps, split_methods
 
     with user_errors():
@@ -632,13 +638,7 @@ def bench_steps_cmd(
             task = progress.add_task("methods", total=None)
             rows = bench_steps(pipe, prompts=prompts, seed=seed, steps=steps, methods=names, repeats=repeats,
                                progress=lambda row: progress.advance(task))
-        info = run_info(state)
-        rows = [row | info for row in rows]
-        if json_out is not None:
-            with saving(json_out):
-                write_json(json_out, rows)
-        if plot is not None and not plot_steps(rows, str(plot)):
-            console.print("plot skipped: matplotlib is not installed", highlight=False)
+        rows = record_rows(rows, state, json_out, plot, plot_steps)
     table = Table(title=f"steps: {prompts} prompts, seed {seed}, {steps} full steps")
     for col in ("method", "runtime", "accuracy", "psnr", "ssim"):
         table.add_column(col)
@@ -690,8 +690,8 @@ def families_table() -> Table:
 
 
 # Commands defined in their own modules register on `app` / `bench_app` when imported (after those exist).
-from accel.cli import dllm as _dllm  # noqa: E402,F401
 from accel.cli import distill as _distill  # noqa: E402,F401
+from accel.cli import dllm as _dllm  # noqa: E402,F401
 from accel.cli import evals as _evals  # noqa: E402,F401
 from accel.cli import fewstep as _fewstep  # noqa: E402,F401
 from accel.cli import lmeval as _lmeval  # noqa: E402,F401

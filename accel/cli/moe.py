@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _load, _progress, bench_app, check_outputs, console,
-                            record_state, saving, user_errors)
+from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _load, _progress, bench_app, check_outputs, record_rows,
+                            record_state, user_errors)
 
 MOE_MODEL = "shapes-moe"  # the built-in MoE model (assets/shapes-moe-t2i, trained by scripts/train_shapes_moe.py)
 
@@ -54,7 +54,6 @@ def bench_moe_cmd(
 ):
     """Checker accuracy, wall time and expert FLOPs fraction of MoE models at constant capacity factors and per-step
     schedules, and of dense models, on one seeded prompt set."""
-    from accel.evals.io import run_info, write_json
     from accel.evals.moe import bench_moe, parse_schedule, plot_moe
     from accel.models import BUILTIN
 
@@ -83,13 +82,7 @@ def bench_moe_cmd(
             task = progress.add_task("options", total=None)
             rows = bench_moe(loaded, prompts=prompts, seed=seed, steps=steps, capacities=factors,
                              schedules=schedules, repeats=repeats, progress=lambda row: progress.advance(task))
-        info = run_info(state)
-        rows = [row | info for row in rows]
-        if json_out is not None:
-            with saving(json_out):
-                write_json(json_out, rows)
-        if plot is not None and not plot_moe(rows, str(plot)):
-            console.print("plot skipped: matplotlib is not installed", highlight=False)
+        rows = record_rows(rows, state, json_out, plot, plot_moe)
     table = Table(title=f"moe: {prompts} prompts, seed {seed}, {steps} steps")
     for col in ("model", "capacity", "method", "accuracy", "expert flops", "dropped tokens", "seconds"):
         table.add_column(col)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _progress, bench_app, check_outputs, quiet_loaders,
-                            record_state, saving, user_errors)
+                            record_rows, record_state, user_errors)
 
 
 @bench_app.command("overhead")
@@ -31,7 +31,6 @@ def bench_overhead_cmd(
 ):
     """Each family's pipeline call against the same call through accelerate_pipeline (default path): paired time
     ratios (median, spread), the overhead in ms per call, and the outputs' largest difference (0 expected)."""
-    from accel.evals.io import run_info, write_json
     from accel.evals.overhead import FAMILIES, bench_overhead, check_families
 
     with user_errors():
@@ -50,11 +49,7 @@ def bench_overhead_cmd(
             task = progress.add_task("families", total=len(names))
             rows = bench_overhead(names, prompts=prompts, seed=seed, steps=steps, repeats=repeats,
                                   progress=lambda row: progress.advance(task))
-        info = run_info(state) | {"threads": threads}
-        rows = [row | info for row in rows]
-        if json_out is not None:
-            with saving(json_out):
-                write_json(json_out, rows)
+        rows = record_rows(rows, state, json_out, extra={"threads": threads})
     table = Table(title=f"wrapper overhead: {prompts} prompts, seed {seed}, {steps} steps, {repeats} repeats "
                         "interleaved")
     for col in ("family", "path", "pipeline ms/call", "overhead ms/call", "ratio (spread)", "max abs diff"):
