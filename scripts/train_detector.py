@@ -29,30 +29,12 @@ from accel.shapes import COLORS, detect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_verifier import (SIZE, eval_images, eval_set, evaluate, fit, render_example, start_run,  # noqa: E402
+from train_verifier import (SIZE, base_parser, eval_images, eval_set, evaluate, fit, render_example, start_run,  # noqa: E402
                             training_record)
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="assets/shapes-detector", help="the detector folder written at the end")
-    ap.add_argument("--work", default="runs/detector", help="checkpoints and the model-sample pools")
-    ap.add_argument("--model", default="shapes", help="the pipeline whose samples the detector also learns from")
-    ap.add_argument("--model-samples", type=int, default=2000, help="training pool of model samples (0: renders only)")
-    ap.add_argument("--eval-model-samples", type=int, default=400)
-    ap.add_argument("--sample-steps", type=int, default=25, help="sampling steps of the pool's images")
-    ap.add_argument("--model-fraction", type=float, default=0.5, help="share of each batch from the pool")
-    ap.add_argument("--eval-renders", type=int, default=600)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--minutes", type=float, default=0, help="stop this invocation after this long (0: no limit)")
-    ap.add_argument("--stop-at", type=int, default=0, help="end this invocation after this step, with a checkpoint "
-                    "(0: never); the same command without it resumes")
-    ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    return ap
+    return base_parser(__doc__.splitlines()[0], "detector", "assets/shapes-detector", "runs/detector", steps=3000)
 
 
 def batch(step: int, seed: int, size: int, pool, model_fraction: float) -> tuple[torch.Tensor, dict]:

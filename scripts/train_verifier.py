@@ -43,22 +43,18 @@ SIZE = 32
 EVAL_SEED_OFFSET = 1_000_000  # evaluation seeds: never drawn by training
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="assets/shapes-verifier", help="the verifier folder written at the end")
-    ap.add_argument("--work", default="runs/verifier", help="checkpoints and the model-sample pool")
-    ap.add_argument("--model", default="shapes", help="the pipeline whose samples the verifier also learns from")
+def base_parser(description: str, what: str, out: str, work: str, steps: int) -> argparse.ArgumentParser:
+    """The options the verifier's and the detector's training share: folders, the model-sample pool, the run."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default=out, help=f"the {what} folder written at the end")
+    ap.add_argument("--work", default=work, help="checkpoints and the model-sample pool")
+    ap.add_argument("--model", default="shapes", help=f"the pipeline whose samples the {what} also learns from")
     ap.add_argument("--model-samples", type=int, default=2000, help="training pool of model samples (0: renders only)")
     ap.add_argument("--eval-model-samples", type=int, default=400)
     ap.add_argument("--sample-steps", type=int, default=25, help="sampling steps of the pool's images")
     ap.add_argument("--model-fraction", type=float, default=0.5, help="share of each batch from the pool")
     ap.add_argument("--eval-renders", type=int, default=600)
-    ap.add_argument("--relation-slots", type=int, default=0,
-                    help="text-queried spatial attention slots for relation questions (0: pooled features only)")
-    ap.add_argument("--relation-questions", type=float, default=0.0,
-                    help="share of questions that ask a relation between the image's prompt's shapes (random order "
-                    "and relation); the rest follow the prompt's requirements, whose relations are ~5%% of questions")
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--minutes", type=float, default=0, help="stop this invocation after this long (0: no limit)")
@@ -67,6 +63,16 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = base_parser(__doc__.splitlines()[0], "verifier", "assets/shapes-verifier", "runs/verifier", steps=6000)
+    ap.add_argument("--relation-slots", type=int, default=0,
+                    help="text-queried spatial attention slots for relation questions (0: pooled features only)")
+    ap.add_argument("--relation-questions", type=float, default=0.0,
+                    help="share of questions that ask a relation between the image's prompt's shapes (random order "
+                    "and relation); the rest follow the prompt's requirements, whose relations are ~5%% of questions")
     return ap
 
 
