@@ -10,20 +10,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from accel.cli.main import (
-    ALLOW_DIRTY,
-    OVERWRITE,
-    UsageError,
-    _eval_bar,
-    _eval_progress,
-    _load,
-    accel_call_options,
-    console,
-    eval_app,
-    record_state,
-    saving,
-    user_errors,
-)
+from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _eval_bar, _eval_progress, _load,
+                            accel_call_options, console, eval_app, record_state, saving, user_errors)
 
 
 @eval_app.command("geneval")

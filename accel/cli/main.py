@@ -18,7 +18,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="accel: faster, better diffusion sampling.")
@@ -411,10 +412,10 @@ def _call_keeping_best(pipe, call: dict, paths: list[Path]):
 
 
 def _write_media(path: Path, item) -> None:
-    import imageio.v3 as iio
     import numpy as np
 
     from accel.evals.io import write_atomic
+    import imageio.v3 as iio
 
     arr = (np.clip(np.asarray(item, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
     suffix = path.suffix.lower()
