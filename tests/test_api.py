@@ -7,14 +7,13 @@ import torch
 
 from accel import AccelConfig, accelerate_pipeline
 from accel.pipelines.shapes import build_shapes_pipeline
+from accel.testing import jitter_
 
 
 @pytest.fixture(scope="module")
 def pipe():
     p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1, seed=2)
-    with torch.no_grad():
-        for param in p.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+    jitter_(p.transformer)
     return p
 
 

@@ -12,15 +12,13 @@ from accel.distill import ARConfig, DistillConfig, Distiller, export_student
 from accel.distill import checkpoint as ckpt
 from accel.distill.parallel import Processes, full
 from accel.pipelines.shapes import build_shapes_pipeline
+from accel.testing import jitter_
 
 
 def teacher():
     pipe = build_shapes_pipeline(width=32, num_layers=2, stem_channels=(8, 16), text_hidden=32, text_layers=1,
                                  sample_size=16, seed=0)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for p in pipe.transformer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    jitter_(pipe.transformer, seed=2)
     return pipe
 
 

@@ -14,16 +14,14 @@ from accel.distill.grids import sc_times
 from accel.distill.losses import dmd_direction, dmd_loss, sc_endpoints, sc_loss
 from accel.pipelines.shapes import build_shapes_pipeline
 from accel.pipelines.tiny import build_flux, build_wan
+from accel.testing import jitter_
 
 FAST = dict(batch_size=2, critic_per_generator=2, lr_generator=1e-4, lr_critic=1e-3, ema_start=0)
 
 
 def shapes_teacher(seed=0):
     p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1, seed=seed)
-    torch.manual_seed(seed + 1)
-    with torch.no_grad():  # the zero-initialised output layers would make every prediction the same
-        for param in p.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+    jitter_(p.transformer, seed=seed + 1)  # the zero-initialised output layers would make every prediction the same
     return p
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from accel.testing import jitter_
+
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
@@ -119,10 +121,7 @@ def test_lora_student_trains_adapters_only_and_exports_merged(tmp_path):
 
     teacher = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1,
                                     sample_size=16, seed=0)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for p in teacher.transformer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    jitter_(teacher.transformer, seed=2)
     before = {k: v.clone() for k, v in teacher.transformer.state_dict().items()}
     d = Distiller(teacher, DistillConfig(steps=2, batch_size=1, critic_per_generator=1, lr_generator=1e-2,
                                          lr_critic=1e-2, ema_start=0, lora_rank=2,

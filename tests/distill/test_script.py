@@ -14,15 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import train_fewstep  # noqa: E402
 
 from accel.pipelines.shapes import build_shapes_pipeline  # noqa: E402
+from accel.testing import jitter_
 
 
 def tiny_shapes():
     p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1,
                               sample_size=16)
-    torch.manual_seed(2)
-    with torch.no_grad():  # the zero-initialised output layers would make every sample the same
-        for param in p.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+    jitter_(p.transformer, seed=2)  # the zero-initialised output layers would make every sample the same
     return p
 
 

@@ -13,6 +13,7 @@ from accel.distill import checkpoint
 from accel.models import load_pipeline
 from accel.pipelines.shapes import build_shapes_pipeline
 from accel.pipelines.tiny import build_wan
+from accel.testing import jitter_
 
 # 2 ODE-pair iterations, then DMD with a generator update every 2nd iteration; EMA from iteration 3.
 CONFIG = DistillConfig(steps=4, batch_size=2, critic_per_generator=2, lr_generator=1e-3, lr_critic=1e-3,
@@ -23,10 +24,7 @@ CONFIG = DistillConfig(steps=4, batch_size=2, critic_per_generator=2, lr_generat
 def tiny_shapes(seed: int = 0):
     p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1,
                               sample_size=16, seed=seed)
-    torch.manual_seed(seed + 2)
-    with torch.no_grad():  # the zero-initialised output layers would make every sample the same
-        for param in p.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+    jitter_(p.transformer, seed=seed + 2)  # the zero-initialised output layers would make every sample the same
     return p
 
 

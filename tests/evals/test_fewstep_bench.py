@@ -11,6 +11,7 @@ from accel.core import Cond, Prepared, TimeGrid
 from accel.evals.fewstep import _dense_timesteps, bench_fewstep, semigroup_defect
 from accel.pipelines.shapes import build_shapes_pipeline
 from accel.schedulers.fewstep import StudentSpec
+from accel.testing import jitter_
 from toys import GaussianFlow
 
 SPEC = StudentSpec(shift=2.0, call_defaults={"guidance_scale": 1.0})
@@ -39,10 +40,7 @@ def test_semigroup_defect_is_zero_for_straight_paths_only():
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("fewstep")
     pipe = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1, seed=0)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for param in pipe.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+    jitter_(pipe.transformer, seed=3)
     pipe.save_pretrained(root / "teacher")
     with torch.no_grad():  # a "student": the teacher's weights moved a little, with its spec
         for param in pipe.transformer.parameters():
@@ -117,10 +115,7 @@ def test_video_rows_of_an_autoregressive_student(tmp_path):
     from accel.pipelines.shapes_video import ShapesVideoPipeline, build_shapes_video_pipeline
 
     teacher = build_shapes_video_pipeline(width=32, num_layers=1, text_hidden=32, text_layers=1, patch_frames=2)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for param in teacher.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+    jitter_(teacher.transformer, seed=5)
     causal = CausalShapesVideoTransformer3DModel.from_bidirectional(teacher.transformer, chunk_frames=1)
     ShapesVideoPipeline(**{**teacher.components, "transformer": causal}).save_pretrained(tmp_path / "ar")
     StudentSpec(timesteps={2: (1000, 500)}, shift=2.0, method="ar",

@@ -15,6 +15,7 @@ from accel.evals.geneval import (Thresholds, load_metadata, make_grid, sample_se
                                  summarize, summary_text)
 from accel.evals.report import report
 from accel.shapes import Detection, check_detections, prompt_set
+from accel.testing import jitter_
 
 GENEVAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl"
 runner = CliRunner()
@@ -266,15 +267,12 @@ def test_score_only_scores_any_geneval_layout(tmp_path):
 
 def test_a_distilled_student(tmp_path):
     """A student folder samples with its own steps (4 by default, no CFG), one call per sample."""
-    import torch
 
     from accel.pipelines.shapes import build_shapes_pipeline
     from accel.schedulers.fewstep import StudentSpec
 
     pipe = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1)
-    with torch.no_grad():
-        for param in pipe.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+    jitter_(pipe.transformer)
     pipe.save_pretrained(tmp_path / "student")
     StudentSpec(shift=3.0, call_defaults={"guidance_scale": 1.0}).save(tmp_path / "student")
     path = tmp_path / "m.jsonl"

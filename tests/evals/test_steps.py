@@ -5,15 +5,13 @@ import torch
 
 from accel.evals.steps import bench_steps, curve_name, parse_method, psnr, split_methods, ssim
 from accel.pipelines.shapes import build_shapes_pipeline
+from accel.testing import jitter_
 
 
 @pytest.fixture(scope="module")
 def pipe():
     p = build_shapes_pipeline(width=32, num_layers=2, stem_channels=(8, 16), text_hidden=32, text_layers=1)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in p.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+    jitter_(p.transformer, seed=0)
     return p
 
 

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from accel.cli.main import app
@@ -15,6 +14,7 @@ from accel.evals.shard import Shard
 from accel.evals.vbench import (DIMENSIONS, ScoringWeights, VideoSettings, evaluate_vbench, load_suite,
                                 parse_dimensions, plan_scoring, vbench_table, video_name, video_seed)
 from accel.pipelines.shapes_video import build_shapes_video_pipeline
+from accel.testing import jitter_
 from test_vbench_scores import save_tiny_clip, save_tiny_dino, save_tiny_head
 
 # VBench's info format (vbench/VBench_full_info.json): a list of prompts with the dimensions they serve.
@@ -33,10 +33,7 @@ INFO = [
 def pipe():
     p = build_shapes_video_pipeline(width=32, num_layers=2, text_hidden=32, text_layers=1, num_frames=4,
                                     sample_size=16)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for q in p.transformer.parameters():
-            q.add_(0.05 * torch.randn_like(q))
+    jitter_(p.transformer, seed=3)
     return p
 
 

@@ -8,6 +8,7 @@ import torch
 
 from accel import accelerate_pipeline
 from accel.pipelines.shapes_moe import build_shapes_moe_pipeline
+from accel.testing import jitter_
 
 TINY = dict(width=32, stem_channels=(8, 16), text_hidden=32, text_layers=1)
 
@@ -17,9 +18,7 @@ def pipe():
     torch.manual_seed(0)
     pipe = build_shapes_moe_pipeline(**TINY, num_layers=3, num_experts=4, moe_intermediate_dim=16,
                                      capacity_factors=(0.0, 2.0, 1.0))
-    with torch.no_grad():  # an untrained adaLN-Zero model is the identity on its blocks; make them matter
-        for p in pipe.transformer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    jitter_(pipe.transformer)  # an untrained adaLN-Zero model is the identity on its blocks; make them matter
     return accelerate_pipeline(pipe)
 
 

@@ -8,15 +8,13 @@ from accel.pipelines.shapes import ShapesDenoiser, build_shapes_pipeline
 from accel.pipelines.shapes_hsa import ShapesActiveTokens
 from accel.schedulers.flow import sample
 from accel.schedulers.hsa import HSAConfig, hsa_sample, latent_to_tokens
+from accel.testing import jitter_
 
 
 @pytest.fixture(scope="module")
 def setup():
     pipe = build_shapes_pipeline(width=32, num_layers=2, stem_channels=(8, 16), text_hidden=32, text_layers=1)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in pipe.transformer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    jitter_(pipe.transformer, seed=1)
     d = ShapesDenoiser(pipe)
     with torch.no_grad():
         prepared = d.prepare(prompt=["a photo of a red circle", "two squares"], num_inference_steps=8,

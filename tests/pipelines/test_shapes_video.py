@@ -14,16 +14,14 @@ from accel.pipelines.registry import adapter_for
 from accel.pipelines.shapes_video import ShapesVideoPipeline, VideoActiveTokens, build_shapes_video_pipeline
 from accel.schedulers.flow import sample
 from accel.schedulers.hsa import HSAConfig, hsa_sample
+from accel.testing import jitter_
 
 
 @pytest.fixture(scope="module")
 def pipe():
     p = build_shapes_video_pipeline(width=32, num_layers=2, text_hidden=32, text_layers=1, num_frames=4,
                                     sample_size=16)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for q in p.transformer.parameters():
-            q.add_(0.05 * torch.randn_like(q))
+    jitter_(p.transformer, seed=3)
     return p
 
 

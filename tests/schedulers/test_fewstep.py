@@ -11,6 +11,7 @@ from accel.api import accelerate_pipeline
 from accel.cli.main import app
 from accel.pipelines.shapes import build_shapes_pipeline
 from accel.schedulers.fewstep import TIMESTEPS, StudentSpec, fewstep_grid, fewstep_sample
+from accel.testing import jitter_
 
 SPEC = StudentSpec(shift=3.0, call_defaults={"guidance_scale": 1.0})
 
@@ -18,10 +19,7 @@ SPEC = StudentSpec(shift=3.0, call_defaults={"guidance_scale": 1.0})
 @pytest.fixture(scope="module")
 def pipe():
     p = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1, seed=0)
-    torch.manual_seed(2)
-    with torch.no_grad():  # the zero-initialised output layers would make every sample the same
-        for param in p.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+    jitter_(p.transformer, seed=2)  # the zero-initialised output layers would make every sample the same
     return p
 
 

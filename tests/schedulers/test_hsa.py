@@ -8,15 +8,13 @@ from accel.core.grid import TimeGrid
 from accel.schedulers.flow import euler_update, sample
 from accel.schedulers.hsa import (BlockInputs, Fp8Rows, HSAConfig, _cached_update, hsa_sample, latent_to_tokens,
                                   plan_hsa, refresh_steps, tokens_to_latent)
+from accel.testing import jitter_
 
 
 @pytest.fixture(scope="module")
 def setup():
     pipe = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in pipe.transformer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    jitter_(pipe.transformer, seed=1)
     d = ShapesDenoiser(pipe)
     with torch.no_grad():
         prepared = d.prepare(prompt=["a photo of a red circle", "a photo of two squares"], num_inference_steps=8,

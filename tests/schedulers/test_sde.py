@@ -8,6 +8,7 @@ from accel.core import Cond, TimeGrid
 from accel.pipelines.shapes import ShapesDenoiser, build_shapes_pipeline
 from accel.schedulers import (LinearInterpolant, SDEConfig, VPInterpolant, euler_step, predict, rbf_time_grid,
                               sample, sample_sde, sde_step, sde_time_grid)
+from accel.testing import jitter_
 
 from toys import MU, S, GaussianFlow
 
@@ -15,10 +16,7 @@ from toys import MU, S, GaussianFlow
 @pytest.fixture(scope="module")
 def shapes():
     pipe = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1)
-    torch.manual_seed(1)
-    with torch.no_grad():  # perturb the zero-initialised output conv so velocities are non-trivial
-        for p in pipe.transformer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    jitter_(pipe.transformer, seed=1)  # perturb the zero-initialised output conv so velocities are non-trivial
     d = ShapesDenoiser(pipe)
     return d, d.encode(["a photo of a red circle"] * 2, None, 2.0)
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from accel.pipelines.shapes import ShapesDenoiser, build_shapes_pipeline
+from accel.testing import jitter_
 
 PROMPT = "a photo of a red circle"
 
@@ -9,10 +10,7 @@ PROMPT = "a photo of a red circle"
 @pytest.fixture(scope="package")
 def tiny_pipe():
     pipe = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1)
-    torch.manual_seed(1)
-    with torch.no_grad():  # the zero-initialised output conv would make every sample the same
-        for p in pipe.transformer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    jitter_(pipe.transformer, seed=1)  # the zero-initialised output conv would make every sample the same
     return pipe
 
 

@@ -10,6 +10,7 @@ torch.set_num_threads(1)
 
 from accel.pipelines.shapes import ShapesDenoiser, build_shapes_pipeline  # noqa: E402
 from accel.search import search  # noqa: E402
+from accel.testing import jitter_  # noqa: E402
 
 CASES = [("bon", 24), ("smc", 30), ("epf", 30), ("rbf", 30), ("beam", 30), ("svdd", 30), ("sop", 30)]
 
@@ -26,10 +27,7 @@ def main(out: str) -> None:
     if world > 1:
         torch.distributed.init_process_group("gloo")
     pipe = build_shapes_pipeline(width=32, num_layers=1, stem_channels=(8, 16), text_hidden=32, text_layers=1)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in pipe.transformer.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    jitter_(pipe.transformer, seed=1)
     denoiser = ShapesDenoiser(pipe)
     with torch.no_grad():
         prepared = denoiser.prepare(prompt="a photo of a red circle", num_inference_steps=3,
