@@ -289,6 +289,23 @@ def build_text_encoder(vocab_size: int, hidden: int = 128, layers: int = 2, max_
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def start_latents(shape: tuple[int, ...], dtype, device, generator, latents=None) -> torch.Tensor:
+    """The start noise of a shapes pipeline: the user's `latents` (checked against `shape`) or a seeded draw."""
+    if latents is not None:
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        return latents.to(device, dtype)
+    return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+
+def check_prompt_and_steps(prompt, num_inference_steps: int) -> None:
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompt must be a non-empty string or a non-empty list of strings")
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+
+
 class ShapesPipeline(DiffusionPipeline):
     """Text-to-image for the shapes world, in pixel space (no VAE), with classifier-free guidance.
 
@@ -329,21 +346,13 @@ class ShapesPipeline(DiffusionPipeline):
 
     def prepare_latents(self, batch_size: int, height: int, width: int, dtype, device, generator, latents=None):
         shape = (batch_size, self.transformer.config.in_channels, height, width)
-        if latents is not None:
-            if tuple(latents.shape) != shape:
-                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-            return latents.to(device, dtype)
-        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return start_latents(shape, dtype, device, generator, latents)
 
     def check_inputs(self, prompt, height: int, width: int, num_inference_steps: int):
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompt must be a non-empty string or a non-empty list of strings")
+        check_prompt_and_steps(prompt, num_inference_steps)
         p = self.transformer.patch_size
         if height % p or width % p or height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive multiples of {p}, got {height}x{width}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
 
     @torch.no_grad()
     def __call__(

@@ -17,12 +17,11 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelM
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from accel.pipelines.shapes import (
-    DiTBlock, ShapesPipeline, build_text_encoder, build_tokenizer, register_block_for_caches, sincos_2d,
-    timestep_embedding,
+    DiTBlock, ShapesPipeline, build_text_encoder, build_tokenizer, check_prompt_and_steps, register_block_for_caches,
+    sincos_2d, start_latents, timestep_embedding,
 )
 
 VIDEO_VOCAB = "a an the and circle square triangle red green blue yellow moving left right up down".split()
@@ -173,23 +172,15 @@ class ShapesVideoPipeline(DiffusionPipeline):
     def prepare_latents(self, batch_size: int, num_frames: int, height: int, width: int, dtype, device, generator,
                         latents=None):
         shape = (batch_size, self.transformer.config.in_channels, num_frames, height, width)
-        if latents is not None:
-            if tuple(latents.shape) != shape:
-                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-            return latents.to(device, dtype)
-        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return start_latents(shape, dtype, device, generator, latents)
 
     def check_inputs(self, prompt, num_frames: int, height: int, width: int, num_inference_steps: int):
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompt must be a non-empty string or a non-empty list of strings")
+        check_prompt_and_steps(prompt, num_inference_steps)
         c = self.transformer.config
         if height % c.patch_size or width % c.patch_size or height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive multiples of {c.patch_size}, got {height}x{width}")
         if num_frames % c.patch_frames or num_frames <= 0:
             raise ValueError(f"num_frames must be a positive multiple of {c.patch_frames}, got {num_frames}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
 
     @torch.no_grad()
     def __call__(
