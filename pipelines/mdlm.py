@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from accel.dllm.native import KVCache  # the decoders' cache type, shared with the native LLaDA / Dream
+from accel.dllm.native import KVCache, forward_positions  # the cache type and checks of the native LLaDA / Dream
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -161,10 +161,7 @@ class MaskedDiffusionLM(nn.Module):
     def new_cache(self, batch: int, length: int) -> KVCache:
         """An empty cache for sequences of `length` (filled by a forward with `cache=`)."""
         c = self.config
-        p = next(self.parameters())
-        shape = (batch, c.heads, length, c.dim // c.heads)
-        return KVCache([torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(c.layers)],
-                       [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(c.layers)])
+        return KVCache.empty(c.layers, (batch, c.heads, length, c.dim // c.heads), next(self.parameters()))
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 keys: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,14 +171,7 @@ class MaskedDiffusionLM(nn.Module):
             queries attend to the cache at `keys` (N, a subset of positions: default all cache positions).
             Without a cache the N tokens attend to each other only (the full forward when N is the sequence).
         """
-        b, n = ids.shape
-        positions = torch.arange(n, device=ids.device) if positions is None else positions.to(ids.device)
-        if positions.shape != (n,):
-            raise ValueError(f"positions must have shape ({n},), got {tuple(positions.shape)}")
-        if int(positions.max()) >= self.config.max_len:
-            raise ValueError(f"position {int(positions.max())} is beyond the model's context ({self.config.max_len})")
-        if cache is not None and (cache.k[0].shape[0] != b or int(positions.max()) >= cache.length):
-            raise ValueError("the cache does not fit this batch / these positions")
+        positions = forward_positions(ids, positions, cache, self.config.max_len)
         x = self.embed(ids)
         for i, block in enumerate(self.blocks):
             x = block(x, positions, *((cache.k[i], cache.v[i]) if cache is not None else (None, None)), keys)

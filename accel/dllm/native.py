@@ -40,6 +40,26 @@ class KVCache:
     def length(self) -> int:
         return self.k[0].shape[2]
 
+    @classmethod
+    def empty(cls, layers: int, shape: tuple[int, ...], like: torch.Tensor) -> KVCache:
+        """Zeros for `layers` layers, each k and v of `shape` (B, H_kv, S, Dh), in `like`'s dtype and device."""
+        return cls([torch.zeros(shape, dtype=like.dtype, device=like.device) for _ in range(layers)],
+                   [torch.zeros(shape, dtype=like.dtype, device=like.device) for _ in range(layers)])
+
+
+def forward_positions(ids: torch.Tensor, positions: torch.Tensor | None, cache: KVCache | None,
+                      max_len: int) -> torch.Tensor:
+    """The positions (N,) of a forward over ids (B, N) (default 0..N-1), checked against the context and cache."""
+    b, n = ids.shape
+    positions = torch.arange(n, device=ids.device) if positions is None else positions.to(ids.device)
+    if positions.shape != (n,):
+        raise ValueError(f"positions must have shape ({n},), got {tuple(positions.shape)}")
+    if int(positions.max()) >= max_len:
+        raise ValueError(f"position {int(positions.max())} is beyond the model's context ({max_len})")
+    if cache is not None and (cache.k[0].shape[0] != b or int(positions.max()) >= cache.length):
+        raise ValueError("the cache does not fit this batch / these positions")
+    return positions
+
 
 class RMSNorm(nn.Module):
     """RMSNorm as both official models write it: normalise in float32, cast back, then scale (and shift)."""
@@ -115,23 +135,13 @@ class NativeDLLM(nn.Module):
     def new_cache(self, batch: int, length: int) -> KVCache:
         """An empty cache for `batch` sequences of `length` (filled by forwards with `cache=`)."""
         c = self.config
-        p = next(self.parameters())
-        shape = (batch, c.n_kv_heads, length, c.head_dim)
-        return KVCache([torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(c.n_layers)],
-                       [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(c.n_layers)])
+        return KVCache.empty(c.n_layers, (batch, c.n_kv_heads, length, c.head_dim), next(self.parameters()))
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 keys: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, N, V) for the N tokens `ids` (B, N) at `positions` (N,) (default 0..N-1); cache and keys
         as in the module docstring. Without a cache and with all positions, this is the official full forward."""
-        b, n = ids.shape
-        positions = torch.arange(n, device=ids.device) if positions is None else positions.to(ids.device)
-        if positions.shape != (n,):
-            raise ValueError(f"positions must have shape ({n},), got {tuple(positions.shape)}")
-        if int(positions.max()) >= self.config.max_len:
-            raise ValueError(f"position {int(positions.max())} is beyond the model's context ({self.config.max_len})")
-        if cache is not None and (cache.k[0].shape[0] != b or int(positions.max()) >= cache.length):
-            raise ValueError("the cache does not fit this batch / these positions")
+        positions = forward_positions(ids, positions, cache, self.config.max_len)
         x = self._embed(ids)
         for i, layer in enumerate(self._layers()):
             x = layer(x, positions, *((cache.k[i], cache.v[i]) if cache is not None else (None, None)), keys)
