@@ -161,22 +161,49 @@ def _with_paired(head: list[str], cells: list[list[str]], paired: list, referenc
     return head, cells
 
 
+def _fewstep_method(row: dict) -> tuple:
+    """What a fewstep row measured, to pool it across prompt sets: the teacher or Euler steps by label, a student by
+    its folder (`student`; rows from before it was recorded: the folder the command's --students gave it) and NFE."""
+    if row.get("method") in ("teacher", "euler"):
+        return (row["label"],)
+    name, _, nfe = row["label"].rpartition(":nfe=")
+    folder = row.get("student")
+    if folder is None:
+        given = re.search(r"--students[ =](\S+)", row.get("command", ""))
+        folder = next((f for f in (given.group(1).split(",") if given else ()) if f.rstrip("/").endswith(name)), name)
+    return (folder.rstrip("/"), nfe)
+
+
 def fewstep_table(runs: list[list[dict]]) -> list[str]:
     """One row per method of `accel bench fewstep`: NFE per sample, accuracy, PSNR / SSIM to the teacher, runtime,
     and the students' semigroup defect; for rows with per-prompt results, the accuracy difference to the teacher of
     the same run, paired over prompts, with its 95% interval (prompts in equal numbers per tag, as the benchmark
-    draws them, make it the difference in the tag-averaged accuracy)."""
-    rows, paired = [], []
+    draws them, make it the difference in the tag-averaged accuracy). Several runs (prompt sets) get a seed column
+    and, for each method with per-prompt results in every run, a row pooled over all their prompts."""
+    rows, paired, pooled = [], [], {}
     for run in runs:
         teacher = next((r for r in run if r.get("method") == "teacher" and "correct" in r), None)
         for r in run:
             rows.append(r)
             ok = teacher is not None and r is not teacher and len(r.get("correct", ())) == len(teacher["correct"])
             paired.append(paired_difference(r["correct"], teacher["correct"]) if ok else None)
+            if ok or r is teacher:
+                pooled.setdefault(_fewstep_method(r), []).append((r, teacher))
+    seeds = len(runs) > 1
     defect = [r.get("semigroup_defect") for r in rows]
-    head = ["method", "NFE", "accuracy", "PSNR dB", "SSIM", "runtime (measured)", "semigroup defect"]
-    cells = [[r["label"], f"{r['nfe']:.0f}", f"{r['accuracy']:.3f}", f"{r['psnr']:.1f}", f"{r['ssim']:.3f}",
-              f"{r['runtime']:.3f}", "-" if d is None else f"{d:.4f}"] for r, d in zip(rows, defect)]
+    head = ["seed"] * seeds + ["method", "NFE", "accuracy", "PSNR dB", "SSIM", "runtime (measured)", "semigroup defect"]
+    cells = [[str(r.get("seed", "-"))] * seeds + [r["label"], f"{r['nfe']:.0f}", f"{r['accuracy']:.3f}",
+                                                  f"{r['psnr']:.1f}", f"{r['ssim']:.3f}", f"{r['runtime']:.3f}",
+                                                  "-" if d is None else f"{d:.4f}"] for r, d in zip(rows, defect)]
+    for pairs in pooled.values() if seeds else ():
+        if len(pairs) < len(runs):
+            continue
+        label = pairs[0][0]["label"]
+        correct = [c for r, _ in pairs for c in r["correct"]]
+        reference = [c for _, t in pairs for c in t["correct"]]
+        cells.append(["all"] + [f"**{label}**", f"{pairs[0][0]['nfe']:.0f}", f"{sum(correct) / len(correct):.3f}",
+                                "-", "-", "-", "-"])
+        paired.append(None if pairs[0][0] is pairs[0][1] else paired_difference(correct, reference))
     return _table(*_with_paired(head, cells, paired, "teacher"))
 
 

@@ -15,6 +15,17 @@ from accel.cli.main import (ALLOW_DIRTY, OVERWRITE, UsageError, _load, _progress
                             record_state, user_errors)
 
 
+def student_labels(names: list[str]) -> list[str]:
+    """A label per student folder: its name, or as many of its last path parts as tell it from the others (two
+    runs' snapshots/step-500 become image-dmd/snapshots/step-500 and image-sc-dmd/snapshots/step-500)."""
+    parts = [Path(n).parts for n in names]
+    labels = []
+    for p in parts:
+        k = next((k for k in range(1, len(p)) if sum(q[-k:] == p[-k:] for q in parts) == 1), len(p))
+        labels.append("/".join(p[-k:]))
+    return labels
+
+
 @bench_app.command("fewstep")
 def bench_fewstep_cmd(
     model: str = typer.Option("image", help="The teacher: image or video (the built-in models), or a "
@@ -55,11 +66,16 @@ def bench_fewstep_cmd(
         if type(teacher).__name__ not in ("ShapesPipeline", "ShapesVideoPipeline"):
             raise UsageError(f"bench fewstep needs a ShapesPipeline or ShapesVideoPipeline teacher, got "
                              f"{type(teacher).__name__}")
-        loaded = {Path(n).name: _load(n, None) for n in names}
+        if len(set(names)) < len(names):
+            raise UsageError(f"--students names a folder twice: {students}")
+        paths = dict(zip(student_labels(names), names))
+        loaded = {label: _load(n, None) for label, n in paths.items()}
         with _progress() as progress:
             task = progress.add_task("methods", total=None)
             rows = bench_fewstep(teacher, loaded, prompts=prompts, seed=seed, steps=steps, euler_steps=euler,
                                  repeats=repeats, progress=lambda row: progress.advance(task))
+        rows = [r | {"student": paths[r["label"].rsplit(":nfe=", 1)[0]]} if r["method"] not in ("teacher", "euler")
+                else r for r in rows]
         rows = record_rows(rows, state, json_out, plot, plot_fewstep)
     table = Table(title=f"fewstep: {prompts} prompts, seed {seed}, teacher {steps} steps")
     for col in ("method", "nfe", "accuracy", "psnr", "ssim", "runtime", "defect"):

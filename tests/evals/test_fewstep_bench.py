@@ -80,10 +80,21 @@ def test_cli_writes_rows_and_rejects_bad_input(folders, tmp_path):
     rows = json.loads(out.read_text())
     assert [row["label"] for row in rows] == ["teacher", "euler:steps=1", "student:nfe=2", "student:nfe=4"]
     assert all("git_sha" in row and "command" in row for row in rows)
+    assert [row.get("student") for row in rows] == [None, None, str(folders / "student"), str(folders / "student")]
     r = runner.invoke(app, args[:-2] + ["--euler-steps", "two"])
     assert r.exit_code == 2 and "comma-separated integers" in r.output
     r = runner.invoke(app, args[:4] + ["--students", str(folders / "teacher")])
     assert r.exit_code == 2 and "not a distilled student" in r.output
+    r = runner.invoke(app, args[:4] + ["--students", f"{folders / 'student'},{folders / 'student'}"])
+    assert r.exit_code == 2 and "names a folder twice" in r.output
+
+
+def test_students_of_the_same_name_get_labels_that_tell_them_apart():
+    from accel.cli.fewstep import student_labels
+
+    assert student_labels(["runs/a/image-dmd/snap/step-500", "runs/a/image-sc-dmd/snap/step-500", "assets/st"]) == [
+        "image-dmd/snap/step-500", "image-sc-dmd/snap/step-500", "st"]
+    assert student_labels(["a/b", "c/a/b"]) == ["a/b", "c/a/b"]
 
 
 def test_search_bench_on_a_student_counts_its_nfe(folders):

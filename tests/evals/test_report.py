@@ -52,6 +52,27 @@ def test_kinds_are_told_apart_and_unknown_files_refused(tmp_path):
     assert "| sc-dmd:4 | 4 | 0.600 | 20.0 | 0.800 | 0.100 | 0.0123 |" in table
 
 
+def test_fewstep_tables_of_several_prompt_sets_pool_each_student_over_them():
+    from accel.evals.report import fewstep_table
+
+    def run(seed, teacher, student, folder, command=""):
+        base = RUN | {"seed": seed, "nfe": 4, "psnr": 20.0, "ssim": 0.8, "runtime": 0.1, "command": command}
+        return [base | {"label": "teacher", "method": "teacher", "nfe": 50, "correct": teacher,
+                        "accuracy": sum(teacher) / len(teacher)},
+                base | {"label": "s:nfe=4", "method": "sc-dmd", "correct": student, "accuracy": sum(student) / 2}
+                | ({"student": folder} if folder else {})]
+
+    same = fewstep_table([run(1, [1, 0], [0, 0], "runs/a/s"), run(2, [1, 1], [1, 0], "runs/a/s")])
+    assert "| all | **s:nfe=4** | 4 | 0.250 | - | - | - | - | -0.500 (" in "\n".join(same)
+    assert "| all | **teacher** | 50 | 0.750 |" in "\n".join(same)
+    other = fewstep_table([run(1, [1, 0], [0, 0], "runs/a/s"), run(2, [1, 1], [1, 0], "runs/b/s")])
+    assert "**s:nfe=4**" not in "\n".join(other) and "| 2 | s:nfe=4 |" in "\n".join(other)
+    # rows from before `student` was recorded: the folder the command's --students named
+    old = fewstep_table([run(1, [1, 0], [0, 0], None, "accel bench fewstep --students runs/a/s,x"),
+                         run(2, [1, 1], [1, 0], None, "accel bench fewstep --students runs/b/s")])
+    assert "**s:nfe=4**" not in "\n".join(old)
+
+
 def test_plots_written_next_to_the_report_and_nothing_overwritten(tmp_path):
     pytest.importorskip("matplotlib")
     a = _write(tmp_path / "a.json", _search_rows(["bon", "rbf"], (1, 4)))
