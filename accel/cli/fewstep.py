@@ -66,7 +66,7 @@ def bench_fewstep_cmd(
         if type(teacher).__name__ not in ("ShapesPipeline", "ShapesVideoPipeline"):
             raise UsageError(f"bench fewstep needs a ShapesPipeline or ShapesVideoPipeline teacher, got "
                              f"{type(teacher).__name__}")
-        if len(set(names)) < len(names):
+        if len({Path(n).resolve() for n in names}) < len(names):
             raise UsageError(f"--students names a folder twice: {students}")
         paths = dict(zip(student_labels(names), names))
         loaded = {label: _load(n, None) for label, n in paths.items()}

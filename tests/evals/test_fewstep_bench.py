@@ -85,7 +85,7 @@ def test_cli_writes_rows_and_rejects_bad_input(folders, tmp_path):
     assert r.exit_code == 2 and "comma-separated integers" in r.output
     r = runner.invoke(app, args[:4] + ["--students", str(folders / "teacher")])
     assert r.exit_code == 2 and "not a distilled student" in r.output
-    r = runner.invoke(app, args[:4] + ["--students", f"{folders / 'student'},{folders / 'student'}"])
+    r = runner.invoke(app, args[:4] + ["--students", f"{folders / 'student'},{folders / 'student'}/"])
     assert r.exit_code == 2 and "names a folder twice" in r.output
 
 
