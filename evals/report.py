@@ -179,7 +179,8 @@ def fewstep_table(runs: list[list[dict]]) -> list[str]:
     and the students' semigroup defect; for rows with per-prompt results, the accuracy difference to the teacher of
     the same run, paired over prompts, with its 95% interval (prompts in equal numbers per tag, as the benchmark
     draws them, make it the difference in the tag-averaged accuracy). Several runs (prompt sets) get a seed column
-    and, for each method with per-prompt results in every run, a row pooled over all their prompts."""
+    and, for each method with per-prompt results on more than one set, a row pooled over their prompts (seed
+    column: the sets pooled)."""
     rows, paired, pooled = [], [], {}
     for run in runs:
         teacher = next((r for r in run if r.get("method") == "teacher" and "correct" in r), None)
@@ -187,8 +188,9 @@ def fewstep_table(runs: list[list[dict]]) -> list[str]:
             rows.append(r)
             ok = teacher is not None and r is not teacher and len(r.get("correct", ())) == len(teacher["correct"])
             paired.append(paired_difference(r["correct"], teacher["correct"]) if ok else None)
-            if ok or r is teacher:
-                pooled.setdefault(_fewstep_method(r), []).append((r, teacher))
+            key = _fewstep_method(r)
+            if (ok or r is teacher) and all(q.get("seed") != r.get("seed") for q, _ in pooled.get(key, ())):
+                pooled.setdefault(key, []).append((r, teacher))  # a set measured twice counts once
     seeds = len(runs) > 1
     defect = [r.get("semigroup_defect") for r in rows]
     head = ["seed"] * seeds + ["method", "NFE", "accuracy", "PSNR dB", "SSIM", "runtime (measured)", "semigroup defect"]
@@ -196,13 +198,14 @@ def fewstep_table(runs: list[list[dict]]) -> list[str]:
                                                   f"{r['psnr']:.1f}", f"{r['ssim']:.3f}", f"{r['runtime']:.3f}",
                                                   "-" if d is None else f"{d:.4f}"] for r, d in zip(rows, defect)]
     for pairs in pooled.values() if seeds else ():
-        if len(pairs) < len(runs):
+        if len(pairs) < 2:
             continue
         label = pairs[0][0]["label"]
         correct = [c for r, _ in pairs for c in r["correct"]]
         reference = [c for _, t in pairs for c in t["correct"]]
-        cells.append(["all"] + [f"**{label}**", f"{pairs[0][0]['nfe']:.0f}", f"{sum(correct) / len(correct):.3f}",
-                                "-", "-", "-", "-"])
+        sets = "+".join(str(r.get("seed")) for r, _ in pairs)
+        cells.append([sets, f"**{label}**", f"{pairs[0][0]['nfe']:.0f}", f"{sum(correct) / len(correct):.3f}",
+                      "-", "-", "-", "-"])
         paired.append(None if pairs[0][0] is pairs[0][1] else paired_difference(correct, reference))
     return _table(*_with_paired(head, cells, paired, "teacher"))
 

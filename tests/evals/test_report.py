@@ -63,8 +63,11 @@ def test_fewstep_tables_of_several_prompt_sets_pool_each_student_over_them():
                 | ({"student": folder} if folder else {})]
 
     same = fewstep_table([run(1, [1, 0], [0, 0], "runs/a/s"), run(2, [1, 1], [1, 0], "runs/a/s")])
-    assert "| all | **s:nfe=4** | 4 | 0.250 | - | - | - | - | -0.500 (" in "\n".join(same)
-    assert "| all | **teacher** | 50 | 0.750 |" in "\n".join(same)
+    assert "| 1+2 | **s:nfe=4** | 4 | 0.250 | - | - | - | - | -0.500 (" in "\n".join(same)
+    assert "| 1+2 | **teacher** | 50 | 0.750 |" in "\n".join(same)
+    twice = fewstep_table([run(1, [1, 0], [0, 0], "runs/a/s"), run(2, [1, 1], [1, 0], "runs/a/s"),
+                           run(2, [1, 1], [1, 0], "runs/c/s")])  # set 2 measured twice: its teacher counts once
+    assert "| 1+2 | **teacher** | 50 | 0.750 |" in "\n".join(twice)
     other = fewstep_table([run(1, [1, 0], [0, 0], "runs/a/s"), run(2, [1, 1], [1, 0], "runs/b/s")])
     assert "**s:nfe=4**" not in "\n".join(other) and "| 2 | s:nfe=4 |" in "\n".join(other)
     # rows from before `student` was recorded: the folder the command's --students named
