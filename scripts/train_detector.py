@@ -29,8 +29,8 @@ from accel.shapes import COLORS, detect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_verifier import (SIZE, base_parser, eval_images, eval_set, evaluate, fit, render_example, start_run,  # noqa: E402
-                            training_record)
+from train_verifier import (SIZE, base_parser, eval_images, eval_set, evaluate, fit, render_example,  # noqa: E402
+                            start_run, training_record)
 
 
 def parser() -> argparse.ArgumentParser:
