@@ -9,7 +9,8 @@ from pathlib import Path
 BUILTIN = {"shapes": "shapes-t2i", "shapes-video": "shapes-t2v", "shapes-moe": "shapes-moe-t2i"}
 # Distilled few-step students of the built-in models (accel distill; scripts/train_fewstep.py): name -> (teacher,
 # folder in accel.assets). Listed by builtin_students only where the folder has been trained and shipped.
-STUDENTS = {"shapes-4step": ("shapes", "shapes-t2i-4step"), "shapes-4step-dmd": ("shapes", "shapes-t2i-4step-dmd"),
+STUDENTS = {"shapes-4step": ("shapes", "shapes-t2i-4step"), "shapes-2step": ("shapes", "shapes-t2i-2step"),
+            "shapes-4step-dmd": ("shapes", "shapes-t2i-4step-dmd"),
             "shapes-video-4step": ("shapes-video", "shapes-t2v-4step"),
             "shapes-video-4step-ar": ("shapes-video", "shapes-t2v-4step-ar")}
 

@@ -2,7 +2,7 @@
 
 Runs (each resumable; one checkpoint folder per run under --work):
 - image-sc-dmd: SC-DMD student of the image model (assets/shapes-t2i), trained for 4 and 2 NFE at once
-  -> assets/shapes-t2i-4step;
+  -> assets/shapes-t2i-2step (shipped for 2 NFE); with --nfe 4, for 4 steps alone -> assets/shapes-t2i-4step;
 - image-dmd: plain DMD on the same budget, for the SC ablation -> assets/shapes-t2i-4step-dmd;
 - video-sc-dmd: SC-DMD student of the video model (assets/shapes-t2v), 4 NFE -> assets/shapes-t2v-4step;
 - video-ar: autoregressive (chunk-causal, one token frame = 2 frames per chunk) student of the video model with
@@ -31,9 +31,9 @@ from accel.distill import checkpoint as ckpt
 from accel.evals.io import write_json
 from accel.models import load_pipeline
 
-# run -> (teacher, method, step counts, student folder)
+# run -> (teacher, method, step counts, student folder; {fewest}: the fewest steps it is trained for)
 RUNS = {
-    "image-sc-dmd": ("shapes", "sc-dmd", (4, 2), "assets/shapes-t2i-4step"),
+    "image-sc-dmd": ("shapes", "sc-dmd", (4, 2), "assets/shapes-t2i-{fewest}step"),
     "image-dmd": ("shapes", "dmd", (4, 2), "assets/shapes-t2i-4step-dmd"),
     "video-sc-dmd": ("shapes-video", "sc-dmd", (4,), "assets/shapes-t2v-4step"),
     "video-ar": ("shapes-video", "sc-dmd", (4, 2), "assets/shapes-t2v-4step-ar"),
@@ -93,9 +93,9 @@ def main(argv=None) -> None:
     args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     teacher, _, _, default_out = RUNS[args.run]
-    teacher = args.teacher or teacher
-    work, out = Path(args.work) / args.run, Path(args.out or default_out)
-    d = Distiller(load_pipeline(teacher), config_for(args), checkpoint_dir=work, teacher_name=teacher)
+    teacher, config = args.teacher or teacher, config_for(args)
+    work, out = Path(args.work) / args.run, Path(args.out or default_out.format(fewest=min(config.nfe)))
+    d = Distiller(load_pipeline(teacher), config, checkpoint_dir=work, teacher_name=teacher)
     if (found := ckpt.latest(work)) is not None:
         d.load_checkpoint(found)
         print(f"resumed {args.run} at step {d.step}/{d.total_steps}", flush=True)
