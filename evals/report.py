@@ -163,10 +163,13 @@ def _with_paired(head: list[str], cells: list[list[str]], paired: list, referenc
 
 def _fewstep_method(row: dict) -> tuple:
     """What a fewstep row measured, to pool it across prompt sets: the teacher or Euler steps by label, a student by
-    its folder (`student`; rows from before it was recorded: the folder the command's --students gave it) and NFE."""
+    its weights' fingerprint (`student_fingerprint`; rows from before it was recorded: by its folder, `student`, or
+    the folder the command's --students gave it) and NFE. Rows with and without a fingerprint never pool."""
     if row.get("method") in ("teacher", "euler"):
         return (row["label"],)
     name, _, nfe = row["label"].rpartition(":nfe=")
+    if row.get("student_fingerprint"):
+        return ("weights", row["student_fingerprint"], nfe)
     folder = row.get("student")
     if folder is None:
         given = re.search(r"--students[ =](\S+)", row.get("command", ""))

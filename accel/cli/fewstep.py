@@ -45,6 +45,7 @@ def bench_fewstep_cmd(
 ):
     """Checker accuracy, PSNR / SSIM against the teacher's samples, NFE and wall time of few-step students, the
     teacher at its full steps and at fewer Euler steps; students also report their semigroup defect."""
+    from accel.distill.roles import fingerprint
     from accel.evals.fewstep import bench_fewstep, plot_fewstep
     from accel.models import builtin_students
 
@@ -74,7 +75,10 @@ def bench_fewstep_cmd(
             task = progress.add_task("methods", total=None)
             rows = bench_fewstep(teacher, loaded, prompts=prompts, seed=seed, steps=steps, euler_steps=euler,
                                  repeats=repeats, progress=lambda row: progress.advance(task))
-        rows = [r | {"student": paths[r["label"].rsplit(":nfe=", 1)[0]]} if r["method"] not in ("teacher", "euler")
+        # the folder, and what was in it: a folder's weights can change between commits (a re-shipped student)
+        weights = {label: fingerprint(pipe.transformer) for label, pipe in loaded.items()}
+        rows = [r | {"student": paths[label], "student_fingerprint": weights[label]}
+                if (label := r["label"].rsplit(":nfe=", 1)[0]) in paths and r["method"] not in ("teacher", "euler")
                 else r for r in rows]
         rows = record_rows(rows, state, json_out, plot, plot_fewstep)
     table = Table(title=f"fewstep: {prompts} prompts, seed {seed}, teacher {steps} steps")

@@ -81,6 +81,7 @@ def test_cli_writes_rows_and_rejects_bad_input(folders, tmp_path):
     assert [row["label"] for row in rows] == ["teacher", "euler:steps=1", "student:nfe=2", "student:nfe=4"]
     assert all("git_sha" in row and "command" in row for row in rows)
     assert [row.get("student") for row in rows] == [None, None, str(folders / "student"), str(folders / "student")]
+    assert rows[2]["student_fingerprint"] == rows[3]["student_fingerprint"] and "student_fingerprint" not in rows[0]
     r = runner.invoke(app, args[:-2] + ["--euler-steps", "two"])
     assert r.exit_code == 2 and "comma-separated integers" in r.output
     r = runner.invoke(app, args[:4] + ["--students", str(folders / "teacher")])

@@ -74,6 +74,13 @@ def test_fewstep_tables_of_several_prompt_sets_pool_each_student_over_them():
     old = fewstep_table([run(1, [1, 0], [0, 0], None, "accel bench fewstep --students runs/a/s,x"),
                          run(2, [1, 1], [1, 0], None, "accel bench fewstep --students runs/b/s")])
     assert "**s:nfe=4**" not in "\n".join(old)
+    # rows that record the weights' fingerprint pool by it: one folder re-shipped with other weights does not pool,
+    # the same weights in two folders do
+    a, b = run(1, [1, 0], [0, 0], "assets/s"), run(2, [1, 1], [1, 0], "assets/s")
+    a[1]["student_fingerprint"], b[1]["student_fingerprint"] = "f1", "f2"
+    assert "**s:nfe=4**" not in "\n".join(fewstep_table([a, b]))
+    b[1] |= {"student_fingerprint": "f1", "student": "runs/x"}
+    assert "| 1+2 | **s:nfe=4** |" in "\n".join(fewstep_table([a, b]))
 
 
 def test_plots_written_next_to_the_report_and_nothing_overwritten(tmp_path):
