@@ -77,9 +77,10 @@ def bench_fewstep_cmd(
                                  repeats=repeats, progress=lambda row: progress.advance(task))
         # the folder, and what was in it: a folder's weights can change between commits (a re-shipped student)
         weights = {label: fingerprint(pipe.transformer) for label, pipe in loaded.items()}
-        rows = [r | {"student": paths[label], "student_fingerprint": weights[label]}
-                if (label := r["label"].rsplit(":nfe=", 1)[0]) in paths and r["method"] not in ("teacher", "euler")
-                else r for r in rows]
+        for r in rows:
+            if r["method"] not in ("teacher", "euler"):
+                label = r["label"].rsplit(":nfe=", 1)[0]
+                r.update(student=paths[label], student_fingerprint=weights[label])
         rows = record_rows(rows, state, json_out, plot, plot_fewstep)
     table = Table(title=f"fewstep: {prompts} prompts, seed {seed}, teacher {steps} steps")
     for col in ("method", "nfe", "accuracy", "psnr", "ssim", "runtime", "defect"):
