@@ -691,8 +691,8 @@ def families_table() -> Table:
 
 
 # Commands defined in their own modules register on `app` / `bench_app` when imported (after those exist).
-from accel.cli import dllm as _dllm  # noqa: E402,F401
 from accel.cli import distill as _distill  # noqa: E402,F401
+from accel.cli import dllm as _dllm  # noqa: E402,F401
 from accel.cli import evals as _evals  # noqa: E402,F401
 from accel.cli import fewstep as _fewstep  # noqa: E402,F401
 from accel.cli import lmeval as _lmeval  # noqa: E402,F401
