@@ -78,11 +78,12 @@ def scheduler_shift(adapter: Denoiser, call: dict) -> float:
 
 
 def fingerprint(module: torch.nn.Module, legacy: bool = False) -> str:
-    """A short hash of a teacher transformer: its class, config, parameter shapes and a sample of its values
-    (enough to tell two teachers apart without hashing billions of weights). diffusers' private config entries
-    (_diffusers_version, _name_or_path, _use_default_values: a set, ordered differently in every process) are
-    left out, so the same teacher has the same fingerprint in every process and after an upgrade. legacy: the
-    fingerprint accel wrote before (private entries included), so that older checkpoints still resume."""
+    """A short hash of a transformer (a teacher; in `accel bench fewstep` rows, a student): its class, config,
+    parameter shapes and a sample of its values (enough to tell two apart without hashing billions of weights).
+    diffusers' private config entries (_diffusers_version, _name_or_path, _use_default_values: a set, ordered
+    differently in every process) are left out, so the same model has the same fingerprint in every process and
+    after an upgrade. legacy: the fingerprint accel wrote before (private entries included), so that older
+    checkpoints still resume."""
     h = hashlib.sha256(type(module).__name__.encode())
     config = getattr(module, "config", None)
     if config is not None:
