@@ -43,7 +43,7 @@ from accel.core.grid import TimeGrid
 from accel.schedulers.flow import euler_update
 
 INTERPOLANTS = ("linear", "vp")
-DIFFUSIONS = ("square", "linear", "constant", "sigma", "zero")
+DIFFUSIONS = ("square", "linear", "constant", "sigma", "zero", "renoise")
 GRIDS = ("pipeline", "rbf")
 
 
@@ -169,6 +169,8 @@ class SDEConfig:
         "linear" (no conversion).
     diffusion: g(r) = norm * r^2 ("square", RBF's code default with norm 3: strong noise early, almost none late),
         norm * r ("linear"), norm ("constant"), norm * sigma_r ("sigma"), or 0 ("zero": the probability-flow ODE).
+        "renoise" is no SDE but the few-step students' rule: x_next = alpha(r_next) x0_hat + sigma(r_next) z with
+        fresh noise z (accel.schedulers.fewstep), the way a distilled student was trained to be sampled.
     diffusion_norm: the norm above (>= 0).
     grid: "pipeline" (the pipeline's own sigma schedule, SNR-matched into r: the sample is fully integrated) or
         "rbf" (RBF's warped grid r_k = sqrt(1 - (k / num_steps)^2) for k < num_steps, then 0: the last step is a
@@ -196,9 +198,15 @@ class SDEConfig:
         """The deterministic flow ODE (Euler on the pipeline's grid): what plain sampling does."""
         return cls(interpolant="linear", diffusion="zero", diffusion_norm=0.0)
 
+    @classmethod
+    def renoise(cls) -> SDEConfig:
+        """The few-step students' rule on the linear interpolant: each step re-noises the x0 prediction to the next
+        grid point with fresh noise (accel.schedulers.fewstep.fewstep_update with rule "renoise", bit for bit)."""
+        return cls(interpolant="linear", diffusion="renoise")
+
     @property
     def deterministic(self) -> bool:
-        return self.diffusion == "zero" or self.diffusion_norm == 0
+        return self.diffusion == "zero" or (self.diffusion != "renoise" and self.diffusion_norm == 0)
 
 
 def diffusion_coefficient(config: SDEConfig, interpolant: Interpolant, r: torch.Tensor) -> torch.Tensor:
@@ -302,6 +310,12 @@ def sde_step(x: torch.Tensor, pred: FlowPrediction, r: torch.Tensor, r_next: tor
     """
     if float(r_next) == 0.0:
         return pred.x0
+    if config.diffusion == "renoise":
+        if noise is None:
+            raise ValueError("a re-noising step needs noise")
+        a, s = interpolant.alpha(_f64(r_next)), interpolant.sigma(_f64(r_next))
+        xf = pred.x0.float() if pred.x0.dtype != torch.float64 else pred.x0
+        return (_bcast(a, xf) * xf + _bcast(s, xf) * noise.to(xf.dtype)).to(pred.v.dtype)
     g = diffusion_coefficient(config, interpolant, r)
     if float(g.abs().max()) == 0.0:
         # g = 0: exactly the flow Euler step (same float32 arithmetic as accel.schedulers.flow).

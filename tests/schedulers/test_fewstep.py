@@ -134,3 +134,15 @@ def test_search_runs_on_the_students_grid(pipe):
             student(**kw, guidance_scale=3.0, search="bon", reward="shapes", nfe=8)
     finally:
         del pipe.accel_student
+
+
+def test_search_can_draw_with_the_students_renoise_rule(student):
+    # "bon:diffusion=renoise" moves particles by the student's own rule (SDEConfig.renoise): with one particle it
+    # draws the same start noise and then the same per-step noise as the plain call, so it is the student's sample.
+    kw = dict(prompt="a photo of a red circle", sampler="fewstep", num_inference_steps=4, output_type="np")
+    plain = student(**kw, generator=torch.Generator().manual_seed(5)).images
+    one = student(**kw, search="bon:diffusion=renoise", reward="shapes", nfe=4,
+                  generator=torch.Generator().manual_seed(5)).images
+    assert student.stats.nfe == 4 and abs(one - plain).max() < 1e-5
+    euler = student(**kw, search="bon", reward="shapes", nfe=4, generator=torch.Generator().manual_seed(5)).images
+    assert abs(euler - plain).max() > 1e-3  # the ODE particle is another sample

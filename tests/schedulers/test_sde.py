@@ -38,6 +38,26 @@ def test_zero_diffusion_is_the_euler_ode(shapes, gen):
 
 
 @torch.no_grad()
+def test_renoise_is_the_few_step_students_rule(shapes, gen):
+    # SDEConfig.renoise(): the step re-noises the x0 prediction to r_next with the given noise, as a distilled
+    # student samples (accel.schedulers.fewstep.fewstep_update); into r = 0 it returns x0. Not deterministic.
+    from accel.schedulers.fewstep import fewstep_update
+
+    d, cond = shapes
+    config = SDEConfig.renoise()
+    assert not config.deterministic and not SDEConfig(diffusion="renoise", diffusion_norm=0.0).deterministic
+    x, eps = torch.randn(2, 3, 32, 32, generator=gen), torch.randn(2, 3, 32, 32, generator=gen)
+    r, r_next = torch.tensor(0.9375), torch.tensor(0.8333)
+    pred = predict(d, x, r, cond, LinearInterpolant())
+    step = sde_step(x, pred, r, r_next, config, LinearInterpolant(), eps)
+    assert torch.allclose(step, fewstep_update(x, pred.v, r, r_next, "renoise", eps=eps), atol=1e-6)
+    assert torch.allclose(step, (1 - r_next) * pred.x0 + r_next * eps, atol=1e-6)
+    assert torch.equal(sde_step(x, pred, r, torch.tensor(0.0), config, LinearInterpolant(), None), pred.x0)
+    with pytest.raises(ValueError, match="needs noise"):
+        sde_step(x, pred, r, r_next, config, LinearInterpolant(), None)
+
+
+@torch.no_grad()
 def test_vp_prediction_matches_linear_at_matched_noise(shapes, gen):
     d, cond = shapes
     vp, lin = VPInterpolant(), LinearInterpolant()
@@ -106,7 +126,7 @@ def test_grids():
 def test_config_validation():
     with pytest.raises(ValueError, match="allowed: linear, vp"):
         SDEConfig(interpolant="cosine")
-    with pytest.raises(ValueError, match="allowed: square, linear, constant, sigma, zero"):
+    with pytest.raises(ValueError, match="allowed: square, linear, constant, sigma, zero, renoise"):
         SDEConfig(diffusion="tan")
     with pytest.raises(ValueError, match="diffusion_norm"):
         SDEConfig(diffusion_norm=-1.0)
