@@ -105,3 +105,26 @@ def test_shipped_students_load_by_name_and_draw_single_objects_and_pairs():
                                           generator=torch.Generator().manual_seed(0))
         assert np.mean(correct) >= floor, (name, steps, correct)
         assert nfe == len(correct) * steps  # one forward a step, no CFG
+
+
+def test_shipped_video_student_draws_the_prompted_colours_in_4_calls():
+    """shapes-video-4step (assets/shapes-t2v-4step, SC-DMD of shapes-video for 4 steps) samples a clip in 4 model
+    calls without CFG. On these six one-object prompts it put the prompted colour in every frame and passed the
+    video checker on three clips when shipped (held-out accuracy: docs/fewstep.md); a broken student scores ~0."""
+    from accel.models import builtin_students
+    from accel.shapes.checker import detect
+    from accel.shapes.video import check_video, video_prompt_set
+
+    assert builtin_students("shapes-video") == ["shapes-video-4step"]
+    pipe = accelerate_pipeline(load_pipeline("shapes-video-4step"))
+    metas = [m for m in video_prompt_set(12, 3) if m["tag"] == "one"]
+    out = pipe([m["prompt"] for m in metas], sampler="fewstep", num_inference_steps=4, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (len(metas), 8, 32, 32, 3) and out.stats.nfe == 4 * len(metas)
+    hits = [any(d.color == m["objects"][0]["color"] for d in detect((f * 255).round().astype(np.uint8)))
+            for clip, m in zip(out.frames, metas) for f in clip]
+    assert np.mean(hits) >= 0.8
+    checks = [check_video((clip * 255).round().astype(np.uint8), m) for clip, m in zip(out.frames, metas)]
+    assert sum(c.correct for c in checks) >= 1 and np.mean([c.frame_accuracy for c in checks]) >= 0.6
+    with pytest.raises(ValueError, match="trained for"):
+        pipe(metas[0]["prompt"], sampler="fewstep", num_inference_steps=2)
