@@ -273,6 +273,7 @@ class AcceleratedPipeline:
     def _run_search(self, call: dict[str, Any], strategy, reward, nfe: int | None, distributed, sampler=None):
         from accel.rewards import get_reward
         from accel.search import search
+        from accel.search.registry import for_student
 
         if strategy is None or reward is None or nfe is None:
             raise ValueError("search needs all of search=<strategy>, reward=<name or Reward> and nfe=<budget>")
@@ -298,7 +299,8 @@ class AcceleratedPipeline:
                 self._check_student_cond(prepared, student[0])
             callback = None if self.search_callback is None else (
                 lambda row, i=i: self.search_callback(row | {"prompt_index": i, "prompts": len(prompts)}))
-            result = search(self.adapter, prepared, p, reward, strategy, nfe, generator, distributed=distributed,
+            plan = strategy if student is None else for_student(strategy, student[0].rule)
+            result = search(self.adapter, prepared, p, reward, plan, nfe, generator, distributed=distributed,
                             callback=callback)
             samples.append(result.best)
             traces.append(result.trace)

@@ -25,7 +25,7 @@ import torch
 from accel.core.reward import Reward
 from accel.rewards.base import to_uint8
 from accel.rewards.shapes import ShapesReward
-from accel.search.registry import SearchConfig, get_config, search
+from accel.search.registry import SearchConfig, for_student, get_config, search
 from accel.shapes import TAGS, check, prompt_set
 
 
@@ -142,8 +142,12 @@ def bench_search(pipe, prompts: int | list[dict] = 24, seed: int = 0,
         per_prompt (each prompt's tag, correct / strict / oracle, NFE; for RAISE its rounds, stop reason and the
         round and kind of the returned candidate).
     """
+    from accel.schedulers.fewstep import find_student
+
     metas = prompt_set(prompts, seed) if isinstance(prompts, int) else list(prompts)
-    configs = [get_config(s) for s in strategies]
+    student = find_student(pipe)
+    # On a student, a plain ODE shortcut ("bon") draws the student's own samples (accel.search.registry.for_student).
+    configs = [get_config(s if student is None else for_student(s, student.rule)) for s in strategies]
     labels = [s if isinstance(s, str) else c.name for s, c in zip(strategies, configs)]
     if not budgets or min(budgets) < 1:
         raise ValueError(f"budgets are multiples of one sample's NFE and must be >= 1, got {budgets}")

@@ -57,6 +57,25 @@ def get_config(strategy: str | SearchConfig) -> SearchConfig:
                      f"or one of {', '.join(c.__name__ for c in classes.values())}")
 
 
+def for_student(strategy: str | SearchConfig, rule: str) -> str | SearchConfig:
+    """The strategy as it runs on a distilled student whose update rule is `rule` (accel.schedulers.fewstep).
+
+    A shortcut without sampler options whose sampler is the flow ODE (best-of-N, search over paths) draws each
+    sample the way the student samples: with rule "renoise", SDEConfig.renoise() (x0 re-noised with fresh noise at
+    each grid point), so best-of-N picks among the student's own samples. Anything else runs as given: a typed
+    config, a shortcut with sampler options ("bon:diffusion=zero" keeps the ODE), an SDE strategy, an Euler-rule
+    student.
+    """
+    if rule != "renoise" or not isinstance(strategy, str):
+        return strategy
+    config = get_config(strategy)
+    sampler_fields = {f.name for f in fields(SDEConfig)}
+    options = [item.partition("=")[0] for item in strategy.split(":")[1:]]
+    if not hasattr(config, "sampler") or not config.sampler.deterministic or sampler_fields & set(options):
+        return strategy
+    return replace(config, sampler=replace(SDEConfig.renoise(), interpolant=config.sampler.interpolant))
+
+
 def _parse_value(text: str):
     if text in ("true", "True", "false", "False"):
         return text in ("true", "True")

@@ -105,6 +105,10 @@ def test_search_bench_on_a_student_counts_its_nfe(folders):
     student = load_pipeline(str(folders / "student"))
     rows = bench_search(student, prompts=2, seed=0, strategies=("bon",), budgets=(1, 3))
     assert [r["plain_nfe"] for r in rows] == [4, 4] and [r["nfe"] for r in rows] == [4.0, 12.0]
+    # "bon" draws the re-noising student's own samples; "bon:diffusion=zero" keeps the flow ODE.
+    assert "diffusion='renoise'" in rows[0]["config"]
+    rows = bench_search(student, prompts=1, seed=0, strategies=("bon:diffusion=zero",), budgets=(1,))
+    assert "diffusion='zero'" in rows[0]["config"] and rows[0]["strategy"] == "bon:diffusion=zero"
     rows = bench_search(student, prompts=2, seed=0, strategies=("bon",), budgets=(1,), steps=2)
     assert rows[0]["nfe"] == 2.0
 

@@ -136,13 +136,26 @@ def test_search_runs_on_the_students_grid(pipe):
         del pipe.accel_student
 
 
-def test_search_can_draw_with_the_students_renoise_rule(student):
-    # "bon:diffusion=renoise" moves particles by the student's own rule (SDEConfig.renoise): with one particle it
-    # draws the same start noise and then the same per-step noise as the plain call, so it is the student's sample.
+def test_search_draws_with_the_students_renoise_rule(pipe, student):
+    # On a re-noising student, "bon" moves its particles by the student's own rule (SDEConfig.renoise, through
+    # accel.search.registry.for_student): one particle draws the same start noise and then the same per-step noise
+    # as the plain call, so it is the student's own sample. "bon:diffusion=zero" keeps the flow ODE: its particle
+    # is the student's Euler-rule sample.
+    from dataclasses import replace
+
+    from accel.search.registry import for_student
+
     kw = dict(prompt="a photo of a red circle", sampler="fewstep", num_inference_steps=4, output_type="np")
     plain = student(**kw, generator=torch.Generator().manual_seed(5)).images
-    one = student(**kw, search="bon:diffusion=renoise", reward="shapes", nfe=4,
+    for strategy in ("bon", "bon:diffusion=renoise"):
+        one = student(**kw, search=strategy, reward="shapes", nfe=4, generator=torch.Generator().manual_seed(5))
+        assert student.stats.nfe == 4 and abs(one.images - plain).max() < 1e-5, strategy
+    ode = student(**kw, search="bon:diffusion=zero", reward="shapes", nfe=4,
                   generator=torch.Generator().manual_seed(5)).images
-    assert student.stats.nfe == 4 and abs(one - plain).max() < 1e-5
-    euler = student(**kw, search="bon", reward="shapes", nfe=4, generator=torch.Generator().manual_seed(5)).images
-    assert abs(euler - plain).max() > 1e-3  # the ODE particle is another sample
+    pipe.accel_student = replace(SPEC, rule="euler")
+    euler = accelerate_pipeline(pipe)(**kw, generator=torch.Generator().manual_seed(5)).images
+    pipe.accel_student = SPEC
+    assert abs(ode - euler).max() < 1e-5 and abs(ode - plain).max() > 1e-3
+    # What stays as given: an SDE strategy, a typed config, an Euler-rule student.
+    assert for_student("smc", "renoise") == "smc" and for_student("bon", "euler") == "bon"
+    assert for_student("bon", "renoise").sampler.diffusion == "renoise"
