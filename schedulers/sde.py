@@ -201,7 +201,7 @@ class SDEConfig:
     @classmethod
     def renoise(cls) -> SDEConfig:
         """The few-step students' rule on the linear interpolant: each step re-noises the x0 prediction to the next
-        grid point with fresh noise (accel.schedulers.fewstep.fewstep_update with rule "renoise", bit for bit)."""
+        grid point with fresh noise (accel.schedulers.fewstep.fewstep_update with rule "renoise", to float rounding)."""
         return cls(interpolant="linear", diffusion="renoise")
 
     @property

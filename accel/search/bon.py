@@ -17,7 +17,8 @@ from accel.search.base import SearchContext, SearchResult, check_sampler
 
 @dataclass(frozen=True)
 class BestOfNConfig:
-    """sampler: the flow ODE by default (the noise is the only randomness; as plain sampling)."""
+    """sampler: the flow ODE by default (the noise is the only randomness; as plain sampling). On a re-noising
+    distilled student the shortcut "bon" draws with the student's rule instead (accel.search.registry.for_student)."""
 
     name: ClassVar[str] = "bon"
     sampler: SDEConfig = SDEConfig.ode()

@@ -157,5 +157,9 @@ def test_search_draws_with_the_students_renoise_rule(pipe, student):
     pipe.accel_student = SPEC
     assert abs(ode - euler).max() < 1e-5 and abs(ode - plain).max() > 1e-3
     # What stays as given: an SDE strategy, a typed config, an Euler-rule student.
+    from accel.search.bon import BestOfNConfig
+
+    config = BestOfNConfig()
     assert for_student("smc", "renoise") == "smc" and for_student("bon", "euler") == "bon"
+    assert for_student(config, "renoise") is config
     assert for_student("bon", "renoise").sampler.diffusion == "renoise"
