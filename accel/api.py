@@ -290,6 +290,7 @@ class AcceleratedPipeline:
             raise ValueError("search needs prompt= (a string or a list of strings)")
         student = self._student_call(call) if self.config.sampler == "fewstep" or sampler == "fewstep" else None
         self.adapter.check_supported(call)
+        plan = strategy if student is None else for_student(strategy, student[0].rule)
         samples, traces = [], []
         for i, p in enumerate(prompts):
             # The strategy draws every particle's noise from `generator`; prepare's own draw is not used.
@@ -299,7 +300,6 @@ class AcceleratedPipeline:
                 self._check_student_cond(prepared, student[0])
             callback = None if self.search_callback is None else (
                 lambda row, i=i: self.search_callback(row | {"prompt_index": i, "prompts": len(prompts)}))
-            plan = strategy if student is None else for_student(strategy, student[0].rule)
             result = search(self.adapter, prepared, p, reward, plan, nfe, generator, distributed=distributed,
                             callback=callback)
             samples.append(result.best)

@@ -32,6 +32,9 @@ STRATEGIES: dict[str, tuple[type, Callable[[SearchContext, SearchConfig], Search
     "beam": (BeamConfig, run_beam),
 }
 
+# Shortcut options that set the strategy's SDEConfig sampler rather than the strategy's own config.
+SAMPLER_OPTIONS = frozenset(f.name for f in fields(SDEConfig))
+
 # Refiners rewrite the prompt between rounds, so they need the pipeline call, an agent and maybe an editor: they run
 # through accel.search.raise_.refine (pipe(..., refine=...)), not search(). Their shortcuts parse like the strategies'.
 REFINERS: dict[str, type] = {"raise": RAISEConfig}
@@ -69,9 +72,8 @@ def for_student(strategy: str | SearchConfig, rule: str) -> str | SearchConfig:
     if rule != "renoise" or not isinstance(strategy, str):
         return strategy
     config = get_config(strategy)
-    sampler_fields = {f.name for f in fields(SDEConfig)}
-    options = [item.partition("=")[0] for item in strategy.split(":")[1:]]
-    if not hasattr(config, "sampler") or not config.sampler.deterministic or sampler_fields & set(options):
+    options = {item.partition("=")[0] for item in strategy.split(":")[1:]}
+    if not hasattr(config, "sampler") or not config.sampler.deterministic or SAMPLER_OPTIONS & options:
         return strategy
     return replace(config, sampler=replace(SDEConfig.renoise(), interpolant=config.sampler.interpolant))
 
@@ -92,7 +94,6 @@ def _parse_value(text: str):
 def _override(config: SearchConfig, overrides: list[str]) -> SearchConfig:
     """config with "key=value" overrides applied (config fields first, then its sampler's)."""
     own = {f.name for f in fields(config)} - {"sampler"}
-    sampler_fields = {f.name for f in fields(SDEConfig)}
     changes, sampler_changes = {}, {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -100,11 +101,11 @@ def _override(config: SearchConfig, overrides: list[str]) -> SearchConfig:
             raise ValueError(f"search option {item!r} must look like key=value (e.g. {config.name}:chains=8)")
         if key in own:
             changes[key] = _parse_value(value)
-        elif key in sampler_fields:
+        elif key in SAMPLER_OPTIONS:
             sampler_changes[key] = _parse_value(value)
         else:
             raise ValueError(f"unknown option {key!r} for {config.name}; allowed: "
-                             f"{', '.join(sorted(own | sampler_fields))}")
+                             f"{', '.join(sorted(own | SAMPLER_OPTIONS))}")
     if sampler_changes:
         changes["sampler"] = replace(config.sampler, **sampler_changes)
     return replace(config, **changes)
