@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from accel.core.flow import interpolate
 from accel.distill.grids import sc_times, to_sigma
-from accel.distill.losses import sc_endpoints, sc_loss
+from accel.distill.losses import ode_loss, sc_endpoints, sc_loss
 from accel.distill.rollout import noise_like
 from accel.schedulers.fewstep import TIMESTEPS, fewstep_update
 
@@ -117,6 +117,27 @@ def reference_rollout(model, x: torch.Tensor, cond, student_t: tuple[int, ...], 
             model.forward_chunk(x0, torch.zeros(()), cache, k, commit=True)
         outs.append(x0)
     return torch.cat(outs, dim=2)
+
+
+def ode_regression(model, states: list[torch.Tensor], sigmas, cond, x0_teacher: torch.Tensor) -> torch.Tensor:
+    """Causal ODE-pair loss (teacher forcing): every trajectory state is denoised a chunk at a time against a
+    cache of the trajectory's clean earlier chunks, committed with gradient so the student also learns the K/V it
+    writes; MSE of its x0 against x0_teacher over all states and chunks. sigmas: one per state, each a number or
+    one per sample (B,). The states ride in one batch of len(states) * B clips."""
+    k, b = len(states), states[0].shape[0]
+    x = torch.cat(states)
+    sigma = torch.cat([torch.as_tensor(s, dtype=torch.float32).expand(b) for s in sigmas]).to(x.device)
+    target = x0_teacher.repeat(k, *([1] * (x0_teacher.ndim - 1)))
+    mask = cond.data["mask"]
+    cache = model.begin(cond.data["embeds"].repeat(k, 1, 1), None if mask is None else mask.repeat(k, 1), x)
+    n = model.num_chunks(x)
+    velocities = []
+    for c in range(n):
+        part = model.chunk_slice(c)
+        velocities.append(model.forward_chunk(x[:, :, part], sigma, cache, c))
+        if c < n - 1:
+            model.forward_chunk(target[:, :, part], torch.zeros((), device=x.device), cache, c, commit=True)
+    return ode_loss(x, torch.cat(velocities, dim=2), sigma, target)
 
 
 def frame_gram(features: torch.Tensor, frames: int) -> torch.Tensor:

@@ -96,6 +96,8 @@ class DistillConfig:
     lr_generator, lr_critic, betas, weight_decay, max_grad_norm: AdamW (betas (0, 0.999) as the papers) and
         gradient clipping; ema_decay / ema_start: EMA of the generator, a copy of it before ema_start.
     ode_substeps: teacher Euler steps per training-grid interval for the ODE-pair targets.
+    ode_pairs: 0: a fresh teacher trajectory per ODE iteration, every grid point regressed; N: Self Forcing's
+        offline form, N trajectories drawn once and reused, one drawn point per sample per iteration.
     lora_rank: train LoRA adapters of this rank on the attention projections (peft) instead of every weight.
     dmd_t_min / dmd_t_max: the clamp of the warped DMD timestep (Self Forcing's 0.02 / 0.98).
     call_args: extra pipeline call arguments for every role (height, width, num_frames, ...).
@@ -125,6 +127,7 @@ class DistillConfig:
     ema_start: int = 200
     ode_init_steps: int = 0
     ode_substeps: int = 4
+    ode_pairs: int = 0
     lora_rank: int | None = None
     dmd_t_min: float = 0.02
     dmd_t_max: float = 0.98
@@ -139,7 +142,7 @@ class DistillConfig:
         check_choice("rule", self.rule, FEWSTEP_RULES)
         for name in ("steps", "batch_size", "critic_per_generator", "ode_substeps", "checkpoint_every"):
             _positive(name, getattr(self, name), integer=True)
-        for name in ("ode_init_steps", "ema_start", "seed"):
+        for name in ("ode_init_steps", "ode_pairs", "ema_start", "seed"):
             _positive(name, getattr(self, name), integer=True, zero=True)
         for name in ("lr_generator", "lr_critic", "max_grad_norm"):
             _positive(name, getattr(self, name))
@@ -163,9 +166,6 @@ class DistillConfig:
         if self.ar is not None:
             if not isinstance(self.ar, ARConfig):
                 raise ValueError(f"ar must be an ARConfig or None, got {type(self.ar).__name__}")
-            if self.ode_init_steps:
-                raise ValueError("ode_init_steps is not supported with an autoregressive student (ar): Salt starts "
-                                 "from a causal ODE-init checkpoint, which accel does not train yet")
             if self.method == "sc-dmd" and 8 not in self.ar.mixed_steps:
                 raise ValueError("sc-dmd with ar needs 8-step rollouts in ar.mixed_steps (SC runs only on those)")
         if not isinstance(self.call_args, dict) or set(self.call_args) & RESERVED_CALL_ARGS:

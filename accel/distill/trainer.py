@@ -95,6 +95,7 @@ class Distiller:
         # so the caller's global state is neither used nor changed.
         self.torch_rng = torch.Generator().manual_seed(c.seed + 1_000_003 * rank + 1).get_state()
         self.step, self.seconds, self.log, self.saved_step = 0, 0.0, [], None
+        self._ode_set = None  # config.ode_pairs' trajectories, built on the first ODE iteration
 
     def _module(self, role: str) -> torch.nn.Module:
         return getattr(self.roles, role).pipe.transformer
@@ -207,26 +208,68 @@ class Distiller:
         finally:
             self.generator, self.prompt_rng, self.choices = saved
 
-    def _ode_step(self) -> float:
-        """ODE-pair regression: the student's x0 at every training-grid point of the teacher's CFG trajectory (from
-        the same noise, ode_substeps Euler steps per interval) against the trajectory's end, averaged over the
-        points. Self Forcing regresses one drawn point per trajectory; every point is the same objective in
-        expectation at a fraction of the teacher calls per regressed pair (the trajectory costs far more than a
-        student forward)."""
+    def _ode_trajectory(self, prompts: list[str], x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The teacher's CFG trajectory from noise x (ode_substeps Euler steps per training-grid interval): its
+        states at the training-grid points and its end."""
         from accel.schedulers.flow import euler_step, sample
 
-        c = self.config
-        prompts, x, cond = self._batch()
-        m = c.ode_substeps
+        m = self.config.ode_substeps
         knots = torch.cat([self.sigmas, torch.zeros(1)])
         fine = torch.cat([torch.linspace(float(a), float(b), m + 1)[:-1] for a, b in zip(knots[:-1], knots[1:])])
         states = [x]
         with torch.no_grad():
-            x0_teacher = sample(self.roles.teacher, x, TimeGrid(torch.cat([fine, torch.zeros(1)])),
-                                self._teacher_cond(prompts, x), euler_step,
-                                lambda i, xi: states.append(xi) if (i + 1) % m == 0 else None)
-        loss = torch.stack([ode_loss(x_i, self.roles.student.velocity(x_i, sigma, cond), sigma, x0_teacher)
-                            for x_i, sigma in zip(states, self.sigmas)]).mean()
+            end = sample(self.roles.teacher, x, TimeGrid(torch.cat([fine, torch.zeros(1)])),
+                         self._teacher_cond(prompts, x), euler_step,
+                         lambda i, xi: states.append(xi) if (i + 1) % m == 0 else None)
+        return states[:len(self.sigmas)], end
+
+    def _ode_pair_set(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """config.ode_pairs teacher trajectories drawn once from their own seeded streams (so a resumed run
+        rebuilds the same set): prompts, states (N, grid points, ...) and ends (N, ...)."""
+        c = self.config
+        generator = torch.Generator().manual_seed(c.seed + 7919)
+        rng = np.random.default_rng([c.seed, 7919])
+        prompts, states, ends = [], [], []
+        for start in range(0, c.ode_pairs, c.batch_size):
+            batch = self.prompts.sample(rng, min(c.batch_size, c.ode_pairs - start))
+            with torch.no_grad():
+                x = self.roles.student.prepare(prompt=batch, generator=generator, num_inference_steps=1,
+                                               **self.roles.student_call, **c.call_args).x
+            points, end = self._ode_trajectory(batch, x)
+            prompts += batch
+            states.append(torch.stack(points, 1))
+            ends.append(end)
+        return prompts, torch.cat(states), torch.cat(ends)
+
+    def _ode_step(self) -> float:
+        """ODE-pair regression (Self Forcing's init): the student's x0 at points of the teacher's CFG trajectory
+        against the trajectory's end. With ode_pairs = 0, a fresh trajectory per iteration and every training-grid
+        point regressed (Self Forcing draws one; every point is the same objective in expectation at a fraction of
+        the teacher calls per pair). With ode_pairs = N, Self Forcing's offline form: N trajectories drawn once,
+        each iteration regressing one drawn point of batch_size drawn trajectories (a CPU run affords many more
+        updates). An autoregressive student regresses chunk by chunk against a cache of the trajectory's clean
+        earlier chunks (teacher forcing, accel.distill.causal.ode_regression)."""
+        c = self.config
+        if c.ode_pairs:
+            if self._ode_set is None:
+                self._ode_set = self._ode_pair_set()
+            pair_prompts, pair_states, pair_ends = self._ode_set
+            pick = torch.randint(len(pair_prompts), (c.batch_size,), generator=self.generator)
+            point = torch.randint(len(self.sigmas), (c.batch_size,), generator=self.generator)
+            prompts = [pair_prompts[i] for i in pick.tolist()]
+            states, sigmas, x0_teacher = [pair_states[pick, point]], [self.sigmas[point]], pair_ends[pick]
+            with torch.no_grad():
+                cond = self.roles.student.prepare(prompt=prompts, latents=states[0], num_inference_steps=1,
+                                                  **self.roles.student_call, **c.call_args).cond
+        else:
+            prompts, x, cond = self._batch()
+            states, x0_teacher = self._ode_trajectory(prompts, x)
+            sigmas = list(self.sigmas)
+        if c.ar is not None:
+            loss = causal.ode_regression(self.roles.student.pipe.transformer, states, sigmas, cond, x0_teacher)
+        else:
+            loss = torch.stack([ode_loss(x_i, self.roles.student.velocity(x_i, sigma, cond), sigma, x0_teacher)
+                                for x_i, sigma in zip(states, sigmas)]).mean()
         self._update("student", loss, "ODE-pair")
         self._ema_update()
         return loss.item()

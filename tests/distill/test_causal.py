@@ -7,7 +7,8 @@ import torch
 from accel.api import accelerate_pipeline
 from accel.distill import ARConfig, DistillConfig, Distiller, distill
 from accel.distill import checkpoint
-from accel.distill.causal import causal_rollout, frame_gram, reference_rollout, relation_loss, step_sigmas
+from accel.distill.causal import (causal_rollout, frame_gram, ode_regression, reference_rollout, relation_loss,
+                                  step_sigmas)
 from accel.models import load_pipeline
 from accel.pipelines.shapes_causal import CausalShapesVideoTransformer3DModel
 from accel.pipelines.shapes_video import build_shapes_video_pipeline
@@ -43,8 +44,6 @@ def test_ar_config_bad_input():
         ARConfig(align="sometimes")
     with pytest.raises(ValueError, match="needs 8-step rollouts"):
         DistillConfig(method="sc-dmd", ar=ARConfig(mixed_steps={4: 1.0}))
-    with pytest.raises(ValueError, match="ode_init_steps is not supported"):
-        DistillConfig(ode_init_steps=2, ar=ARConfig())
     cfg = DistillConfig(ar=ARConfig(mixed_steps={8: 0.5, 2: 0.5}))
     assert DistillConfig.from_dict(cfg.to_dict()) == cfg
 
@@ -75,6 +74,69 @@ def test_reference_on_the_students_own_list_reproduces_its_rollout(teacher):
     torch.testing.assert_close(ref, x0)
     denser = reference_rollout(model, x, cond, TIMESTEPS[4], TIMESTEPS[8], TIMESTEPS[4][2], 3.0, noises)
     assert denser.shape == x0.shape and not torch.allclose(denser, x0)
+
+
+def test_causal_ode_regression_is_teacher_forcing(teacher):
+    """Each chunk's x0 in the ODE-init loss is the block-causal model's on a clip whose earlier chunks are the
+    trajectory's clean end (at sigma 0) and whose own chunk is the state: checked against the whole-clip forward
+    with per-token sigma, chunk by chunk; and the loss reaches the weights."""
+    from accel.core.denoiser import Cond
+
+    model = CausalShapesVideoTransformer3DModel.from_bidirectional(teacher.transformer, chunk_frames=1)
+    embeds, mask = teacher.encode_with_negatives(["a red circle moving left", "a blue square"], None, 1.0, "cpu")
+    cond = Cond(batch=2, passes=1, data={"embeds": embeds, "mask": mask, "guidance": 1.0})
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 3, 4, 8, 8, generator=g)
+    states = [torch.randn(2, 3, 4, 8, 8, generator=g) for _ in range(2)]
+    sigmas = torch.tensor([0.9, 0.4])
+    loss = ode_regression(model, states, sigmas, cond, target)
+    loss.backward()
+    assert all(p.grad is not None for p in model.blocks[0].parameters())
+    per = 4  # tokens per token frame at 8x8 pixels, patch 4
+    expected = []
+    with torch.no_grad():
+        for x, s in zip(states, sigmas):
+            for k in range(4):
+                clip = torch.cat([target[:, :, :k], x[:, :, k:]], dim=2)
+                sigma = torch.zeros(2, 4 * per)
+                sigma[:, k * per:] = s
+                v = model(clip, embeds, sigma, mask).sample[:, :, k:k + 1]
+                expected.append(((x[:, :, k:k + 1] - s * v) - target[:, :, k:k + 1]).pow(2).mean())
+    torch.testing.assert_close(loss.detach(), torch.stack(expected).mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_ar_ode_init_then_dmd(teacher, tmp_path):
+    """The causal ODE init, both forms (fresh trajectories; a pair set drawn once), then DMD; a run stopped inside
+    the init resumes onto the straight run's weights (the pair set is rebuilt from its own seed)."""
+    d = Distiller(teacher, config(ode_init_steps=2, ode_substeps=1, ar={"mixed_steps": {8: 1.0}}))
+    before = {k: v.clone() for k, v in d.student_module(ema=False).state_dict().items()}
+    d.fit()
+    assert [e["phase"] for e in d.log] == ["ode", "ode", "dmd", "dmd", "dmd"]
+    assert all(e["ode"] > 0 for e in d.log[:2])
+    after = d.student_module(ema=False).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    pairs = config(method="dmd", ode_init_steps=3, ode_pairs=3, ode_substeps=1, steps=1, checkpoint_every=2,
+                   ar={"mixed_steps": {4: 1.0}})
+    straight = Distiller(teacher, pairs)
+    straight.fit()
+    assert [e["phase"] for e in straight.log] == ["ode", "ode", "ode", "dmd"]
+
+    def stop(step, total, entry):
+        if step == 3:  # checkpoints are written after the callback: the latest is step 2's
+            raise KeyboardInterrupt
+
+    first = Distiller(teacher, pairs, checkpoint_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(stop)
+    resumed = Distiller(teacher, pairs, checkpoint_dir=tmp_path)
+    resumed.load_checkpoint(checkpoint.latest(tmp_path))
+    assert resumed.step == 2
+    resumed.fit()
+    a, b = straight.student_module(ema=False).state_dict(), resumed.student_module(ema=False).state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ValueError, match="ode_pairs"):
+        DistillConfig(ode_pairs=-1)
 
 
 def test_sc_and_alignment_terms_run_and_training_resumes_exactly(teacher, tmp_path):
