@@ -166,13 +166,16 @@ def _row(label, method, n, images, teacher, nfe, seconds, teacher_seconds, metas
     if video:
         from accel.shapes.video import check_video
 
-        correct = [(m["tag"], check_video(clip, m).correct) for clip, m in zip(u8, metas)]
+        results = [check_video(clip, m) for clip, m in zip(u8, metas)]
+        correct = [(m["tag"], r.correct) for r, m in zip(results, metas)]
+        clauses = {"persistence": float(np.mean([r.persistent for r in results])),
+                   "motion": float(np.mean([r.moving for r in results]))}
         images, teacher = images.flatten(0, 1), teacher.flatten(0, 1)
     else:
         from accel.shapes import check
 
-        correct = [(m["tag"], check(img, m).correct) for img, m in zip(u8, metas)]
-    return {"method": method, "label": label, "steps": n, "nfe": nfe, "model": "video" if video else "image",
+        correct, clauses = [(m["tag"], check(img, m).correct) for img, m in zip(u8, metas)], {}
+    return clauses | {"method": method, "label": label, "steps": n, "nfe": nfe, "model": "video" if video else "image",
             "accuracy": geneval(correct), "accuracy_images": float(np.mean([c for _, c in correct])),
             "per_tag": {t: float(np.mean([c for u, c in correct if u == t]))
                         for t in dict.fromkeys(u for u, _ in correct)},

@@ -90,6 +90,16 @@ class VideoCheckResult:
     clauses: list[tuple[str, bool]] = field(default_factory=list)
     frame_accuracy: float = 0.0  # fraction of frames where every prompted object is detected
 
+    @property
+    def persistent(self) -> bool:
+        """The persistence clauses: every prompted object is found in every frame."""
+        return all(ok for name, ok in self.clauses if name.endswith(" in every frame"))
+
+    @property
+    def moving(self) -> bool:
+        """The direction clauses: every prompted object moves its prompted way."""
+        return all(ok for name, ok in self.clauses if " moves " in name)
+
 
 def _centre(box) -> tuple[float, float]:
     return ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)

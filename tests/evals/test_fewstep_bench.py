@@ -144,3 +144,5 @@ def test_video_rows_of_an_autoregressive_student(tmp_path):
     assert by["ar:nfe=2"]["semigroup_defect"] is None
     for row in rows:  # every video row gets the seam measure at the student's chunk boundaries (2 frames)
         assert row["chunk_frames"] == 2 and row["seam_ratio"] > 0 and row["model"] == "video"
+        # the checker's clauses: persistence (each object in every frame) and motion, at least as often as both
+        assert 0 <= row["accuracy_images"] <= min(row["persistence"], row["motion"]) <= 1

@@ -17,7 +17,8 @@ def test_rendered_clips_pass_and_wrong_ones_fail():
         result = check_video(clip, m, strict=True)
         assert result.correct and result.frame_accuracy == 1.0, (m["prompt"], result.clauses)
         assert not check_video(clip[::-1], m).correct  # played backwards: every object moves the other way
-        assert not check_video(np.repeat(clip[:1], FRAMES, 0), m).correct  # frozen
+        frozen = check_video(np.repeat(clip[:1], FRAMES, 0), m)
+        assert not frozen.correct and frozen.persistent and not frozen.moving
     m = {"objects": [{"class": "circle", "color": "red", "direction": "left"}]}
     clip = render_video(video_scene_for(m, rng))
     for wrong in ({"class": "circle", "color": "red", "direction": "up"},
@@ -28,6 +29,7 @@ def test_rendered_clips_pass_and_wrong_ones_fail():
     blank[3] = 0  # the object vanishes in one frame
     result = check_video(blank, m)
     assert not result.correct and result.frame_accuracy == (FRAMES - 1) / FRAMES
+    assert not result.persistent and not result.moving  # no track, so no motion is measured
 
 
 def test_prompt_set_is_seeded_and_covers_the_tags():
