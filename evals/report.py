@@ -196,10 +196,17 @@ def fewstep_table(runs: list[list[dict]]) -> list[str]:
                 pooled.setdefault(key, []).append((r, teacher))  # a set measured twice counts once
     seeds = len(runs) > 1
     defect = [r.get("semigroup_defect") for r in rows]
+    # video runs with an AR student: its seam measure and the checker's persistence clause, where recorded
+    extra = [(name, key, form) for name, key, form in (("seam ratio", "seam_ratio", "{:.2f}"),
+                                                       ("persistence", "persistence", "{:.3f}"))
+             if any(key in r for r in rows)]
     head = ["seed"] * seeds + ["method", "NFE", "accuracy", "PSNR dB", "SSIM", "runtime (measured)", "semigroup defect"]
+    head += [name for name, _, _ in extra]
     cells = [[str(r.get("seed", "-"))] * seeds + [r["label"], f"{r['nfe']:.0f}", f"{r['accuracy']:.3f}",
                                                   f"{r['psnr']:.1f}", f"{r['ssim']:.3f}", f"{r['runtime']:.3f}",
-                                                  "-" if d is None else f"{d:.4f}"] for r, d in zip(rows, defect)]
+                                                  "-" if d is None else f"{d:.4f}"]
+             + ["-" if r.get(key) is None else form.format(r[key]) for _, key, form in extra]
+             for r, d in zip(rows, defect)]
     for pairs in pooled.values() if seeds else ():
         if len(pairs) < 2:
             continue
@@ -208,7 +215,7 @@ def fewstep_table(runs: list[list[dict]]) -> list[str]:
         reference = [c for _, t in pairs for c in t["correct"]]
         sets = "+".join(str(r.get("seed")) for r, _ in pairs)
         cells.append([sets, f"**{label}**", f"{pairs[0][0]['nfe']:.0f}", f"{sum(correct) / len(correct):.3f}",
-                      "-", "-", "-", "-"])
+                      "-", "-", "-", "-"] + ["-"] * len(extra))
         paired.append(None if pairs[0][0] is pairs[0][1] else paired_difference(correct, reference))
     return _table(*_with_paired(head, cells, paired, "teacher"))
 

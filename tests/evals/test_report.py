@@ -81,6 +81,13 @@ def test_fewstep_tables_of_several_prompt_sets_pool_each_student_over_them():
     assert "**s:nfe=4**" not in "\n".join(fewstep_table([a, b]))
     b[1] |= {"student_fingerprint": "f1", "student": "runs/x"}
     assert "| 1+2 | **s:nfe=4** |" in "\n".join(fewstep_table([a, b]))
+    # video rows with an AR student carry the seam ratio and the persistence clause: two more columns
+    video = run(1, [1, 0], [0, 0], "runs/a/s")
+    for row, ratio in zip(video, (1.2, 0.9)):
+        row |= {"seam_ratio": ratio, "persistence": 0.5}
+    lines = fewstep_table([video])
+    assert lines[0].endswith("| semigroup defect | seam ratio | persistence | vs teacher (paired, 95% interval) |")
+    assert "| s:nfe=4 | 4 | 0.000 | 20.0 | 0.800 | 0.100 | - | 0.90 | 0.500 |" in "\n".join(lines)
 
 
 def test_plots_written_next_to_the_report_and_nothing_overwritten(tmp_path):
