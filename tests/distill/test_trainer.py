@@ -58,8 +58,22 @@ def test_resume_is_bit_exact(teacher, tmp_path):
     assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in state_b["log"]]
     assert [e["phase"] for e in strip] == ["ode", "ode", "dmd", "dmd", "dmd", "dmd"]
     assert [e["dmd"] is not None for e in strip[2:]] == [True, False, True, False]
+
     log = [json.loads(line) for line in (tmp_path / "resumed" / "checkpoints" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, steps + 1))
+
+
+def test_ode_pair_set_regresses_one_drawn_point_per_sample(teacher):
+    """ode_pairs: the trajectories are drawn once (from their own seed: two runs build the same set) and each ODE
+    iteration regresses batch_size drawn (trajectory, grid point) pairs."""
+    config = DistillConfig(**{**CONFIG.__dict__, "ode_pairs": 3, "steps": 1})
+    a, b = Distiller(teacher, config), Distiller(teacher, config)
+    a.fit()
+    b.train_step()
+    assert [e["phase"] for e in a.log] == ["ode", "ode", "dmd"] and all(e["ode"] > 0 for e in a.log[:2])
+    prompts, states, ends = a._ode_set
+    assert len(prompts) == 3 and states.shape[:2] == (3, len(a.sigmas)) and ends.shape[0] == 3
+    assert prompts == b._ode_set[0] and torch.equal(states, b._ode_set[1]) and torch.equal(ends, b._ode_set[2])
 
 
 def test_saved_student_samples_with_fewstep(teacher, tmp_path):
