@@ -58,7 +58,6 @@ def test_resume_is_bit_exact(teacher, tmp_path):
     assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in state_b["log"]]
     assert [e["phase"] for e in strip] == ["ode", "ode", "dmd", "dmd", "dmd", "dmd"]
     assert [e["dmd"] is not None for e in strip[2:]] == [True, False, True, False]
-
     log = [json.loads(line) for line in (tmp_path / "resumed" / "checkpoints" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, steps + 1))
 
