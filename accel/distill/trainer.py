@@ -124,10 +124,14 @@ class Distiller:
         """Prompts, start noise x and the student's (CFG-free) conditioning for one rollout."""
         c = self.config
         prompts = self.prompts.sample(self.prompt_rng, c.batch_size)
-        with torch.no_grad():
-            p = self.roles.student.prepare(prompt=prompts, generator=self.generator, num_inference_steps=1,
-                                           **self.roles.student_call, **c.call_args)
+        p = self._student_prepare(prompts, generator=self.generator)
         return prompts, p.x, p.cond
+
+    def _student_prepare(self, prompts: list[str], **draw):
+        """The student's (CFG-free) prepared call for prompts; draw: its start noise (generator= or latents=)."""
+        with torch.no_grad():
+            return self.roles.student.prepare(prompt=prompts, num_inference_steps=1, **draw,
+                                              **self.roles.student_call, **self.config.call_args)
 
     def _teacher_cond(self, prompts: list[str], x: torch.Tensor):
         """The teacher's conditioning with CFG (the run's guidance); x only fixes the latent shape."""
@@ -232,10 +236,7 @@ class Distiller:
         prompts, states, ends = [], [], []
         for start in range(0, c.ode_pairs, c.batch_size):
             batch = self.prompts.sample(rng, min(c.batch_size, c.ode_pairs - start))
-            with torch.no_grad():
-                x = self.roles.student.prepare(prompt=batch, generator=generator, num_inference_steps=1,
-                                               **self.roles.student_call, **c.call_args).x
-            points, end = self._ode_trajectory(batch, x)
+            points, end = self._ode_trajectory(batch, self._student_prepare(batch, generator=generator).x)
             prompts += batch
             states.append(torch.stack(points, 1))
             ends.append(end)
@@ -258,9 +259,7 @@ class Distiller:
             point = torch.randint(len(self.sigmas), (c.batch_size,), generator=self.generator)
             prompts = [pair_prompts[i] for i in pick.tolist()]
             states, sigmas, x0_teacher = [pair_states[pick, point]], [self.sigmas[point]], pair_ends[pick]
-            with torch.no_grad():
-                cond = self.roles.student.prepare(prompt=prompts, latents=states[0], num_inference_steps=1,
-                                                  **self.roles.student_call, **c.call_args).cond
+            cond = self._student_prepare(prompts, latents=states[0]).cond
         else:
             prompts, x, cond = self._batch()
             states, x0_teacher = self._ode_trajectory(prompts, x)
