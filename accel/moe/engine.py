@@ -212,7 +212,7 @@ def _expert_choice_forward(layer: nn.Module, hidden_states: torch.Tensor, hidden
         routing = coactivation_choice(scores, capacity, layer.route_scale, handle.coactivation)
     else:
         routing = expert_choice(scores, capacity, layer.route_scale)
-    x = hidden_states.reshape(bs * slen, dim)[routing.tokens]  # (E * B * C, D), expert-contiguous
+    x = hidden_states.reshape(bs * slen, dim).index_select(0, routing.tokens)  # (E * B * C, D), expert-contiguous
     if handle.grouped:
         experts = layer.experts
         # The Triton kernels are forward only; training (autograd on) takes the batched-matmul twin.

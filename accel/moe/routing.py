@@ -95,5 +95,5 @@ def _assign(affinity: torch.Tensor, top: torch.Tensor, route_scale: float) -> Ro
     weights = gating.transpose(0, 1).reshape(num_experts, -1).reshape(-1)
     token_sums = torch.zeros(bs * slen, device=affinity.device, dtype=weights.dtype)
     token_sums.scatter_add_(0, tokens, weights)
-    weights = weights / (token_sums[tokens] + 1e-12) * route_scale
+    weights = weights / (token_sums.index_select(0, tokens) + 1e-12) * route_scale
     return Routing(tokens=tokens, weights=weights, capacity=top.shape[-1])
