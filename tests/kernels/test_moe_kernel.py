@@ -73,3 +73,19 @@ def test_bad_shapes_raise(device):
         grouped_swiglu(z(2, 3, 8), z(2, 8, 8), z(2, 4, 8), weight=z(3, 2))
     with pytest.raises(ValueError, match="3-D"):
         grouped_swiglu_fwd(z(6, 8), z(2, 8, 8), z(2, 4, 8))
+
+
+@pytest.mark.parametrize("dtype_", [torch.float32, torch.bfloat16])
+def test_reference_same_with_and_without_autograd(dtype_, rng):
+    """Without autograd the twin reuses its buffers in place; with it (training) it must give the same values and
+    differentiate."""
+    x = torch.randn(3, 5, 16, generator=rng).to(dtype_)
+    gate_up, down = weights(3, 16, 8, rng, "cpu", dtype_)
+    weight = torch.rand(3, 5, generator=rng)
+    with torch.no_grad():
+        fast = grouped_swiglu_reference(x, gate_up, down, weight)
+    x.requires_grad_(True)
+    slow = grouped_swiglu_reference(x, gate_up, down, weight)
+    assert torch.equal(fast, slow.detach())
+    slow.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad.float()).all()
