@@ -287,13 +287,15 @@ def kernels_table(runs: list[list[dict]]) -> list[str]:
 
 def moe_engine_table(runs: list[list[dict]]) -> list[str]:
     """One row per (level, provider) of benchmarks/moe/bench_engine_cpu.py: median time, the speed-up over diffusers'
-    expert loop as the median of paired (interleaved) ratios with its quartiles, and the largest output difference."""
+    expert loop as the median of paired (interleaved) ratios with its quartiles (every provider at the row's torch
+    thread count), and the largest output difference."""
     names = {"diffusers_loop": "diffusers loop", "diffusers_grouped_mm": "diffusers `F.grouped_mm`",
              "accel_engine": "accel engine"}
     rows = [r for run in runs for r in run]
-    return _table(["level", "provider", "median ms", "speed-up vs the loop (paired median, quartiles)",
+    return _table(["threads", "level", "provider", "median ms", "speed-up vs the loop (paired median, quartiles)",
                    "max abs diff vs the loop"],
-                  [[f"MoE layers ({r['moe_layers']})" if r["level"] == "moe_layers" else r["level"],
+                  [[str(r.get("threads", "-")),
+                    f"MoE layers ({r['moe_layers']})" if r["level"] == "moe_layers" else r["level"],
                     names.get(r["provider"], r["provider"]), f"{r['s_median'] * 1e3:.1f}",
                     f"{r['speedup_vs_loop_paired_median']:.2f} ({r['speedup_vs_loop_paired_q1']:.2f}-"
                     f"{r['speedup_vs_loop_paired_q3']:.2f})", f"{r['max_abs_diff_vs_loop']:.2g}"] for r in rows])

@@ -135,10 +135,11 @@ def test_vbench_results_render_with_partial_aggregates(tmp_path):
 def test_moe_engine_rows_render_paired_speedups(tmp_path):
     row = RUN | {"bench": "moe_engine_cpu", "level": "moe_layers", "moe_layers": 5, "provider": "accel_engine",
                  "s_median": 0.0928, "speedup_vs_loop_paired_median": 1.69, "speedup_vs_loop_paired_q1": 1.55,
-                 "speedup_vs_loop_paired_q3": 1.81, "max_abs_diff_vs_loop": 0.0, "command": "python bench.py"}
+                 "speedup_vs_loop_paired_q3": 1.81, "max_abs_diff_vs_loop": 0.0, "threads": 1,
+                 "command": "python bench.py"}
     f = _write(tmp_path / "m.json", [row])
     assert kind_of([row]) == "moe-engine"
-    assert "| MoE layers (5) | accel engine | 92.8 | 1.69 (1.55-1.81) | 0 |" in render(f"moe-engine {f}")
+    assert "| 1 | MoE layers (5) | accel engine | 92.8 | 1.69 (1.55-1.81) | 0 |" in render(f"moe-engine {f}")
 
 
 def test_moe_bench_rows_render(tmp_path):
