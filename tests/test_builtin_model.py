@@ -112,19 +112,12 @@ def test_shipped_video_student_draws_the_prompted_colours_in_4_calls():
     calls without CFG. On these six one-object prompts it put the prompted colour in every frame and passed the
     video checker on three clips when shipped (held-out accuracy: docs/fewstep.md); a broken student scores ~0."""
     from accel.models import builtin_students
-    from accel.shapes.checker import detect
-    from accel.shapes.video import check_video, video_prompt_set
 
     assert builtin_students("shapes-video") == ["shapes-video-4step", "shapes-video-4step-ar"]
     pipe = accelerate_pipeline(load_pipeline("shapes-video-4step"))
-    metas = [m for m in video_prompt_set(12, 3) if m["tag"] == "one"]
-    out = pipe([m["prompt"] for m in metas], sampler="fewstep", num_inference_steps=4, output_type="np",
-               generator=torch.Generator().manual_seed(0))
+    metas, out, hits, checks = _one_object_clips(pipe, 4)
     assert out.frames.shape == (len(metas), 8, 32, 32, 3) and out.stats.nfe == 4 * len(metas)
-    hits = [any(d.color == m["objects"][0]["color"] for d in detect((f * 255).round().astype(np.uint8)))
-            for clip, m in zip(out.frames, metas) for f in clip]
     assert np.mean(hits) >= 0.8
-    checks = [check_video((clip * 255).round().astype(np.uint8), m) for clip, m in zip(out.frames, metas)]
     assert sum(c.correct for c in checks) >= 1 and np.mean([c.frame_accuracy for c in checks]) >= 0.6
     with pytest.raises(ValueError, match="trained for"):
         pipe(metas[0]["prompt"], sampler="fewstep", num_inference_steps=2)
@@ -135,18 +128,24 @@ def test_shipped_ar_video_student_streams_the_prompted_colours():
     time: 4 steps per chunk and a cache commit for each of the first 3 of 4 chunks, no CFG. On these six one-object
     prompts it put the prompted colour in every frame and passed the video checker on two clips when shipped, at
     4 and at 2 steps (held-out accuracy and seams: docs/fewstep.md); a broken student scores ~0."""
+    pipe = accelerate_pipeline(load_pipeline("shapes-video-4step-ar"))
+    for steps in (4, 2):
+        metas, out, hits, checks = _one_object_clips(pipe, steps)
+        assert out.frames.shape == (len(metas), 8, 32, 32, 3) and out.stats.extra["chunks"] == 4
+        assert out.stats.nfe == pytest.approx((steps + 3 / 4) * len(metas))
+        assert np.mean(hits) >= 0.8, steps
+        assert sum(c.correct for c in checks) >= 1 and np.mean([c.frame_accuracy for c in checks]) >= 0.4, steps
+
+
+def _one_object_clips(pipe, steps: int):
+    """The six one-object prompts of video_prompt_set(12, 3) through a video student at `steps` from seed 0: their
+    metadata, the output, per frame whether the prompted colour was detected, and the video checker per clip."""
     from accel.shapes.checker import detect
     from accel.shapes.video import check_video, video_prompt_set
 
-    pipe = accelerate_pipeline(load_pipeline("shapes-video-4step-ar"))
     metas = [m for m in video_prompt_set(12, 3) if m["tag"] == "one"]
-    for steps in (4, 2):
-        out = pipe([m["prompt"] for m in metas], sampler="fewstep", num_inference_steps=steps, output_type="np",
-                   generator=torch.Generator().manual_seed(0))
-        assert out.frames.shape == (len(metas), 8, 32, 32, 3) and out.stats.extra["chunks"] == 4
-        assert out.stats.nfe == pytest.approx((steps + 3 / 4) * len(metas))
-        hits = [any(d.color == m["objects"][0]["color"] for d in detect((f * 255).round().astype(np.uint8)))
-                for clip, m in zip(out.frames, metas) for f in clip]
-        assert np.mean(hits) >= 0.8, steps
-        checks = [check_video((clip * 255).round().astype(np.uint8), m) for clip, m in zip(out.frames, metas)]
-        assert sum(c.correct for c in checks) >= 1 and np.mean([c.frame_accuracy for c in checks]) >= 0.4, steps
+    out = pipe([m["prompt"] for m in metas], sampler="fewstep", num_inference_steps=steps, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    clips = [(clip * 255).round().astype(np.uint8) for clip in out.frames]
+    hits = [any(d.color == m["objects"][0]["color"] for d in detect(f)) for clip, m in zip(clips, metas) for f in clip]
+    return metas, out, hits, [check_video(clip, m) for clip, m in zip(clips, metas)]
