@@ -326,6 +326,32 @@ def moe_table(runs: list[list[dict]]) -> list[str]:
     return _table(*_with_paired(head, cells, paired, "capacity 1"))
 
 
+SIGMA_BANDS = ((0.75, 1.01), (0.5, 0.75), (0.25, 0.5), (0.0, 0.25))
+
+
+def moe_router_table(runs: list[list[dict]], capacities: str = "1.0") -> list[str]:
+    """The routing's coverage along the trajectory, per MoE row of `accel bench moe` at the given capacity factors
+    ("|"-separated; default the trained capacity): the fraction of token visits no routed expert took, overall and
+    averaged over the grid's steps in four sigma bands, and its range over the steps (the router-input ablation's
+    measure of load balance across sigma: expert choice fills every expert, so imbalance shows up as uncovered
+    tokens)."""
+    keep = [float(c) for c in capacities.split("|")]
+    rows = [r for run in runs for r in run if r.get("dropped_by_sigma") and r.get("capacity") in keep]
+    if not rows:
+        raise ValueError(f"no MoE rows with dropped_by_sigma at capacity {capacities}")
+
+    def band(r: dict, lo: float, hi: float) -> str:
+        values = [v for s, v in r["dropped_by_sigma"].items() if lo <= float(s) < hi]
+        return f"{sum(values) / len(values):.2f}" if values else "-"
+
+    head = ["model", "capacity", "method", "accuracy", "dropped tokens",
+            *(f"sigma {lo:g}-{min(hi, 1):g}" for lo, hi in SIGMA_BANDS), "range over steps"]
+    return _table(head, [[r["model"], str(r["capacity"]), r["method"], f"{r['accuracy']:.3f}",
+                          f"{r['dropped_token_fraction']:.2f}", *(band(r, lo, hi) for lo, hi in SIGMA_BANDS),
+                          f"{min(r['dropped_by_sigma'].values()):.2f}-{max(r['dropped_by_sigma'].values()):.2f}"]
+                         for r in rows])
+
+
 def overhead_table(runs: list[list[dict]]) -> list[str]:
     """One row per family of `accel bench overhead`: the pipeline's ms per call, the wrapper's overhead in ms per call
     (the figure that carries over to real model sizes), the paired ratio with its spread, the outputs' difference."""
@@ -352,9 +378,11 @@ TABLES = {"eval": eval_table, "geneval": geneval_table, "search": search_table,
           "search-detail": search_detail_table, "steps": steps_table,
           "fewstep": fewstep_table, "dllm": dllm_table, "forward": forward_table, "memory": memory_table,
           "kernels": kernels_table, "moe-engine": moe_engine_table, "moe": moe_table,
+          "moe-router": moe_router_table,
           "overhead": overhead_table, "vbench": vbench_table}
 # The keyword arguments each builder takes from a block's spec.
-OPTIONS = {"steps": {"methods"}, "search": {"strategies", "value"}, "search-detail": {"strategies"}}
+OPTIONS = {"steps": {"methods"}, "search": {"strategies", "value"}, "search-detail": {"strategies"},
+           "moe-router": {"capacities"}}
 
 # How a results file's kind is recognised: the first kind whose keys its first row has.
 SIGNATURES = [("vbench", {"benchmark", "dimensions", "aggregate"}),

@@ -154,6 +154,22 @@ def test_moe_bench_rows_render(tmp_path):
     assert "| dense | - | dense | 0.625 | - | 524 | - | 34.8 |" in out
 
 
+def test_moe_router_rows_average_the_uncovered_tokens_per_sigma_band(tmp_path):
+    by_sigma = {"1.0": 0.1, "0.8": 0.3, "0.6": 0.2, "0.3": 0.4, "0.001": 0.5}
+    row = RUN | {"model": "moe", "capacity": 1.0, "method": "constant", "accuracy": 0.625, "seconds": 3.0,
+                 "expert_flops_fraction": 1.0, "ffn_macs_per_token": 5e5, "dropped_token_fraction": 0.3,
+                 "dropped_by_sigma": by_sigma}
+    half = row | {"capacity": 0.5, "dropped_by_sigma": {"1.0": 0.6}}
+    dense = row | {"model": "dense", "capacity": None, "method": "dense", "dropped_by_sigma": None}
+    f = _write(tmp_path / "moe.json", [row, half, dense])
+    out = render(f"moe-router {f}").splitlines()
+    assert out[2] == "| moe | 1.0 | constant | 0.625 | 0.30 | 0.20 | 0.20 | 0.40 | 0.50 | 0.10-0.50 |" and out[3] == ""
+    both = render(f"moe-router {f} capacities=0.5|1.0").splitlines()
+    assert both[3] == "| moe | 0.5 | constant | 0.625 | 0.30 | 0.60 | - | - | - | 0.60-0.60 |" and both[4] == ""
+    with pytest.raises(ValueError, match="no MoE rows with dropped_by_sigma at capacity 2"):
+        render(f"moe-router {f} capacities=2")
+
+
 def test_search_table_keeps_the_named_strategies_in_order(tmp_path):
     f = _write(tmp_path / "s.json", _search_rows(["bon", "rbf", "smc"], (1, 2)))
     out = render(f"search {f} strategies=smc|bon").splitlines()
