@@ -64,6 +64,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ode-init-steps", type=int, default=0)
     ap.add_argument("--ode-pairs", type=int, default=0,
                     help="teacher trajectories drawn once for the ODE init (0: a fresh one per iteration)")
+    ap.add_argument("--ode-fresh-optimizer", action="store_true",
+                    help="start DMD with a fresh student optimizer after the ODE init (Self Forcing's)")
+    ap.add_argument("--critic-warmup-steps", type=int, default=0,
+                    help="DMD iterations at the start that train only the fake score")
     ap.add_argument("--ema-decay", type=float, default=0.99)
     ap.add_argument("--ema-start", type=int, default=200)
     ap.add_argument("--minutes", type=float, default=0, help="stop this invocation after this long (0: no limit)")
@@ -87,7 +91,8 @@ def config_for(args: argparse.Namespace) -> DistillConfig:
     return DistillConfig(method=method, ar=ar, steps=args.steps, batch_size=args.batch_size, nfe=nfe,
                          guidance=args.guidance, lr_generator=args.lr_generator, lr_critic=args.lr_critic,
                          critic_per_generator=args.critic_per_generator, ode_init_steps=args.ode_init_steps,
-                         ode_pairs=args.ode_pairs,
+                         ode_pairs=args.ode_pairs, ode_fresh_optimizer=args.ode_fresh_optimizer,
+                         critic_warmup_steps=args.critic_warmup_steps,
                          ema_decay=args.ema_decay, ema_start=args.ema_start, seed=args.seed,
                          checkpoint_every=10**9)  # checkpoints by wall clock (below) and at the end
 

@@ -35,6 +35,10 @@ def distill(
     ode_init_steps: int = typer.Option(0, help="ODE-pair regression iterations before DMD (Self Forcing's init)."),
     ode_pairs: int = typer.Option(0, help="Teacher trajectories drawn once and reused by the ODE init (0: a fresh "
                                           "one per iteration)."),
+    ode_fresh_optimizer: bool = typer.Option(False, help="Start DMD with a fresh student optimizer after the ODE init "
+                                             "(Self Forcing's; default: AdamW's moments carry over)."),
+    critic_warmup_steps: int = typer.Option(0, help="DMD iterations at the start that train only the fake score "
+                                            "(it starts as the unguided teacher)."),
     ema_decay: float = typer.Option(0.99, help="EMA decay of the student's weights (the EMA is saved)."),
     ema_start: int = typer.Option(200, help="Iteration from which the EMA averages (a copy before)."),
     lora_rank: Optional[int] = typer.Option(None, help="Train LoRA adapters of this rank (needs peft) instead of "
@@ -70,8 +74,9 @@ def distill(
         config = DistillConfig(method=method, steps=steps, batch_size=batch_size, nfe=nfes, guidance=guidance,
                                salt_guidance=salt_guidance, shift=shift, lr_generator=lr_generator,
                                lr_critic=lr_critic, critic_per_generator=critic_per_generator,
-                               ode_init_steps=ode_init_steps, ode_pairs=ode_pairs, ema_decay=ema_decay,
-                               ema_start=ema_start,
+                               ode_init_steps=ode_init_steps, ode_pairs=ode_pairs,
+                               ode_fresh_optimizer=ode_fresh_optimizer, critic_warmup_steps=critic_warmup_steps,
+                               ema_decay=ema_decay, ema_start=ema_start,
                                lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every, call_args=size,
                                ar=ar, fsdp=fsdp)
         if prompts_file is not None and not prompts_file.is_file():

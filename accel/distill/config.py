@@ -98,6 +98,11 @@ class DistillConfig:
     ode_substeps: teacher Euler steps per training-grid interval for the ODE-pair targets.
     ode_pairs: 0: a fresh teacher trajectory per ODE iteration, every grid point regressed; N: Self Forcing's
         offline form, N trajectories drawn once and reused, one drawn point per sample per iteration.
+    ode_fresh_optimizer: start the DMD phase with a fresh generator optimizer (Self Forcing's DMD run starts its
+        optimizers anew from the ODE-initialised weights); False: AdamW's moments carry over from the regression.
+    critic_warmup_steps: DMD iterations, at the start of the DMD phase, that train only the fake score. After an
+        ODE init the student already samples the guided teacher, while the fake score starts as the unguided
+        teacher, so the first generator updates would push along the guidance direction a second time.
     lora_rank: train LoRA adapters of this rank on the attention projections (peft) instead of every weight.
     dmd_t_min / dmd_t_max: the clamp of the warped DMD timestep (Self Forcing's 0.02 / 0.98).
     call_args: extra pipeline call arguments for every role (height, width, num_frames, ...).
@@ -128,6 +133,8 @@ class DistillConfig:
     ode_init_steps: int = 0
     ode_substeps: int = 4
     ode_pairs: int = 0
+    ode_fresh_optimizer: bool = False
+    critic_warmup_steps: int = 0
     lora_rank: int | None = None
     dmd_t_min: float = 0.02
     dmd_t_max: float = 0.98
@@ -142,7 +149,7 @@ class DistillConfig:
         check_choice("rule", self.rule, FEWSTEP_RULES)
         for name in ("steps", "batch_size", "critic_per_generator", "ode_substeps", "checkpoint_every"):
             _positive(name, getattr(self, name), integer=True)
-        for name in ("ode_init_steps", "ode_pairs", "ema_start", "seed"):
+        for name in ("ode_init_steps", "ode_pairs", "ema_start", "seed", "critic_warmup_steps"):
             _positive(name, getattr(self, name), integer=True, zero=True)
         for name in ("lr_generator", "lr_critic", "max_grad_norm"):
             _positive(name, getattr(self, name))
@@ -161,8 +168,12 @@ class DistillConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not (0 < self.dmd_t_min < self.dmd_t_max < 1):
             raise ValueError(f"need 0 < dmd_t_min < dmd_t_max < 1, got {self.dmd_t_min}, {self.dmd_t_max}")
-        if not isinstance(self.fsdp, bool):
-            raise ValueError(f"fsdp must be True or False, got {self.fsdp!r}")
+        for name in ("fsdp", "ode_fresh_optimizer"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.critic_warmup_steps >= self.steps:
+            raise ValueError(f"critic_warmup_steps ({self.critic_warmup_steps}) must be below steps ({self.steps}): "
+                             "the generator must get some updates")
         if self.ar is not None:
             if not isinstance(self.ar, ARConfig):
                 raise ValueError(f"ar must be an ARConfig or None, got {type(self.ar).__name__}")

@@ -1,11 +1,11 @@
 """The distillation loop: DMD2's two-time-scale updates over backward-simulated rollouts, Salt's SC term, Self
 Forcing's ODE-pair init, EMA, exact checkpoints.
 
-One iteration (after `ode_init_steps` ODE-pair iterations): every critic_per_generator-th iteration first updates
-the generator (L_DMD + sc_weight * L_SC on a fresh rollout), then every iteration updates the fake score on a
-fresh, detached rollout (Self Forcing's order). Random draws come from three seeded sources that checkpoints keep:
-a torch.Generator (noise, DMD timesteps), a numpy Generator (prompts), a python Random (exit index, SC timesteps;
-broadcast from rank 0).
+One iteration (after `ode_init_steps` ODE-pair iterations and `critic_warmup_steps` critic-only ones): every
+critic_per_generator-th iteration first updates the generator (L_DMD + sc_weight * L_SC on a fresh rollout), then
+every iteration updates the fake score on a fresh, detached rollout (Self Forcing's order). Random draws come from
+three seeded sources that checkpoints keep: a torch.Generator (noise, DMD timesteps), a numpy Generator (prompts), a
+python Random (exit index, SC timesteps; broadcast from rank 0).
 """
 
 from __future__ import annotations
@@ -115,7 +115,10 @@ class Distiller:
         if self.step < c.ode_init_steps:
             entry.update(phase="ode", ode=self._ode_step())
             return entry
-        if (self.step - c.ode_init_steps) % c.critic_per_generator == 0:
+        dmd_step = self.step - c.ode_init_steps
+        if dmd_step == 0 and c.ode_init_steps and c.ode_fresh_optimizer:
+            self.optimizers["student"].state.clear()
+        if dmd_step >= c.critic_warmup_steps and (dmd_step - c.critic_warmup_steps) % c.critic_per_generator == 0:
             entry.update(self._generator_step())
         entry["critic"] = self._critic_step()
         return entry
@@ -399,7 +402,8 @@ class Distiller:
             raise ValueError(f"{path} was trained from another teacher (fingerprint {state['teacher']}, this "
                              f"teacher's is {self.teacher_id}); use another output folder or --no-resume --overwrite")
         now = self.config.to_dict()
-        saved = state["config"]
+        # A field the checkpoint's accel did not have yet had its default there.
+        saved = DistillConfig().to_dict() | state["config"]
         differ = sorted(k for k in set(now) | set(saved) if k not in RESUMABLE_FIELDS and now.get(k) != saved.get(k))
         if differ:
             detail = ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in differ)

@@ -207,6 +207,7 @@ def test_cli_distils_resumes_and_rejects_bad_input(tmp_path):
     for bad, message in ((["--method", "sc"], "allowed: dmd, sc-dmd"), (["--nfe", "four"], "comma-separated"),
                          (["--nfe", "3"], "nfe must be"), (["--prompts-file", "nope.txt"], "does not exist"),
                          (["--guidance", "4", "--salt-guidance", "3"], "not both"),
-                         (["--fsdp", "--no-resume", "--overwrite"], "several processes")):
+                         (["--fsdp", "--no-resume", "--overwrite"], "several processes"),
+                         (["--steps", "3", "--critic-warmup-steps", "3"], "must be below steps")):
         r = runner.invoke(app, args + bad)
         assert r.exit_code == 2 and message in " ".join(r.output.split()), (bad, r.output)

@@ -69,3 +69,12 @@ def test_the_step_counts_are_an_option():
         train_fewstep.config_for(parse(["--run", "image-sc-dmd", "--nfe", "four"]))
     with pytest.raises(ValueError, match="nfe must be distinct step counts"):
         train_fewstep.config_for(parse(["--run", "image-sc-dmd", "--nfe", "3"]))
+
+
+def test_the_ode_switch_options_reach_the_config():
+    parse = train_fewstep.parser().parse_args
+    config = train_fewstep.config_for(parse(["--run", "image-sc-dmd", "--ode-init-steps", "600",
+                                             "--ode-fresh-optimizer", "--critic-warmup-steps", "100"]))
+    assert config.ode_fresh_optimizer and config.critic_warmup_steps == 100 and config.ode_init_steps == 600
+    plain = train_fewstep.config_for(parse(["--run", "image-sc-dmd"]))
+    assert not plain.ode_fresh_optimizer and plain.critic_warmup_steps == 0

@@ -75,6 +75,39 @@ def test_ode_pair_set_regresses_one_drawn_point_per_sample(teacher):
     assert prompts == b._ode_set[0] and torch.equal(states, b._ode_set[1]) and torch.equal(ends, b._ode_set[2])
 
 
+def test_critic_warmup_and_fresh_optimizer_after_the_ode_init(teacher):
+    """critic_warmup_steps: the first DMD iterations train the fake score only; ode_fresh_optimizer: the generator's
+    AdamW state is dropped when the ODE init ends (Self Forcing starts DMD with fresh optimizers)."""
+    config = DistillConfig(**{**CONFIG.__dict__, "steps": 5, "critic_warmup_steps": 2, "ode_fresh_optimizer": True})
+    d = Distiller(teacher, config)
+    for _ in range(2):
+        d.train_step()
+        d.step += 1
+    assert d.optimizers["student"].state  # the regression's moments
+    d.train_step()
+    d.step += 1
+    assert not d.optimizers["student"].state
+    d.fit()
+    assert [e["dmd"] is not None for e in d.log] == [False, True, False, True]  # after the 2 warm-up iterations
+    assert all(e["critic"] is not None for e in d.log)
+    kept = Distiller(teacher, DistillConfig(**{**CONFIG.__dict__, "steps": 1}))
+    kept.fit()
+    assert kept.optimizers["student"].state
+    # a checkpoint written before these options existed resumes with their defaults
+    fresh = Distiller(teacher, CONFIG)
+    saved = {k: v for k, v in fresh.config.to_dict().items()
+             if k not in ("critic_warmup_steps", "ode_fresh_optimizer")}
+    fresh._check_compatible({"format": 1, "teacher": fresh.teacher_id, "config": saved,
+                             "prompts": fresh.prompts.name, "world": 1}, "old")
+    with pytest.raises(ValueError, match="critic_warmup_steps: 0 there, 2 now"):
+        Distiller(teacher, config)._check_compatible({"format": 1, "teacher": fresh.teacher_id, "config": saved,
+                                                      "prompts": fresh.prompts.name, "world": 1}, "old")
+    with pytest.raises(ValueError, match="critic_warmup_steps .* must be below steps"):
+        DistillConfig(steps=2, critic_warmup_steps=2)
+    with pytest.raises(ValueError, match="ode_fresh_optimizer must be True or False"):
+        DistillConfig(ode_fresh_optimizer="yes")
+
+
 def test_saved_student_samples_with_fewstep(teacher, tmp_path):
     out = distill(teacher, CONFIG, out_dir=tmp_path / "student")
     spec = json.loads((out / "student.json").read_text())
