@@ -334,22 +334,23 @@ def moe_router_table(runs: list[list[dict]], capacities: str = "1.0") -> list[st
     ("|"-separated; default the trained capacity): the fraction of token visits no routed expert took, overall and
     averaged over the grid's steps in four sigma bands, and its range over the steps (the router-input ablation's
     measure of load balance across sigma: expert choice fills every expert, so imbalance shows up as uncovered
-    tokens)."""
+    tokens). Rows from several files (prompt sets) carry their seed."""
     keep = [float(c) for c in capacities.split("|")]
     rows = [r for run in runs for r in run if r.get("dropped_by_sigma") and r.get("capacity") in keep]
     if not rows:
         raise ValueError(f"no MoE rows with dropped_by_sigma at capacity {capacities}")
+    seed = len(runs) > 1
 
     def band(r: dict, lo: float, hi: float) -> str:
         values = [v for s, v in r["dropped_by_sigma"].items() if lo <= float(s) < hi]
         return f"{sum(values) / len(values):.2f}" if values else "-"
 
-    head = ["model", "capacity", "method", "accuracy", "dropped tokens",
-            *(f"sigma {lo:g}-{min(hi, 1):g}" for lo, hi in SIGMA_BANDS), "range over steps"]
-    return _table(head, [[r["model"], str(r["capacity"]), r["method"], f"{r['accuracy']:.3f}",
-                          f"{r['dropped_token_fraction']:.2f}", *(band(r, lo, hi) for lo, hi in SIGMA_BANDS),
-                          f"{min(r['dropped_by_sigma'].values()):.2f}-{max(r['dropped_by_sigma'].values()):.2f}"]
-                         for r in rows])
+    head = ["seed"] * seed + ["model", "capacity", "method", "accuracy", "dropped tokens",
+                              *(f"sigma {lo:g}-{min(hi, 1):g}" for lo, hi in SIGMA_BANDS), "range over steps"]
+    return _table(head, [[str(r.get("seed", "-"))] * seed + [
+        r["model"], str(r["capacity"]), r["method"], f"{r['accuracy']:.3f}", f"{r['dropped_token_fraction']:.2f}",
+        *(band(r, lo, hi) for lo, hi in SIGMA_BANDS),
+        f"{min(r['dropped_by_sigma'].values()):.2f}-{max(r['dropped_by_sigma'].values()):.2f}"] for r in rows])
 
 
 def overhead_table(runs: list[list[dict]]) -> list[str]:

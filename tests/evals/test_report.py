@@ -166,6 +166,8 @@ def test_moe_router_rows_average_the_uncovered_tokens_per_sigma_band(tmp_path):
     assert out[2] == "| moe | 1.0 | constant | 0.625 | 0.30 | 0.20 | 0.20 | 0.40 | 0.50 | 0.10-0.50 |" and out[3] == ""
     both = render(f"moe-router {f} capacities=0.5|1.0").splitlines()
     assert both[3] == "| moe | 0.5 | constant | 0.625 | 0.30 | 0.60 | - | - | - | 0.60-0.60 |" and both[4] == ""
+    other = _write(tmp_path / "moe12.json", [row | {"seed": 12}])
+    assert render(f"moe-router {f} {other}").splitlines()[3].startswith("| 12 | moe | 1.0 |")
     with pytest.raises(ValueError, match="no MoE rows with dropped_by_sigma at capacity 2"):
         render(f"moe-router {f} capacities=2")
 
