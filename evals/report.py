@@ -353,6 +353,21 @@ def moe_router_table(runs: list[list[dict]], capacities: str = "1.0") -> list[st
         f"{min(r['dropped_by_sigma'].values()):.2f}-{max(r['dropped_by_sigma'].values()):.2f}"] for r in rows])
 
 
+def moe_train_time_table(runs: list[list[dict]]) -> list[str]:
+    """One row per model of benchmarks/moe/train_step_time.py: median seconds per training step over the interleaved
+    rounds with their range, and the training steps that give the MoE run's CPU time."""
+    cells = []
+    for run in runs:
+        for r in run:
+            for name, s in r["s_per_step"].items():
+                rounds = r["s_per_step_rounds"][name]
+                steps = r["moe_steps"] if name == "moe" else r["dense_steps_same_time"]
+                cells.append([name, str(r["threads"]), f"{s:.2f}", f"{min(rounds):.2f}-{max(rounds):.2f}",
+                              f"{s / r['s_per_step']['moe']:.3f}", str(steps)])
+    return _table(["model", "threads", "s / step (median)", "range over rounds", "relative to MoE",
+                   "steps for the MoE run's CPU time"], cells)
+
+
 def overhead_table(runs: list[list[dict]]) -> list[str]:
     """One row per family of `accel bench overhead`: the pipeline's ms per call, the wrapper's overhead in ms per call
     (the figure that carries over to real model sizes), the paired ratio with its spread, the outputs' difference."""
@@ -379,7 +394,7 @@ TABLES = {"eval": eval_table, "geneval": geneval_table, "search": search_table,
           "search-detail": search_detail_table, "steps": steps_table,
           "fewstep": fewstep_table, "dllm": dllm_table, "forward": forward_table, "memory": memory_table,
           "kernels": kernels_table, "moe-engine": moe_engine_table, "moe": moe_table,
-          "moe-router": moe_router_table,
+          "moe-router": moe_router_table, "moe-train-time": moe_train_time_table,
           "overhead": overhead_table, "vbench": vbench_table}
 # The keyword arguments each builder takes from a block's spec.
 OPTIONS = {"steps": {"methods"}, "search": {"strategies", "value"}, "search-detail": {"strategies"},
@@ -393,6 +408,7 @@ SIGNATURES = [("vbench", {"benchmark", "dimensions", "aggregate"}),
               ("dllm", {"decoder", "tokens_per_s"}), ("forward", {"active_fraction", "speedup"}),
               ("memory", {"cache_bytes_stale", "size"}), ("moe-engine", {"speedup_vs_loop_paired_median", "level"}),
               ("moe", {"model", "capacity", "method", "expert_flops_fraction"}),
+              ("moe-train-time", {"s_per_step", "moe_over_dense", "dense_steps_same_time"}),
               ("kernels", {"op", "provider", "s_median"}), ("overhead", {"family", "overhead_ms", "ratio"})]
 
 

@@ -172,6 +172,17 @@ def test_moe_router_rows_average_the_uncovered_tokens_per_sigma_band(tmp_path):
         render(f"moe-router {f} capacities=2")
 
 
+def test_moe_train_time_rows_give_the_dense_steps_of_equal_time(tmp_path):
+    row = RUN | {"bench": "moe_train_step_time", "threads": 2, "s_per_step": {"moe": 1.2, "dense": 1.0},
+                 "s_per_step_rounds": {"moe": [1.1, 1.2, 1.4], "dense": [0.9, 1.0, 1.3]}, "moe_over_dense": 1.2,
+                 "moe_steps": 4000, "dense_steps_same_time": 4800}
+    f = _write(tmp_path / "t.json", [row])
+    assert kind_of([row]) == "moe-train-time"
+    out = render(f"moe-train-time {f}").splitlines()
+    assert out[2] == "| moe | 2 | 1.20 | 1.10-1.40 | 1.000 | 4000 |"
+    assert out[3] == "| dense | 2 | 1.00 | 0.90-1.30 | 0.833 | 4800 |"
+
+
 def test_search_table_keeps_the_named_strategies_in_order(tmp_path):
     f = _write(tmp_path / "s.json", _search_rows(["bon", "rbf", "smc"], (1, 2)))
     out = render(f"search {f} strategies=smc|bon").splitlines()
