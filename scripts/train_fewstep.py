@@ -28,6 +28,7 @@ import torch
 
 from accel.distill import ARConfig, DistillConfig, Distiller, export_student
 from accel.distill import checkpoint as ckpt
+from accel.distill.config import parse_mixed_steps
 from accel.evals.io import write_json
 from accel.models import load_pipeline
 
@@ -68,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
                     help="start DMD with a fresh student optimizer after the ODE init (Self Forcing's)")
     ap.add_argument("--critic-warmup-steps", type=int, default=0,
                     help="DMD iterations at the start that train only the fake score")
+    ap.add_argument("--mixed-steps", default=None,
+                    help="Salt's mixed-step rollouts for a bidirectional student, STEPS:PROBABILITY,... "
+                         "(e.g. 8:0.4,4:0.4,2:0.2); default: one training grid")
     ap.add_argument("--ema-decay", type=float, default=0.99)
     ap.add_argument("--ema-start", type=int, default=200)
     ap.add_argument("--minutes", type=float, default=0, help="stop this invocation after this long (0: no limit)")
@@ -93,6 +97,7 @@ def config_for(args: argparse.Namespace) -> DistillConfig:
                          critic_per_generator=args.critic_per_generator, ode_init_steps=args.ode_init_steps,
                          ode_pairs=args.ode_pairs, ode_fresh_optimizer=args.ode_fresh_optimizer,
                          critic_warmup_steps=args.critic_warmup_steps,
+                         mixed_steps=None if args.mixed_steps is None else parse_mixed_steps(args.mixed_steps),
                          ema_decay=args.ema_decay, ema_start=args.ema_start, seed=args.seed,
                          checkpoint_every=10**9)  # checkpoints by wall clock (below) and at the end
 

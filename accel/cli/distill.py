@@ -39,6 +39,9 @@ def distill(
                                              "(Self Forcing's; default: AdamW's moments carry over)."),
     critic_warmup_steps: int = typer.Option(0, help="DMD iterations at the start that train only the fake score "
                                             "(it starts as the unguided teacher)."),
+    mixed_steps: Optional[str] = typer.Option(None, help="Salt's mixed-step rollouts, STEPS:PROBABILITY,... (its "
+                                              "recipe: 8:0.4,4:0.4,2:0.2): each rollout runs a drawn inference step "
+                                              "list, SC only on 8-step ones; must include every --nfe."),
     ema_decay: float = typer.Option(0.99, help="EMA decay of the student's weights (the EMA is saved)."),
     ema_start: int = typer.Option(200, help="Iteration from which the EMA averages (a copy before)."),
     lora_rank: Optional[int] = typer.Option(None, help="Train LoRA adapters of this rank (needs peft) instead of "
@@ -60,6 +63,7 @@ def distill(
     """Distil a teacher into a few-step student (data-free: prompts only), resumable; sample the result with
     `accel generate --model OUT`."""
     from accel.distill import ARConfig, DistillConfig, DistillDiverged
+    from accel.distill.config import parse_mixed_steps
     from accel.distill import distill as run
 
     with user_errors():
@@ -71,12 +75,13 @@ def distill(
         if ar_chunk_frames < 0:
             raise UsageError(f"--ar-chunk-frames must be >= 0 (0: a bidirectional student), got {ar_chunk_frames}")
         ar = ARConfig(chunk_frames=ar_chunk_frames, align=ar_align) if ar_chunk_frames else None
+        mixed = None if mixed_steps is None else parse_mixed_steps(mixed_steps)
         config = DistillConfig(method=method, steps=steps, batch_size=batch_size, nfe=nfes, guidance=guidance,
                                salt_guidance=salt_guidance, shift=shift, lr_generator=lr_generator,
                                lr_critic=lr_critic, critic_per_generator=critic_per_generator,
                                ode_init_steps=ode_init_steps, ode_pairs=ode_pairs,
                                ode_fresh_optimizer=ode_fresh_optimizer, critic_warmup_steps=critic_warmup_steps,
-                               ema_decay=ema_decay, ema_start=ema_start,
+                               ema_decay=ema_decay, ema_start=ema_start, mixed_steps=mixed,
                                lora_rank=lora_rank, seed=seed, checkpoint_every=checkpoint_every, call_args=size,
                                ar=ar, fsdp=fsdp)
         if prompts_file is not None and not prompts_file.is_file():

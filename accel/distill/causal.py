@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from accel.core.flow import interpolate
-from accel.distill.grids import sc_times, to_sigma
+from accel.distill.grids import draw_step_count, sc_times, step_sigmas, to_sigma
 from accel.distill.losses import ode_loss, sc_endpoints, sc_loss
 from accel.distill.rollout import noise_like
 from accel.schedulers.fewstep import TIMESTEPS, fewstep_update
@@ -173,14 +173,7 @@ def teacher_features(teacher, x: torch.Tensor, sigma: torch.Tensor, cond, block:
 
 def draw_steps(distiller) -> int:
     """This iteration's step count, drawn by ARConfig.mixed_steps (rank 0's choice on every process)."""
-    steps = distiller.config.ar.mixed_steps
-    counts = sorted(steps)
-    pick = distiller.choices.choices(counts, weights=[steps[k] for k in counts])[0]
-    return distiller.processes.shared(pick)
-
-
-def step_sigmas(steps: int, shift: float) -> torch.Tensor:
-    return torch.tensor([to_sigma(t, shift) for t in TIMESTEPS[steps]], dtype=torch.float32)
+    return distiller.processes.shared(draw_step_count(distiller.choices, distiller.config.ar.mixed_steps))
 
 
 def generator_step(distiller) -> dict:

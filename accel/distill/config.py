@@ -27,7 +27,31 @@ def _positive(name: str, value, integer: bool = False, zero: bool = False) -> No
         raise ValueError(f"{name} must be {kind} {'>= 0' if zero else '> 0'}, got {value!r}")
 
 
-# Salt's mixed-step rollouts for autoregressive students: step count -> probability (its configs' scfm_step_probs).
+def check_mixed_steps(value) -> dict[int, float]:
+    """{step count: probability} with int keys (JSON gives strings), or a ValueError naming what is allowed."""
+    try:
+        steps = {int(k): float(v) for k, v in dict(value).items()}
+    except (TypeError, ValueError):
+        steps = {}
+    if not steps or any(k not in TIMESTEPS for k in steps) or any(not v >= 0 for v in steps.values()) \
+            or not math.isclose(sum(steps.values()), 1.0, abs_tol=1e-6):
+        raise ValueError(f"mixed_steps must map step counts among {', '.join(map(str, TIMESTEPS))} to "
+                         f"probabilities summing to 1, got {value!r}")
+    return steps
+
+
+def parse_mixed_steps(text: str) -> dict[int, float]:
+    """"8:0.4,4:0.4,2:0.2" (the command lines' form) -> {8: 0.4, 4: 0.4, 2: 0.2}, checked."""
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item.strip()]
+        steps = {int(k): float(v) for k, v in pairs}
+    except ValueError:
+        raise ValueError(f"mixed steps are written STEPS:PROBABILITY,..., e.g. 8:0.4,4:0.4,2:0.2; got {text!r}") \
+            from None
+    return check_mixed_steps(steps)
+
+
+# Salt's mixed-step rollouts: step count -> probability (its configs' scfm_step_probs).
 MIXED_STEPS = {8: 0.4, 4: 0.4, 2: 0.2}
 # Cache-conditioned alignment: a low-step rollout -> the denser reference rollout it is aligned to. Salt's released
 # code aligns only 2-step rollouts (to 4 steps; its 4 -> 8 branch is disabled); the paper's text also names 4 -> 8.
@@ -58,12 +82,7 @@ class ARConfig:
 
     def __post_init__(self):
         _positive("chunk_frames", self.chunk_frames, integer=True)
-        steps = {int(k): float(v) for k, v in dict(self.mixed_steps).items()}
-        if not steps or any(k not in TIMESTEPS for k in steps) or any(v < 0 for v in steps.values()) \
-                or not math.isclose(sum(steps.values()), 1.0, abs_tol=1e-6):
-            raise ValueError(f"mixed_steps must map step counts among {', '.join(map(str, TIMESTEPS))} to "
-                             f"probabilities summing to 1, got {self.mixed_steps!r}")
-        object.__setattr__(self, "mixed_steps", steps)
+        object.__setattr__(self, "mixed_steps", check_mixed_steps(self.mixed_steps))
         check_choice("align", self.align, (*ALIGN_PAIRS, "off"))
         _positive("align_weight", self.align_weight, zero=True)
         _positive("align_margin", self.align_margin, zero=True)
@@ -106,6 +125,11 @@ class DistillConfig:
     lora_rank: train LoRA adapters of this rank on the attention projections (peft) instead of every weight.
     dmd_t_min / dmd_t_max: the clamp of the warped DMD timestep (Self Forcing's 0.02 / 0.98).
     call_args: extra pipeline call arguments for every role (height, width, num_frames, ...).
+    mixed_steps: {step count: probability}, e.g. MIXED_STEPS (Salt's released recipe, 8 / 4 / 2 steps at 0.4 / 0.4 /
+        0.2): every rollout (generator's and fake score's) runs one of these inference step lists, drawn per rollout,
+        so the student's own 2- and 4-step paths are trained; SC only on 8-step rollouts. Must include every nfe
+        (and 8 for sc-dmd). None: every rollout on the one training grid (train_timesteps). An autoregressive
+        student takes them in ar.mixed_steps.
     ar: train an autoregressive (chunk-causal) student with Salt's cache-distribution-aware recipe (ARConfig);
         None: a student of the teacher's own (bidirectional) architecture.
     fsdp: shard the teacher, the student, the fake score and the EMA over the processes (FSDP2, one unit per
@@ -141,6 +165,7 @@ class DistillConfig:
     checkpoint_every: int = 100
     seed: int = 0
     call_args: dict[str, Any] = field(default_factory=dict)
+    mixed_steps: dict[int, float] | None = None
     ar: ARConfig | None = None
     fsdp: bool = False
 
@@ -174,6 +199,15 @@ class DistillConfig:
         if self.critic_warmup_steps >= self.steps:
             raise ValueError(f"critic_warmup_steps ({self.critic_warmup_steps}) must be below steps ({self.steps}): "
                              "the generator must get some updates")
+        if self.mixed_steps is not None:
+            if self.ar is not None:
+                raise ValueError("an autoregressive student takes its mixed steps in ar.mixed_steps, not mixed_steps")
+            object.__setattr__(self, "mixed_steps", check_mixed_steps(self.mixed_steps))
+            if missing := [n for n in self.nfe if n not in self.mixed_steps]:
+                raise ValueError(f"mixed_steps must include every nfe the student is trained for; missing "
+                                 f"{', '.join(map(str, missing))}")
+            if self.method == "sc-dmd" and 8 not in self.mixed_steps:
+                raise ValueError("sc-dmd with mixed_steps needs 8-step rollouts (SC runs only on those)")
         if self.ar is not None:
             if not isinstance(self.ar, ARConfig):
                 raise ValueError(f"ar must be an ARConfig or None, got {type(self.ar).__name__}")
@@ -212,7 +246,9 @@ class DistillConfig:
     @property
     def train_timesteps(self) -> tuple[int, ...]:
         """The rollout grid (timesteps before the warp): Salt's 8 points for sc-dmd; the union of the inference
-        lists (4 points for nfe 4, 2) for dmd."""
+        lists (4 points for nfe 4, 2) for dmd; with mixed_steps, the union of its lists (the ODE init's grid)."""
+        if self.mixed_steps is not None:
+            return tuple(sorted({t for n in self.mixed_steps for t in TIMESTEPS[n]}, reverse=True))
         if self.method == "sc-dmd":
             return tuple(sorted(set(TIMESTEPS[8]) | set(self.inference_boundaries[:-1]), reverse=True))
         return tuple(sorted({t for n in self.nfe for t in TIMESTEPS[n]}, reverse=True))
@@ -231,6 +267,8 @@ class DistillConfig:
         d["nfe"], d["betas"] = list(self.nfe), list(self.betas)
         if self.ar is not None:
             d["ar"]["mixed_steps"] = {str(k): v for k, v in self.ar.mixed_steps.items()}
+        if self.mixed_steps is not None:
+            d["mixed_steps"] = {str(k): v for k, v in self.mixed_steps.items()}
         return d
 
     @classmethod

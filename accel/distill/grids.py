@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from accel.schedulers.fewstep import shift_sigmas
+from accel.schedulers.fewstep import TIMESTEPS, shift_sigmas
 
 
 def to_sigma(t: int | float, shift: float) -> float:
@@ -45,3 +45,14 @@ def dmd_sigmas(batch: int, shift: float, t_min: float, t_max: float, generator: 
     t = torch.randint(int(round(1000 * t_min)), int(round(1000 * t_max)), (batch,), generator=generator,
                       device=generator.device)
     return shift_sigmas(t.float().cpu() / 1000, shift).clamp(t_min, t_max)
+
+
+def draw_step_count(choices: random.Random, steps: dict[int, float]) -> int:
+    """A rollout's step count drawn from {step count: probability} (Salt's mixed-step rollouts)."""
+    counts = sorted(steps)
+    return choices.choices(counts, weights=[steps[k] for k in counts])[0]
+
+
+def step_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """The shift-warped sigmas of the `steps`-step inference list (without the final 0), float32."""
+    return torch.tensor([to_sigma(t, shift) for t in TIMESTEPS[steps]], dtype=torch.float32)

@@ -5,7 +5,7 @@ One iteration (after `ode_init_steps` ODE-pair iterations and `critic_warmup_ste
 critic_per_generator-th iteration first updates the generator (L_DMD + sc_weight * L_SC on a fresh rollout), then
 every iteration updates the fake score on a fresh, detached rollout (Self Forcing's order). Random draws come from
 three seeded sources that checkpoints keep: a torch.Generator (noise, DMD timesteps), a numpy Generator (prompts), a
-python Random (exit index, SC timesteps; broadcast from rank 0).
+python Random (exit index, SC timesteps, mixed step counts; broadcast from rank 0).
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from accel.core.flow import interpolate, velocity_to_x0
 from accel.core.grid import TimeGrid
 from accel.distill import causal, checkpoint
 from accel.distill.config import RESUMABLE_FIELDS, DistillConfig
-from accel.distill.grids import dmd_sigmas, sc_times, to_sigma
+from accel.distill.grids import dmd_sigmas, draw_step_count, sc_times, step_sigmas, to_sigma
 from accel.distill.losses import critic_loss, dmd_loss, ode_loss, sc_endpoints, sc_loss
 from accel.distill.parallel import Processes, full, place
 from accel.distill.prompts import PromptSource, as_source
 from accel.distill.roles import build_roles, check_teacher, default_guidance, fingerprint, scheduler_shift
 from accel.distill.rollout import noise_like, rollout
+from accel.schedulers.fewstep import TIMESTEPS
 
 FORMAT = 1
 Progress = Callable[[int, int, dict], None]
@@ -110,8 +111,10 @@ class Distiller:
         """One iteration; returns its losses (None where a loss was not computed)."""
         c = self.config
         entry: dict[str, Any] = {"phase": "dmd", "dmd": None, "sc": None, "critic": None, "ode": None}
+        if c.ar is not None or c.mixed_steps is not None:
+            entry.update(rollout_steps=None)
         if c.ar is not None:
-            entry.update(align=None, rollout_steps=None)
+            entry.update(align=None)
         if self.step < c.ode_init_steps:
             entry.update(phase="ode", ode=self._ode_step())
             return entry
@@ -142,21 +145,32 @@ class Distiller:
             return self.roles.teacher.prepare(prompt=prompts, latents=x, guidance_scale=self.config.guidance,
                                               num_inference_steps=1, **self.config.call_args).cond
 
-    def _exit_index(self) -> int:
-        return self.processes.shared(self.choices.randrange(len(self.train_t)))
+    def _grid(self) -> tuple[tuple[int, ...], torch.Tensor, int]:
+        """A rollout's grid (timesteps, sigmas) and its exit index: the training grid, or with mixed_steps the
+        inference list of a drawn step count (rank 0's draws on every process)."""
+        times, sigmas = self.train_t, self.sigmas
+        if self.config.mixed_steps is not None:
+            steps = self.processes.shared(draw_step_count(self.choices, self.config.mixed_steps))
+            times, sigmas = TIMESTEPS[steps], step_sigmas(steps, self.config.shift)
+        return times, sigmas, self.processes.shared(self.choices.randrange(len(times)))
 
     def _generator_step(self) -> dict[str, float | None]:
         c = self.config
         if c.ar is not None:
             return causal.generator_step(self)
         prompts, x, cond = self._batch()
-        e = self._exit_index()
-        out = rollout(self.roles.student, x, cond, self.sigmas, e, c.rule, self.generator, grad=True)
+        times, sigmas, e = self._grid()
+        out = rollout(self.roles.student, x, cond, sigmas, e, c.rule, self.generator, grad=True)
         dmd = self._dmd_loss(out.x0, prompts, cond)
-        sc = self._sc_loss(out, cond, e) if c.sc_weight > 0 else None
+        # SC on the training grid, or (Salt's mixed steps) on 8-step rollouts only
+        with_sc = c.sc_weight > 0 and (c.mixed_steps is None or len(times) == 8)
+        sc = self._sc_loss(out, cond, times, e) if with_sc else None
         self._update("student", dmd if sc is None else dmd + c.sc_weight * sc, "generator")
         self._ema_update()
-        return {"dmd": dmd.item(), "sc": None if sc is None else sc.item()}
+        entry = {"dmd": dmd.item(), "sc": None if sc is None else sc.item()}
+        if c.mixed_steps is not None:
+            entry["rollout_steps"] = len(times)
+        return entry
 
     def _dmd_loss(self, x0: torch.Tensor, prompts: list[str], cond) -> torch.Tensor:
         """DMD on the generator's sample x0: teacher (CFG) and fake-score x0 predictions at a random noise level."""
@@ -169,10 +183,10 @@ class Distiller:
             fake = velocity_to_x0(x_t, self.roles.critic.velocity(x_t, sigma, cond), sigma)
         return dmd_loss(x0, real, fake)
 
-    def _sc_loss(self, out, cond, e: int) -> torch.Tensor | None:
-        """Salt's self-consistency term at the rollout's exit (None at the grid's last step)."""
+    def _sc_loss(self, out, cond, grid: tuple[int, ...], e: int) -> torch.Tensor | None:
+        """Salt's self-consistency term at the rollout's exit e of grid (None at the grid's last step)."""
         c = self.config
-        times = self.processes.shared(sc_times(self.train_t, c.inference_boundaries, e, self.choices))
+        times = self.processes.shared(sc_times(grid, c.inference_boundaries, e, self.choices))
         if times is None:
             return None
         t_e, t_m = times
@@ -191,8 +205,8 @@ class Distiller:
             x0, cond = causal.critic_loss_sample(self)
         else:
             _, x, cond = self._batch()
-            e = self._exit_index()
-            x0 = rollout(self.roles.student, x, cond, self.sigmas, e, c.rule, self.generator, grad=False).x0
+            _, sigmas, e = self._grid()
+            x0 = rollout(self.roles.student, x, cond, sigmas, e, c.rule, self.generator, grad=False).x0
         sigma = dmd_sigmas(x0.shape[0], c.shift, c.dmd_t_min, c.dmd_t_max, self.generator).to(x0.device)
         eps = noise_like(x0, self.generator)
         v = self.roles.critic.velocity(interpolate(x0, eps, sigma), sigma, cond)

@@ -46,8 +46,14 @@ def main(out: str, mode: str = "") -> None:
     d = Distiller(video_teacher() if ar else teacher(), config, processes=processes,
                   checkpoint_dir=f"{out}.ckpt" if fsdp else None)
     exits = []
-    draw = d._exit_index
-    d._exit_index = lambda: exits.append(draw()) or exits[-1]
+    grid = d._grid
+
+    def recording_grid():  # the rollouts' exit indices, which rank 0 draws for every process
+        times, sigmas, e = grid()
+        exits.append(e)
+        return times, sigmas, e
+
+    d._grid = recording_grid
     d.fit()
     result = {"student": whole(d, "student"), "critic": whole(d, "critic"), "exits": exits, "log": d.log,
               "world": processes.world}

@@ -208,6 +208,8 @@ def test_cli_distils_resumes_and_rejects_bad_input(tmp_path):
                          (["--nfe", "3"], "nfe must be"), (["--prompts-file", "nope.txt"], "does not exist"),
                          (["--guidance", "4", "--salt-guidance", "3"], "not both"),
                          (["--fsdp", "--no-resume", "--overwrite"], "several processes"),
-                         (["--steps", "3", "--critic-warmup-steps", "3"], "must be below steps")):
+                         (["--steps", "3", "--critic-warmup-steps", "3"], "must be below steps"),
+                         (["--mixed-steps", "8:0.5,4"], "STEPS:PROBABILITY"),
+                         (["--mixed-steps", "8:0.5,4:0.5"], "missing 2")):
         r = runner.invoke(app, args + bad)
         assert r.exit_code == 2 and message in " ".join(r.output.split()), (bad, r.output)

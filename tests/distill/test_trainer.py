@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from accel.api import accelerate_pipeline
-from accel.distill import DistillConfig, DistillDiverged, Distiller, distill
+from accel.distill import ARConfig, DistillConfig, DistillDiverged, Distiller, distill
 from accel.distill import checkpoint
 from accel.models import load_pipeline
 from accel.pipelines.shapes import build_shapes_pipeline
@@ -106,6 +106,42 @@ def test_critic_warmup_and_fresh_optimizer_after_the_ode_init(teacher):
         DistillConfig(steps=2, critic_warmup_steps=2)
     with pytest.raises(ValueError, match="ode_fresh_optimizer must be True or False"):
         DistillConfig(ode_fresh_optimizer="yes")
+
+
+def test_mixed_step_rollouts_train_every_inference_list(teacher, monkeypatch):
+    """mixed_steps (Salt's released recipe): each rollout, the generator's and the fake score's, runs a drawn
+    inference list; SC only on 8-step rollouts; the draws are the run's (two runs of one seed agree)."""
+    from accel.distill import trainer as module
+
+    grids = []
+
+    def recording(student, x, cond, sigmas, *args, **kwargs):
+        grids.append(sigmas.numel())
+        return rollout(student, x, cond, sigmas, *args, **kwargs)
+
+    rollout = module.rollout
+    monkeypatch.setattr(module, "rollout", recording)
+    mixed = {8: 0.4, 4: 0.4, 2: 0.2}
+    config = DistillConfig(**{**CONFIG.__dict__, "steps": 12, "ode_init_steps": 0, "critic_per_generator": 1,
+                              "mixed_steps": mixed})
+    d = Distiller(teacher, config)
+    assert d.train_t == (1000, 875, 750, 625, 500, 375, 250, 125)
+    d.fit()
+    steps = [e["rollout_steps"] for e in d.log]
+    assert set(grids) == {8, 4, 2} and grids[::2] == steps  # generator, then critic, every iteration
+    assert all((e["sc"] is not None) <= (e["rollout_steps"] == 8) for e in d.log)
+    assert any(e["sc"] is not None for e in d.log)
+    again = Distiller(teacher, config)
+    again.fit()
+    assert [e["rollout_steps"] for e in again.log] == steps
+    assert Distiller(teacher, DistillConfig.from_dict(config.to_dict())).config.mixed_steps == mixed
+    for bad, message in (({8: 0.5, 4: 0.5}, "missing 2"), ({4: 0.5, 2: 0.5}, "needs 8-step rollouts"),
+                         ({8: 0.5, 4: 0.4, 2: 0.2}, "summing to 1"), ({3: 1.0}, "among 1, 2, 4, 8"),
+                         ("8", "summing to 1")):
+        with pytest.raises(ValueError, match=message):
+            DistillConfig(mixed_steps=bad)
+    with pytest.raises(ValueError, match="ar.mixed_steps"):
+        DistillConfig(mixed_steps=mixed, ar=ARConfig())
 
 
 def test_saved_student_samples_with_fewstep(teacher, tmp_path):
